@@ -1,0 +1,3 @@
+from cftool.cli import run
+
+run()

@@ -1,0 +1,70 @@
+"""The `cftool` command line: a thin Typer shell over the library. Only parsing, validation and printing here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from cftool import __version__
+from cftool.cli.common import console
+from cftool.cli.evaluate import eval_command
+from cftool.cli.files import export_command, import_command, inspect_command
+from cftool.cli.finetune import finetune_command
+from cftool.cli.pending import register_pending
+from cftool.errors import CftoolError
+
+app = typer.Typer(
+    name="cftool",
+    help="Checkpoint surgery for CLIP-style models: MergeTune continued fine-tuning and ConDU continual merging.\n\n"
+    "Example: cftool eval --zs tiny --benchmark mtil-tiny",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("finetune")(finetune_command)
+register_pending(app)
+app.command("eval")(eval_command)
+app.command("inspect")(inspect_command)
+app.command("import")(import_command)
+app.command("export")(export_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"cftool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Checkpoint surgery for CLIP-style models: MergeTune continued fine-tuning and ConDU continual merging."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print one line on stderr and give a non-zero exit code, never a traceback."""
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    try:
+        result = app(args=argv, prog_name="cftool", standalone_mode=False)
+    except CftoolError as err:
+        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        return err.exit_code
+    except typer.TyperException as err:  # usage errors and bad parameters, as click reports them
+        ctx = getattr(err, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
+        console.print(f"[red]error:[/red] {err.format_message()}{hint}", soft_wrap=True)
+        return err.exit_code
+    except typer.Abort:
+        console.print("[red]interrupted[/red]: nothing was written")
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""What every command shares: the stderr console, `--config` YAML, `--device`, `--seed`, `--json`, outputs."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from cftool.errors import CftoolError
+from cftool.io.checkpoint import atomic_output
+
+# Human output goes to stderr so that stdout carries only `--json` output.
+console = Console(stderr=True, highlight=False)
+
+
+def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
+    """Eager `--config` callback: YAML keys become the command's defaults, so flags given on the line win."""
+    if value is None:
+        return None
+    try:
+        data = yaml.safe_load(value.read_text()) or {}
+    except OSError as err:
+        raise typer.BadParameter(f"cannot read {value}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise typer.BadParameter(f"{value} is not valid YAML{where}") from err
+    if not isinstance(data, dict):
+        raise typer.BadParameter(f"{value} must be a mapping of option names to values")
+    # A key is an option's long flag without dashes (`batch-size`, `json`) or its parameter name (`batch_size`).
+    param_of_key = {}
+    for param in ctx.command.params:
+        if param.name == "config":
+            continue
+        for flag in [*param.opts, param.name]:
+            if not flag.startswith("-") or flag.startswith("--"):
+                param_of_key[flag.lstrip("-").replace("-", "_")] = param.name
+    config = {str(key).replace("-", "_"): item for key, item in data.items()}
+    unknown = sorted(set(config) - set(param_of_key))
+    if unknown:
+        valid = ", ".join(sorted({k.replace("_", "-") for k in param_of_key}))
+        raise typer.BadParameter(f"{value}: unknown key(s) {', '.join(unknown)}; valid keys: {valid}")
+    defaults = {param_of_key[key]: item for key, item in config.items()}
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
+
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="YAML file whose keys are this command's options (flags given on the command line win).",
+        is_eager=True,
+        callback=load_config,
+        dir_okay=False,
+    ),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+SeedOption = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout (tables go to stderr).")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+DataRootOption = Annotated[
+    Path | None, typer.Option("--data-root", help="Folder holding real datasets (CoOp layout, MTIL folders).")
+]
+BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
+WorkersOption = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise CftoolError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CftoolError(f"--device {name}: no CUDA device is available here; use --device cpu (or auto)")
+    if device.type not in ("cpu", "cuda"):
+        raise CftoolError(f"--device {name}: only cpu and cuda are supported")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def emit_json(payload: Any) -> None:
+    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def write_json(path: Path, payload: Any, overwrite: bool) -> None:
+    with atomic_output(path, overwrite) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+
+
+def progress_bar() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )

@@ -1,0 +1,158 @@
+"""`cftool inspect`, `import` and `export`: look into checkpoint files and convert foreign formats."""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cftool.cli.common import (
+    ConfigOption,
+    DeviceOption,
+    ForceOption,
+    JsonOption,
+    console,
+    emit_json,
+    progress_bar,
+    resolve_device,
+)
+from cftool.errors import CftoolError
+from cftool.io.checkpoint import refuse_existing
+from cftool.io.convert import (
+    export_plain,
+    export_zoo_model,
+    import_coop_prompt,
+    import_full_model,
+    non_finite_counts,
+    summarize,
+)
+from cftool.zoo import load_model
+
+ZsOption = Annotated[
+    str | None,
+    typer.Option("--zs", help="Base model: tiny, ViT-B/16, NAME:TAG, hf-hub:ORG/NAME or a cftool model file."),
+]
+OutputOption = Annotated[
+    Path, typer.Option("-o", "--output", help="File to write (never overwritten without --force).")
+]
+
+
+def inspect_command(
+    files: Annotated[list[Path], typer.Argument(help="safetensors files to describe.")],
+    check: Annotated[bool, typer.Option("--check", help="Also scan every tensor for NaN and Inf.")] = False,
+    json_output: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Describe checkpoint files: kind, base, task, tensors, parameters, dtypes, size.
+
+    Example: cftool inspect coop.safetensors --check
+    """
+    summaries = [summarize(path) for path in files]
+    if check:
+        with progress_bar() as progress:
+            for summary in summaries:
+                bar = progress.add_task(f"check {summary['file']}", total=summary["tensors"])
+                summary["non_finite"] = non_finite_counts(Path(summary["file"]), partial(progress.advance, bar, 1))
+    table = Table()
+    for column in ("file", "kind", "base", "task", "tensors", "parameters", "dtypes", "size"):
+        table.add_column(column, justify="right" if column in ("tensors", "parameters", "size") else "left")
+    if check:
+        table.add_column("NaN/Inf", justify="right")
+    for s in summaries:
+        row = [
+            s["file"],
+            s["kind"] or "(plain safetensors)",
+            s["base"] or "-",
+            s["task"] or "-",
+            str(s["tensors"]),
+            f"{s['parameters']:,}",
+            ", ".join(s["dtypes"]),
+            _human_size(s["bytes"]),
+        ]
+        if check:
+            bad = s["non_finite"]
+            row.append("[green]none[/green]" if not bad else f"[red]{sum(bad.values())} in {len(bad)} tensors[/red]")
+        table.add_row(*row)
+    console.print(table)
+    if json_output:
+        emit_json(summaries)
+    if check and any(s["non_finite"] for s in summaries):
+        worst = next(s for s in summaries if s["non_finite"])
+        name, count = next(iter(worst["non_finite"].items()))
+        raise CftoolError(
+            f"{worst['file']}: {count} NaN/Inf values in tensor {name} (and possibly others listed above)"
+        )
+
+
+def import_command(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="Foreign checkpoint: open_clip/OpenAI state dict, or Dassl/CoOp prompt_learner/model.pth.tar-N."
+        ),
+    ],
+    output: OutputOption,
+    zs: ZsOption = None,
+    source_format: Annotated[
+        str, typer.Option("--format", help="auto, open_clip (full state dict) or coop (Dassl prompt learner).")
+    ] = "auto",
+    task: Annotated[str | None, typer.Option("--task", help="Task name to record in the metadata.")] = None,
+    force: ForceOption = False,
+    device: DeviceOption = "cpu",
+    config: ConfigOption = None,
+) -> None:
+    """Convert a foreign checkpoint into a cftool file (kind `model` or `prompt`).
+
+    Example: cftool import output/oxford_pets/CoOp/seed1/prompt_learner/model.pth.tar-50 --zs ViT-B/16 -o coop.safetensors
+    """
+    if zs is None:
+        raise CftoolError("--zs is required: name the base model the checkpoint was trained from (e.g. --zs ViT-B/16)")
+    refuse_existing(output, force)
+    fmt = _detect_format(source) if source_format == "auto" else source_format
+    if fmt not in ("open_clip", "coop"):
+        raise CftoolError(f"--format {source_format!r}: expected auto, open_clip or coop")
+    zoo = load_model(zs, resolve_device(device))
+    if fmt == "coop":
+        written = import_coop_prompt(source, zoo, output, task=task, overwrite=force)
+    else:
+        written = import_full_model(source, zoo, output, task=task, overwrite=force)
+    console.print(f"wrote {written} ({fmt} → cftool)")
+
+
+def export_command(
+    source: Annotated[
+        Path | None, typer.Argument(help="cftool `model` file to export as a plain open_clip state dict.")
+    ] = None,
+    output: OutputOption = ...,
+    zs: ZsOption = None,
+    force: ForceOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Write a plain open_clip state dict (.safetensors/.pt/.bin), or with --zs alone, a zoo model as a cftool `model` file.
+
+    Example: cftool export --zs tiny -o base.safetensors
+    """
+    if (source is None) == (zs is None):
+        raise CftoolError("give either a cftool model file to export, or --zs SPEC to materialise a zoo model")
+    refuse_existing(output, force)
+    if source is not None:
+        written = export_plain(source, output, overwrite=force)
+    else:
+        written = export_zoo_model(load_model(zs), output, overwrite=force)
+    console.print(f"wrote {written}")
+
+
+def _detect_format(source: Path) -> str:
+    """Dassl names its checkpoints `model.pth.tar-N` / `model-best.pth.tar`; anything else is read as a state dict."""
+    return "coop" if ".pth.tar" in source.name else "open_clip"
+
+
+def _human_size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,186 @@
+"""`cftool finetune`: adapt a zero-shot model to a task with CoOp prompts, a linear head, LoRA or full weights."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import Progress
+
+from cftool.cli.common import (
+    BatchSizeOption,
+    ConfigOption,
+    DataRootOption,
+    DeviceOption,
+    ForceOption,
+    JsonOption,
+    SeedOption,
+    WorkersOption,
+    console,
+    emit_json,
+    progress_bar,
+    resolve_device,
+    seed_everything,
+)
+from cftool.data import DatasetSpec
+from cftool.errors import CftoolError
+from cftool.train import METHODS, FinetuneJob, FinetuneResult, TrainOptions, finetune
+
+# Which method each method-specific option belongs to, so that a misplaced option is refused, not ignored.
+METHOD_OPTIONS = {"n_ctx": ("coop",), "rank": ("lora",), "alpha": ("lora",), "towers": ("lora", "full")}
+LORA_DEFAULTS = {"rank": 8, "alpha": 16.0}
+DEFAULT_TOWERS = "image,text"
+
+
+def finetune_command(
+    zs: Annotated[str, typer.Option("--zs", help="Base model: tiny, ViT-B/16, NAME:TAG, hf-hub:ORG/NAME or a file.")],
+    data: Annotated[str, typer.Option("--data", help="Training task: toy:TASK, folder:PATH or coop:NAME.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (prototypes go beside it).")],
+    method: Annotated[str, typer.Option("--method", help=f"{', '.join(METHODS)}.")] = "coop",
+    classes: Annotated[str, typer.Option("--classes", help="Train on all classes, or the base/novel half.")] = "all",
+    shots: Annotated[int | None, typer.Option("--shots", help="Training images per class (few-shot).")] = None,
+    iterations: Annotated[int | None, typer.Option("--iterations", help="Optimiser steps.")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the training images.")] = None,
+    batch_size: BatchSizeOption = 32,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default: per method).")] = None,
+    optimizer: Annotated[str | None, typer.Option("--optimizer", help="sgd or adamw (default: per method).")] = None,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay.")] = 0.0,
+    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Linear warm-up steps before cosine decay.")] = 0,
+    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing in [0, 1).")] = 0.0,
+    precision: Annotated[
+        str, typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.")
+    ] = "auto",
+    n_ctx: Annotated[int | None, typer.Option("--n-ctx", min=1, help="coop: context vectors (default 4).")] = None,
+    ctx_init: Annotated[
+        str, typer.Option("--ctx-init", help="coop: words the context starts from, or 'random'.")
+    ] = "a photo of a",
+    rank: Annotated[int | None, typer.Option("--rank", min=1, help="lora: rank (default 8).")] = None,
+    alpha: Annotated[float | None, typer.Option("--alpha", help="lora: scale alpha/rank (default alpha 16).")] = None,
+    towers: Annotated[
+        str | None, typer.Option("--towers", help="lora, full: towers to train, image, text or image,text (default).")
+    ] = None,
+    feature_cache: Annotated[
+        bool, typer.Option("--feature-cache/--no-feature-cache", help="Frozen image tower: encode images once.")
+    ] = True,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="Keep cached image features in this folder across runs.")
+    ] = None,
+    checkpoint_every: Annotated[
+        int, typer.Option("--checkpoint-every", min=0, help="Save trainer state every N steps (always on Ctrl-C).")
+    ] = 0,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the trainer state beside the output.")
+    ] = False,
+    evaluate: Annotated[bool, typer.Option("--eval", help="Also report test accuracy of the result.")] = False,
+    data_root: DataRootOption = None,
+    workers: WorkersOption = 0,
+    device: DeviceOption = "auto",
+    seed: SeedOption = 0,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Fine-tune a zero-shot model on a task; writes the checkpoint and, beside it, the task's prototypes.
+
+    Kinds written: coop → prompt, head → head, lora → lora, full → model. Under `torchrun --nproc_per_node=N` the
+    same command trains with DDP (--batch-size is global). Ctrl-C saves the trainer state; --resume continues it.
+
+    Example: cftool finetune --zs tiny --data toy:mnist --shots 16 --method coop --epochs 10 -o coop.safetensors
+    """
+    if method not in METHODS:
+        raise CftoolError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    given = {"n_ctx": n_ctx, "rank": rank, "alpha": alpha, "towers": towers}
+    misplaced = [name for name, value in given.items() if value is not None and method not in METHOD_OPTIONS[name]]
+    if misplaced:
+        flag, methods = "--" + misplaced[0].replace("_", "-"), " or ".join(METHOD_OPTIONS[misplaced[0]])
+        raise CftoolError(f"{flag} applies to --method {methods} only, not {method}")
+    method_cls = METHODS[method]
+    train_options = TrainOptions(
+        iterations=iterations,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr if lr is not None else method_cls.default_lr,
+        optimizer=optimizer or method_cls.default_optimizer,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        label_smoothing=label_smoothing,
+        seed=seed,
+        precision=precision,
+    )
+    seed_everything(seed)
+    job = FinetuneJob(
+        zs=zs,
+        data=DatasetSpec(data, classes=classes, shots=shots, seed=seed),
+        method=method,
+        output=output,
+        train=train_options,
+        method_options=_method_options(method, n_ctx, ctx_init, rank, alpha, towers),
+        device=resolve_device(device),
+        data_root=data_root,
+        force=force,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        feature_cache=feature_cache,
+        cache_dir=cache_dir,
+        workers=workers,
+        evaluate=evaluate,
+    )
+    with progress_bar() as progress:
+        result = finetune(job, _reporter(progress))
+    if result.output is None:  # a DDP rank other than 0
+        return
+    _print_summary(result)
+    if json_output:
+        emit_json(_summary(result))
+
+
+def _method_options(
+    method: str, n_ctx: int | None, ctx_init: str, rank: int | None, alpha: float | None, towers: str | None
+) -> dict[str, Any]:
+    if method == "coop":
+        return {"n_ctx": n_ctx, "ctx_init": ctx_init}
+    if method == "head":
+        return {}
+    tower_list = {"towers": tuple(t.strip() for t in (towers or DEFAULT_TOWERS).split(",") if t.strip())}
+    if method == "lora":
+        return {"rank": rank or LORA_DEFAULTS["rank"], "alpha": alpha or LORA_DEFAULTS["alpha"], **tower_list}
+    return tower_list
+
+
+def _reporter(progress: Progress) -> Callable[[str, int], Callable[..., None]]:
+    def begin(description: str, total: int) -> Callable[..., None]:
+        task = progress.add_task(description, total=total)
+
+        def advance(n: int = 1, loss: float | None = None, speed: float | None = None) -> None:
+            status = f"{description}  loss {loss:.4f}  {speed:,.0f} img/s" if loss is not None else description
+            progress.update(task, advance=n, description=status)
+
+        return advance
+
+    return begin
+
+
+def _summary(result: FinetuneResult) -> dict[str, Any]:
+    return {
+        "output": str(result.output),
+        "prototypes": str(result.prototypes),
+        "kind": result.kind,
+        "task": result.task,
+        "steps": result.steps,
+        "first_loss": result.losses[0] if result.losses else None,
+        "final_loss": result.losses[-1] if result.losses else None,
+        "images_per_second": result.images_per_second,
+        "test_accuracy": result.test_accuracy,
+    }
+
+
+def _print_summary(result: FinetuneResult) -> None:
+    losses = f"loss {result.losses[0]:.4f} → {result.losses[-1]:.4f}, " if result.losses else ""
+    console.print(
+        f"{result.task}: {result.steps} steps, {losses}{result.images_per_second:,.0f} img/s; "
+        f"wrote {result.output} ({result.kind}) and {result.prototypes}"
+    )
+    if result.test_accuracy is not None:
+        console.print(f"test accuracy on {result.task}: {result.test_accuracy:.1f} %")

@@ -1,0 +1,54 @@
+"""`folder:PATH` — an ImageFolder (one sub-folder per class), optionally with train/val/test split folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
+
+from cftool.data.specs import SPLITS
+from cftool.errors import CftoolError
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+class FolderSource:
+    """``PATH/{train,val,test}/CLASS/*.png``, or ``PATH/CLASS/*.png`` which then serves every split.
+
+    Class names are the folder names with underscores read as spaces; the class order (and so the
+    base/novel halves) is the sorted folder order, shared by all splits.
+    """
+
+    templates = DEFAULT_TEMPLATES
+
+    def __init__(self, root: Path):
+        if not root.is_dir():
+            raise CftoolError(
+                f"folder:{root}: no such directory; expected class folders, or train/ and test/ folders of them"
+            )
+        self.name = root.name
+        split_dirs = {split: root / split for split in SPLITS if (root / split).is_dir()}
+        self._split_dirs = split_dirs or {split: root for split in SPLITS}
+        class_dir_root = next(iter(self._split_dirs.values()))
+        try:
+            folder_names, self._class_to_idx = find_classes(class_dir_root)
+        except FileNotFoundError as err:
+            raise CftoolError(f"folder:{root}: {err}") from err
+        self.classnames = [name.replace("_", " ") for name in folder_names]
+        self._samples: dict[str, list[tuple[str, int]]] = {}
+
+    def _split_samples(self, split: str) -> list[tuple[str, int]]:
+        if split not in self._split_dirs:
+            raise ValueError(f"no '{split}' folder (found: {', '.join(sorted(self._split_dirs))})")
+        if split not in self._samples:
+            self._samples[split] = make_dataset(
+                self._split_dirs[split], self._class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True
+            )
+        return self._samples[split]
+
+    def labels(self, split: str) -> list[int]:
+        return [label for _, label in self._split_samples(split)]
+
+    def image(self, split: str, index: int) -> Image.Image:
+        return default_loader(self._split_samples(split)[index][0])

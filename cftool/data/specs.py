@@ -1,0 +1,131 @@
+"""Dataset specs: what `--data` names, and the generic protocol (class halves, few-shot) on top of any reader.
+
+A spec string is ``toy:TASK``, ``folder:PATH`` or ``coop:NAME``. Options that change which images are used
+(``classes``, ``shots``, ``seed``) are part of the spec, so a checkpoint's metadata can rebuild the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Protocol
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from cftool.errors import CftoolError
+
+CLASS_SUBSETS = ("all", "base", "novel")
+SPLITS = ("train", "val", "test")
+
+
+class ImageSource(Protocol):
+    """What a reader provides: a label space, prompt templates, and images by (split, index)."""
+
+    name: str
+    classnames: Sequence[str]
+    templates: Sequence[str]
+
+    def labels(self, split: str) -> Sequence[int]:
+        """Labels of every image of a split, without reading images."""
+
+    def image(self, split: str, index: int) -> Image.Image: ...
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    source: str  # "toy:shapes", "folder:/data/pets", "coop:OxfordPets"
+    classes: str = "all"  # all | base | novel (first ceil(n/2) classes are base, as in CoOp)
+    shots: int | None = None  # training images per class, sampled with `seed`
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.classes not in CLASS_SUBSETS:
+            raise CftoolError(f"--classes must be one of {', '.join(CLASS_SUBSETS)}, got {self.classes!r}")
+        if self.shots is not None and self.shots < 1:
+            raise CftoolError(f"--shots must be a positive number of images per class, got {self.shots}")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> DatasetSpec:
+        return cls(**json.loads(text))
+
+    def with_classes(self, classes: str) -> DatasetSpec:
+        return replace(self, classes=classes)
+
+
+@dataclass
+class TaskData:
+    """One task as training and evaluation see it: the label space after the class subset, and its splits."""
+
+    spec: DatasetSpec
+    source: ImageSource
+    class_ids: list[int]  # source labels kept, in order; their position is the task label
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def classnames(self) -> list[str]:
+        return [self.source.classnames[i] for i in self.class_ids]
+
+    @property
+    def templates(self) -> list[str]:
+        return list(self.source.templates)
+
+    def split(self, split: str, transform: Callable | None = None) -> TaskSplit:
+        try:
+            source_labels = self.source.labels(split)
+        except ValueError as err:
+            raise CftoolError(f"{self.spec.source}: {err}") from err
+        relabel = {cid: i for i, cid in enumerate(self.class_ids)}
+        items = [(index, relabel[label]) for index, label in enumerate(source_labels) if label in relabel]
+        if split == "train" and self.spec.shots is not None:
+            items = _few_shot(items, self.spec.shots, self.spec.seed)
+        return TaskSplit(self.source, split, items, transform)
+
+
+class TaskSplit(Dataset):
+    """(image, task label) pairs of one split; ``transform`` (the model's preprocess) applies to each image."""
+
+    def __init__(self, source: ImageSource, split: str, items: list[tuple[int, int]], transform: Callable | None):
+        self.source, self.split, self.items, self.transform = source, split, items, transform
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        index, label = self.items[i]
+        image = self.source.image(self.split, index)
+        return (self.transform(image) if self.transform else image), label
+
+    @property
+    def labels(self) -> list[int]:
+        return [label for _, label in self.items]
+
+
+def _few_shot(items: list[tuple[int, int]], shots: int, seed: int) -> list[tuple[int, int]]:
+    """CoOp's protocol: ``shots`` images per class drawn without replacement (all of them if a class has fewer)."""
+    generator = torch.Generator().manual_seed(seed)
+    by_class: dict[int, list[tuple[int, int]]] = {}
+    for item in items:
+        by_class.setdefault(item[1], []).append(item)
+    chosen = []
+    for label in sorted(by_class):
+        members = by_class[label]
+        order = torch.randperm(len(members), generator=generator)[:shots]
+        chosen.extend(members[i] for i in sorted(order.tolist()))
+    return chosen
+
+
+def class_subset(n_classes: int, classes: str) -> list[int]:
+    n_base = math.ceil(n_classes / 2)
+    return {"all": list(range(n_classes)), "base": list(range(n_base)), "novel": list(range(n_base, n_classes))}[
+        classes
+    ]

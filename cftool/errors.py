@@ -1,0 +1,13 @@
+"""Errors a user can cause: the CLI prints their message as one line and exits non-zero."""
+
+
+class CftoolError(Exception):
+    """A problem with the user's input, described in one line: which file, what was wrong, what to do."""
+
+    exit_code = 1
+
+
+class NotAvailableError(CftoolError):
+    """A command or option that a later version of cftool provides."""
+
+    exit_code = 2

@@ -1,0 +1,128 @@
+"""Zero-shot classification: image features once per image, a text head per label space, top-1 accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import open_clip
+import torch
+from torch.utils.data import DataLoader
+
+from cftool.data import TaskData, class_subset
+from cftool.metrics import harmonic_mean, top1_accuracy
+from cftool.zoo import ZooModel
+
+# (zoo, classnames, templates) -> [embed_dim, n_classes] weights that normalised image features are scored against;
+# `zero_shot_head` for full weights, a learned prompt or linear head for adapted checkpoints.
+HeadFn = Callable[[ZooModel, list[str], list[str]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task: str
+    classes: str  # all | base | novel
+    accuracy: float
+    num_classes: int
+    num_images: int
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; CPU runs in fp32, where autocast would only slow matrix products down."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+@torch.inference_mode()
+def encode_images(
+    zoo: ZooModel,
+    dataset,
+    batch_size: int = 256,
+    workers: int = 0,
+    advance: Callable[[int], None] = lambda n: None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L2-normalised image features and labels of every image of ``dataset`` (which yields preprocessed tensors)."""
+    device = next(zoo.model.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+    features, labels = [], []
+    for images, batch_labels in loader:
+        with autocast(device):
+            batch_features = zoo.model.encode_image(images.to(device), normalize=True)
+        features.append(batch_features.float().cpu())
+        labels.append(batch_labels)
+        advance(len(batch_labels))
+    if not features:
+        return torch.empty(0, zoo.model.text_projection.shape[-1]), torch.empty(0, dtype=torch.long)
+    return torch.cat(features), torch.cat(labels)
+
+
+@torch.inference_mode()
+def zero_shot_head(zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
+    """[embed_dim, n_classes] head: class names × templates through the model's own text tower, averaged."""
+    device = next(zoo.model.parameters()).device
+    with autocast(device):
+        head = open_clip.build_zero_shot_classifier(
+            zoo.model, zoo.tokenizer, classnames, templates, num_classes_per_batch=None, device=device
+        )
+    return head.float().cpu()
+
+
+def evaluate_zero_shot(
+    zoo: ZooModel,
+    tasks: list[TaskData],
+    split: str = "test",
+    batch_size: int = 256,
+    workers: int = 0,
+    advance: Callable[[int], None] = lambda n: None,
+    head: HeadFn = zero_shot_head,
+) -> list[TaskResult]:
+    """Top-1 accuracy of ``zoo`` on each task's ``split``, within each task's own label space scored by ``head``."""
+    results = []
+    for task in tasks:
+        dataset = task.split(split, zoo.preprocess)
+        features, labels = encode_images(zoo, dataset, batch_size, workers, advance)
+        logits = features @ head(zoo, task.classnames, task.templates)
+        results.append(
+            TaskResult(task.name, task.spec.classes, top1_accuracy(logits, labels), len(task.classnames), len(labels))
+        )
+    return results
+
+
+@dataclass(frozen=True)
+class Base2NewResult:
+    task: str
+    base: float
+    novel: float
+    hm: float
+    num_base_classes: int
+    num_novel_classes: int
+
+
+def evaluate_base2new(
+    zoo: ZooModel,
+    tasks: list[TaskData],
+    split: str = "test",
+    batch_size: int = 256,
+    workers: int = 0,
+    advance: Callable[[int], None] = lambda n: None,
+    head: HeadFn = zero_shot_head,
+) -> list[Base2NewResult]:
+    """CoOp's protocol: base and novel halves each evaluated within their own label space, then HM."""
+    results = []
+    for task in tasks:
+        halves = [
+            TaskData(task.spec.with_classes(classes), task.source, class_subset(len(task.source.classnames), classes))
+            for classes in ("base", "novel")
+        ]
+        base, novel = evaluate_zero_shot(zoo, halves, split, batch_size, workers, advance, head)
+        results.append(
+            Base2NewResult(
+                task.name,
+                base.accuracy,
+                novel.accuracy,
+                harmonic_mean(base.accuracy, novel.accuracy),
+                base.num_classes,
+                novel.num_classes,
+            )
+        )
+    return results

@@ -1,0 +1,195 @@
+"""`finetune` end to end: base model and task in, an adapted checkpoint and the task's prototypes out.
+
+Under ``torchrun`` every process trains its share of each batch (DDP: Gloo on CPU, NCCL on GPU) and only rank 0
+writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from cftool.data import DatasetSpec, TaskData, load_task
+from cftool.errors import CftoolError
+from cftool.evaluate import evaluate_zero_shot, zero_shot_head
+from cftool.io.checkpoint import refuse_existing, save_checkpoint
+from cftool.train.features import image_features
+from cftool.train.loop import Progress, Ranks, TrainOptions, no_progress, train
+from cftool.train.methods import METHODS, Method, build_method
+from cftool.train.prototypes import class_prototypes
+from cftool.zoo import ZooModel, load_model
+
+SUFFIX = ".safetensors"
+
+
+def beside(output: Path, suffix: str) -> Path:
+    """A file next to ``output`` named after it: ``coop.safetensors`` → ``coop.prototypes.safetensors``."""
+    return output.with_name(output.name.removesuffix(SUFFIX) + suffix)
+
+
+def prototypes_path(output: Path) -> Path:
+    return beside(output, ".prototypes" + SUFFIX)
+
+
+def state_path(output: Path) -> Path:
+    return beside(output, ".state.pt")
+
+
+@dataclass(frozen=True)
+class FinetuneJob:
+    zs: str
+    data: DatasetSpec
+    method: str
+    output: Path
+    train: TrainOptions
+    method_options: dict[str, Any] = field(default_factory=dict)  # n_ctx/ctx_init, rank/alpha/towers, towers
+    device: torch.device = torch.device("cpu")
+    data_root: Path | None = None
+    force: bool = False
+    resume: bool = False
+    checkpoint_every: int = 0  # steps between trainer-state checkpoints (0: only on Ctrl-C)
+    feature_cache: bool = True  # frozen image tower: encode the training images once
+    cache_dir: Path | None = None  # keep those features in files here, across runs
+    workers: int = 0
+    eval_batch_size: int = 256
+    evaluate: bool = False  # also measure test accuracy of the result
+
+
+@dataclass
+class FinetuneResult:
+    output: Path | None  # None on ranks other than 0, which write nothing
+    prototypes: Path | None
+    kind: str
+    task: str
+    steps: int
+    losses: list[float]
+    images_per_second: float
+    test_accuracy: float | None
+
+
+@contextmanager
+def distributed(device: torch.device) -> Iterator[tuple[Ranks, torch.device]]:
+    """Join the process group torchrun describes (if any); yields this process's ranks and device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1 or dist.is_initialized():
+        yield (Ranks(dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else Ranks()), device
+        return
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Ranks(dist.get_rank(), dist.get_world_size()), device
+    finally:
+        dist.destroy_process_group()
+
+
+def finetune(job: FinetuneJob, progress: Progress = no_progress) -> FinetuneResult:
+    if job.method not in METHODS:
+        raise CftoolError(f"unknown method {job.method!r}; choose one of {', '.join(METHODS)}")
+    for path in (job.output, prototypes_path(job.output)):
+        refuse_existing(path, job.force)
+    with distributed(job.device) as (ranks, device):
+        return _finetune(job, ranks, device, progress if ranks.is_main else no_progress)
+
+
+def _finetune(job: FinetuneJob, ranks: Ranks, device: torch.device, progress: Progress) -> FinetuneResult:
+    torch.manual_seed(job.train.seed)  # everything random from here on (initialisations included) follows --seed
+    zoo = load_model(job.zs, device)
+    base_sha256 = zoo.weights_sha256  # hashed now: the methods change the model's weights (or their names) in place
+    task = load_task(job.data, job.data_root)
+    train_split = task.split("train", zoo.preprocess)
+    labels = torch.tensor(train_split.labels, dtype=torch.long)
+    _check_every_class_has_images(task, labels)
+
+    # A new method scores exactly as the zero-shot model does (LoRA's B starts at zero), so the features and the
+    # head below are zero-shot ones.
+    method = build_method(job.method, zoo, task.classnames, task.templates, **job.method_options)
+    cached = method.image_tower_frozen and job.feature_cache
+    features = prototypes = None
+    if cached or ranks.is_main:  # rank 0 needs them for the prototypes in any case
+        features, _ = image_features(
+            zoo,
+            train_split,
+            f"{job.data.to_json()} train",
+            job.cache_dir,
+            job.eval_batch_size,
+            job.workers,
+            progress("encode training images", len(train_split)),
+        )
+    if ranks.is_main:
+        prototypes = class_prototypes(features, labels, zero_shot_head(zoo, task.classnames, task.templates))
+
+    config = _config(job, method, task, zoo)
+    fingerprint = {**config, "base": zoo.spec.canonical, "base_sha256": base_sha256, "classnames": task.classnames}
+    # The model stays in eval mode (as load_model leaves it), the mode cached features are computed in, so that
+    # training with and without the cache agree.
+    log = train(
+        method,
+        features.to(device) if cached else train_split,
+        labels,
+        job.train,
+        ranks=ranks,
+        state_file=state_path(job.output),
+        checkpoint_every=job.checkpoint_every,
+        resume=job.resume,
+        fingerprint=fingerprint,
+        workers=job.workers,
+        progress=progress,
+    )
+    result = FinetuneResult(None, None, method.kind, task.name, log.steps, log.losses, log.images_per_second, None)
+    if not ranks.is_main:
+        return result
+    if job.evaluate:
+        bar = progress("evaluate test split", len(task.split("test")))
+        [test] = evaluate_zero_shot(zoo, [task], "test", job.eval_batch_size, job.workers, bar, method.eval_head)
+        result.test_accuracy = test.accuracy
+    header = zoo.base_header(
+        method.kind,
+        task=task.name,
+        classnames=task.classnames,
+        template=method.template,
+        method=method.name,
+        config=config,
+    )
+    result.output = save_checkpoint(job.output, method.export(), header, overwrite=job.force)
+    prototypes_header = zoo.base_header(
+        "prototypes", task=task.name, classnames=task.classnames, method=method.name, config=config
+    )
+    result.prototypes = save_checkpoint(
+        prototypes_path(job.output), {"prototypes": prototypes}, prototypes_header, overwrite=job.force
+    )
+    state_path(job.output).unlink(missing_ok=True)
+    return result
+
+
+def _check_every_class_has_images(task: TaskData, labels: torch.Tensor) -> None:
+    counts = torch.bincount(labels, minlength=len(task.classnames))
+    empty = [name for name, count in zip(task.classnames, counts.tolist(), strict=True) if count == 0]
+    if empty:
+        raise CftoolError(
+            f"--data {task.spec.source}: {len(empty)} class(es) have no training images ({', '.join(empty[:3])}); "
+            f"add images for them or choose another --classes subset"
+        )
+
+
+def _config(job: FinetuneJob, method: Method, task: TaskData, zoo: ZooModel) -> dict[str, Any]:
+    """Everything that produced the checkpoint: `continue FILE --zs X` rebuilds the training data from it alone."""
+    return {
+        "method": method.name,
+        **method.options(),
+        **job.train.to_dict(),
+        "data": json.loads(job.data.to_json()),
+        "data_root": str(job.data_root) if job.data_root else None,
+        "zs": zoo.spec.canonical,
+        "templates": task.templates,
+        "feature_cache": method.image_tower_frozen and job.feature_cache,
+    }

@@ -1,0 +1,329 @@
+"""The one training loop every method shares: deterministic batches, cosine schedule with warm-up, mixed precision,
+DDP, and trainer-state checkpoints that make an interrupted run resume to the same result.
+
+Batches are a pure function of (seed, step): step ``s`` takes the next ``batch_size`` indices of a stream of
+per-epoch permutations. A resumed run therefore sees exactly the batches the uninterrupted one would, and under
+DDP each rank takes its slice of the same global batch.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from cftool.errors import CftoolError
+from cftool.io.checkpoint import atomic_output
+from cftool.train.methods import Method
+
+OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SGD_MOMENTUM = 0.9
+
+# (phase description, total) -> advance(n, **fields); how the loop reports progress without knowing about rich.
+Progress = Callable[[str, int], Callable[..., None]]
+
+
+def no_progress(description: str, total: int) -> Callable[..., None]:
+    return lambda n=1, **fields: None
+
+
+class TrainingInterrupted(CftoolError):
+    """Ctrl-C during training: the trainer state was saved and ``--resume`` continues from it."""
+
+    exit_code = 130
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    iterations: int | None = None  # optimiser steps; exclusive with epochs
+    epochs: float | None = None  # passes over the training images, rounded up to whole steps
+    batch_size: int = 32  # global: split over DDP ranks
+    lr: float = 2e-3
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+    warmup: int = 0  # steps of linear warm-up before the cosine decay
+    label_smoothing: float = 0.0
+    seed: int = 0
+    precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
+
+    def __post_init__(self):
+        if (self.iterations is None) == (self.epochs is None):
+            raise CftoolError("give exactly one of --iterations N or --epochs N")
+        if (self.iterations is not None and self.iterations < 1) or (self.epochs is not None and self.epochs <= 0):
+            raise CftoolError("--iterations / --epochs must be positive")
+        if self.optimizer not in OPTIMIZERS:
+            raise CftoolError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.precision not in PRECISIONS:
+            raise CftoolError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise CftoolError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def total_steps(self, n_images: int) -> int:
+        if self.iterations is not None:
+            return self.iterations
+        return math.ceil(self.epochs * n_images / self.batch_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def learning_rate(options: TrainOptions, step: int, total: int) -> float:
+    if step < options.warmup:
+        return options.lr * (step + 1) / options.warmup
+    progress = (step - options.warmup) / max(1, total - options.warmup)
+    return options.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class BatchPlan:
+    """Global batch ``step`` = positions [step·B, (step+1)·B) of the concatenated per-epoch permutations."""
+
+    def __init__(self, n_images: int, batch_size: int, seed: int):
+        self.n_images, self.batch_size = n_images, batch_size
+        self._generator = torch.Generator().manual_seed(seed)
+        self._permutations: list[torch.Tensor] = []
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        while len(self._permutations) <= epoch:
+            self._permutations.append(torch.randperm(self.n_images, generator=self._generator))
+        return self._permutations[epoch]
+
+    def global_batch(self, step: int) -> torch.Tensor:
+        first = step * self.batch_size
+        first_epoch, last_epoch = first // self.n_images, (first + self.batch_size - 1) // self.n_images
+        stream = torch.cat([self._permutation(epoch) for epoch in range(first_epoch, last_epoch + 1)])
+        offset = first - first_epoch * self.n_images
+        return stream[offset : offset + self.batch_size]
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a DDP group (rank 0 of 1 without torch.distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def local(self, global_batch: torch.Tensor) -> torch.Tensor:
+        return global_batch.tensor_split(self.world_size)[self.rank]
+
+
+@dataclass
+class TrainLog:
+    steps: int
+    start_step: int
+    losses: list[float] = field(default_factory=list)  # loss over the global batch, per step run in this process
+    images_per_second: float = 0.0
+
+
+def precision_context(device: torch.device, precision: str):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def train(
+    method: Method,
+    inputs: torch.Tensor | Dataset,
+    labels: torch.Tensor,
+    options: TrainOptions,
+    *,
+    ranks: Ranks = Ranks(),
+    state_file: Path | None = None,
+    checkpoint_every: int = 0,
+    resume: bool = False,
+    fingerprint: dict[str, Any] | None = None,
+    workers: int = 0,
+    progress: Progress = no_progress,
+) -> TrainLog:
+    """Train ``method`` on ``inputs`` (cached normalised image features, or a dataset of preprocessed images).
+
+    ``fingerprint`` (what must not change between an interrupted run and its resumption) is stored in the trainer
+    state and checked on ``resume``.
+    """
+    device = method.device
+    if options.batch_size % ranks.world_size:
+        raise CftoolError(
+            f"--batch-size {options.batch_size} must be a multiple of the {ranks.world_size} processes, "
+            f"so that every process takes the same share of each batch"
+        )
+    total = options.total_steps(len(labels))
+    plan = BatchPlan(len(labels), options.batch_size, options.seed)
+    trainable = method.trainable_parameters()
+    optimizer = _optimizer(list(trainable.values()), options)
+    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
+    start = 0
+    if resume:
+        start = _load_state(_require(state_file), trainable, optimizer, scaler, fingerprint or {}, device)
+    if ranks.world_size > 1:
+        model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        model = method
+    log = TrainLog(steps=total, start_step=start)
+    advance = progress(f"train {method.name}", total)
+    advance(start)
+    cached = isinstance(inputs, torch.Tensor)
+    batches = _batches(inputs, labels, plan, ranks, range(start, total), workers)
+    images_seen, began = 0, time.perf_counter()
+    with _interrupt_deferred() as interrupted:
+        for step, (batch_inputs, batch_labels) in zip(range(start, total), batches, strict=True):
+            batch_inputs, batch_labels = batch_inputs.to(device), batch_labels.to(device)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(options, step, total)
+            with precision_context(device, options.precision):
+                if method.image_tower_frozen and not cached:
+                    with torch.no_grad():
+                        batch_inputs = method.model.encode_image(batch_inputs, normalize=True).float()
+                logits = model(batch_inputs)
+            loss = F.cross_entropy(logits.float(), batch_labels, label_smoothing=options.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            mean_loss, stop = _all_ranks(loss.detach(), interrupted(), ranks)
+            log.losses.append(mean_loss)
+            images_seen += len(batch_labels) * ranks.world_size
+            log.images_per_second = images_seen / (time.perf_counter() - began)
+            advance(1, loss=mean_loss, speed=log.images_per_second)
+            done = step + 1
+            if state_file is not None and ranks.is_main and done < total:
+                if stop or (checkpoint_every and done % checkpoint_every == 0):
+                    _save_state(state_file, done, trainable, optimizer, scaler, fingerprint or {})
+            if stop and done < total:
+                where = f"trainer state saved to {state_file}; " if state_file is not None else ""
+                raise TrainingInterrupted(f"interrupted after step {done} of {total}: {where}rerun with --resume")
+    return log
+
+
+def _optimizer(parameters: list[torch.nn.Parameter], options: TrainOptions) -> torch.optim.Optimizer:
+    if options.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=options.lr, momentum=SGD_MOMENTUM, weight_decay=options.weight_decay)
+    return torch.optim.AdamW(parameters, lr=options.lr, weight_decay=options.weight_decay)
+
+
+def _batches(
+    inputs: torch.Tensor | Dataset,
+    labels: torch.Tensor,
+    plan: BatchPlan,
+    ranks: Ranks,
+    steps: range,
+    workers: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    local = [ranks.local(plan.global_batch(step)) for step in steps]
+    if isinstance(inputs, torch.Tensor):
+        return ((inputs[indices], labels[indices]) for indices in local)
+    return iter(DataLoader(inputs, batch_sampler=[indices.tolist() for indices in local], num_workers=workers))
+
+
+def _all_ranks(loss: torch.Tensor, stop: bool, ranks: Ranks) -> tuple[float, bool]:
+    """The loss over the global batch, and whether any rank was asked to stop: Ctrl-C reaches every rank, but not
+    at the same step, so all stop after the step any of them saw it in."""
+    if ranks.world_size == 1:
+        return loss.item(), stop
+    values = torch.stack([loss.float(), torch.tensor(float(stop), device=loss.device)])
+    dist.all_reduce(values)
+    return values[0].item() / ranks.world_size, bool(values[1].item())
+
+
+@contextmanager
+def _interrupt_deferred() -> Iterator[Callable[[], bool]]:
+    """Turn the first Ctrl-C into a request to stop at the end of the current step (so the saved state is a
+    consistent one); a second Ctrl-C interrupts at once."""
+    requested = False
+
+    def request_stop(signum, frame):
+        nonlocal requested
+        requested = True
+        signal.signal(signal.SIGINT, previous)
+
+    try:
+        previous = signal.signal(signal.SIGINT, request_stop)
+    except ValueError:  # not the main thread: signals cannot be caught here
+        yield lambda: False
+        return
+    try:
+        yield lambda: requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _require(state_file: Path | None) -> Path:
+    if state_file is None or not state_file.is_file():
+        raise CftoolError(f"--resume: no trainer state at {state_file}; run without --resume to start afresh")
+    return state_file
+
+
+def _save_state(
+    path: Path,
+    step: int,
+    trainable: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    fingerprint: dict[str, Any],
+) -> None:
+    state = {
+        "step": step,
+        "fingerprint": fingerprint,
+        "trainable": {name: p.detach().cpu() for name, p in trainable.items()},
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+    }
+    with atomic_output(path, overwrite=True) as temp:
+        torch.save(state, temp)
+
+
+def _load_state(
+    path: Path,
+    trainable: dict[str, torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    fingerprint: dict[str, Any],
+    device: torch.device,
+) -> int:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # a pickle that is not plain tensors, or a damaged file
+        raise CftoolError(f"{path}: not a readable trainer state ({err.__class__.__name__}); delete it") from None
+    _check_fingerprint(path, state.get("fingerprint", {}), fingerprint)
+    if state["trainable"].keys() != trainable.keys():
+        raise CftoolError(f"{path}: trainer state holds other parameters than this run trains; delete it")
+    with torch.no_grad():
+        for name, parameter in trainable.items():
+            parameter.copy_(state["trainable"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    return int(state["step"])
+
+
+def _check_fingerprint(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
+    if saved.get("base_sha256") != current.get("base_sha256"):
+        raise CftoolError(
+            f"{path}: trainer state was made with base model {saved.get('base')!r} "
+            f"(sha256 {str(saved.get('base_sha256'))[:12]}), not the --zs in use ({current.get('base')!r}); "
+            f"use the same --zs, or run without --resume"
+        )
+    if saved.get("classnames") != current.get("classnames"):
+        raise CftoolError(
+            f"{path}: trainer state was trained on classes {saved.get('classnames')}, but the data has "
+            f"{current.get('classnames')}; use the same --data, or run without --resume"
+        )
+    changed = sorted(key for key in saved.keys() | current.keys() if saved.get(key) != current.get(key))
+    if changed:
+        details = ", ".join(f"{key}: {saved.get(key)!r} then, {current.get(key)!r} now" for key in changed[:3])
+        raise CftoolError(f"{path}: cannot resume with changed options ({details}); run without --resume")

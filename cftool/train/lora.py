@@ -1,0 +1,54 @@
+"""LoRA on open_clip's attention and MLP projections, as a parametrisation ``W + (alpha / rank) · B A``.
+
+A parametrisation rather than wrapped layers because ``nn.MultiheadAttention`` reads ``in_proj_weight`` directly;
+the same ``merge_lora`` computes the weight in training and when a `lora` checkpoint is merged into full weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+# Per residual block: the fused q/k/v and output projections of attention, and the two MLP layers.
+LORA_TARGETS = ("attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+TOWER_BLOCKS = {"image": "visual.transformer.resblocks.", "text": "transformer.resblocks."}
+
+
+def lora_parameter_names(model: nn.Module, towers: tuple[str, ...]) -> list[str]:
+    """open_clip parameter names that LoRA adapts in ``towers``, in the model's order."""
+    prefixes = tuple(TOWER_BLOCKS[tower] for tower in towers)
+    return [name for name, _ in model.named_parameters() if name.startswith(prefixes) and name.endswith(LORA_TARGETS)]
+
+
+def merge_lora(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> torch.Tensor:
+    return weight + scale * (lora_b @ lora_a).to(weight.dtype)
+
+
+class LoRAFactors(nn.Module):
+    """The trainable pair of one weight: A [rank, in] Kaiming-initialised, B [out, rank] zero, so training starts
+    exactly at the base weights."""
+
+    def __init__(self, weight: torch.Tensor, rank: int, scale: float):
+        super().__init__()
+        out_features, in_features = weight.shape
+        self.scale = scale
+        self.lora_A = nn.Parameter(torch.empty(rank, in_features, device=weight.device, dtype=torch.float32))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=weight.device, dtype=torch.float32))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return merge_lora(weight, self.lora_A, self.lora_B, self.scale)
+
+
+def attach_lora(model: nn.Module, names: list[str], rank: int, scale: float) -> dict[str, LoRAFactors]:
+    """Parametrise each named weight of ``model`` in place; returns the factors by parameter name."""
+    factors = {}
+    for name in names:
+        module_path, _, tensor_name = name.rpartition(".")
+        module = model.get_submodule(module_path)
+        factors[name] = LoRAFactors(getattr(module, tensor_name), rank, scale)
+        parametrize.register_parametrization(module, tensor_name, factors[name])
+    return factors

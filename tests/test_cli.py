@@ -1,0 +1,235 @@
+"""The command line as a user meets it: help, conventions, one-line errors, file commands, zero-shot eval."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cftool.cli.completions import render_all
+from cftool.cli.pending import PENDING_COMMANDS
+from cftool.io.checkpoint import open_checkpoint
+
+ALL_COMMANDS = ["finetune", "continue", "delta", "unify", "decouple", "route", "eval", "inspect", "import", "export"]
+
+
+def one_line_error(result) -> str:
+    assert result.code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_help_lists_every_command(cli):
+    result = cli("--help")
+    assert result.code == 0
+    for command in ALL_COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", ["eval", "inspect", "import", "export"])
+def test_every_available_command_has_help_with_an_example(cli, command):
+    result = cli(command, "--help")
+    assert result.code == 0
+    assert "Example: cftool" in result.stdout
+
+
+@pytest.mark.parametrize("command", sorted(PENDING_COMMANDS))
+def test_pending_commands_exit_2_with_one_line(cli, command):
+    result = cli(command, "anything.safetensors", "--zs", "tiny")
+    assert result.code == 2
+    assert f"cftool {command}" in one_line_error(result)
+
+
+def test_usage_errors_are_one_line(cli):
+    line = one_line_error(cli("eval", "--no-such-flag"))
+    assert "--no-such-flag" in line
+    assert "--benchmark" in one_line_error(cli("eval"))
+
+
+def test_a_bad_device_is_refused(cli):
+    assert "--device" in one_line_error(cli("eval", "--zs", "tiny", "--data", "toy:mnist", "--device", "tpu"))
+
+
+def test_python_dash_m_works_and_prints_no_traceback_for_user_errors():
+    result = subprocess.run(
+        [sys.executable, "-m", "cftool", "inspect", "/nonexistent/x.safetensors"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "/nonexistent/x.safetensors" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def base_file(tmp_path_factory):
+    from cftool.cli import main
+
+    path = tmp_path_factory.mktemp("zoo") / "base.safetensors"
+    assert main(["export", "--zs", "tiny", "-o", str(path)]) == 0
+    return path
+
+
+def test_export_zoo_model_then_inspect(cli, base_file):
+    result = cli("inspect", base_file, "--check", "--json")
+    assert result.code == 0
+    [summary] = json.loads(result.stdout)
+    assert summary["kind"] == "model" and summary["base"] == "tiny"
+    assert summary["parameters"] > 1_000_000
+    assert summary["non_finite"] == {}
+
+
+def test_inspect_check_finds_nan(cli, base_file, tmp_path):
+    from cftool.io.checkpoint import save_checkpoint
+
+    with open_checkpoint(base_file) as ckpt:
+        tensors, header = ckpt.load_all(), ckpt.header
+    tensors["logit_scale"] = torch.tensor(float("nan"))
+    bad = save_checkpoint(tmp_path / "nan.safetensors", tensors, header)
+    result = cli("inspect", bad, "--check")
+    assert result.code == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert "NaN/Inf" in last and "logit_scale" in last
+
+
+def test_existing_output_is_never_overwritten_without_force(cli, base_file, tmp_path):
+    target = tmp_path / "taken.safetensors"
+    target.write_bytes(b"precious")
+    assert "--force" in one_line_error(cli("export", "--zs", "tiny", "-o", target))
+    assert target.read_bytes() == b"precious"
+    assert cli("export", "--zs", "tiny", "-o", target, "--force").code == 0
+    assert open_checkpoint(target).header.kind == "model"
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_export_plain_then_import_round_trips_exactly(cli, base_file, tmp_path, suffix):
+    plain = tmp_path / f"plain{suffix}"
+    assert cli("export", base_file, "-o", plain).code == 0
+    state = load_file(plain) if suffix == ".safetensors" else torch.load(plain, weights_only=True)
+    assert "cftool.format" not in open(plain, "rb").read(4096).decode("latin-1") or suffix == ".pt"
+    back = tmp_path / "back.safetensors"
+    assert cli("import", plain, "--zs", "tiny", "-o", back).code == 0
+    with open_checkpoint(base_file) as a, open_checkpoint(back) as b:
+        assert a.keys() == b.keys() == list(state)
+        for name in a.keys():
+            assert torch.equal(a[name], b[name]) and torch.equal(a[name], state[name])
+        assert b.header.base_sha256 == a.header.base_sha256
+
+
+def test_import_refuses_a_state_dict_of_another_architecture(cli, tmp_path):
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"visual.conv1.weight": torch.zeros(3, 3)}, wrong)
+    line = one_line_error(cli("import", wrong, "--zs", "tiny", "-o", tmp_path / "out.safetensors"))
+    assert str(wrong) in line
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_import_a_dassl_coop_prompt(cli, tmp_path):
+    source = tmp_path / "prompt_learner" / "model.pth.tar-50"
+    source.parent.mkdir()
+    ctx = torch.randn(4, 128)
+    torch.save({"state_dict": {"ctx": ctx, "token_prefix": torch.zeros(5, 1, 128)}, "epoch": 50}, source)
+    out = tmp_path / "coop.safetensors"
+    assert cli("import", source, "--zs", "tiny", "-o", out, "--task", "mnist").code == 0
+    with open_checkpoint(out, kind="prompt") as ckpt:
+        assert torch.equal(ckpt["ctx"], ctx)
+        assert ckpt.header.task == "mnist" and ckpt.header.config["n_ctx"] == 4
+    wide = tmp_path / "wide" / "model.pth.tar-1"
+    wide.parent.mkdir()
+    torch.save({"state_dict": {"ctx": torch.randn(4, 512)}, "epoch": 1}, wide)
+    assert "width 512" in one_line_error(cli("import", wide, "--zs", "tiny", "-o", tmp_path / "w.safetensors"))
+
+
+def test_config_file_gives_defaults_and_flags_win(cli, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("zs: tiny\ndata: [toy:mnist]\nbatch-size: 64\ndevice: tpu\n")
+    assert "--device" in one_line_error(cli("eval", "--config", config))
+    result = cli("eval", "--config", config, "--device", "cpu", "--json")
+    assert result.code == 0, result.stderr
+    [task] = json.loads(result.stdout)["models"][0]["results"]
+    assert task["task"] == "mnist" and task["num_classes"] == 10 and 0 <= task["accuracy"] <= 100
+    assert "unknown key" in one_line_error(cli("eval", "--config", _write(tmp_path / "bad.yaml", "bogus: 1\n")))
+    assert "not valid YAML" in one_line_error(cli("eval", "--config", _write(tmp_path / "broken.yaml", "a: [\n")))
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_completions_are_current():
+    from pathlib import Path
+
+    folder = Path(__file__).parent.parent / "completions"
+    for name, text in render_all().items():
+        assert (folder / name).read_text() == text, f"completions/{name} is stale: run `make completions`"
+
+
+def test_bash_completion_completes_commands_and_options():
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "completions" / "cftool.bash"
+    probe = (
+        f"source {script}; COMP_WORDS=(cftool ev); COMP_CWORD=1; _cftool; echo ${{COMPREPLY[@]}}; "
+        "COMP_WORDS=(cftool eval --bench); COMP_CWORD=2; _cftool; echo ${COMPREPLY[@]}"
+    )
+    lines = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert lines == ["eval", "--benchmark"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt header", "not safetensors", "missing"])
+def test_inspect_of_a_damaged_file_is_one_line(cli, base_file, tmp_path, damage):
+    path = tmp_path / "damaged.safetensors"
+    data = base_file.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "corrupt header":
+        path.write_bytes(data[:8] + b"{not json" + data[17:])
+    elif damage == "not safetensors":
+        path.write_text("name,accuracy\nmnist,93.1\n")
+    line = one_line_error(cli("inspect", path))
+    assert str(path) in line
+
+
+def test_import_refuses_a_pickle_that_would_run_code(cli, tmp_path):
+    import os
+
+    marker = tmp_path / "code-ran"
+
+    class RunsShellCommand:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"visual.proj": torch.zeros(2), "payload": RunsShellCommand()}, evil)
+    line = one_line_error(cli("import", evil, "--zs", "tiny", "-o", tmp_path / "out.safetensors"))
+    assert "refused" in line and str(evil) in line
+    assert not marker.exists()
+    assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_eval_writes_its_report_with_output(cli, tmp_path):
+    report = tmp_path / "report.json"
+    result = cli("eval", "--zs", "tiny", "--data", "toy:mnist", "--classes", "base", "-o", report)
+    assert result.code == 0, result.stderr
+    [task] = json.loads(report.read_text())["models"][0]["results"]
+    assert task["num_classes"] == 5 and task["classes"] == "base"
+    assert "--force" in one_line_error(cli("eval", "--zs", "tiny", "--data", "toy:mnist", "-o", report))
+
+
+def test_eval_of_several_checkpoints_checks_each_against_the_base(cli, base_file, tmp_path):
+    from cftool.io.checkpoint import save_checkpoint
+
+    with open_checkpoint(base_file) as ckpt:
+        tensors, header = ckpt.load_all(), ckpt.header
+    tensors["logit_scale"] = tensors["logit_scale"] + 1  # another model of the same base, same predictions
+    other = save_checkpoint(tmp_path / "other.safetensors", tensors, header)
+    result = cli("eval", base_file, other, "--data", "toy:mnist", "--classes", "novel", "--json")
+    assert result.code == 0, result.stderr
+    first, second = json.loads(result.stdout)["models"]
+    assert first["results"][0]["accuracy"] == second["results"][0]["accuracy"]

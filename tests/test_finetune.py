@@ -1,0 +1,334 @@
+"""`cftool finetune`: the four methods end to end on tiny few-shot subsets, resume, DDP, feature cache, bad input."""
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+from contextlib import contextmanager, redirect_stdout
+from itertools import pairwise
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cftool.cli import main
+from cftool.data import DatasetSpec
+from cftool.io.checkpoint import open_checkpoint, save_checkpoint
+from cftool.train import FinetuneJob, TrainingInterrupted, TrainOptions, class_prototypes, finetune, state_path
+from cftool.train.loop import BatchPlan, Ranks, learning_rate
+from cftool.train.text import context_prompts, embedded_context, encode_text_with_context
+from cftool.zoo import load_model
+
+# 4 images of each of mnist's 5 base classes: one batch is the whole training set, so every step sees the same data.
+DATA = ["--zs", "tiny", "--data", "toy:mnist", "--classes", "base", "--shots", "4", "--device", "cpu"]
+TRAIN = ["--batch-size", "20", "--iterations", "12", "--seed", "3"]
+METHOD_FLAGS = {
+    "coop": ["--lr", "0.01"],
+    "head": ["--lr", "0.01"],
+    "lora": ["--rank", "2", "--lr", "0.002", "--towers", "image"],
+    "full": ["--lr", "0.0001", "--towers", "image"],
+}
+KINDS = {"coop": "prompt", "head": "head", "lora": "lora", "full": "model"}
+
+
+@contextmanager
+def torch_threads(count: int):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Bitwise comparisons between runs need the same threading, and the machine is shared."""
+    with torch_threads(1):
+        yield
+
+
+def one_line_error(result) -> str:
+    assert result.code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def finetune_cli(cli, output: Path, method: str, *extra) -> dict:
+    result = cli("finetune", *DATA, *TRAIN, "--method", method, *METHOD_FLAGS[method], "-o", output, "--json", *extra)
+    assert result.code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    with open_checkpoint(path) as ckpt:
+        return ckpt.load_all()
+
+
+def test_context_encoder_reproduces_encode_text_with_the_words_it_replaces():
+    zoo = load_model("tiny")
+    classnames = ["seven", "red circle", "arrow pointing up"]
+    ctx = embedded_context(zoo.model, zoo.tokenizer, "a photo of a")
+    with torch.no_grad():
+        learned = encode_text_with_context(zoo.model, zoo.tokenizer(context_prompts(classnames, len(ctx))), ctx)
+        written = zoo.model.encode_text(zoo.tokenizer([f"a photo of a {name}." for name in classnames]))
+    assert ctx.shape == (4, zoo.model.token_embedding.weight.shape[1])
+    assert torch.equal(learned, written)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """Each method trained once with `--eval`: its checkpoint and its JSON summary."""
+    folder = tmp_path_factory.mktemp("trained")
+    runs = {}
+    with torch_threads(1):
+        for method in METHOD_FLAGS:
+            output = folder / f"{method}.safetensors"
+            args = ["finetune", *DATA, *TRAIN, "--method", method, *METHOD_FLAGS[method], "-o", output, "--json"]
+            with redirect_stdout(io.StringIO()) as stdout:
+                assert main([str(arg) for arg in [*args, "--eval"]]) == 0
+            runs[method] = output, json.loads(stdout.getvalue())
+    return runs
+
+
+@pytest.mark.parametrize("method", ["coop", "head", "lora", "full"])
+def test_each_method_lowers_the_loss_and_writes_complete_metadata(trained, method):
+    output, summary = trained[method]
+    assert summary["final_loss"] < summary["first_loss"]
+    assert summary["kind"] == KINDS[method] and summary["steps"] == 12
+
+    with open_checkpoint(output, kind=KINDS[method]) as ckpt:
+        header = ckpt.header
+    assert (header.base, header.task, header.method) == ("tiny", "mnist", method)
+    torch.manual_seed(3)  # the same base weights as the run's if `tiny` has no shipped weights and starts random
+    assert header.base_sha256 == load_model("tiny").weights_sha256
+    assert header.classnames == ["0", "1", "2", "3", "4"] and "{}" in header.template
+    assert DatasetSpec(**header.config["data"]) == DatasetSpec("toy:mnist", classes="base", shots=4, seed=3)
+    assert header.config["iterations"] == 12 and header.config["batch_size"] == 20 and header.config["seed"] == 3
+
+    with open_checkpoint(summary["prototypes"], kind="prototypes") as ckpt:
+        prototypes = ckpt["prototypes"]
+        assert ckpt.header.classnames == header.classnames
+    assert prototypes.shape == (5, 128)
+    assert torch.allclose(prototypes.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_eval_of_the_written_checkpoints_equals_their_accuracy_in_memory(cli, trained):
+    # `full` first: the adapters after it must be applied to the base weights, not to the full fine-tune's.
+    methods = ["full", "lora", "coop", "head"]
+    paths = [trained[method][0] for method in methods]
+    result = cli("eval", *paths, "--data", "toy:mnist", "--classes", "base", "--device", "cpu", "--seed", 3, "--json")
+    assert result.code == 0, result.stderr
+    for method, model in zip(methods, json.loads(result.stdout)["models"], strict=True):
+        assert model["results"][0]["accuracy"] == trained[method][1]["test_accuracy"], method
+
+
+def test_written_tensors_are_named_by_kind(trained):
+    lora = tensors(trained["lora"][0])
+    assert "visual.transformer.resblocks.0.attn.in_proj_weight.lora_A" in lora
+    assert lora["visual.transformer.resblocks.0.mlp.c_fc.weight.lora_B"].shape == (512, 2)
+    assert not any(name.startswith("transformer.") for name in lora)  # --towers image
+    config = open_checkpoint(trained["lora"][0]).header.config
+    assert (config["rank"], config["alpha"], config["towers"]) == (2, 16.0, ["image"])
+    assert tensors(trained["coop"][0])["ctx"].shape == (4, 128)
+    assert tensors(trained["head"][0])["head.weight"].shape == (5, 128)
+
+
+def test_feature_cache_gives_the_same_prompt_as_encoding_every_batch(cli, tmp_path, trained):
+    cache = tmp_path / "cache"
+    finetune_cli(cli, tmp_path / "cached.safetensors", "coop", "--cache-dir", cache)
+    [cache_file] = cache.iterdir()
+    written = cache_file.stat().st_mtime_ns
+    finetune_cli(cli, tmp_path / "again.safetensors", "coop", "--cache-dir", cache)
+    assert cache_file.stat().st_mtime_ns == written  # read back, not recomputed
+    finetune_cli(cli, tmp_path / "uncached.safetensors", "coop", "--no-feature-cache")
+    cached, again = tensors(tmp_path / "cached.safetensors"), tensors(tmp_path / "again.safetensors")
+    uncached = tensors(tmp_path / "uncached.safetensors")
+    assert torch.equal(cached["ctx"], again["ctx"])
+    assert torch.equal(cached["ctx"], tensors(trained["coop"][0])["ctx"])  # a file cache holds the exact features
+    assert torch.allclose(cached["ctx"], uncached["ctx"], atol=1e-5)
+
+
+def test_a_yaml_config_is_equivalent_to_flags(cli, tmp_path, trained):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "zs: tiny\ndata: toy:mnist\nclasses: base\nshots: 4\ndevice: cpu\nbatch-size: 20\niterations: 12\n"
+        "seed: 3\nmethod: head\nlr: 0.01\n"
+    )
+    result = cli("finetune", "--config", config, "-o", tmp_path / "yaml.safetensors")
+    assert result.code == 0, result.stderr
+    assert torch.equal(
+        tensors(trained["head"][0])["head.weight"], tensors(tmp_path / "yaml.safetensors")["head.weight"]
+    )
+
+
+def _interrupt_at(step: int):
+    """A progress reporter that presses Ctrl-C as the training loop reports ``step`` done; the loop notices at the
+    end of the step it is then in."""
+
+    def begin(description: str, total: int):
+        seen = 0
+
+        def advance(n: int = 1, **fields):
+            nonlocal seen
+            seen += n
+            if description.startswith("train") and seen == step:
+                os.kill(os.getpid(), signal.SIGINT)
+
+        return advance
+
+    return begin
+
+
+@pytest.fixture
+def interrupted_run(tmp_path):
+    """A `lora` run stopped by Ctrl-C after step 6 of 12 (state saved every 4 steps too)."""
+    output = tmp_path / "resumed.safetensors"
+    job = FinetuneJob(
+        zs="tiny",
+        data=DatasetSpec("toy:mnist", classes="base", shots=4, seed=3),
+        method="lora",
+        output=output,
+        train=TrainOptions(iterations=12, batch_size=20, lr=0.002, optimizer="adamw", seed=3),
+        method_options={"rank": 2, "alpha": 16.0, "towers": ("image",)},
+        checkpoint_every=4,
+    )
+    with pytest.raises(TrainingInterrupted, match="after step 6 of 12"):
+        finetune(job, progress=_interrupt_at(5))
+    assert state_path(output).is_file() and not output.exists()
+    return output
+
+
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(cli, trained, interrupted_run):
+    finetune_cli(cli, interrupted_run, "lora", "--resume")
+    assert not state_path(interrupted_run).exists()
+    resumed, straight = tensors(interrupted_run), tensors(trained["lora"][0])
+    assert resumed.keys() == straight.keys()
+    for name in straight:
+        assert torch.equal(resumed[name], straight[name]), name
+
+
+def test_resume_refuses_other_classes_another_base_or_changed_options(cli, tmp_path, interrupted_run):
+    base = tmp_path / "other-base.safetensors"
+    assert cli("export", "--zs", "tiny", "-o", base).code == 0
+    with open_checkpoint(base) as ckpt:
+        weights, header = ckpt.load_all(), ckpt.header
+    weights["logit_scale"] = weights["logit_scale"] + 1
+    save_checkpoint(base, weights, header, overwrite=True)
+
+    def resume(*changes):
+        args = [*DATA, *TRAIN, "--method", "lora", *METHOD_FLAGS["lora"], "-o", interrupted_run, "--resume"]
+        for flag, value in zip(changes[::2], changes[1::2], strict=True):
+            args[args.index(flag) + 1] = value
+        return one_line_error(cli("finetune", *args))
+
+    assert "classes" in resume("--classes", "novel")
+    assert "base model" in resume("--zs", str(base))
+    assert "lr" in resume("--lr", "0.5")
+    assert not interrupted_run.exists()
+
+
+def test_bad_input_is_one_line_and_writes_nothing(cli, tmp_path):
+    output = tmp_path / "out.safetensors"
+    assert "unknown --method 'adapter'" in one_line_error(cli("finetune", *DATA, "--iterations", "1", "--method",
+                                                                "adapter", "-o", output))  # fmt: skip
+    assert "--rank applies to --method lora" in one_line_error(
+        cli("finetune", *DATA, "--iterations", "1", "--rank", "4", "-o", output)
+    )
+    assert "--n-ctx 3 does not match" in one_line_error(
+        cli("finetune", *DATA, "--iterations", "1", "--n-ctx", "3", "-o", output)
+    )
+    assert "--iterations N or --epochs N" in one_line_error(cli("finetune", *DATA, "-o", output))
+    assert "--resume: no trainer state" in one_line_error(
+        cli("finetune", *DATA, "--iterations", "1", "--resume", "-o", output)
+    )
+
+    images = tmp_path / "shapes"
+    for name in ("circle", "square"):  # the square class stays empty
+        (images / name).mkdir(parents=True)
+    Image.new("RGB", (64, 64), "red").save(images / "circle" / "0.png")
+    line = one_line_error(cli("finetune", "--zs", "tiny", "--data", f"folder:{images}", "--iterations", "1",
+                              "--device", "cpu", "-o", output))  # fmt: skip
+    assert "no training images (square)" in line
+    assert list(tmp_path.glob("out*")) == []
+
+    output.write_bytes(b"precious")
+    assert "--force" in one_line_error(cli("finetune", *DATA, "--iterations", "1", "-o", output))
+    assert output.read_bytes() == b"precious" and list(tmp_path.glob("out.*")) == [output]
+
+
+def test_a_head_is_refused_on_other_classes(cli, trained):
+    line = one_line_error(
+        cli(
+            "eval",
+            trained["head"][0],
+            "--data",
+            "toy:mnist",
+            "--classes",
+            "novel",
+            "--device",
+            "cpu",
+            "--seed",
+            3,
+        )
+    )
+    assert "training classes" in line
+
+
+def test_prototypes_follow_the_definition():
+    features = F.normalize(torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]]), dim=1)
+    text_head = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # [embed_dim, n_classes]
+    prototypes = class_prototypes(features, torch.tensor([0, 0, 1]), text_head)
+    expected_first = F.normalize((torch.tensor([0.8, 0.4]) + torch.tensor([1.0, 0.0])) / 2, dim=0)
+    assert torch.allclose(prototypes[0], expected_first)
+    assert torch.allclose(prototypes[1], torch.tensor([0.0, 1.0]))
+
+
+def test_two_gloo_processes_give_the_weights_of_one_process_with_the_same_global_batch(trained, tmp_path):
+    args = [*DATA, *TRAIN, "--method", "lora", *METHOD_FLAGS["lora"]]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cftool"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [*command, "finetune", *args, "-o", str(tmp_path / "two.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    one, two = tensors(trained["lora"][0]), tensors(tmp_path / "two.safetensors")
+    assert one.keys() == two.keys()
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=1e-5), name
+    assert open_checkpoint(tmp_path / "two.prototypes.safetensors").header.kind == "prototypes"
+
+
+def test_epochs_count_steps_of_the_global_batch_and_the_schedule_warms_up_then_decays(cli, tmp_path):
+    result = cli("finetune", *DATA, "--method", "head", "--epochs", "2", "--batch-size", "8", "--warmup", "2",
+                 "--label-smoothing", "0.1", "-o", tmp_path / "head.safetensors", "--json")  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["steps"] == 5  # ceil(2 epochs × 20 images / 8)
+    options = TrainOptions(iterations=10, lr=1.0, warmup=2)
+    rates = [learning_rate(options, step, 10) for step in range(10)]
+    assert rates[:3] == [0.5, 1.0, 1.0]  # linear warm-up over 2 steps, then the cosine starts at the peak
+    assert all(later < earlier for earlier, later in pairwise(rates[2:])) and rates[-1] < 0.05
+
+
+def test_batches_are_a_function_of_seed_and_step_and_cover_every_image_once_per_epoch():
+    plan = BatchPlan(12, 4, seed=5)
+    epoch = torch.cat([plan.global_batch(step) for step in range(3)])
+    assert sorted(epoch.tolist()) == list(range(12))
+    assert torch.equal(BatchPlan(12, 4, seed=5).global_batch(4), plan.global_batch(4))  # resumed mid-stream
+    assert not torch.equal(BatchPlan(12, 4, seed=6).global_batch(0), plan.global_batch(0))
+    halves = Ranks(0, 2).local(plan.global_batch(7)), Ranks(1, 2).local(plan.global_batch(7))
+    assert torch.equal(torch.cat(halves), plan.global_batch(7))
+
+
+def test_help_has_an_example(cli):
+    result = cli("finetune", "--help")
+    assert result.code == 0 and "Example: cftool finetune" in result.stdout
