@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from cftool.data.specs import DatasetSpec
-from cftool.data.toy import TOY_TASKS, ToyTask
+from cftool.data.toy import HELDOUT_TASK, TOY_TASKS, ToyTask
 from cftool.errors import CftoolError, NotAvailableError
 
 
@@ -34,10 +34,14 @@ class ToySource:
         return self.task.example(split, index)[0]
 
 
+# The eleven tasks, and the test-only probe of colour-shape combinations that pretraining never showed.
+TOY_SOURCES = {**TOY_TASKS, HELDOUT_TASK.name: HELDOUT_TASK}
+
+
 def toy_source(name: str) -> ToySource:
-    if name not in TOY_TASKS:
-        raise CftoolError(f"toy:{name}: unknown toy task; known: {', '.join(TOY_TASKS)}")
-    return ToySource(TOY_TASKS[name])
+    if name not in TOY_SOURCES:
+        raise CftoolError(f"toy:{name}: unknown toy task; known: {', '.join(TOY_SOURCES)}")
+    return ToySource(TOY_SOURCES[name])
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,9 @@ HELDOUT_COMBOS = frozenset({
 PRETRAINING_WRAPPERS = ("{}.", "an image of {}.", "a picture of {}.", "a drawing of {}.", "there is {}.", "{} here.")
 HELDOUT_WRAPPERS = ("a photo of {}.", "a rendering of {}.")
 
-_SHAPE_RADIUS = {"small": (5, 7), "medium": (9, 12), "large": (14, 18)}
+_SHAPE_RADIUS = {"small": (6, 8), "medium": (10, 13), "large": (15, 19)}
 _GLYPH_FONT_SIZE = {"small": (18, 21), "medium": (25, 29), "large": (33, 38)}
+PIXEL_NOISE = 6.0
 _CELL_CENTRES = (IMAGE_SIZE / 6, IMAGE_SIZE / 2, 5 * IMAGE_SIZE / 6)
 
 
@@ -105,7 +106,7 @@ def sample_item(rng: np.random.Generator, kind: str, colour: str | None = None, 
     else:
         angle = rng.uniform(-12, 12)
     base = np.array(COLOURS[colour])
-    rgb = tuple(int(v) for v in np.clip(base + rng.integers(-40, 41, size=3), 0, 255))
+    rgb = tuple(int(v) for v in np.clip(base + rng.integers(-55, 56, size=3), 0, 255))
     low, high = (_GLYPH_FONT_SIZE if kind in ("digit", "letter") else _SHAPE_RADIUS)[size]
     scale = int(rng.integers(low, high + 1))
     return Item(kind, colour, size, float(centre[0]), float(centre[1]), float(angle), rgb, scale, glyph)
@@ -114,7 +115,7 @@ def sample_item(rng: np.random.Generator, kind: str, colour: str | None = None, 
 def sample_background(rng: np.random.Generator, texture: str | None = None) -> dict:
     low = int(rng.integers(55, 165))
     tint = COLOURS[str(rng.choice(list(COLOURS)))]
-    return dict(texture=texture or str(rng.choice(TEXTURES)), tones=(low, low + int(rng.integers(35, 70))),
+    return dict(texture=texture or str(rng.choice(TEXTURES)), tones=(low, low + int(rng.integers(25, 60))),
                 tint=tint, tint_strength=float(rng.choice([0.0, rng.uniform(0.2, 0.45)])),
                 period=int(rng.integers(6, 11)), phase=int(rng.integers(0, 16)),
                 noise_seed=int(rng.integers(2**31)))
@@ -126,11 +127,7 @@ def allowed_in_pretraining(colour: str, kind: str) -> bool:
 
 @dataclass(frozen=True)
 class Look:
-    """Background and colour shared by a group of pretraining examples.
-
-    Within a group only the items' identity, position, size, direction and count differ, so the
-    contrastive loss cannot match captions to images by the large, easy factors alone.
-    """
+    """Background and colour shared by a contrast group of pretraining examples."""
 
     background: dict
     colour: str
@@ -277,7 +274,9 @@ def render(scene: Scene) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for item in scene.items:
         _draw_item(draw, item)
-    return image
+    # Sensor-like noise blurs low-contrast textures and close colours into each other, as real photos do.
+    noise = np.random.default_rng([scene.noise_seed, 1]).normal(0, PIXEL_NOISE, (IMAGE_SIZE, IMAGE_SIZE, 3))
+    return Image.fromarray(np.clip(np.asarray(image, np.float32) + noise, 0, 255).round().astype(np.uint8))
 
 
 # ---------------------------------------------------------------- captions
@@ -290,9 +289,9 @@ def plural(noun: str) -> str:
     return noun + ("es" if noun.endswith(("s", "x")) else "s")
 
 
-def item_noun(item: Item, rng: np.random.Generator) -> str:
-    """What the item is, sometimes only a generic noun so attribute-only prompts are in distribution."""
-    if rng.random() < 0.15:
+def item_noun(item: Item, rng: np.random.Generator, named: bool = False) -> str:
+    """What the item is, unless `named` sometimes only a generic noun so attribute-only prompts are in distribution."""
+    if not named and rng.random() < 0.2:
         return str(rng.choice(["shape", "object", "symbol"]))
     if item.kind == "digit":
         return str(rng.choice([f"digit {item.glyph}", f"number {item.glyph}", f'"{item.glyph}"']))
@@ -301,12 +300,16 @@ def item_noun(item: Item, rng: np.random.Generator) -> str:
     return item.kind
 
 
-def item_phrase(item: Item, rng: np.random.Generator, count_word: str = "") -> str:
-    """A noun phrase with a random subset of the item's attributes, e.g. 'a large red star'."""
-    noun = item_noun(item, rng)
-    adjectives = [a for a, p in ((item.size, 0.4), (item.colour, 0.5)) if rng.random() < p]
+def item_phrase(item: Item, rng: np.random.Generator, count_word: str = "", named: str = "") -> str:
+    """A noun phrase with a random subset of the item's attributes, e.g. 'a large red star'.
+
+    `named` is a factor the phrase must state: "identity" (the noun is never generic) or "size".
+    """
+    noun = item_noun(item, rng, named=named == "identity")
+    size_probability = 1.0 if named == "size" else 0.5
+    adjectives = [a for a, p in ((item.size, size_probability), (item.colour, 0.4)) if rng.random() < p]
     phrase = " ".join([*adjectives, plural(noun) if count_word not in ("", "one") else noun])
-    if item.kind == "arrow" and rng.random() < 0.8:
+    if item.kind == "arrow":
         phrase += f" pointing {DIRECTIONS[round(item.angle / 45) % 8]}"
     return f"{count_word} {phrase}" if count_word else with_article(phrase)
 
@@ -320,16 +323,18 @@ def background_phrase(scene: Scene) -> str:
     return f"on a {scene.texture} background"
 
 
-def caption(scene: Scene, rng: np.random.Generator) -> str:
+def caption(scene: Scene, rng: np.random.Generator, named: str = "") -> str:
+    """A caption from a random subset of the scene's factors, always including `named` ("identity",
+    "position" or "size") where given."""
     items = scene.items
     if len(items) == 2 and scene.relation:
-        first, second = item_phrase(items[0], rng), item_phrase(items[1], rng)
+        first, second = item_phrase(items[0], rng, named=named), item_phrase(items[1], rng, named=named)
         body = str(rng.choice([f"{first} {scene.relation} {second}", f"{first} and {second}", f"{second} and {first}"]))
     elif len(items) > 1 or rng.random() < 0.15:
-        body = item_phrase(items[0], rng, count_word=NUMBER_WORDS[len(items) - 1])
+        body = item_phrase(items[0], rng, count_word=NUMBER_WORDS[len(items) - 1], named=named)
     else:
-        body = item_phrase(items[0], rng)
-        if rng.random() < 0.7:
+        body = item_phrase(items[0], rng, named=named)
+        if named == "position" or rng.random() < 0.7:
             body += f" in the {position_of(items[0])}"
     if rng.random() < 0.3:
         body += f" {background_phrase(scene)}"
@@ -340,31 +345,66 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 
 # ---------------------------------------------------------------- pretraining stream
 
-# Consecutive pretraining examples in groups of this size share a `Look`; a batch holds many groups.
-LOOK_GROUP_SIZE = 8
+# Consecutive pretraining examples form contrast groups of this size; a batch holds many groups.
+GROUP_SIZE = 8
+SCENE_KINDS = ("shape", "digit", "letter", "arrow", "count", "pair")
+SCENE_KIND_WEIGHTS = (0.24, 0.14, 0.20, 0.14, 0.12, 0.16)
+# What a group of single-item scenes varies: the item's identity (shape, glyph or arrow direction) half the time.
+VARYING_FACTORS = ("identity", "identity", "position", "size")
+IDENTITY_ATTRIBUTES = ("shape", "glyph", "direction")
 
 
-def pretraining_scene(rng: np.random.Generator, look: Look) -> Scene:
-    kind = rng.choice(["shape", "digit", "letter", "arrow", "count", "pair"], p=[0.28, 0.13, 0.17, 0.12, 0.15, 0.15])
-    if kind == "shape":
-        return single_scene(rng, str(rng.choice(SHAPES)), pretraining=True, look=look)
-    if kind in ("digit", "letter", "arrow"):
-        return single_scene(rng, str(kind), pretraining=True, look=look)
-    if kind == "count":
-        return count_scene(rng, int(rng.integers(1, len(NUMBER_WORDS) + 1)), pretraining=True, look=look)
-    first, second = rng.choice(SHAPES, size=2, replace=False)
-    return pair_scene(rng, (str(first), str(second)), pretraining=True, look=look)
+@dataclass(frozen=True)
+class ContrastGroup:
+    """Pretraining examples that share their look and all but one factor of their items.
+
+    Inside a group only the `varying` factor tells captions apart, and every caption names it, so the
+    contrastive loss cannot match a group's captions to its images by the large, easy factors (colour,
+    background) or by a factor the captions happen to mention: it has to learn the varying one.
+    """
+
+    look: Look
+    kind: str  # one of SCENE_KINDS; count groups vary the count, pair groups the two shapes
+    varying: str  # one of VARYING_FACTORS
+    shared: dict  # the item attributes every member has, except the varying one
+
+    def member_attributes(self) -> dict:
+        """The shared attributes a member keeps; the varying ones it samples itself."""
+        varying = IDENTITY_ATTRIBUTES if self.varying == "identity" else (self.varying,)
+        return {name: value for name, value in self.shared.items() if name not in varying}
+
+
+def sample_group(rng: np.random.Generator) -> ContrastGroup:
+    kind = str(rng.choice(SCENE_KINDS, p=SCENE_KIND_WEIGHTS))
+    varying = str(rng.choice(VARYING_FACTORS)) if kind in ("shape", "digit", "letter", "arrow") else "identity"
+    shared = dict(shape=str(rng.choice(SHAPES)), size=str(rng.choice(SIZES)), position=str(rng.choice(POSITIONS)))
+    if kind == "arrow":
+        shared["direction"] = str(rng.choice(DIRECTIONS))
+    if kind in ("digit", "letter"):
+        shared["glyph"] = str(rng.choice(DIGITS if kind == "digit" else LETTERS))
+    return ContrastGroup(Look(sample_background(rng), str(rng.choice(list(COLOURS)))), kind, varying, shared)
+
+
+def pretraining_scene(rng: np.random.Generator, group: ContrastGroup) -> Scene:
+    if group.kind == "count":
+        return count_scene(rng, int(rng.integers(1, len(NUMBER_WORDS) + 1)), pretraining=True, look=group.look)
+    if group.kind == "pair":
+        first, second = rng.choice(SHAPES, size=2, replace=False)
+        return pair_scene(rng, (str(first), str(second)), pretraining=True, look=group.look)
+    attributes = group.member_attributes()
+    shape = attributes.pop("shape", None) or str(rng.choice(SHAPES))
+    return single_scene(rng, shape if group.kind == "shape" else group.kind, pretraining=True, look=group.look,
+                        **attributes)
 
 
 def pretraining_sample(index: int, seed: int) -> tuple[Scene, str]:
     """Scene and caption number `index` of the pretraining stream for `seed`."""
     if index < 0:
         raise IndexError(f"pretraining index must be non-negative, got {index}")
-    group_rng = np.random.default_rng(stable_seed("pretraining-look", seed, index // LOOK_GROUP_SIZE))
-    look = Look(sample_background(group_rng), str(group_rng.choice(list(COLOURS))))
+    group = sample_group(np.random.default_rng(stable_seed("pretraining-group", seed, index // GROUP_SIZE)))
     rng = np.random.default_rng(stable_seed("pretraining", seed, index))
-    scene = pretraining_scene(rng, look)
-    return scene, caption(scene, rng)
+    scene = pretraining_scene(rng, group)
+    return scene, caption(scene, rng, named=group.varying)
 
 
 def pretraining_example(index: int, seed: int) -> tuple[Image.Image, str]:
