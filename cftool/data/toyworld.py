@@ -289,9 +289,10 @@ def plural(noun: str) -> str:
     return noun + ("es" if noun.endswith(("s", "x")) else "s")
 
 
-def item_noun(item: Item, rng: np.random.Generator, named: bool = False) -> str:
-    """What the item is, unless `named` sometimes only a generic noun so attribute-only prompts are in distribution."""
-    if not named and rng.random() < 0.2:
+def item_noun(item: Item, rng: np.random.Generator, generic_allowed: bool = True) -> str:
+    """What the item is; where `generic_allowed`, sometimes only a generic noun, so that attribute-only prompts
+    are in distribution."""
+    if generic_allowed and rng.random() < 0.2:
         return str(rng.choice(["shape", "object", "symbol"]))
     if item.kind == "digit":
         return str(rng.choice([f"digit {item.glyph}", f"number {item.glyph}", f'"{item.glyph}"']))
@@ -305,7 +306,7 @@ def item_phrase(item: Item, rng: np.random.Generator, count_word: str = "", name
 
     `named` is a factor the phrase must state: "identity" (the noun is never generic) or "size".
     """
-    noun = item_noun(item, rng, named=named == "identity")
+    noun = item_noun(item, rng, generic_allowed=named != "identity")
     size_probability = 1.0 if named == "size" else 0.5
     adjectives = [a for a, p in ((item.size, size_probability), (item.colour, 0.4)) if rng.random() < p]
     phrase = " ".join([*adjectives, plural(noun) if count_word not in ("", "one") else noun])
@@ -324,8 +325,8 @@ def background_phrase(scene: Scene) -> str:
 
 
 def caption(scene: Scene, rng: np.random.Generator, named: str = "") -> str:
-    """A caption from a random subset of the scene's factors, always including `named` ("identity",
-    "position" or "size") where given."""
+    """A caption from a random subset of the scene's factors, always including `named` (a contrast group's
+    varying factor) where given."""
     items = scene.items
     if len(items) == 2 and scene.relation:
         first, second = item_phrase(items[0], rng, named=named), item_phrase(items[1], rng, named=named)

@@ -25,6 +25,7 @@ import torch
 from cftool.data import load_task
 from cftool.data.toy import HELDOUT_TASK, TOY_TASKS, pretraining_example
 from cftool.evaluate import evaluate_zero_shot
+from cftool.io.checkpoint import atomic_output
 from cftool.zoo.models import TINY_ARCH, ZooModel, load_model
 
 THREADS = 2  # fixed so that CPU kernels reduce in the same order on every re-run
@@ -100,8 +101,9 @@ def zero_shot_report(zoo: ZooModel) -> dict[str, float]:
 def save_weights(model: open_clip.CLIP, path: Path, metadata: dict[str, str]) -> None:
     # float16 halves the file; the 49408-token embedding dominates it.
     state = {name: tensor.detach().to(torch.float16).contiguous() for name, tensor in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    safetensors.torch.save_file(state, str(path), metadata=metadata)
+    # Atomic, so that an interrupted save never leaves a half-written file where the package expects its weights.
+    with atomic_output(path, overwrite=True) as temporary:
+        safetensors.torch.save_file(state, str(temporary), metadata=metadata)
 
 
 def main(argv: list[str] | None = None) -> None:
