@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.model import CLIP
 from PIL import Image
 
 from cftool.cli import main
@@ -20,6 +21,7 @@ from cftool.data import DatasetSpec
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
 from cftool.train import FinetuneJob, TrainingInterrupted, TrainOptions, class_prototypes, finetune, state_path
 from cftool.train.loop import BatchPlan, Ranks, learning_rate
+from cftool.train.lora import lora_parameter_names
 from cftool.train.text import context_prompts, embedded_context, encode_text_with_context
 from cftool.zoo import load_model
 
@@ -130,8 +132,8 @@ def test_eval_of_the_written_checkpoints_equals_their_accuracy_in_memory(cli, tr
 
 def test_written_tensors_are_named_by_kind(trained):
     lora = tensors(trained["lora"][0])
-    assert "visual.transformer.resblocks.0.attn.in_proj_weight.lora_A" in lora
-    assert lora["visual.transformer.resblocks.0.mlp.c_fc.weight.lora_B"].shape == (512, 2)
+    assert "visual.attnpool.q_proj.weight.lora_A" in lora  # tiny's image tower is a ResNet: its attention pool
+    assert lora["visual.attnpool.c_proj.weight.lora_B"].shape == (128, 2)
     assert not any(name.startswith("transformer.") for name in lora)  # --towers image
     config = open_checkpoint(trained["lora"][0]).header.config
     assert (config["rank"], config["alpha"], config["towers"]) == (2, 16.0, ["image"])
@@ -332,3 +334,17 @@ def test_batches_are_a_function_of_seed_and_step_and_cover_every_image_once_per_
 def test_help_has_an_example(cli):
     result = cli("finetune", "--help")
     assert result.code == 0 and "Example: cftool finetune" in result.stdout
+
+
+@pytest.mark.parametrize(("vision", "expected"), [
+    ({"layers": 2, "width": 64, "patch_size": 16}, {f"visual.transformer.resblocks.{i}.{target}" for i in range(2)
+                                                    for target in ("attn.in_proj_weight", "attn.out_proj.weight",
+                                                                   "mlp.c_fc.weight", "mlp.c_proj.weight")}),
+    ({"layers": [1, 1, 1, 1], "width": 16}, {f"visual.attnpool.{p}_proj.weight" for p in "qkvc"}),
+])
+def test_lora_adapts_the_attention_of_transformer_and_resnet_image_towers(vision, expected):
+    model = CLIP(32, {"image_size": 64, **vision}, {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2,
+                                                    "layers": 1})
+    assert set(lora_parameter_names(model, ("image",))) == expected
+    text = lora_parameter_names(model, ("text",))
+    assert len(text) == 4 and all(name.startswith("transformer.resblocks.0.") for name in text)

@@ -18,11 +18,16 @@ WEIGHTS = Path(__file__).parents[1] / "cftool" / "zoo" / "weights" / "tiny.safet
 MAX_WEIGHTS_MB = 20.0
 # Zero-shot top-1 (%) of the shipped weights, as benchmarks/RESULTS.md reports them.
 RECORDED_ZERO_SHOT = {
-    "aircraft": 25.6, "caltech101": 21.9, "cifar100": 8.9, "dtd": 11.5, "eurosat": 13.6, "flowers": 86.3,
-    "food": 31.2, "mnist": 19.3, "oxfordpet": 49.0, "cars": 14.1, "sun397": 13.5, "heldout-combos": 25.0,
+    "aircraft": 20.2, "caltech101": 59.9, "cifar100": 21.5, "dtd": 42.2, "eurosat": 37.6, "flowers": 35.9,
+    "food": 50.2, "mnist": 40.6, "oxfordpet": 66.3, "cars": 32.7, "sun397": 50.3, "heldout-combos": 16.5,
 }
 # Other CPUs may round a few logits differently; a handful of flipped predictions is 0.5 points at most.
 TOLERANCE = 0.5
+# The testbed's bars: zero-shot imperfect on every task yet well above chance, and a middling mean, so that
+# fine-tuning has something to learn and something to forget.
+MIN_POINTS_ABOVE_CHANCE = 15.0
+MAX_TASK_ACCURACY = 90.0
+MEAN_RANGE = (35.0, 80.0)
 MIN_HELDOUT_POINTS_ABOVE_CHANCE = 10.0
 
 
@@ -48,9 +53,11 @@ def test_shipped_weights_score_the_recorded_zero_shot_accuracies(shipped_report)
     assert shipped_report == pytest.approx(RECORDED_ZERO_SHOT, abs=TOLERANCE)
 
 
-def test_zero_shot_beats_chance_on_every_task_and_on_heldout_combinations(shipped_report):
+def test_zero_shot_meets_the_testbed_bars(shipped_report):
     for name, task in TOY_TASKS.items():
-        assert shipped_report[name] > chance(task), name
+        assert chance(task) + MIN_POINTS_ABOVE_CHANCE <= shipped_report[name] <= MAX_TASK_ACCURACY, name
+    mean = sum(shipped_report[name] for name in TOY_TASKS) / len(TOY_TASKS)
+    assert MEAN_RANGE[0] <= mean <= MEAN_RANGE[1]
     assert shipped_report[HELDOUT_TASK.name] >= chance(HELDOUT_TASK) + MIN_HELDOUT_POINTS_ABOVE_CHANCE
 
 

@@ -337,7 +337,7 @@ def caption(scene: Scene, rng: np.random.Generator, named: str = "") -> str:
         body = item_phrase(items[0], rng, named=named)
         if named == "position" or rng.random() < 0.7:
             body += f" in the {position_of(items[0])}"
-    if rng.random() < 0.3:
+    if named == "background" or rng.random() < 0.3:
         body += f" {background_phrase(scene)}"
     elif rng.random() < 0.1:
         body = with_article(f"{scene.texture} background")
@@ -349,19 +349,21 @@ def caption(scene: Scene, rng: np.random.Generator, named: str = "") -> str:
 # Consecutive pretraining examples form contrast groups of this size; a batch holds many groups.
 GROUP_SIZE = 8
 SCENE_KINDS = ("shape", "digit", "letter", "arrow", "count", "pair")
-SCENE_KIND_WEIGHTS = (0.24, 0.14, 0.20, 0.14, 0.12, 0.16)
-# What a group of single-item scenes varies: the item's identity (shape, glyph or arrow direction) half the time.
-VARYING_FACTORS = ("identity", "identity", "position", "size")
+SCENE_KIND_WEIGHTS = (0.20, 0.16, 0.26, 0.14, 0.10, 0.14)
+# What a group of single-item scenes varies: the item's identity (shape, glyph or arrow direction) half the time,
+# the background's texture a quarter, else its position or its size.
+VARYING_FACTORS = ("identity", "identity", "identity", "identity", "background", "background", "position", "size")
 IDENTITY_ATTRIBUTES = ("shape", "glyph", "direction")
 
 
 @dataclass(frozen=True)
 class ContrastGroup:
-    """Pretraining examples that share their look and all but one factor of their items.
+    """Pretraining examples that share their look and their items, except for one varying factor.
 
     Inside a group only the `varying` factor tells captions apart, and every caption names it, so the
     contrastive loss cannot match a group's captions to its images by the large, easy factors (colour,
-    background) or by a factor the captions happen to mention: it has to learn the varying one.
+    background) or by a factor the captions happen to mention: it has to learn the varying one. Groups that
+    vary the background's texture keep its tones and tint, so that only the texture pattern tells them apart.
     """
 
     look: Look
@@ -378,7 +380,9 @@ class ContrastGroup:
 def sample_group(rng: np.random.Generator) -> ContrastGroup:
     kind = str(rng.choice(SCENE_KINDS, p=SCENE_KIND_WEIGHTS))
     varying = str(rng.choice(VARYING_FACTORS)) if kind in ("shape", "digit", "letter", "arrow") else "identity"
-    shared = dict(shape=str(rng.choice(SHAPES)), size=str(rng.choice(SIZES)), position=str(rng.choice(POSITIONS)))
+    shared = dict(size=str(rng.choice(SIZES)), position=str(rng.choice(POSITIONS)))
+    if kind == "shape":
+        shared["shape"] = str(rng.choice(SHAPES))
     if kind == "arrow":
         shared["direction"] = str(rng.choice(DIRECTIONS))
     if kind in ("digit", "letter"):
@@ -393,9 +397,11 @@ def pretraining_scene(rng: np.random.Generator, group: ContrastGroup) -> Scene:
         first, second = rng.choice(SHAPES, size=2, replace=False)
         return pair_scene(rng, (str(first), str(second)), pretraining=True, look=group.look)
     attributes = group.member_attributes()
-    shape = attributes.pop("shape", None) or str(rng.choice(SHAPES))
-    return single_scene(rng, shape if group.kind == "shape" else group.kind, pretraining=True, look=group.look,
-                        **attributes)
+    kind = (attributes.pop("shape", None) or str(rng.choice(SHAPES))) if group.kind == "shape" else group.kind
+    look = group.look
+    if group.varying == "background":
+        look = Look({**look.background, "texture": str(rng.choice(TEXTURES))}, look.colour)
+    return single_scene(rng, kind, pretraining=True, look=look, **attributes)
 
 
 def pretraining_sample(index: int, seed: int) -> tuple[Scene, str]:

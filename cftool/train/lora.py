@@ -1,5 +1,8 @@
 """LoRA on open_clip's attention and MLP projections, as a parametrisation ``W + (alpha / rank) · B A``.
 
+In transformer towers it adapts every residual block; in a ResNet image tower (``ModifiedResNet``, as in RN50 and
+`tiny`) the attention pool is the only attention, so it adapts that pool's projections and leaves convolutions alone.
+
 A parametrisation rather than wrapped layers because ``nn.MultiheadAttention`` reads ``in_proj_weight`` directly;
 the same ``merge_lora`` computes the weight in training and when a `lora` checkpoint is merged into full weights.
 """
@@ -12,14 +15,18 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-# Per residual block: the fused q/k/v and output projections of attention, and the two MLP layers.
-LORA_TARGETS = ("attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-TOWER_BLOCKS = {"image": "visual.transformer.resblocks.", "text": "transformer.resblocks."}
+LORA_TARGETS = (
+    # per transformer block: the fused q/k/v and output projections of attention, and the two MLP layers
+    "attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight",
+    # a ResNet tower's attention pool
+    "attnpool.q_proj.weight", "attnpool.k_proj.weight", "attnpool.v_proj.weight", "attnpool.c_proj.weight",
+)
+TOWER_PREFIXES = {"image": "visual.", "text": "transformer.resblocks."}
 
 
 def lora_parameter_names(model: nn.Module, towers: tuple[str, ...]) -> list[str]:
     """open_clip parameter names that LoRA adapts in ``towers``, in the model's order."""
-    prefixes = tuple(TOWER_BLOCKS[tower] for tower in towers)
+    prefixes = tuple(TOWER_PREFIXES[tower] for tower in towers)
     return [name for name, _ in model.named_parameters() if name.startswith(prefixes) and name.endswith(LORA_TARGETS)]
 
 

@@ -1,6 +1,6 @@
 """Pretrain the embedded `tiny` CLIP contrastively on the toy world's captions, on a CPU.
 
-    python -m cftool.zoo.pretrain_tiny --seed 0 --steps 1500 -o cftool/zoo/weights/tiny.safetensors
+    python -m cftool.zoo.pretrain_tiny --seed 0 --steps 2000 -o cftool/zoo/weights/tiny.safetensors
 
 The run is a pure function of (seed, steps, batch size, learning rate): examples are drawn by index
 from the toy world, initialisation is seeded, and the learning-rate schedule spans `--steps`. A
@@ -109,7 +109,7 @@ def save_weights(model: open_clip.CLIP, path: Path, metadata: dict[str, str]) ->
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=1500, help="step budget; the schedule spans it")
+    parser.add_argument("--steps", type=int, default=2000, help="step budget; the schedule spans it")
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget (stops early, not reproducible)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1.5e-3)
