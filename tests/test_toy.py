@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from cftool.data import BENCHMARKS, class_subset
 from cftool.data.toy import HELDOUT_TASK, IMAGE_SIZE, TOY_TASKS, heldout_examples, pretraining_example
 from cftool.data.toyworld import HELDOUT_COMBOS, HELDOUT_WRAPPERS, SHAPES, pretraining_sample
 from cftool.data.toytasks import COLOUR_SHAPES
@@ -117,3 +118,33 @@ def test_pretraining_stream_is_the_one_tiny_was_trained_on():
         digest.update(image.tobytes())
         digest.update(text.encode())
     assert digest.hexdigest() == PRETRAINING_STREAM_DIGEST
+
+
+@pytest.mark.parametrize(
+    "name, style",
+    [
+        ("aircraft", {"texture": "plain"}),
+        ("flowers", {"texture": "plain", "size": "small"}),
+        ("mnist", {"texture": "plain", "size": "large", "colour": "white"}),
+        ("cars", {"texture": "plain", "colour": "white"}),
+        ("dtd", {}),
+    ],
+)
+def test_house_styled_tasks_keep_their_style_and_vary_the_rest(name, style):
+    task = TOY_TASKS[name]
+    labels = (0, len(task.classnames) - 1)
+    scenes = [task.scene_for_label(label, np.random.default_rng(seed)) for seed in range(20) for label in labels]
+    found = {
+        "texture": {scene.texture for scene in scenes},
+        "size": {scene.items[0].size for scene in scenes},
+        "colour": {scene.items[0].colour for scene in scenes},
+    }
+    for factor, values in found.items():
+        assert values == {style[factor]} if factor in style else len(values) > 1, (factor, values)
+
+
+def test_base2new_tiny_has_every_task_with_two_novel_classes_or_more():
+    names = [spec.source.removeprefix("toy:") for spec in BENCHMARKS["base2new-tiny"].tasks]
+    assert names == [name for name in MTIL_ORDER if name != "oxfordpet"]
+    for name in names:
+        assert len(class_subset(len(TOY_TASKS[name].classnames), "novel")) >= 2, name

@@ -80,6 +80,8 @@ def eval_command(
         specs, base2new, title = list(bench.tasks), bench.base2new, bench.name
     else:
         specs, base2new, title = [DatasetSpec(source, classes=classes) for source in data], False, ", ".join(data)
+        if classes != "all":
+            title += f", {classes} classes"
     tasks = [load_task(spec, data_root) for spec in specs]
     zs = zs or _base_of(checkpoints)
     zoo = load_model(zs, torch_device)

@@ -87,7 +87,8 @@ def finetune_command(
     Kinds written: coop → prompt, head → head, lora → lora, full → model. Under `torchrun --nproc_per_node=N` the
     same command trains with DDP (--batch-size is global). Ctrl-C saves the trainer state; --resume continues it.
 
-    Example: cftool finetune --zs tiny --data toy:mnist --shots 16 --method coop --epochs 10 -o coop.safetensors
+    Example: cftool finetune --zs tiny --data toy:flowers --classes base --shots 16 --method coop --epochs 50 --lr 0.05
+    -o coop.safetensors
     """
     if method not in METHODS:
         raise CftoolError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
