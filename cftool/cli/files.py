@@ -106,7 +106,8 @@ def import_command(
 ) -> None:
     """Convert a foreign checkpoint into a cftool file (kind `model` or `prompt`).
 
-    Example: cftool import output/oxford_pets/CoOp/seed1/prompt_learner/model.pth.tar-50 --zs ViT-B/16 -o coop.safetensors
+    Example: cftool import output/oxford_pets/CoOp/seed1/prompt_learner/model.pth.tar-50 --zs ViT-B/16
+    -o coop.safetensors
     """
     if zs is None:
         raise CftoolError("--zs is required: name the base model the checkpoint was trained from (e.g. --zs ViT-B/16)")
@@ -131,7 +132,7 @@ def export_command(
     force: ForceOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Write a plain open_clip state dict (.safetensors/.pt/.bin), or with --zs alone, a zoo model as a cftool `model` file.
+    """Write a plain open_clip state dict (.safetensors/.pt/.bin), or with --zs alone a zoo model as a `model` file.
 
     Example: cftool export --zs tiny -o base.safetensors
     """

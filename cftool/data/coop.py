@@ -47,7 +47,8 @@ class CoopSource:
         split_path = dataset_dir / layout.split_file
         if not split_path.is_file():
             raise CftoolError(
-                f"coop:{name}: expected CoOp's split file at {split_path} (layout {layout.dataset_dir}/{layout.split_file} "
+                f"coop:{name}: expected CoOp's split file at {split_path} "
+                f"(layout {layout.dataset_dir}/{layout.split_file} "
                 f"and {layout.dataset_dir}/{layout.image_dir or '.'}/ under --data-root {root})"
             )
         self._image_dir = dataset_dir / layout.image_dir

@@ -65,7 +65,9 @@ COOL_COLOURS = ("green", "cyan", "blue", "purple")
 FINE_GRAINED_SHAPES = ("circle", "square", "triangle", "star", "hexagon")
 COLOUR_SHAPES = tuple((c, s) for c in WARM_COLOURS + COOL_COLOURS for s in FINE_GRAINED_SHAPES)
 # Round and angular shapes alternate so both halves mix them.
-SHAPE_CLASSES = ("circle", "square", "ring", "triangle", "semicircle", "pentagon", "star", "diamond", "hexagon", "cross")
+SHAPE_CLASSES = (
+    "circle", "square", "ring", "triangle", "semicircle", "pentagon", "star", "diamond", "hexagon", "cross",
+)
 COLOUR_CLASSES = ("red", "orange", "yellow", "pink", "brown", "green", "cyan", "blue", "purple", "white")
 PAIR_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 SHAPE_PAIRS = tuple((a, b) for i, a in enumerate(PAIR_SHAPES) for b in PAIR_SHAPES[i + 1:])
@@ -131,15 +133,18 @@ TOY_TASKS: dict[str, ToyTask] = {task.name: task for task in (
     _task("aircraft", tuple(f"{c} {s}" for c, s in COLOUR_SHAPES),
           ("a photo of a {}.", "a picture of a {}.", "a drawing of a {}."), _colour_shape),
     _task("caltech101", SHAPE_CLASSES, ("a photo of a {}.", "an image of a {}.", "a {}."), _shape),
-    _task("cifar100", LETTERS, ('a photo of the letter "{}".', "the letter {}.", "a picture of the letter {}."), _letter),
+    _task("cifar100", LETTERS, ('a photo of the letter "{}".', "the letter {}.", "a picture of the letter {}."),
+          _letter),
     _task("dtd", TEXTURES, ("a photo of a {} texture.", "a {} background.", "a shape on a {} background."), _texture),
-    _task("eurosat", POSITIONS, ("a photo of an object in the {}.", "a shape in the {}.", "a symbol in the {}."), _position),
+    _task("eurosat", POSITIONS, ("a photo of an object in the {}.", "a shape in the {}.", "a symbol in the {}."),
+          _position),
     _task("flowers", COLOUR_CLASSES, ("a photo of a {} object.", "a {} shape.", "a picture of a {} object."), _colour),
     _task("food", tuple(f"{w} {'shape' if w == 'one' else 'shapes'}" for w in NUMBER_WORDS),
           ("a photo of {}.", "{}.", "a picture of {}."), _count),
     _task("mnist", DIGITS, ('a photo of the number "{}".', "the digit {}.", "a picture of the number {}."), _digit),
     _task("oxfordpet", SIZES, ("a photo of a {} shape.", "a {} object.", "a picture of a {} shape."), _size),
-    _task("cars", DIRECTIONS, ("a photo of an arrow pointing {}.", "an arrow pointing {}.", "an image of an arrow pointing {}."),
+    _task("cars", DIRECTIONS,
+          ("a photo of an arrow pointing {}.", "an arrow pointing {}.", "an image of an arrow pointing {}."),
           _direction),
     _task("sun397", tuple(f"a {a} and a {b}" for a, b in SHAPE_PAIRS),
           ("a photo of {}.", "{}.", "a picture of {}."), _pair),
@@ -154,5 +159,5 @@ HELDOUT_TASK = ToyTask(
 
 
 def heldout_examples() -> ToyTask:
-    """The held-out-combination probe: a test-only task over `aircraft`'s classes whose images are all held-out combos."""
+    """The held-out-combination probe: a test-only task over `aircraft`'s classes, every image a held-out combo."""
     return HELDOUT_TASK
