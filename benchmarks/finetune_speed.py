@@ -12,6 +12,7 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -57,7 +58,7 @@ def main() -> None:
         runs = [measure(data, options, cache, Path(folder)) for cache in (True, False)]
     speedup = runs[0]["train_images_per_second"] / runs[1]["train_images_per_second"]
     report = {
-        "data": data.to_json(),
+        "data": asdict(data),
         "epochs": args.epochs,
         "batch_size": args.batch_size,
         "threads": args.threads,
