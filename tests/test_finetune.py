@@ -17,7 +17,8 @@ from open_clip.model import CLIP
 from PIL import Image
 
 from cftool.cli import main
-from cftool.data import DatasetSpec
+from cftool.data import DatasetSpec, load_task
+from cftool.evaluate import evaluate_zero_shot
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
 from cftool.train import FinetuneJob, TrainingInterrupted, TrainOptions, class_prototypes, finetune, state_path
 from cftool.train.loop import BatchPlan, Ranks, learning_rate
@@ -29,7 +30,7 @@ from cftool.zoo import load_model
 DATA = ["--zs", "tiny", "--data", "toy:mnist", "--classes", "base", "--shots", "4", "--device", "cpu"]
 TRAIN = ["--batch-size", "20", "--iterations", "12", "--seed", "3"]
 METHOD_FLAGS = {
-    "coop": ["--lr", "0.01"],
+    "coop": ["--lr", "0.05"],
     "head": ["--lr", "0.01"],
     "lora": ["--rank", "2", "--lr", "0.002", "--towers", "image"],
     "full": ["--lr", "0.0001", "--towers", "image"],
@@ -118,6 +119,13 @@ def test_each_method_lowers_the_loss_and_writes_complete_metadata(trained, metho
         assert ckpt.header.classnames == header.classnames
     assert prototypes.shape == (5, 128)
     assert torch.allclose(prototypes.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_every_method_beats_zero_shot_on_the_test_images_of_its_classes(trained):
+    zoo = load_model("tiny")
+    [zero_shot] = evaluate_zero_shot(zoo, [load_task(DatasetSpec("toy:mnist", classes="base"))])
+    accuracies = {method: summary["test_accuracy"] for method, (_, summary) in trained.items()}
+    assert all(accuracy > zero_shot.accuracy for accuracy in accuracies.values()), (zero_shot.accuracy, accuracies)
 
 
 def test_eval_of_the_written_checkpoints_equals_their_accuracy_in_memory(cli, trained):
