@@ -3,6 +3,8 @@ pretraining reproduces them."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ import torch
 
 from cftool.data.toy import HELDOUT_TASK, TOY_TASKS
 from cftool.zoo import load_model
+from cftool.zoo.pretrain_tiny import main as pretrain_main
 from cftool.zoo.pretrain_tiny import pretrain, save_weights, zero_shot_report
 
 WEIGHTS = Path(__file__).parents[1] / "cftool" / "zoo" / "weights" / "tiny.safetensors"
@@ -86,3 +89,22 @@ def test_rerunning_the_recorded_pretraining_reproduces_the_shipped_weights(tmp_p
     shipped, rerun = safetensors.torch.load_file(WEIGHTS), safetensors.torch.load_file(rerun_path)
     mismatched = [name for name in shipped if not torch.equal(shipped[name], rerun[name])]
     assert not mismatched, f"{len(mismatched)} tensors differ from the shipped weights, e.g. {mismatched[:3]}"
+
+
+@pytest.mark.parametrize("output", ["folder", "a-file/tiny.safetensors"])
+def test_pretraining_refuses_an_unwritable_output_before_training(tmp_path, capsys, output):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_main(["--steps", "1", "-o", str(tmp_path / output)])
+    assert exit_info.value.code == 2
+    assert "not a writable file path" in capsys.readouterr().err
+
+
+def test_saved_weights_get_the_umask_file_mode(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        save_weights(load_model("tiny").model, tmp_path / "tiny.safetensors", {"cftool.pretrain.seed": "0"})
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "tiny.safetensors").stat().st_mode) == 0o644

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -103,7 +104,8 @@ def save_weights(model: open_clip.CLIP, path: Path, metadata: dict[str, str]) ->
     state = {name: tensor.detach().to(torch.float16).contiguous() for name, tensor in model.state_dict().items()}
     # Atomic, so that an interrupted save never leaves a half-written file where the package expects its weights.
     with atomic_output(path, overwrite=True) as temporary:
-        safetensors.torch.save_file(state, str(temporary), metadata=metadata)
+        # Not save_file: it recreates the file with mode 0600, where the temporary file has the umask's mode.
+        temporary.write_bytes(safetensors.torch.save(state, metadata=metadata))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,6 +119,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args(argv)
+    # Half an hour of training must not end in an unwritable path.
+    folder = next(parent for parent in args.output.absolute().parents if parent.exists())
+    if args.output.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        parser.error(f"-o {args.output}: not a writable file path")
 
     model, steps_done, minutes = pretrain(args.seed, args.steps, args.minutes, args.batch_size, args.lr,
                                           args.weight_decay, args.log_every)
