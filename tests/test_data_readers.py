@@ -1,6 +1,7 @@
 """The ImageFolder and CoOp readers on small folders in the exact real layouts, and the generic protocol."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,31 @@ def test_coop_reader_refuses_a_damaged_split_file(coop_root):
     (coop_root / "oxford_pets" / "split_zhou_OxfordPets.json").write_text("not json")
     with pytest.raises(CftoolError, match="not a CoOp split file"):
         load_task("coop:OxfordPets", data_root=coop_root)
+
+
+@pytest.mark.parametrize("reader", ["folder", "coop", "toy"])
+def test_a_split_fingerprint_names_its_images_and_labels(reader, image_folder, coop_root):
+    spec, data_root = {
+        "folder": (f"folder:{image_folder}", None), "coop": ("coop:OxfordPets", coop_root), "toy": ("toy:food", None),
+    }[reader]
+    task = load_task(spec, data_root=data_root)
+    fingerprint = task.split("train").fingerprint()
+    assert load_task(spec, data_root=data_root).split("train").fingerprint() == fingerprint
+    assert task.split("test").fingerprint() != fingerprint
+    shots = load_task(DatasetSpec(spec, shots=1), data_root=data_root).split("train")
+    assert shots.fingerprint() != fingerprint
+    assert load_task(DatasetSpec(spec, shots=1, seed=1), data_root=data_root).split("train").fingerprint() != (
+        shots.fingerprint()
+    )
+
+
+def test_editing_an_image_changes_the_fingerprint_and_a_missing_one_is_named(image_folder, tmp_path):
+    task = load_task(f"folder:{image_folder}")
+    before = task.split("test").fingerprint()
+    write_png(image_folder / "test" / "circle" / "1.png", (1, 2, 3))
+    os.utime(image_folder / "test" / "circle" / "1.png", ns=(1, 1))
+    assert task.split("test").fingerprint() != before
+
+    (image_folder / "test" / "circle" / "1.png").unlink()
+    with pytest.raises(CftoolError, match=r"cannot read image .*circle/1\.png"):
+        task.split("test").fingerprint()

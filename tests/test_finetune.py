@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.model import CLIP
 from PIL import Image
+from safetensors.torch import load_file
 
 from cftool.cli import main
 from cftool.data import DatasetSpec, load_task
@@ -162,6 +163,24 @@ def test_feature_cache_gives_the_same_prompt_as_encoding_every_batch(cli, tmp_pa
     assert torch.equal(cached["ctx"], again["ctx"])
     assert torch.equal(cached["ctx"], tensors(trained["coop"][0])["ctx"])  # a file cache holds the exact features
     assert torch.allclose(cached["ctx"], uncached["ctx"], atol=1e-5)
+
+
+def test_the_feature_cache_is_not_reused_once_a_training_image_changes(cli, tmp_path):
+    images = tmp_path / "shapes"
+    for name, colour in (("circle", "red"), ("square", "blue")):
+        (images / name).mkdir(parents=True)
+        Image.new("RGB", (64, 64), colour).save(images / name / "0.png")
+    cache = tmp_path / "cache"
+    args = ["--zs", "tiny", "--data", f"folder:{images}", "--method", "coop", "--iterations", "1", "--device", "cpu",
+            "--cache-dir", cache, "--force", "-o", tmp_path / "coop.safetensors"]  # fmt: skip
+    assert cli("finetune", *args).code == 0
+    [first] = cache.iterdir()
+    Image.new("RGB", (64, 64), "green").save(images / "square" / "0.png")
+    os.utime(images / "square" / "0.png", ns=(1, 1))
+    assert cli("finetune", *args).code == 0
+    [second] = set(cache.iterdir()) - {first}
+    old, new = load_file(first)["features"], load_file(second)["features"]
+    assert torch.equal(old[0], new[0]) and not torch.allclose(old[1], new[1])
 
 
 def test_a_yaml_config_is_equivalent_to_flags(cli, tmp_path, trained):

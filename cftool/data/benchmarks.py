@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +34,13 @@ class ToySource:
 
     def image(self, split: str, index: int) -> Image.Image:
         return self.task.example(split, index)[0]
+
+    def fingerprint(self, split: str, indices: Sequence[int]) -> str:
+        # The pixels themselves: rendering is cheap next to encoding, and a change to the toy world shows.
+        digest = hashlib.sha256()
+        for index in indices:
+            digest.update(self.image(split, index).tobytes())
+        return digest.hexdigest()
 
 
 # The eleven tasks, and the test-only probe of colour-shape combinations that pretraining never showed.

@@ -7,12 +7,14 @@ triples; class names and order come from it, templates are CoOp's per-dataset on
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 from torchvision.datasets.folder import default_loader
 
+from cftool.data.specs import files_fingerprint
 from cftool.errors import CftoolError
 
 
@@ -75,6 +77,9 @@ class CoopSource:
             return default_loader(str(path))
         except OSError as err:
             raise CftoolError(f"coop:{self.name}: cannot read image {path} ({err})") from err
+
+    def fingerprint(self, split: str, indices: Sequence[int]) -> str:
+        return files_fingerprint(self._image_dir / self._splits[split][index][0] for index in indices)
 
 
 def coop_source(name: str, data_root: Path | None) -> CoopSource:

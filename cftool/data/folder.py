@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
 
-from cftool.data.specs import SPLITS
+from cftool.data.specs import SPLITS, files_fingerprint
 from cftool.errors import CftoolError
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -52,3 +53,7 @@ class FolderSource:
 
     def image(self, split: str, index: int) -> Image.Image:
         return default_loader(self._split_samples(split)[index][0])
+
+    def fingerprint(self, split: str, indices: Sequence[int]) -> str:
+        samples = self._split_samples(split)
+        return files_fingerprint(Path(samples[index][0]) for index in indices)

@@ -6,10 +6,12 @@ A spec string is ``toy:TASK``, ``folder:PATH`` or ``coop:NAME``. Options that ch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -33,6 +35,21 @@ class ImageSource(Protocol):
         """Labels of every image of a split, without reading images."""
 
     def image(self, split: str, index: int) -> Image.Image: ...
+
+    def fingerprint(self, split: str, indices: Sequence[int]) -> str:
+        """A digest that changes whenever any of these images may have changed; feature caches are keyed on it."""
+
+
+def files_fingerprint(paths: Iterable[Path]) -> str:
+    """Changes when any of the files is replaced, edited or moved: their absolute paths, sizes and mtimes."""
+    digest = hashlib.sha256()
+    for path in paths:
+        try:
+            stat = path.stat()
+        except OSError as err:
+            raise CftoolError(f"cannot read image {path} ({err.strerror})") from err
+        digest.update(f"{path.absolute()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -108,6 +125,11 @@ class TaskSplit(Dataset):
     @property
     def labels(self) -> list[int]:
         return [label for _, label in self.items]
+
+    def fingerprint(self) -> str:
+        """Identifies exactly these (image, label) pairs, so cached features are reused for nothing else."""
+        images = self.source.fingerprint(self.split, [index for index, _ in self.items])
+        return hashlib.sha256(json.dumps([images, self.labels]).encode()).hexdigest()
 
 
 def _few_shot(items: list[tuple[int, int]], shots: int, seed: int) -> list[tuple[int, int]]:

@@ -18,23 +18,22 @@ from cftool.io.checkpoint import save_checkpoint
 from cftool.zoo import ZooModel
 
 
-def cache_file(cache_dir: Path, zoo: ZooModel, dataset_key: str) -> Path:
-    """One file per base weights, dataset (spec and split) and preprocessing, so a stale cache is never read."""
-    key = json.dumps([zoo.weights_sha256, dataset_key, repr(zoo.preprocess)])
+def cache_file(cache_dir: Path, zoo: ZooModel, dataset: TaskSplit) -> Path:
+    """One file per base weights, images and labels, and preprocessing, so a stale cache is never read."""
+    key = json.dumps([zoo.weights_sha256, dataset.fingerprint(), repr(zoo.preprocess)])
     return cache_dir / f"features-{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
 
 
 def image_features(
     zoo: ZooModel,
     dataset: TaskSplit,
-    dataset_key: str,
     cache_dir: Path | None = None,
     batch_size: int = 256,
     workers: int = 0,
     advance: Callable[[int], None] = lambda n: None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised zero-shot image features [n, embed_dim] (float32, CPU) and labels of ``dataset``, in its order."""
-    path = cache_file(cache_dir, zoo, dataset_key) if cache_dir is not None else None
+    path = cache_file(cache_dir, zoo, dataset) if cache_dir is not None else None
     if path is not None and path.is_file():
         try:
             stored = load_file(path)

@@ -119,7 +119,6 @@ def _finetune(job: FinetuneJob, ranks: Ranks, device: torch.device, progress: Pr
         features, _ = image_features(
             zoo,
             train_split,
-            f"{job.data.to_json()} train",
             job.cache_dir,
             job.eval_batch_size,
             job.workers,
