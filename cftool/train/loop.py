@@ -225,10 +225,11 @@ def _batches(
     steps: range,
     workers: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    local = [ranks.local(plan.global_batch(step)) for step in steps]
+    # Lazily: a long run's batches as Python lists would take more memory than its images' features.
+    local = (ranks.local(plan.global_batch(step)) for step in steps)
     if isinstance(inputs, torch.Tensor):
         return ((inputs[indices], labels[indices]) for indices in local)
-    return iter(DataLoader(inputs, batch_sampler=[indices.tolist() for indices in local], num_workers=workers))
+    return iter(DataLoader(inputs, batch_sampler=(indices.tolist() for indices in local), num_workers=workers))
 
 
 def _all_ranks(loss: torch.Tensor, stop: bool, ranks: Ranks) -> tuple[float, bool]:
