@@ -53,12 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, prog_name="cftool", standalone_mode=False)
     except CftoolError as err:
-        console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {err}")
         return err.exit_code
     except typer.TyperException as err:  # usage errors and bad parameters, as click reports them
         ctx = getattr(err, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
-        console.print(f"[red]error:[/red] {err.format_message()}{hint}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {err.format_message()}{hint}")
         return err.exit_code
     except typer.Abort:
         console.print("[red]interrupted[/red]: nothing was written")

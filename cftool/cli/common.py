@@ -17,8 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import atomic_output
 
-# Human output goes to stderr so that stdout carries only `--json` output.
-console = Console(stderr=True, highlight=False)
+# Human output goes to stderr so that stdout carries only `--json` output. Soft wrap: a line naming a file stays
+# one line that can be copied, whatever the terminal's width.
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
