@@ -13,15 +13,15 @@ import argparse
 import json
 import statistics
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
 from cftool.data import BENCHMARKS, DatasetSpec, load_task
 from cftool.evaluate import evaluate_base2new, evaluate_zero_shot
-from cftool.metrics import harmonic_mean
 from cftool.io.checkpoint import open_checkpoint
+from cftool.metrics import harmonic_mean
 from cftool.train import FinetuneJob, TrainOptions, finetune, load_for_eval
 from cftool.zoo import load_model
 
@@ -40,7 +40,7 @@ RECIPES = {
 
 def run(zs: str, method: str, data: DatasetSpec, seed: int, output: Path) -> tuple[float | None, float]:
     method_options, options = RECIPES[method]
-    options = TrainOptions(**{**options.to_dict(), "seed": seed})
+    options = replace(options, seed=seed)
     began = time.perf_counter()
     job = FinetuneJob(zs, data, method, output, options, method_options, force=True, evaluate=True)
     result = finetune(job)
@@ -60,7 +60,7 @@ def base_to_novel(zs: str, tasks: dict, shots: int, seeds: list[int], ctx_init: 
         for seed in seeds:
             output = out / f"coop-base-{task.name}-seed{seed}.safetensors"
             data = DatasetSpec(spec.source, classes="base", shots=shots, seed=seed)
-            train_options = TrainOptions(**{**options.to_dict(), "seed": seed})
+            train_options = replace(options, seed=seed)
             coop_options = {**method_options, "ctx_init": ctx_init}
             finetune(FinetuneJob(zs, data, "coop", output, train_options, coop_options, force=True))
             with open_checkpoint(output, kind="prompt") as ckpt:
