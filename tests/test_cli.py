@@ -44,6 +44,23 @@ def test_pending_commands_exit_2_with_one_line(cli, command):
     assert f"cftool {command}" in one_line_error(result)
 
 
+def test_help_imports_neither_torch_nor_open_clip():
+    """Commands import the library when they run, so `--help` and shell completion stay fast."""
+    code = (
+        "import sys; from cftool.cli import main; main(['--help']); main(['finetune', '--help']); "
+        "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_method_names_in_help_are_the_methods():
+    from cftool.cli.finetune import METHOD_NAMES
+    from cftool.train import METHODS
+
+    assert METHOD_NAMES == tuple(METHODS)
+
+
 def test_usage_errors_are_one_line(cli):
     line = one_line_error(cli("eval", "--no-such-flag"))
     assert "--no-such-flag" in line

@@ -75,7 +75,7 @@ def test_architecture_with_local_weights_file(tiny, tmp_path):
 
 
 def test_a_cftool_model_file_is_a_spec(tiny, tmp_path):
-    from cftool.io.convert import export_zoo_model
+    from cftool.zoo.convert import export_zoo_model
 
     path = export_zoo_model(tiny, tmp_path / "base.safetensors", overwrite=False)
     spec = parse_model_spec(str(path))

@@ -1,4 +1,8 @@
-"""What every command shares: the stderr console, `--config` YAML, `--device`, `--seed`, `--json`, outputs."""
+"""What every command shares: the stderr console, `--config` YAML, `--device`, `--seed`, `--json`, outputs.
+
+Command modules import torch, open_clip and the library inside the command functions, not at the top: `--help`,
+shell completion and the commands that only move tensors do not pay for what they do not use.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,17 @@ import json
 import random
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import torch
 import typer
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import atomic_output
+
+if TYPE_CHECKING:
+    import torch
 
 # Human output goes to stderr so that stdout carries only `--json` output. Soft wrap: a line naming a file stays
 # one line that can be copied, whatever the terminal's width.
@@ -76,6 +81,8 @@ WorkersOption = Annotated[int, typer.Option("--workers", min=0, help="Data-loadi
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -90,6 +97,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     torch.manual_seed(seed)
 
@@ -100,6 +109,8 @@ def emit_json(payload: Any) -> None:
 
 
 def write_json(path: Path, payload: Any, overwrite: bool) -> None:
+    from cftool.io.checkpoint import atomic_output
+
     with atomic_output(path, overwrite) as tmp:
         tmp.write_text(json.dumps(payload, indent=2) + "\n")
 

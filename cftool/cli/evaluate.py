@@ -26,12 +26,7 @@ from cftool.cli.common import (
     seed_everything,
     write_json,
 )
-from cftool.data import DatasetSpec, get_benchmark, load_task
 from cftool.errors import CftoolError
-from cftool.evaluate import evaluate_base2new, evaluate_zero_shot, zero_shot_head
-from cftool.io.checkpoint import open_checkpoint, refuse_existing
-from cftool.train import EVAL_KINDS, load_for_eval
-from cftool.zoo import load_model
 
 
 def eval_command(
@@ -69,6 +64,12 @@ def eval_command(
 
     Example: cftool eval --zs tiny --benchmark mtil-tiny
     """
+    from cftool.data import DatasetSpec, get_benchmark, load_task
+    from cftool.evaluate import evaluate_base2new, evaluate_zero_shot, zero_shot_head
+    from cftool.io.checkpoint import open_checkpoint, refuse_existing
+    from cftool.train import EVAL_KINDS, load_for_eval
+    from cftool.zoo import load_model
+
     if bool(data) == bool(benchmark):
         raise CftoolError("give either --data TASK (one or more) or --benchmark NAME")
     if output is not None:
@@ -116,6 +117,9 @@ def eval_command(
 
 
 def _base_of(checkpoints: list[Path] | None) -> str:
+    from cftool.io.checkpoint import open_checkpoint
+    from cftool.train import EVAL_KINDS
+
     if not checkpoints:
         raise CftoolError("name the model with --zs (e.g. --zs tiny), or give checkpoint files to evaluate")
     with open_checkpoint(checkpoints[0], kind=EVAL_KINDS) as ckpt:

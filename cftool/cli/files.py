@@ -20,16 +20,6 @@ from cftool.cli.common import (
     resolve_device,
 )
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import refuse_existing
-from cftool.io.convert import (
-    export_plain,
-    export_zoo_model,
-    import_coop_prompt,
-    import_full_model,
-    non_finite_counts,
-    summarize,
-)
-from cftool.zoo import load_model
 
 ZsOption = Annotated[
     str | None,
@@ -50,6 +40,8 @@ def inspect_command(
 
     Example: cftool inspect coop.safetensors --check
     """
+    from cftool.io.convert import non_finite_counts, summarize
+
     summaries = [summarize(path) for path in files]
     if check:
         with progress_bar() as progress:
@@ -109,6 +101,10 @@ def import_command(
     Example: cftool import output/oxford_pets/CoOp/seed1/prompt_learner/model.pth.tar-50 --zs ViT-B/16
     -o coop.safetensors
     """
+    from cftool.io.checkpoint import refuse_existing
+    from cftool.zoo import load_model
+    from cftool.zoo.convert import import_coop_prompt, import_full_model
+
     if zs is None:
         raise CftoolError("--zs is required: name the base model the checkpoint was trained from (e.g. --zs ViT-B/16)")
     refuse_existing(output, force)
@@ -136,12 +132,19 @@ def export_command(
 
     Example: cftool export --zs tiny -o base.safetensors
     """
+    from cftool.io.checkpoint import refuse_existing
+
     if (source is None) == (zs is None):
         raise CftoolError("give either a cftool model file to export, or --zs SPEC to materialise a zoo model")
     refuse_existing(output, force)
     if source is not None:
+        from cftool.io.convert import export_plain
+
         written = export_plain(source, output, overwrite=force)
     else:
+        from cftool.zoo import load_model
+        from cftool.zoo.convert import export_zoo_model
+
         written = export_zoo_model(load_model(zs), output, overwrite=force)
     console.print(f"wrote {written}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import Progress
@@ -24,9 +24,13 @@ from cftool.cli.common import (
     resolve_device,
     seed_everything,
 )
-from cftool.data import DatasetSpec
 from cftool.errors import CftoolError
-from cftool.train import METHODS, FinetuneJob, FinetuneResult, TrainOptions, finetune
+
+if TYPE_CHECKING:
+    from cftool.train import FinetuneResult
+
+# The names of cftool.train.METHODS, spelled out so that `--help` does not import torch (a test keeps them equal).
+METHOD_NAMES = ("coop", "head", "lora", "full")
 
 # Which method each method-specific option belongs to, so that a misplaced option is refused, not ignored.
 METHOD_OPTIONS = {"n_ctx": ("coop",), "rank": ("lora",), "alpha": ("lora",), "towers": ("lora", "full")}
@@ -38,7 +42,7 @@ def finetune_command(
     zs: Annotated[str, typer.Option("--zs", help="Base model: tiny, ViT-B/16, NAME:TAG, hf-hub:ORG/NAME or a file.")],
     data: Annotated[str, typer.Option("--data", help="Training task: toy:TASK, folder:PATH or coop:NAME.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (prototypes go beside it).")],
-    method: Annotated[str, typer.Option("--method", help=f"{', '.join(METHODS)}.")] = "coop",
+    method: Annotated[str, typer.Option("--method", help=f"{', '.join(METHOD_NAMES)}.")] = "coop",
     classes: Annotated[str, typer.Option("--classes", help="Train on all classes, or the base/novel half.")] = "all",
     shots: Annotated[int | None, typer.Option("--shots", help="Training images per class (few-shot).")] = None,
     iterations: Annotated[int | None, typer.Option("--iterations", help="Optimiser steps.")] = None,
@@ -90,6 +94,9 @@ def finetune_command(
     Example: cftool finetune --zs tiny --data toy:flowers --classes base --shots 16 --method coop --epochs 50 --lr 0.05
     -o coop.safetensors
     """
+    from cftool.data import DatasetSpec
+    from cftool.train import METHODS, FinetuneJob, TrainOptions, finetune
+
     if method not in METHODS:
         raise CftoolError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
     given = {"n_ctx": n_ctx, "rank": rank, "alpha": alpha, "towers": towers}
