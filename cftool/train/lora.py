@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from cftool.merge.lora import merge_lora
+
 LORA_TARGETS = (
     # per transformer block: the fused q/k/v and output projections of attention, and the two MLP layers
     "attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight",
@@ -28,10 +30,6 @@ def lora_parameter_names(model: nn.Module, towers: tuple[str, ...]) -> list[str]
     """open_clip parameter names that LoRA adapts in ``towers``, in the model's order."""
     prefixes = tuple(TOWER_PREFIXES[tower] for tower in towers)
     return [name for name, _ in model.named_parameters() if name.startswith(prefixes) and name.endswith(LORA_TARGETS)]
-
-
-def merge_lora(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> torch.Tensor:
-    return weight + scale * (lora_b @ lora_a).to(weight.dtype)
 
 
 class LoRAFactors(nn.Module):

@@ -17,7 +17,8 @@ from torch import nn
 from cftool.errors import CftoolError
 from cftool.evaluate import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, check_shapes
-from cftool.train.lora import attach_lora, lora_parameter_names, merge_lora
+from cftool.merge.lora import merged_lora_state
+from cftool.train.lora import attach_lora, lora_parameter_names
 from cftool.train.text import (
     CONTEXT_PLACEHOLDER,
     class_text_head,
@@ -308,19 +309,3 @@ def load_for_eval(zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn:
         check_shapes(ckpt.path, found, {"head.weight": (len(classnames), embed_dim)})
         return LinearHead(zoo, classnames, [], weight=ckpt["head.weight"]).eval_head
     raise CftoolError(f"{ckpt.path}: cannot evaluate a {header.kind!r} checkpoint; expected {', '.join(EVAL_KINDS)}")
-
-
-def merged_lora_state(state: dict[str, torch.Tensor], ckpt: CheckpointReader) -> dict[str, torch.Tensor]:
-    """Full weights ``W + (alpha / rank) · B A`` from base weights and a `lora` checkpoint."""
-    config = ckpt.header.config or {}
-    if not {"rank", "alpha", "targets"} <= config.keys():
-        raise CftoolError(
-            f"{ckpt.path}: a lora checkpoint needs rank, alpha and targets in cftool.config; re-create it"
-        )
-    scale = float(config["alpha"]) / int(config["rank"])
-    merged = dict(state)
-    for name in config["targets"]:
-        if name not in merged:
-            raise CftoolError(f"{ckpt.path}: LoRA target {name!r} is not a weight of the base model; check --zs")
-        merged[name] = merge_lora(merged[name], ckpt[f"{name}.lora_A"], ckpt[f"{name}.lora_B"], scale)
-    return merged

@@ -1,0 +1,1 @@
+"""Checkpoint arithmetic on tensors: needs only `cftool.io` and torch, never open_clip."""
