@@ -89,9 +89,7 @@ def main() -> None:
         spec.source for spec in BENCHMARKS["base2new-tiny"].tasks
     ]
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    grid = list(
-        itertools.product(args.zs_reg.split(","), args.lambda_lmc, args.lambda_zs, args.epochs, args.lr)
-    )
+    grid = list(itertools.product(args.zs_reg.split(","), args.lambda_lmc, args.lambda_zs, args.epochs, args.lr))
     zoo = load_model("tiny")
     results: dict[str, list[dict]] = {"zero-shot": [], "coop": [], **{json.dumps(point): [] for point in grid}}
     for source, seed in itertools.product(sources, seeds):
@@ -109,7 +107,9 @@ def main() -> None:
                 zs_reg, lambda_lmc, lambda_zs, epochs, lr = json.loads(name)
                 options = MergeTuneOptions(lambda_lmc=lambda_lmc, lambda_zs=lambda_zs, zs_reg=zs_reg)
                 overrides = {"epochs": epochs, "lr": lr}
-                continue_training(ContinueJob(coop, "tiny", options, output=path, train_overrides=overrides, force=True))
+                continue_training(
+                    ContinueJob(coop, "tiny", options, output=path, train_overrides=overrides, force=True)
+                )
             with open_checkpoint(path) as ckpt:
                 results[name].append({**where, **accuracies(zoo, apply_checkpoint(zoo, ckpt), halves)})
         print(f"{source} seed {seed}: done", flush=True)

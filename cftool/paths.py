@@ -136,8 +136,12 @@ def path_report(
         "alphas": curves[0].alphas,
         "curves": [
             {
-                "task": c.task, "classes": c.classes, "loss": c.loss, "accuracy": c.accuracy,
-                "max_loss": c.max_loss, "barrier": c.barrier,
+                "task": c.task,
+                "classes": c.classes,
+                "loss": c.loss,
+                "accuracy": c.accuracy,
+                "max_loss": c.max_loss,
+                "barrier": c.barrier,
             }
             for c in curves
         ],  # fmt: skip
@@ -185,11 +189,15 @@ def _weights_path(zoo, a, b, tasks, alphas, split, cache) -> list[Curve]:
     return list(curves.values())
 
 
-def interpolate_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+def interpolate_weights(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
     """Floating-point tensors interpolated in float32 and stored in B's dtype; integer buffers (BatchNorm's step
     counts) taken from B."""
     return {
-        name: torch.lerp(a[name].float(), tensor.float(), alpha).to(tensor.dtype) if tensor.is_floating_point() else tensor
+        name: torch.lerp(a[name].float(), tensor.float(), alpha).to(tensor.dtype)
+        if tensor.is_floating_point()
+        else tensor
         for name, tensor in b.items()
     }
 

@@ -66,7 +66,9 @@ def resolve_column(spec: str, tasks: list[str]) -> Column:
     for task in tasks:
         found = _seed_files(spec.replace(TASK_FIELD, task))
         if not found:
-            raise CftoolError(f"{spec}: no checkpoint for task {task!r} ({spec.replace(TASK_FIELD, task)} matches no file)")
+            raise CftoolError(
+                f"{spec}: no checkpoint for task {task!r} ({spec.replace(TASK_FIELD, task)} matches no file)"
+            )
         if seeds is not None and list(found) != seeds:
             raise CftoolError(
                 f"{spec}: task {task!r} has seeds {', '.join(found)} but {tasks[0]!r} has {', '.join(seeds)}; "
@@ -136,7 +138,9 @@ class FeatureCache:
         key = (task.spec.to_json(), split)
         if base_weights and key in self._stored:
             return self._stored[key]
-        encoded = encode_images(self.zoo, task.split(split, self.zoo.preprocess), self.batch_size, self.workers, self.advance)
+        encoded = encode_images(
+            self.zoo, task.split(split, self.zoo.preprocess), self.batch_size, self.workers, self.advance
+        )
         if base_weights:
             self._stored[key] = encoded
         return encoded
@@ -168,7 +172,7 @@ def evaluate_columns(
             cells: dict[str, Cell] = {}
             for path in column.files_of(task.name):
                 with _applied(zoo, path, base_state, base_sha256) as (head, base_weights):
-                    for name, part in zip(HALVES, halves_of(task)) if base2new else [("accuracy", task)]:
+                    for name, part in zip(HALVES, halves_of(task), strict=True) if base2new else [("accuracy", task)]:
                         features, labels = cache.get(part, split, base_weights)
                         accuracy = top1_accuracy(features @ head(zoo, part.classnames, part.templates), labels)
                         cells.setdefault(name, Cell([])).accuracies.append(accuracy)
@@ -234,12 +238,24 @@ def compare(
             cells = results[column.label][task.name]
             n_classes = len(task.classnames)
             sizes = (
-                {"num_base_classes": len(class_subset(n_classes, "base")), "num_novel_classes": len(class_subset(n_classes, "novel"))}
+                {
+                    "num_base_classes": len(class_subset(n_classes, "base")),
+                    "num_novel_classes": len(class_subset(n_classes, "novel")),
+                }
                 if base2new
                 else {"num_classes": n_classes, "num_images": len(task.split(split))}
             )
-            rows.append({"task": task.name, "classes": task.spec.classes, **_metrics(with_hm(cells) if base2new else cells), **sizes})
-        files = None if column.files is None else {task: [str(p) for p in paths] for task, paths in column.files.items()}
+            rows.append(
+                {
+                    "task": task.name,
+                    "classes": task.spec.classes,
+                    **_metrics(with_hm(cells) if base2new else cells),
+                    **sizes,
+                }
+            )
+        files = (
+            None if column.files is None else {task: [str(p) for p in paths] for task, paths in column.files.items()}
+        )
         mean = _metrics(mean_row(results[column.label], base2new))
         models.append({"model": column.label, "seeds": column.seeds, "files": files, "results": rows, "mean": mean})
     return {"models": models}

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
@@ -20,3 +22,18 @@ def test_finetune_speed_trains_the_same_prompt_with_and_without_the_feature_cach
     assert cached["final_loss"] == uncached["final_loss"]
     ratio = cached["train_images_per_second"] / uncached["train_images_per_second"]
     assert report["train_speedup"] == round(ratio, 2)
+
+
+def test_continue_speed_reports_the_step_time_ratio_of_its_two_runs():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "continue_speed.py"), "--data", "toy:food", "--shots", "2", "--epochs", "2",
+         "--threads", "1"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    coop, continued = report["runs"]
+    assert (coop["run"], continued["run"]) == ("coop", "continue")
+    assert coop["steps"] == continued["steps"] > 0
+    ratio = coop["train_images_per_second"] / continued["train_images_per_second"]
+    assert report["step_time_ratio"] == pytest.approx(ratio, abs=0.01)
+    assert report["mergetune"]["lmc_samples"] == [round(0.1 * i, 1) for i in range(1, 11)]

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from cftool.cli import main
 from test_finetune import one_line_error, torch_threads
@@ -70,7 +69,9 @@ def test_a_seed_pattern_averages_the_seeds_and_reports_their_spread(cli, runs):
     assert model["seeds"] == ["0", "1"]
     for row in model["results"]:
         per_seed = {
-            half: [accuracy(cli, runs / f"seed{s}" / row["task"] / "coop.safetensors", row["task"], half) for s in (0, 1)]
+            half: [
+                accuracy(cli, runs / f"seed{s}" / row["task"] / "coop.safetensors", row["task"], half) for s in (0, 1)
+            ]
             for half in ("base", "novel")
         }
         assert row["per_seed"]["base"] == per_seed["base"] and row["per_seed"]["novel"] == per_seed["novel"]

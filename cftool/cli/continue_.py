@@ -53,13 +53,23 @@ def continue_command(
         str | None, typer.Option("--data", help="Train on other data than the checkpoint records: toy:TASK, ...")
     ] = None,
     classes: Annotated[str | None, typer.Option("--classes", help="Class subset (default: as recorded).")] = None,
-    shots: Annotated[int | None, typer.Option("--shots", help="Training images per class (default: as recorded).")] = None,
-    iterations: Annotated[int | None, typer.Option("--iterations", help="Optimiser steps (default: as recorded).")] = None,
-    epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the training images (default: as recorded).")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", min=1, help="Global batch (default: as recorded).")] = None,
+    shots: Annotated[
+        int | None, typer.Option("--shots", help="Training images per class (default: as recorded).")
+    ] = None,
+    iterations: Annotated[
+        int | None, typer.Option("--iterations", help="Optimiser steps (default: as recorded).")
+    ] = None,
+    epochs: Annotated[
+        float | None, typer.Option("--epochs", help="Passes over the training images (default: as recorded).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Global batch (default: as recorded).")
+    ] = None,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default: as recorded).")] = None,
     optimizer: Annotated[str | None, typer.Option("--optimizer", help="sgd or adamw (default: as recorded).")] = None,
-    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="Weight decay (default: as recorded).")] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option("--weight-decay", help="Weight decay (default: as recorded).")
+    ] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", min=0, help="Warm-up steps (default: as recorded).")] = None,
     label_smoothing: Annotated[
         float | None, typer.Option("--label-smoothing", help="Label smoothing (default: as recorded).")
@@ -68,7 +78,8 @@ def continue_command(
         str | None, typer.Option("--precision", help="auto, fp32, bf16 or fp16 (default: as recorded).")
     ] = None,
     seed: Annotated[
-        int | None, typer.Option("--seed", help="Training seed (default: as recorded; the few-shot draw stays as recorded).")
+        int | None,
+        typer.Option("--seed", help="Training seed (default: as recorded; the few-shot draw stays as recorded)."),
     ] = None,
     feature_cache: Annotated[
         bool, typer.Option("--feature-cache/--no-feature-cache", help="Frozen image tower: encode images once.")
@@ -79,7 +90,9 @@ def continue_command(
     checkpoint_every: Annotated[
         int, typer.Option("--checkpoint-every", min=0, help="Save trainer state every N steps (always on Ctrl-C).")
     ] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the trainer state beside the output.")] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the trainer state beside the output.")
+    ] = False,
     evaluate: Annotated[bool, typer.Option("--eval", help="Also report test accuracy of the result.")] = False,
     data_root: DataRootOption = None,
     workers: WorkersOption = 0,
@@ -91,9 +104,9 @@ def continue_command(
     """MergeTune: continue training a fine-tuned checkpoint so that it regains zero-shot knowledge.
 
     Training data, class names, templates, method and recipe come from the checkpoint's metadata; flags (and
-    --config keys) override them. Options left unset keep the recorded value. The output has the input's kind and is written beside it unless -o says otherwise; the input is never
-    overwritten. Under `torchrun --nproc_per_node=N` it trains with DDP. Ctrl-C saves the trainer state; --resume
-    continues it.
+    --config keys) override them, and options left unset keep the recorded value. The output has the input's kind
+    and is written beside it unless -o says otherwise; the input is never overwritten. Under `torchrun
+    --nproc_per_node=N` it trains with DDP. Ctrl-C saves the trainer state; --resume continues it.
 
     Example: cftool continue coop.safetensors --zs tiny
     """

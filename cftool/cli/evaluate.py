@@ -51,7 +51,9 @@ def eval_command(
     ] = None,
     classes: Annotated[
         str,
-        typer.Option("--classes", help="Classes of --data tasks: all, base, novel, or base,novel (base, novel and HM)."),
+        typer.Option(
+            "--classes", help="Classes of --data tasks: all, base, novel, or base,novel (base, novel and HM)."
+        ),
     ] = "all",
     path: Annotated[
         tuple[str, str] | None,
@@ -83,7 +85,7 @@ def eval_command(
     With --benchmark base2new-tiny each column reports base, novel and HM; `{task}` patterns give each task its own
     checkpoint and `{seed}` averages seeds (mean ± spread). The mean row's HM is that of the mean base and novel.
 
-    Example: cftool eval --benchmark base2new-tiny zs 'runs/{task}/coop.safetensors' 'runs/{task}/coop.mergetune.safetensors'
+    Example: cftool eval --benchmark base2new-tiny zs 'runs/{task}/coop.safetensors'
     """
     from cftool.data import DatasetSpec, get_benchmark, load_task
     from cftool.io.checkpoint import refuse_existing
@@ -161,12 +163,11 @@ def _format(cell_mean: float, std: float | None) -> str:
 def _print_table(title: str, payload: dict, base2new: bool) -> None:
     metrics = ("base", "novel", "hm") if base2new else ("accuracy",)
     models = payload["models"]
-    table = Table(title=f"top-1 % on {title}" + (" (mean±std over seeds)" if any(m["seeds"] for m in models) else ""))
+    averaged = any(len(m["seeds"]) > 1 for m in models)
+    table = Table(title=f"top-1 % on {title}" + (" (mean±std over seeds)" if averaged else ""))
     table.add_column("task")
     table.add_column("classes", justify="right")
-    for model in models:
-        name = model["model"]
-        name = Path(name).name if name.endswith(".safetensors") and "{" not in name else name
+    for name in _short_labels([model["model"] for model in models]):
         for metric in metrics:
             table.add_column(f"{name}\n{metric}" if base2new else name, justify="right")
 
@@ -182,6 +183,12 @@ def _print_table(title: str, payload: dict, base2new: bool) -> None:
     table.add_section()
     table.add_row("mean", "", *[c for model in models for c in cells(model["mean"])])
     console.print(table)
+
+
+def _short_labels(labels: list[str]) -> list[str]:
+    """File names without the suffix (``runs/seed{seed}/{task}/coop.safetensors`` → ``coop``), unless two clash."""
+    short = [Path(label).name.removesuffix(".safetensors") for label in labels]
+    return short if len(set(short)) == len(short) else labels
 
 
 def _print_path(title: str, payload: dict) -> None:

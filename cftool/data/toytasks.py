@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from cftool.data.toyworld import (
-    COLOURS, DIGITS, DIRECTIONS, HELDOUT_COMBOS, LETTERS, NUMBER_WORDS, POSITIONS, SHAPES, SIZES, TEXTURES,
+    DIGITS, DIRECTIONS, HELDOUT_COMBOS, LETTERS, NUMBER_WORDS, POSITIONS, SHAPES, SIZES, TEXTURES,
     Scene, count_scene, pair_scene, render, single_scene, stable_seed,
 )
 

@@ -1,4 +1,4 @@
-"""Fine-tuning: the methods (CoOp prompts, linear head, LoRA, full), one shared training loop, objectives, prototypes."""
+"""Fine-tuning: the methods (CoOp prompts, linear head, LoRA, full), one training loop, objectives, prototypes."""
 
 from cftool.train.adapters import ADAPTERS, apply_checkpoint
 from cftool.train.finetune import FinetuneJob, FinetuneResult, finetune, prototypes_path, state_path

@@ -21,12 +21,17 @@ from cftool.io.checkpoint import CheckpointReader, open_checkpoint
 from cftool.train.adapters import trainable_method
 from cftool.train.finetune import SUFFIX, Continuation, FinetuneJob, FinetuneResult, beside, finetune
 from cftool.train.loop import Progress, TrainOptions, no_progress
-from cftool.train.methods import COOP_INIT, RANDOM_INIT
+from cftool.train.methods import COOP_INIT, RANDOM_INIT, ZERO_SHOT_WEIGHT
 from cftool.train.objectives import MergeTuneOptions
 
 CONTINUABLE_KINDS = ("prompt", "head", "lora", "model")
 # The options of each method that its checkpoint's config records and a rebuild needs.
-METHOD_OPTION_KEYS = {"coop": ("n_ctx", "ctx_init"), "head": (), "lora": ("rank", "alpha", "towers"), "full": ("towers",)}
+METHOD_OPTION_KEYS = {
+    "coop": ("n_ctx", "ctx_init"),
+    "head": (),
+    "lora": ("rank", "alpha", "towers"),
+    "full": ("towers",),
+}
 TRAIN_OPTION_KEYS = tuple(f.name for f in fields(TrainOptions))
 
 
@@ -68,7 +73,9 @@ def plan(job: ContinueJob) -> tuple[FinetuneJob, Continuation]:
     """The fine-tuning job that continues ``job.source``, from its metadata and the overrides."""
     output = job.output_path
     if output.resolve() == job.source.resolve():
-        raise CftoolError(f"-o {output}: is the input checkpoint; continue never overwrites its input, name another file")
+        raise CftoolError(
+            f"-o {output}: is the input checkpoint; continue never overwrites its input, name another file"
+        )
     with open_checkpoint(job.source) as ckpt:
         _check_continuable(ckpt)
         method = trainable_method(ckpt)
@@ -114,6 +121,11 @@ def _recipe(job: ContinueJob, config: dict[str, Any], default_lr: float, default
 
 def _check_continuable(ckpt: CheckpointReader) -> None:
     kind = ckpt.header.kind
+    if ZERO_SHOT_WEIGHT in (ckpt.header.config or {}):
+        raise CftoolError(
+            f"{ckpt.path}: a prompt mixed with the zero-shot head (`cftool interpolate`) has no parameters of its "
+            "own to train; continue the prompt it was made from"
+        )
     if kind in CONTINUABLE_KINDS:
         return
     why = {
@@ -137,7 +149,9 @@ def _data_spec(ckpt: CheckpointReader, config: dict[str, Any], data: str | None)
     try:
         return DatasetSpec(**recorded)
     except TypeError:
-        raise CftoolError(f"{ckpt.path}: its recorded training data {recorded} is not a dataset spec; pass --data") from None
+        raise CftoolError(
+            f"{ckpt.path}: its recorded training data {recorded} is not a dataset spec; pass --data"
+        ) from None
 
 
 def _method_options(
@@ -167,4 +181,3 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-

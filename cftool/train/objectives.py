@@ -122,7 +122,9 @@ class MergeTune(Objective):
         current = self.method.solution()
         task_loss = self.cross_entropy(self.method.logits_at(inputs, current), labels)
         path_losses = [
-            task_loss if alpha == 1 else self.cross_entropy(self.method.logits_at(inputs, self._at(alpha, current)), labels)
+            task_loss
+            if alpha == 1
+            else self.cross_entropy(self.method.logits_at(inputs, self._at(alpha, current)), labels)
             for alpha in self.options.lmc_samples
         ]
         loss = task_loss + self.options.lambda_lmc * torch.stack(path_losses).mean()

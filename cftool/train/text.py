@@ -63,4 +63,6 @@ def class_text_head(model: open_clip.CLIP, tokens: torch.Tensor, n_classes: int)
 
 def mean_per_class(template_features: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Normalised mean over each class's templates of class-major features [n_classes × n_templates, embed_dim]."""
-    return F.normalize(template_features.reshape(n_classes, len(template_features) // n_classes, -1).mean(dim=1), dim=-1)
+    return F.normalize(
+        template_features.reshape(n_classes, len(template_features) // n_classes, -1).mean(dim=1), dim=-1
+    )

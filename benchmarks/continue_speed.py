@@ -1,0 +1,61 @@
+"""Step time of `continue` (MergeTune, default options) against `finetune --method coop` on the same data and batch.
+
+Both train a prompt on cached image features in one process: CoOp first, then MergeTune continued from it for the
+same number of steps. MergeTune's path points are class-feature interpolations, so a step should cost about one
+CoOp step (one text-encoder pass) plus ten small matrix products. Prints the training loop's images/s of each run
+and the ratio (continue step time) / (coop step time); target ≤ 1.3.
+
+    .venv/bin/python benchmarks/continue_speed.py --data toy:aircraft --shots 16 --epochs 10 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from cftool.data import DatasetSpec
+from cftool.train import FinetuneJob, TrainOptions, finetune
+from cftool.train.continued import ContinueJob, continue_training
+from cftool.train.objectives import MergeTuneOptions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="toy:aircraft")
+    parser.add_argument("--classes", default="base")
+    parser.add_argument("--shots", type=int, default=16)
+    parser.add_argument("--epochs", type=float, default=10)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    data = DatasetSpec(args.data, classes=args.classes, shots=args.shots)
+    options = TrainOptions(epochs=args.epochs, batch_size=args.batch_size, lr=5e-2, optimizer="sgd")
+    mergetune = MergeTuneOptions()
+    with tempfile.TemporaryDirectory() as folder:
+        coop_file = Path(folder) / "coop.safetensors"
+        coop = finetune(FinetuneJob("tiny", data, "coop", coop_file, options, {"n_ctx": None}))
+        continued = continue_training(ContinueJob(coop_file, "tiny", mergetune))
+    runs = [
+        {"run": name, "steps": result.steps, "train_images_per_second": round(result.images_per_second, 1)}
+        for name, result in (("coop", coop), ("continue", continued))
+    ]
+    report = {
+        "data": asdict(data),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "mergetune": mergetune.to_dict(),
+        "runs": runs,
+        "step_time_ratio": round(coop.images_per_second / continued.images_per_second, 2),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
