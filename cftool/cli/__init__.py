@@ -12,6 +12,7 @@ from cftool.cli.common import console
 from cftool.cli.evaluate import eval_command
 from cftool.cli.files import export_command, import_command, inspect_command
 from cftool.cli.finetune import finetune_command
+from cftool.cli.merge import decouple_command, delta_command, unify_command
 from cftool.cli.pending import register_pending
 from cftool.errors import CftoolError
 
@@ -25,6 +26,9 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("finetune")(finetune_command)
+app.command("delta")(delta_command)
+app.command("unify")(unify_command)
+app.command("decouple")(decouple_command)
 register_pending(app)
 app.command("eval")(eval_command)
 app.command("inspect")(inspect_command)

@@ -8,9 +8,6 @@ from cftool.errors import NotAvailableError
 
 PENDING_COMMANDS = {
     "continue": "MergeTune: continue training a fine-tuned checkpoint towards the zero-shot model.",
-    "delta": "Task vector θ_t − θ_0 of a fine-tuned checkpoint (and `apply`, to go back).",
-    "unify": "Unify task deltas into one delta plus per-task triggers (ConDU, TIES, DARE, …).",
-    "decouple": "Rebuild a task expert from a unified delta and its trigger.",
     "route": "Predict with task experts chosen per image by prototype similarity.",
 }
 
