@@ -61,12 +61,14 @@ class RadixSelect:
             raise RuntimeError(f"group {group!r} was already closed in this pass")
         width, shift = self._widths[self.pass_index], self._shifts[self.pass_index]
         keys = values.detach().to(self.dtype).abs().reshape(-1).view(self._int)
-        if self.pass_index:  # only the elements whose higher digits are the ones found so far
-            keys = keys[(keys >> (shift + width)) == self._prefix[group]]
-        digits = (keys >> shift) & ((1 << width) - 1)
-        if digits.dtype == torch.int16:  # bincount takes int32 and int64
-            digits = digits.int()
-        counts = torch.bincount(digits, minlength=1 << width)
+        if keys.dtype == torch.int16:  # widened: the arithmetic below reaches 2^15, and bincount needs int32
+            keys = keys.int()
+        # The next digit of the elements whose higher digits are the prefix found so far lands in 0 … 2^width − 1;
+        # every other element lands below or above, and clamping puts it in bin −1 or 2^width, which are dropped:
+        # no masked selection, which would cost several times more than this arithmetic.
+        digits = (keys >> shift) - (self._prefix[group] << width)
+        digits = digits.clamp_(-1, 1 << width).add_(1)
+        counts = torch.bincount(digits, minlength=(1 << width) + 2)[1:-1]
         if group in self._histograms:
             self._histograms[group] += counts
         else:
