@@ -1,0 +1,124 @@
+"""The merging table on the testbed: one full fine-tune of `tiny` per mtil-tiny task, then, per task, the test
+top-1 of the individual model, of its decoupled ConDU expert, and of the task-arithmetic, TIES and mean merges of
+all eleven deltas (plus zero-shot, for reference).
+
+Every step is a cftool command, run in this process through ``cftool.cli.main`` exactly as typed in a shell:
+
+    cftool finetune --zs tiny --data toy:TASK --method full --iterations 150 --lr 1e-4 --batch-size 32 --seed 0 \\
+        -o OUT/finetuned/TASK.safetensors                                  # 11 times
+    cftool delta OUT/finetuned/TASK.safetensors -o OUT/deltas/TASK.safetensors
+    cftool unify OUT/deltas/*.safetensors -o OUT/unified.st
+    cftool decouple OUT/unified.st --all --as model -o OUT/experts
+    cftool unify OUT/deltas/*.safetensors --method M [--lambda L] -o OUT/merged/NAME.safetensors
+    cftool delta apply OUT/merged/NAME.safetensors -o OUT/merged/NAME.model.safetensors
+    cftool eval MODEL --data toy:TASK / --benchmark mtil-tiny --json
+
+Files already in OUT are reused, so an interrupted run continues where it stopped. The table (markdown) goes to
+stdout and, with every number, to OUT/results.json.
+
+    .venv/bin/python benchmarks/merge_testbed.py --out merge-testbed      # about 30 minutes on the 2-core CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+from pathlib import Path
+
+from cftool.cli import main as cftool
+
+# name -> unify options; task arithmetic at the usual λ = 0.3 and a small sweep around it (chosen on test data:
+# the toy tasks have no validation split, so the sweep shows sensitivity, not a tuned result).
+MERGES = {
+    "task-arithmetic": ["--method", "task-arithmetic", "--lambda", "0.3"],
+    "ties": ["--method", "ties"],
+    "mean": ["--method", "mean"],
+    "task-arithmetic-0.1": ["--method", "task-arithmetic", "--lambda", "0.1"],
+    "task-arithmetic-0.5": ["--method", "task-arithmetic", "--lambda", "0.5"],
+    "task-arithmetic-1.0": ["--method", "task-arithmetic", "--lambda", "1.0"],
+}
+
+
+def run(*args: object) -> str:
+    """``cftool ARGS`` in this process; its stdout (the --json output) is returned."""
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        code = cftool([str(arg) for arg in args])
+    if code:
+        raise SystemExit(f"`cftool {' '.join(map(str, args))}` failed with exit code {code}")
+    return captured.getvalue()
+
+
+def accuracies(*args: object) -> dict[str, float]:
+    """task -> top-1 of one model, from `cftool eval ... --json`."""
+    [model] = json.loads(run("eval", *args, "--json"))["models"]
+    return {result["task"]: result["accuracy"] for result in model["results"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("merge-testbed"))
+    parser.add_argument("--iterations", type=int, default=150)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--towers", default="image,text")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from cftool.data import get_benchmark
+
+    tasks = [spec.source.removeprefix("toy:") for spec in get_benchmark("mtil-tiny", None).tasks]
+    out = args.out
+    for task in tasks:
+        finetuned = out / "finetuned" / f"{task}.safetensors"
+        if not finetuned.exists():
+            recipe = ["--method", "full", "--towers", args.towers, "--iterations", args.iterations, "--lr", args.lr]
+            recipe += ["--batch-size", args.batch_size, "--seed", args.seed]
+            run("finetune", "--zs", "tiny", "--data", f"toy:{task}", *recipe, "-o", finetuned)
+        delta = out / "deltas" / f"{task}.safetensors"
+        if not delta.exists():
+            run("delta", finetuned, "-o", delta)
+    deltas = [out / "deltas" / f"{task}.safetensors" for task in tasks]
+    unified = out / "unified.st"
+    if not unified.exists():
+        run("unify", *deltas, "-o", unified)
+    if not all((out / "experts" / f"{task}.safetensors").exists() for task in tasks):
+        run("decouple", unified, "--all", "--as", "model", "-o", out / "experts", "--force")
+    for name, options in MERGES.items():
+        merged, model = out / "merged" / f"{name}.safetensors", out / "merged" / f"{name}.model.safetensors"
+        if not model.exists():
+            run("unify", *deltas, *options, "-o", merged, "--force")
+            run("delta", "apply", merged, "-o", model, "--force")
+
+    table = {"zero-shot": accuracies("--zs", "tiny", "--benchmark", "mtil-tiny")}
+    for column, folder in (("individual", "finetuned"), ("condu expert", "experts")):
+        table[column] = {t: accuracies(out / folder / f"{t}.safetensors", "--data", f"toy:{t}")[t] for t in tasks}
+    for name in MERGES:
+        table[name] = accuracies(out / "merged" / f"{name}.model.safetensors", "--benchmark", "mtil-tiny")
+    inspect = json.loads(run("inspect", unified, "--json"))[0]["tasks"]
+
+    results = {
+        "recipe": {k: v for k, v in vars(args).items() if k != "out"},
+        "tasks": tasks,
+        "top1": table,
+        "condu": {t["task"]: {"rescaler": t["rescaler"], "mask_density": t["mask_density"]} for t in inspect},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(markdown(tasks, table))
+
+
+def markdown(tasks: list[str], table: dict[str, dict[str, float]]) -> str:
+    columns = list(table)
+    lines = ["| task | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for task in tasks:
+        lines.append(f"| {task} | " + " | ".join(f"{table[c][task]:.1f}" for c in columns) + " |")
+    means = [sum(table[c][t] for t in tasks) / len(tasks) for c in columns]
+    lines.append("| **mean** | " + " | ".join(f"**{m:.1f}**" for m in means) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
