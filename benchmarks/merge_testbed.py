@@ -16,7 +16,12 @@ Every step is a cftool command, run in this process through ``cftool.cli.main`` 
 Files already in OUT are reused, so an interrupted run continues where it stopped. The table (markdown) goes to
 stdout and, with every number, to OUT/results.json.
 
+``--diagnose`` adds where the ConDU experts lose accuracy: per task, the expert's delta in one tower and the
+individual delta in the other (image tower = ``visual.*``), the expert with one rescaler per tower instead of
+one per task, and how far each tower's expert delta is from the task's own (relative L2 error, cosine).
+
     .venv/bin/python benchmarks/merge_testbed.py --out merge-testbed      # about 30 minutes on the 2-core CPU
+    .venv/bin/python benchmarks/merge_testbed.py --out merge-testbed --diagnose
 """
 
 from __future__ import annotations
@@ -52,10 +57,21 @@ def run(*args: object) -> str:
     return captured.getvalue()
 
 
-def accuracies(*args: object) -> dict[str, float]:
-    """task -> top-1 of one model, from `cftool eval ... --json`."""
-    [model] = json.loads(run("eval", *args, "--json"))["models"]
-    return {result["task"]: result["accuracy"] for result in model["results"]}
+class Evaluations:
+    """task -> top-1 of one model, from `cftool eval ... --json`; remembered in a JSON file across runs, since the
+    models in OUT do not change."""
+
+    def __init__(self, file: Path):
+        self.file = file
+        self.known: dict[str, dict[str, float]] = json.loads(file.read_text()) if file.exists() else {}
+
+    def __call__(self, *args: object) -> dict[str, float]:
+        key = " ".join(map(str, args))
+        if key not in self.known:
+            [model] = json.loads(run("eval", *args, "--json"))["models"]
+            self.known[key] = {result["task"]: result["accuracy"] for result in model["results"]}
+            self.file.write_text(json.dumps(self.known, indent=1) + "\n")
+        return self.known[key]
 
 
 def main() -> None:
@@ -66,6 +82,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--towers", default="image,text")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--diagnose", action="store_true", help="also locate the ConDU experts' losses")
     args = parser.parse_args()
 
     from cftool.data import get_benchmark
@@ -93,6 +110,7 @@ def main() -> None:
             run("unify", *deltas, *options, "-o", merged, "--force")
             run("delta", "apply", merged, "-o", model, "--force")
 
+    accuracies = Evaluations(out / "evals.json")
     table = {"zero-shot": accuracies("--zs", "tiny", "--benchmark", "mtil-tiny")}
     for column, folder in (("individual", "finetuned"), ("condu expert", "experts")):
         table[column] = {t: accuracies(out / folder / f"{t}.safetensors", "--data", f"toy:{t}")[t] for t in tasks}
@@ -106,8 +124,86 @@ def main() -> None:
         "top1": table,
         "condu": {t["task"]: {"rescaler": t["rescaler"], "mask_density": t["mask_density"]} for t in inspect},
     }
+    if args.diagnose:
+        diagnosis = diagnose(out, tasks, unified, accuracies)
+        results["diagnosis"] = diagnosis
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(tasks, table))
+    if args.diagnose:
+        print()
+        print(markdown(tasks, {k: v for k, v in diagnosis.items() if k != "distance"}))
+        print()
+        print(distance_markdown(tasks, diagnosis["distance"]))
+
+
+def _tower(name: str) -> str:
+    return "image" if name.startswith("visual.") else "text"
+
+
+def diagnose(out: Path, tasks: list[str], unified: Path, accuracies: Evaluations) -> dict:
+    """Hybrids of each task's expert and individual delta, per tower, and per-tower rescalers."""
+    import torch
+
+    from cftool.io.checkpoint import open_checkpoint, save_checkpoint
+    from cftool.io.unified import open_unified
+
+    folder = out / "diagnosis"
+    if not all((folder / "expert-deltas" / f"{task}.safetensors").exists() for task in tasks):
+        run("decouple", unified, "--all", "-o", folder / "expert-deltas", "--force")
+    variants = ("expert image, individual text", "individual image, expert text", "expert, a rescaler per tower")
+    table: dict[str, dict] = {variant: {} for variant in variants}
+    table["distance"] = {}
+    with open_unified(unified) as unified_set:
+        for index, task in enumerate(tasks):
+            with open_checkpoint(out / "deltas" / f"{task}.safetensors") as own_file:
+                own, header = own_file.load_all(), own_file.header
+            with open_checkpoint(folder / "expert-deltas" / f"{task}.safetensors") as expert_file:
+                expert = expert_file.load_all()
+            rescaler = float(unified_set.rescalers[index])
+            # λ_tower = Σ_tower mean|δ| / Σ_tower mean|M ⊙ u|, where M ⊙ u = expert / λ
+            sums = {tower: [0.0, 0.0] for tower in ("image", "text")}
+            for name, delta in own.items():
+                sums[_tower(name)][0] += float(delta.abs().double().mean())
+                sums[_tower(name)][1] += float((expert[name] / rescaler).abs().double().mean())
+            per_tower = {tower: a / b if b else 0.0 for tower, (a, b) in sums.items()}
+            mixes = {
+                variants[0]: {n: expert[n] if _tower(n) == "image" else own[n] for n in own},
+                variants[1]: {n: own[n] if _tower(n) == "image" else expert[n] for n in own},
+                variants[2]: {n: expert[n] / rescaler * per_tower[_tower(n)] for n in own},
+            }
+            for variant, tensors in mixes.items():
+                slug = variant.replace(" ", "-").replace(",", "")
+                delta_path = folder / slug / f"{task}.safetensors"
+                model_path = folder / slug / f"{task}.model.safetensors"
+                if not model_path.exists():
+                    save_checkpoint(delta_path, tensors, header, overwrite=True)
+                    run("delta", "apply", delta_path, "-o", model_path, "--force")
+                table[variant][task] = accuracies(model_path, "--data", f"toy:{task}")[task]
+            distance = {"rescaler": rescaler, "rescaler per tower": per_tower}
+            for tower in ("image", "text"):
+                names = [n for n in own if _tower(n) == tower]
+                a = torch.cat([own[n].reshape(-1) for n in names])
+                b = torch.cat([expert[n].reshape(-1) for n in names])
+                distance[tower] = {
+                    "relative_l2_error": float((b - a).norm() / a.norm()),
+                    "cosine": float(torch.nn.functional.cosine_similarity(a, b, dim=0)),
+                }
+            table["distance"][task] = distance
+    return table
+
+
+def distance_markdown(tasks: list[str], distance: dict) -> str:
+    lines = [
+        "| task | λ | λ image | λ text | image: rel. L2 error, cosine | text: rel. L2 error, cosine |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for task in tasks:
+        d = distance[task]
+        towers = [f"{d[t]['relative_l2_error']:.2f}, {d[t]['cosine']:.2f}" for t in ("image", "text")]
+        per_tower = d["rescaler per tower"]
+        rescalers = f"{d['rescaler']:.3f} | {per_tower['image']:.3f} | {per_tower['text']:.3f}"
+        lines.append(f"| {task} | {rescalers} | " + " | ".join(towers) + " |")
+    return "\n".join(lines)
 
 
 def markdown(tasks: list[str], table: dict[str, dict[str, float]]) -> str:

@@ -2,7 +2,6 @@
 against in-memory references written here from the definitions."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ from cftool.io.checkpoint import CheckpointWriter, Header, open_checkpoint, save
 from cftool.io.unified import TaskEntry, open_unified
 from cftool.merge.engine import DeltaFile, LoadedDelta, continual_inputs, unify
 from cftool.merge.methods import uniform_draws
-from cftool.merge.registry import METHODS, Chunk, get_method
+from cftool.merge.registry import METHODS, get_method
 from cftool.merge.select import RadixSelect
 from cftool.merge.stream import plan_tensors
 

@@ -42,6 +42,7 @@ from cftool.merge.stream import (
     write_part,
 )
 
+
 class TaskInput(ABC):
     """One task's delta, read some rows of one tensor at a time."""
 
