@@ -77,7 +77,7 @@ def condu_rescalers(sums: Mapping[str, torch.Tensor]) -> torch.Tensor:
     rescalers=condu_rescalers,
 )
 def condu(chunk: Chunk, options: CondUOptions, statistics: Mapping[str, Any]) -> Merged:
-    """ConDU/EMR unify: one delta plus a 1-bit mask and a rescaler per task.
+    """ConDU/EMR unify (DESIGN §5.2): one delta plus a 1-bit mask and a rescaler per task.
 
     ``s = sign(Σ_i δ_i)`` with a zero sum counted as −1 (as the reference does), ``M_i = (δ_i · s > 0)``,
     ``u = s · max_i |M_i ⊙ δ_i|``; the per-task sums of ``mean|δ_i|`` and ``mean|M_i ⊙ u|`` over tensors give
@@ -235,7 +235,7 @@ class MajoritySign(Statistic):
     statistics=(("thresholds", TrimThresholds), ("majority_sign", MajoritySign)),
 )
 def ties(chunk: Chunk, options: TiesOptions, statistics: Mapping[str, Any]) -> Merged:
-    """TIES: trim to the largest entries, elect a sign per entry, average the entries that agree with it.
+    """TIES (DESIGN §5.2): trim to the largest entries, elect a sign per entry, average those that agree with it.
 
     Trim with ``TrimThresholds``; ``s = sign(Σ_i trimmed δ_i)``, where 0 the model-wide ``MajoritySign`` (which
     may be 0 too); the disjoint mean sums the trimmed entries with ``s > 0 ? δ > 0 : δ < 0`` and divides by their
@@ -271,7 +271,7 @@ class TaskArithmeticOptions:
     options=TaskArithmeticOptions,
 )
 def task_arithmetic(chunk: Chunk, options: TaskArithmeticOptions, statistics: Mapping[str, Any]) -> Merged:
-    """Task arithmetic: ``λ · Σ_i δ_i``."""
+    """Task arithmetic (DESIGN §5.2): ``λ · Σ_i δ_i``."""
     return Merged(delta=(options.scale * _sum(_in_work_dtype(chunk))).to(chunk.deltas[0].dtype))
 
 
@@ -314,7 +314,7 @@ def uniform_draws(seed: int, stream: str, first: int, count: int) -> torch.Tenso
     options=DareOptions,
 )
 def dare(chunk: Chunk, options: DareOptions, statistics: Mapping[str, Any]) -> Merged:
-    """DARE: drop each entry with rate p, rescale the kept ones by 1/(1 − p), then task arithmetic.
+    """DARE (DESIGN §5.2): drop each entry with rate p, rescale the kept by 1/(1 − p), then task arithmetic.
 
     The drops are seeded by ``--seed`` and drawn per task and tensor from ``uniform_draws``.
     """
@@ -333,5 +333,5 @@ class MeanOptions:
 
 @merge_method("mean", reference="DESIGN §5.2: the average of the task deltas (model soup)", options=MeanOptions)
 def mean(chunk: Chunk, options: MeanOptions, statistics: Mapping[str, Any]) -> Merged:
-    """Mean: ``Σ_i δ_i / n``."""
+    """Mean (DESIGN §5.2): ``Σ_i δ_i / n``."""
     return Merged(delta=(_sum(_in_work_dtype(chunk)) / len(chunk.deltas)).to(chunk.deltas[0].dtype))

@@ -80,10 +80,6 @@ class MergeMethod:
     def writes_triggers(self) -> bool:
         return self.rescalers is not None
 
-    @property
-    def summary(self) -> str:
-        return (self.function.__doc__ or "").strip().splitlines()[0]
-
     def make_options(self, **given: Any) -> Any:
         """The method's options from the given ones (None: the default); one that the method lacks is refused."""
         fields = {f.name for f in dataclasses.fields(self.options)}
