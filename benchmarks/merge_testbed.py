@@ -18,7 +18,8 @@ stdout and, with every number, to OUT/results.json.
 
 ``--diagnose`` adds where the ConDU experts lose accuracy: per task, the expert's delta in one tower and the
 individual delta in the other (image tower = ``visual.*``), the expert with one rescaler per tower instead of
-one per task, and how far each tower's expert delta is from the task's own (relative L2 error, cosine).
+one per task, the expert with the individual model's BatchNorm parameters, and how far each tower's expert
+delta is from the task's own (relative L2 error, cosine).
 
     .venv/bin/python benchmarks/merge_testbed.py --out merge-testbed      # about 30 minutes on the 2-core CPU
     .venv/bin/python benchmarks/merge_testbed.py --out merge-testbed --diagnose
@@ -140,6 +141,12 @@ def _tower(name: str) -> str:
     return "image" if name.startswith("visual.") else "text"
 
 
+def _batchnorm(name: str) -> bool:
+    """The affine parameters and running statistics of the ResNet image tower's BatchNorm layers."""
+    module = name.rsplit(".", 1)[0]
+    return name.startswith("visual.") and (module.rsplit(".", 1)[-1].startswith("bn") or module.endswith("downsample.1"))
+
+
 def diagnose(out: Path, tasks: list[str], unified: Path, accuracies: Evaluations) -> dict:
     """Hybrids of each task's expert and individual delta, per tower, and per-tower rescalers."""
     import torch
@@ -150,7 +157,12 @@ def diagnose(out: Path, tasks: list[str], unified: Path, accuracies: Evaluations
     folder = out / "diagnosis"
     if not all((folder / "expert-deltas" / f"{task}.safetensors").exists() for task in tasks):
         run("decouple", unified, "--all", "-o", folder / "expert-deltas", "--force")
-    variants = ("expert image, individual text", "individual image, expert text", "expert, a rescaler per tower")
+    variants = (
+        "expert image, individual text",
+        "individual image, expert text",
+        "expert, a rescaler per tower",
+        "expert, individual BatchNorm",
+    )
     table: dict[str, dict] = {variant: {} for variant in variants}
     table["distance"] = {}
     with open_unified(unified) as unified_set:
@@ -170,6 +182,7 @@ def diagnose(out: Path, tasks: list[str], unified: Path, accuracies: Evaluations
                 variants[0]: {n: expert[n] if _tower(n) == "image" else own[n] for n in own},
                 variants[1]: {n: own[n] if _tower(n) == "image" else expert[n] for n in own},
                 variants[2]: {n: expert[n] / rescaler * per_tower[_tower(n)] for n in own},
+                variants[3]: {n: own[n] if _batchnorm(n) else expert[n] for n in own},
             }
             for variant, tensors in mixes.items():
                 slug = variant.replace(" ", "-").replace(",", "")
