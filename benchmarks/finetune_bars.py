@@ -22,7 +22,7 @@ from cftool.data import BENCHMARKS, DatasetSpec, load_task
 from cftool.evaluate import evaluate_base2new, evaluate_zero_shot
 from cftool.io.checkpoint import open_checkpoint
 from cftool.metrics import harmonic_mean
-from cftool.train import FinetuneJob, TrainOptions, finetune, load_for_eval
+from cftool.train import FinetuneJob, TrainOptions, apply_checkpoint, finetune
 from cftool.zoo import load_model
 
 # One recipe per method: few-shot like the papers' protocols, short enough for a 2-core CPU. CoOp's SGD lr of 2e-3
@@ -64,7 +64,7 @@ def base_to_novel(zs: str, tasks: dict, shots: int, seeds: list[int], ctx_init: 
             coop_options = {**method_options, "ctx_init": ctx_init}
             finetune(FinetuneJob(zs, data, "coop", output, train_options, coop_options, force=True))
             with open_checkpoint(output, kind="prompt") as ckpt:
-                after.extend(evaluate_base2new(zoo, [task], head=load_for_eval(zoo, ckpt)))
+                after.extend(evaluate_base2new(zoo, [task], head=apply_checkpoint(zoo, ckpt)))
         base, novel = (statistics.mean(getattr(result, half) for result in after) for half in ("base", "novel"))
         rows[task.name] = {"zero_shot": asdict(before), "coop": [asdict(result) for result in after],
                            "coop_mean": {"base": base, "novel": novel, "hm": harmonic_mean(base, novel)}}
@@ -124,7 +124,7 @@ def main() -> None:
         if not full.exists():
             run(args.zs, "full", data, args.seed, full)
         with open_checkpoint(full, kind="model") as ckpt:
-            load_for_eval(zoo, ckpt)
+            apply_checkpoint(zoo, ckpt)
         others = [task for source, task in tasks.items() if source != f"toy:{args.task}"]
         after = {result.task: result.accuracy for result in evaluate_zero_shot(zoo, others)}
         before_mean = sum(zero_shot[name] for name in after) / len(after)

@@ -6,12 +6,15 @@ import logging
 import sys
 
 import typer
+from rich.markup import escape
 
 from cftool import __version__
 from cftool.cli.common import console
+from cftool.cli.continue_ import continue_command
 from cftool.cli.evaluate import eval_command
 from cftool.cli.files import export_command, import_command, inspect_command
 from cftool.cli.finetune import finetune_command
+from cftool.cli.interpolate import interpolate_command
 from cftool.cli.merge import decouple_command, delta_command, unify_command
 from cftool.cli.pending import register_pending
 from cftool.errors import CftoolError
@@ -26,11 +29,13 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.command("finetune")(finetune_command)
+app.command("continue")(continue_command)
 app.command("delta")(delta_command)
 app.command("unify")(unify_command)
 app.command("decouple")(decouple_command)
 register_pending(app)
 app.command("eval")(eval_command)
+app.command("interpolate")(interpolate_command)
 app.command("inspect")(inspect_command)
 app.command("import")(import_command)
 app.command("export")(export_command)
@@ -57,12 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, prog_name="cftool", standalone_mode=False)
     except CftoolError as err:
-        console.print(f"[red]error:[/red] {err}")
+        console.print(f"[red]error:[/red] {escape(str(err))}")
         return err.exit_code
     except typer.TyperException as err:  # usage errors and bad parameters, as click reports them
         ctx = getattr(err, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
-        console.print(f"[red]error:[/red] {err.format_message()}{hint}")
+        console.print(f"[red]error:[/red] {escape(err.format_message())}{hint}")
         return err.exit_code
     except typer.Abort:
         console.print("[red]interrupted[/red]: nothing was written")

@@ -136,12 +136,12 @@ def finetune_command(
         evaluate=evaluate,
     )
     with progress_bar() as progress:
-        result = finetune(job, _reporter(progress))
+        result = finetune(job, training_reporter(progress))
     if result.output is None:  # a DDP rank other than 0
         return
-    _print_summary(result)
+    print_result(result)
     if json_output:
-        emit_json(_summary(result))
+        emit_json(result_summary(result))
 
 
 def _method_options(
@@ -157,7 +157,7 @@ def _method_options(
     return tower_list
 
 
-def _reporter(progress: Progress) -> Callable[[str, int], Callable[..., None]]:
+def training_reporter(progress: Progress) -> Callable[[str, int], Callable[..., None]]:
     def begin(description: str, total: int) -> Callable[..., None]:
         task = progress.add_task(description, total=total)
 
@@ -170,7 +170,7 @@ def _reporter(progress: Progress) -> Callable[[str, int], Callable[..., None]]:
     return begin
 
 
-def _summary(result: FinetuneResult) -> dict[str, Any]:
+def result_summary(result: FinetuneResult) -> dict[str, Any]:
     return {
         "output": str(result.output),
         "prototypes": str(result.prototypes),
@@ -184,7 +184,7 @@ def _summary(result: FinetuneResult) -> dict[str, Any]:
     }
 
 
-def _print_summary(result: FinetuneResult) -> None:
+def print_result(result: FinetuneResult) -> None:
     losses = f"loss {result.losses[0]:.4f} → {result.losses[-1]:.4f}, " if result.losses else ""
     console.print(
         f"{result.task}: {result.steps} steps, {losses}{result.images_per_second:,.0f} img/s; "

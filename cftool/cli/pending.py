@@ -7,7 +7,6 @@ import typer
 from cftool.errors import NotAvailableError
 
 PENDING_COMMANDS = {
-    "continue": "MergeTune: continue training a fine-tuned checkpoint towards the zero-shot model.",
     "route": "Predict with task experts chosen per image by prototype similarity.",
 }
 

@@ -545,7 +545,7 @@ def open_checkpoint(
         raise CftoolError(
             f"{path}: made for base model {header.base!r} (weights sha256 {_short_hash(header.base_sha256)}) "
             f"but the base model in use {in_use}has weights sha256 {_short_hash(base_sha256)}; "
-            f"use the base model it was made for ({header.base})"
+            f"use --zs {header.base}, the base it was made for"
         )
     return CheckpointReader(path, header, tensors, positions)
 

@@ -1,7 +1,8 @@
 """`finetune` end to end: base model and task in, an adapted checkpoint and the task's prototypes out.
 
-Under ``torchrun`` every process trains its share of each batch (DDP: Gloo on CPU, NCCL on GPU) and only rank 0
-writes files.
+`continue` runs the same path from a fine-tuned checkpoint with another objective (``Continuation``), so resume,
+the feature cache, DDP and the written files behave the same. Under ``torchrun`` every process trains its share of
+each batch (DDP: Gloo on CPU, NCCL on GPU) and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,11 @@ import torch.distributed as dist
 from cftool.data import DatasetSpec, TaskData, load_task
 from cftool.errors import CftoolError
 from cftool.evaluate import evaluate_zero_shot, zero_shot_head
-from cftool.io.checkpoint import refuse_existing, save_checkpoint
+from cftool.io.checkpoint import Header, open_checkpoint, refuse_existing, save_checkpoint
 from cftool.train.features import image_features
 from cftool.train.loop import Progress, Ranks, TrainOptions, no_progress, train
-from cftool.train.methods import METHODS, Method, build_method
+from cftool.train.methods import METHODS, Method, build_method, zero_shot_class_features
+from cftool.train.objectives import CrossEntropy, MergeTune, MergeTuneOptions, Objective, ZeroShotPoint
 from cftool.train.prototypes import class_prototypes
 from cftool.zoo import ZooModel, load_model
 
@@ -63,6 +65,15 @@ class FinetuneJob:
     evaluate: bool = False  # also measure test accuracy of the result
 
 
+@dataclass(frozen=True)
+class Continuation:
+    """Training that starts from a fine-tuned checkpoint and minimises MergeTune's objective (`continue`)."""
+
+    checkpoint: Path
+    checkpoint_sha256: str
+    options: MergeTuneOptions
+
+
 @dataclass
 class FinetuneResult:
     output: Path | None  # None on ranks other than 0, which write nothing
@@ -92,16 +103,20 @@ def distributed(device: torch.device) -> Iterator[tuple[Ranks, torch.device]]:
         dist.destroy_process_group()
 
 
-def finetune(job: FinetuneJob, progress: Progress = no_progress) -> FinetuneResult:
+def finetune(
+    job: FinetuneJob, progress: Progress = no_progress, continuation: Continuation | None = None
+) -> FinetuneResult:
     if job.method not in METHODS:
         raise CftoolError(f"unknown method {job.method!r}; choose one of {', '.join(METHODS)}")
     for path in (job.output, prototypes_path(job.output)):
         refuse_existing(path, job.force)
     with distributed(job.device) as (ranks, device):
-        return _finetune(job, ranks, device, progress if ranks.is_main else no_progress)
+        return _finetune(job, ranks, device, progress if ranks.is_main else no_progress, continuation)
 
 
-def _finetune(job: FinetuneJob, ranks: Ranks, device: torch.device, progress: Progress) -> FinetuneResult:
+def _finetune(
+    job: FinetuneJob, ranks: Ranks, device: torch.device, progress: Progress, continuation: Continuation | None
+) -> FinetuneResult:
     torch.manual_seed(job.train.seed)  # everything random from here on (initialisations included) follows --seed
     zoo = load_model(job.zs, device)
     base_sha256 = zoo.weights_sha256  # hashed now: the methods change the model's weights (or their names) in place
@@ -109,6 +124,8 @@ def _finetune(job: FinetuneJob, ranks: Ranks, device: torch.device, progress: Pr
     train_split = task.split("train", zoo.preprocess)
     labels = torch.tensor(train_split.labels, dtype=torch.long)
     _check_every_class_has_images(task, labels)
+    if continuation is not None:  # refuse a checkpoint of another base before any work
+        open_checkpoint(continuation.checkpoint, base_sha256=base_sha256, base=zoo.spec.canonical).close()
 
     # A new method scores exactly as the zero-shot model does (LoRA's B starts at zero), so the features and the
     # head below are zero-shot ones.
@@ -126,13 +143,14 @@ def _finetune(job: FinetuneJob, ranks: Ranks, device: torch.device, progress: Pr
         )
     if ranks.is_main:
         prototypes = class_prototypes(features, labels, zero_shot_head(zoo, task.classnames, task.templates))
+    objective = _objective(job, method, zoo, task, continuation)
 
-    config = _config(job, method, task, zoo)
+    config = _config(job, method, task, zoo, continuation)
     fingerprint = {**config, "base": zoo.spec.canonical, "base_sha256": base_sha256, "classnames": task.classnames}
     # The model stays in eval mode (as load_model leaves it), the mode cached features are computed in, so that
     # training with and without the cache agree.
     log = train(
-        method,
+        objective,
         features.to(device) if cached else train_split,
         labels,
         job.train,
@@ -151,18 +169,20 @@ def _finetune(job: FinetuneJob, ranks: Ranks, device: torch.device, progress: Pr
         bar = progress("evaluate test split", len(task.split("test")))
         [test] = evaluate_zero_shot(zoo, [task], "test", job.eval_batch_size, job.workers, bar, method.eval_head)
         result.test_accuracy = test.accuracy
-    header = zoo.base_header(
+    # Not zoo.base_header: continuing a `model` checkpoint loaded its weights into the zoo model, whose hash is then
+    # no longer the base's.
+    header = Header(
         method.kind,
+        zoo.spec.canonical,
+        base_sha256,
         task=task.name,
         classnames=task.classnames,
         template=method.template,
-        method=method.name,
+        method=objective.name if continuation else method.name,
         config=config,
     )
     result.output = save_checkpoint(job.output, method.export(), header, overwrite=job.force)
-    prototypes_header = zoo.base_header(
-        "prototypes", task=task.name, classnames=task.classnames, method=method.name, config=config
-    )
+    prototypes_header = replace(header, kind="prototypes", template=None)
     result.prototypes = save_checkpoint(
         prototypes_path(job.output), {"prototypes": prototypes}, prototypes_header, overwrite=job.force
     )
@@ -180,8 +200,34 @@ def _check_every_class_has_images(task: TaskData, labels: torch.Tensor) -> None:
         )
 
 
-def _config(job: FinetuneJob, method: Method, task: TaskData, zoo: ZooModel) -> dict[str, Any]:
-    """Everything that produced the checkpoint: `continue FILE --zs X` rebuilds the training data from it alone."""
+def _objective(
+    job: FinetuneJob, method: Method, zoo: ZooModel, task: TaskData, continuation: Continuation | None
+) -> Objective:
+    """Cross-entropy for a fresh fine-tune; for a continuation, MergeTune from the checkpoint's solution, with the
+    freshly built method (and the base weights, before the checkpoint replaces them) as the zero-shot point."""
+    if continuation is None:
+        return CrossEntropy(method, job.train.label_smoothing)
+    zero_shot = ZeroShotPoint.of(method, zero_shot_class_features(zoo, task.classnames, task.templates))
+    with open_checkpoint(continuation.checkpoint) as ckpt:
+        method.load_trained(ckpt)
+    try:
+        return MergeTune(method, zero_shot, continuation.options, job.train.label_smoothing)
+    except CftoolError as err:
+        raise CftoolError(f"{continuation.checkpoint}: {err}") from None
+
+
+def _config(
+    job: FinetuneJob, method: Method, task: TaskData, zoo: ZooModel, continuation: Continuation | None
+) -> dict[str, Any]:
+    """Everything that produced the checkpoint: `continue FILE --zs X` rebuilds the training data from it alone.
+    ``method`` stays the fine-tuning method (what the tensors are); a continuation adds its objective and input."""
+    continued = {}
+    if continuation is not None:
+        continued = {
+            "objective": "mergetune",
+            "mergetune": continuation.options.to_dict(),
+            "continued_from": {"file": continuation.checkpoint.name, "sha256": continuation.checkpoint_sha256},
+        }
     return {
         "method": method.name,
         **method.options(),
@@ -191,4 +237,5 @@ def _config(job: FinetuneJob, method: Method, task: TaskData, zoo: ZooModel) -> 
         "zs": zoo.spec.canonical,
         "templates": task.templates,
         "feature_cache": method.image_tower_frozen and job.feature_cache,
+        **continued,
     }

@@ -19,13 +19,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import atomic_output
-from cftool.train.methods import Method
+from cftool.train.objectives import Objective
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -139,7 +138,7 @@ def precision_context(device: torch.device, precision: str):
 
 
 def train(
-    method: Method,
+    objective: Objective,
     inputs: torch.Tensor | Dataset,
     labels: torch.Tensor,
     options: TrainOptions,
@@ -152,11 +151,13 @@ def train(
     workers: int = 0,
     progress: Progress = no_progress,
 ) -> TrainLog:
-    """Train ``method`` on ``inputs`` (cached normalised image features, or a dataset of preprocessed images).
+    """Minimise ``objective`` over its method's trainable parameters on ``inputs`` (cached normalised image features,
+    or a dataset of preprocessed images).
 
     ``fingerprint`` (what must not change between an interrupted run and its resumption) is stored in the trainer
     state and checked on ``resume``.
     """
+    method = objective.method
     device = method.device
     if options.batch_size % ranks.world_size:
         raise CftoolError(
@@ -172,11 +173,12 @@ def train(
     if resume:
         start = _load_state(_require(state_file), trainable, optimizer, scaler, fingerprint or {}, device)
     if ranks.world_size > 1:
-        model = DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None)
+        # The whole objective is the wrapped module, so the gradients of all its terms are synchronised.
+        loss_of = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     else:
-        model = method
+        loss_of = objective
     log = TrainLog(steps=total, start_step=start)
-    advance = progress(f"train {method.name}", total)
+    advance = progress(f"train {method.name} ({objective.name})", total)
     advance(start)
     cached = isinstance(inputs, torch.Tensor)
     batches = _batches(inputs, labels, plan, ranks, range(start, total), workers)
@@ -190,8 +192,7 @@ def train(
                 if method.image_tower_frozen and not cached:
                     with torch.no_grad():
                         batch_inputs = method.model.encode_image(batch_inputs, normalize=True).float()
-                logits = model(batch_inputs)
-            loss = F.cross_entropy(logits.float(), batch_labels, label_smoothing=options.label_smoothing)
+                loss = loss_of(batch_inputs, batch_labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)

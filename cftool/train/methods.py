@@ -2,8 +2,16 @@
 
 A method exposes its trainable parameters (everything else is frozen), ``forward`` from normalised image
 features (frozen image tower) or images to logits, ``export`` of what it learned as checkpoint tensors, and
-``eval_head`` (a ``HeadFn``) so that any label space can be evaluated with it. ``load_for_eval`` rebuilds the
-same from a checkpoint file.
+``eval_head`` (a ``HeadFn``) so that any label space can be evaluated with it.
+
+For MergeTune (DESIGN §5.1) a method also names its *solution*, the point that linear paths between two
+solutions run through: the class text features of a prompt, the weight of a head, the changed weights of LoRA and
+full fine-tuning. ``logits_at`` scores with any such point, so a path costs one matrix product per point for
+prompts and heads (image features of the frozen tower are reused) and one forward pass per point for weights.
+
+A freshly built method is the zero-shot model (the hand-written context, the zero-shot head, LoRA's B = 0, the base
+weights); ``load_trained`` moves it to a checkpoint's solution, and the classmethod ``apply`` applies a checkpoint
+to the base for inference.
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 
 from cftool.errors import CftoolError
 from cftool.evaluate import HeadFn, zero_shot_head
@@ -25,6 +35,7 @@ from cftool.train.text import (
     context_prompts,
     embedded_context,
     encode_text_with_context,
+    mean_per_class,
     template_tokens,
 )
 from cftool.zoo import ZooModel
@@ -34,6 +45,11 @@ COOP_INIT = "a photo of a"
 RANDOM_INIT = "random"
 # CoOp initialises a random context from N(0, 0.02²).
 RANDOM_CONTEXT_STD = 0.02
+
+# A method's point on MergeTune's paths (see the module docstring), by tensor name.
+Solution = dict[str, torch.Tensor]
+# A prompt's config key for the share of the zero-shot head mixed into its class features (`cftool interpolate`).
+ZERO_SHOT_WEIGHT = "zero_shot_weight"
 
 
 def tower_of(parameter_name: str) -> str | None:
@@ -58,9 +74,11 @@ class Method(nn.Module):
     kind: ClassVar[str]  # checkpoint kind of the export
     default_optimizer: ClassVar[str]
     default_lr: ClassVar[float]
+    changes_weights: ClassVar[bool] = False  # whether applying its checkpoint replaces the encoders' weights
 
     def __init__(self, zoo: ZooModel, classnames: Sequence[str], templates: Sequence[str]):
         super().__init__()
+        self.zoo = zoo
         self.tokenizer = zoo.tokenizer
         self.model = zoo.model.requires_grad_(False)
         self.classnames = list(classnames)
@@ -79,10 +97,32 @@ class Method(nn.Module):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Logits [batch, n_classes] from normalised image features, or from images when the image tower trains."""
-        features = inputs if self.image_tower_frozen else self.model.encode_image(inputs, normalize=True)
-        return self.logits(features)
+        return self.logits_at(inputs, self.solution())
 
-    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+    def solution(self) -> Solution:
+        """This method's current point in its path space, differentiable in the trainable parameters."""
+        raise NotImplementedError
+
+    def logits_at(self, inputs: torch.Tensor, solution: Solution) -> torch.Tensor:
+        """Logits with ``solution`` (any point of the path space, e.g. an interpolation) in place of the method's."""
+        raise NotImplementedError
+
+    def parameter_point(self, solution: Solution) -> Solution:
+        """What MergeTune's parameter-space surrogate measures the distance of: the solution itself, except for a
+        prompt, whose parameters are its context vectors."""
+        return solution
+
+    def class_text_features(self, solution: Solution) -> torch.Tensor:
+        """[n_classes, embed_dim] normalised class text features at ``solution`` (the feature-space surrogate)."""
+        raise NotImplementedError
+
+    def load_trained(self, ckpt: CheckpointReader) -> None:
+        """Move this (freshly built) method to the solution a checkpoint of its kind holds."""
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn:
+        """Apply a checkpoint of this kind to ``zoo`` for inference and return the head function that scores with it."""
         raise NotImplementedError
 
     def eval_head(self, zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
@@ -101,8 +141,18 @@ class Method(nn.Module):
         return self.templates[0]
 
 
+def _copy_into(parameters: dict[str, torch.Tensor], ckpt: CheckpointReader, names: dict[str, str]) -> None:
+    """Copy checkpoint tensors (``names``: parameter name → tensor name) into parameters, shapes checked first."""
+    expected = {names[name]: tuple(parameters[name].shape) for name in names}
+    check_shapes(ckpt.path, ckpt.tensors, expected)
+    with torch.no_grad():
+        for name, tensor_name in names.items():
+            parameters[name].copy_(ckpt[tensor_name])
+
+
 class CoOp(Method):
-    """Learned context vectors before each class name; both encoders frozen."""
+    """Learned context vectors before each class name; both encoders frozen. Its solution is the class text
+    features, so paths between prompts are paths of class features (renormalised), as in MergeTune's code."""
 
     name, kind, default_optimizer, default_lr = "coop", "prompt", "sgd", 2e-3
 
@@ -138,10 +188,39 @@ class CoOp(Method):
         return self.tokenizer(context_prompts(classnames, len(self.ctx))).to(self.device)
 
     def class_features(self, tokens: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(encode_text_with_context(self.model, tokens, self.ctx), dim=-1)
+        return F.normalize(encode_text_with_context(self.model, tokens, self.ctx), dim=-1)
 
-    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.model.logit_scale.exp() * image_features @ self.class_features(self.tokens).T
+    def solution(self) -> Solution:
+        return {"class_features": self.class_features(self.tokens)}
+
+    def logits_at(self, inputs: torch.Tensor, solution: Solution) -> torch.Tensor:
+        return self.model.logit_scale.exp() * inputs @ self.class_text_features(solution).T
+
+    def parameter_point(self, solution: Solution) -> Solution:
+        return {"ctx": self.ctx}
+
+    def class_text_features(self, solution: Solution) -> torch.Tensor:
+        return F.normalize(solution["class_features"], dim=-1)
+
+    def load_trained(self, ckpt: CheckpointReader) -> None:
+        _copy_into({"ctx": self.ctx}, ckpt, {"ctx": "ctx"})
+
+    @classmethod
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn:
+        width = zoo.model.token_embedding.weight.shape[1]
+        n_ctx = ckpt.tensors["ctx"].shape[0] if "ctx" in ckpt else 0
+        check_shapes(ckpt.path, ckpt.tensors, {"ctx": (n_ctx, width)})
+        config = ckpt.header.config or {}
+        prompt = cls(zoo, ckpt.header.classnames or [], [], ctx_init=config.get("ctx_init", COOP_INIT), ctx=ckpt["ctx"])
+        zero_shot_weight = float(config.get(ZERO_SHOT_WEIGHT, 0.0))
+        if not zero_shot_weight:
+            return prompt.eval_head
+
+        def mixed_with_zero_shot(zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
+            ends = prompt.eval_head(zoo, classnames, templates), zero_shot_head(zoo, classnames, templates)
+            return F.normalize(torch.lerp(*ends, zero_shot_weight), dim=0)
+
+        return mixed_with_zero_shot
 
     @torch.no_grad()
     def eval_head(self, zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
@@ -183,8 +262,23 @@ class LinearHead(Method):
         self.head = nn.Linear(weight.shape[1], weight.shape[0], bias=False, device=self.device)
         self.head.weight = nn.Parameter(weight.float().to(self.device))
 
-    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
-        return self.model.logit_scale.exp() * self.head(image_features)
+    def solution(self) -> Solution:
+        return {"head.weight": self.head.weight}
+
+    def logits_at(self, inputs: torch.Tensor, solution: Solution) -> torch.Tensor:
+        return self.model.logit_scale.exp() * inputs @ solution["head.weight"].T
+
+    def class_text_features(self, solution: Solution) -> torch.Tensor:
+        return F.normalize(solution["head.weight"], dim=-1)
+
+    def load_trained(self, ckpt: CheckpointReader) -> None:
+        _copy_into({"head.weight": self.head.weight}, ckpt, {"head.weight": "head.weight"})
+
+    @classmethod
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn:
+        classnames = ckpt.header.classnames or []
+        check_shapes(ckpt.path, ckpt.tensors, {"head.weight": (len(classnames), zoo.model.text_projection.shape[-1])})
+        return cls(zoo, classnames, [], weight=ckpt["head.weight"]).eval_head
 
     @torch.no_grad()
     def eval_head(self, zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
@@ -200,9 +294,21 @@ class LinearHead(Method):
         return {"head.weight": self.head.weight.detach().cpu().contiguous()}
 
 
+def _clip_features(
+    model: nn.Module, weights: Solution, images: torch.Tensor | None, tokens: torch.Tensor | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Normalised image and text features of an open_clip CLIP with ``weights`` in place of its own."""
+    out = functional_call(model, weights, (images, tokens))
+    if isinstance(out, dict):
+        return out["image_features"], out["text_features"]
+    return out[0], out[1]
+
+
 class _TowerMethod(Method):
     """Methods that change encoder weights: classes are scored by the (possibly trained) text tower over the task's
-    templates, as the zero-shot head does."""
+    templates, as the zero-shot head does. Their solution is the changed weights themselves."""
+
+    changes_weights = True
 
     def __init__(self, zoo: ZooModel, classnames: Sequence[str], templates: Sequence[str], towers: Sequence[str]):
         super().__init__(zoo, classnames, templates)
@@ -219,17 +325,48 @@ class _TowerMethod(Method):
     def image_tower_frozen(self) -> bool:
         return "image" not in self.towers
 
-    def logits(self, image_features: torch.Tensor) -> torch.Tensor:
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        # The model's own weights are the solution: no need to pass them through functional_call.
+        features = inputs if self.image_tower_frozen else self.model.encode_image(inputs, normalize=True)
         head = self.frozen_head
         if head is None:
             head = class_text_head(self.model, self.tokens, len(self.classnames))
-        return self.model.logit_scale.exp() * image_features @ head.T
+        return self.model.logit_scale.exp() * features @ head.T
+
+    def logits_at(self, inputs: torch.Tensor, solution: Solution) -> torch.Tensor:
+        images = None if self.image_tower_frozen else inputs
+        tokens = None if self.frozen_head is not None else self.tokens
+        image_features, text_features = _clip_features(self.model, self._as_parameters(solution), images, tokens)
+        features = inputs if image_features is None else image_features
+        head = self.frozen_head if text_features is None else mean_per_class(text_features, len(self.classnames))
+        return self.model.logit_scale.exp() * features @ head.T
+
+    def class_text_features(self, solution: Solution) -> torch.Tensor:
+        if self.frozen_head is not None:
+            raise CftoolError(
+                "the feature-space surrogate compares class text features, which never change while the text tower "
+                "is frozen; use --zs-reg param"
+            )
+        text_features = _clip_features(self.model, self._as_parameters(solution), None, self.tokens)[1]
+        return mean_per_class(text_features, len(self.classnames))
+
+    def _as_parameters(self, solution: Solution) -> Solution:
+        """The model parameters to substitute for ``solution`` to take effect."""
+        return solution
 
     def eval_head(self, zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
         return zero_shot_head(zoo, classnames, templates)
 
 
+def _attribute(model: nn.Module, name: str) -> torch.Tensor:
+    module_path, _, tensor_name = name.rpartition(".")
+    return getattr(model.get_submodule(module_path), tensor_name)
+
+
 class LoRA(_TowerMethod):
+    """Its solution is the merged weight ``W + (alpha / rank) · B A`` of every adapted tensor, so paths and the
+    distance to zero-shot are those of the model's weights, not of the factors."""
+
     name, kind, default_optimizer, default_lr = "lora", "lora", "adamw", 1e-3
 
     def __init__(
@@ -245,6 +382,36 @@ class LoRA(_TowerMethod):
         self.rank, self.alpha = rank, alpha
         self.targets = lora_parameter_names(self.model, self.towers)
         self.factors = attach_lora(self.model, self.targets, rank, alpha / rank)
+
+    def solution(self) -> Solution:
+        # Reading a parametrised weight computes it from the base weight and the factors.
+        return {name: _attribute(self.model, name) for name in self.targets}
+
+    def _as_parameters(self, solution: Solution) -> Solution:
+        # A parametrised weight cannot be substituted (torch would call the parametrisation's right inverse, without
+        # gradients); its base weight can. Substituting ``solution − B A·s`` for it makes the parametrisation, which
+        # adds the current ``B A·s`` back, compute exactly ``solution``, with gradients to the factors.
+        substitutes = {}
+        for name, weight in solution.items():
+            module_path, _, tensor_name = name.rpartition(".")
+            original = self.model.get_submodule(module_path).parametrizations[tensor_name].original
+            substitutes[f"{module_path}.parametrizations.{tensor_name}.original"] = weight - (
+                _attribute(self.model, name) - original
+            )
+        return substitutes
+
+    def load_trained(self, ckpt: CheckpointReader) -> None:
+        parameters, names = {}, {}
+        for name, factors in self.factors.items():
+            for part in ("lora_A", "lora_B"):
+                parameters[f"{name}.{part}"] = getattr(factors, part)
+                names[f"{name}.{part}"] = f"{name}.{part}"
+        _copy_into(parameters, ckpt, names)
+
+    @classmethod
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn:
+        zoo.load_state_dict(merged_lora_state(zoo.model.state_dict(), ckpt), ckpt.path)
+        return zero_shot_head
 
     def export(self) -> dict[str, torch.Tensor]:
         tensors = {}
@@ -269,6 +436,17 @@ class Full(_TowerMethod):
         for name, parameter in self.model.named_parameters():
             parameter.requires_grad_(tower_of(name) in self.towers)
 
+    def solution(self) -> Solution:
+        return {name: p for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_trained(self, ckpt: CheckpointReader) -> None:
+        self.zoo.load_state_dict(ckpt.load_all(), ckpt.path)
+
+    @classmethod
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn:
+        zoo.load_state_dict(ckpt.load_all(), ckpt.path)
+        return zero_shot_head
+
     def export(self) -> dict[str, torch.Tensor]:
         return {name: t.detach().cpu().contiguous() for name, t in self.model.state_dict().items()}
 
@@ -277,35 +455,9 @@ class Full(_TowerMethod):
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (CoOp, LinearHead, LoRA, Full)}
-EVAL_KINDS = ("model", "prompt", "head", "lora")
 
 
 def build_method(name: str, zoo: ZooModel, classnames: Sequence[str], templates: Sequence[str], **options) -> Method:
     if name not in METHODS:
         raise CftoolError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
     return METHODS[name](zoo, classnames, templates, **options)
-
-
-def load_for_eval(zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn:
-    """Apply a checkpoint of any evaluable kind to ``zoo`` (which must hold the base weights for `lora`) and return
-    the head function that scores classes with it."""
-    header = ckpt.header
-    if header.kind == "model":
-        zoo.load_state_dict(ckpt.load_all(), ckpt.path)
-        return zero_shot_head
-    if header.kind == "lora":
-        zoo.load_state_dict(merged_lora_state(zoo.model.state_dict(), ckpt), ckpt.path)
-        return zero_shot_head
-    classnames = header.classnames or []
-    if header.kind == "prompt":
-        width = zoo.model.token_embedding.weight.shape[1]
-        n_ctx = ckpt.tensors["ctx"].shape[0] if "ctx" in ckpt else 0
-        check_shapes(ckpt.path, {name: info.shape for name, info in ckpt.tensors.items()}, {"ctx": (n_ctx, width)})
-        ctx_init = (header.config or {}).get("ctx_init", COOP_INIT)
-        return CoOp(zoo, classnames, [], ctx_init=ctx_init, ctx=ckpt["ctx"]).eval_head
-    if header.kind == "head":
-        embed_dim = zoo.model.text_projection.shape[-1]
-        found = {name: info.shape for name, info in ckpt.tensors.items()}
-        check_shapes(ckpt.path, found, {"head.weight": (len(classnames), embed_dim)})
-        return LinearHead(zoo, classnames, [], weight=ckpt["head.weight"]).eval_head
-    raise CftoolError(f"{ckpt.path}: cannot evaluate a {header.kind!r} checkpoint; expected {', '.join(EVAL_KINDS)}")

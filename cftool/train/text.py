@@ -58,5 +58,9 @@ def template_tokens(tokenizer: Callable, classnames: Sequence[str], templates: S
 def class_text_head(model: open_clip.CLIP, tokens: torch.Tensor, n_classes: int) -> torch.Tensor:
     """[n_classes, embed_dim] normalised mean of normalised template features, with gradients (unlike
     ``open_clip.build_zero_shot_classifier``, which computes the same thing under ``no_grad``)."""
-    features = model.encode_text(tokens, normalize=True).reshape(n_classes, len(tokens) // n_classes, -1)
-    return F.normalize(features.mean(dim=1), dim=-1)
+    return mean_per_class(model.encode_text(tokens, normalize=True), n_classes)
+
+
+def mean_per_class(template_features: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Normalised mean over each class's templates of class-major features [n_classes × n_templates, embed_dim]."""
+    return F.normalize(template_features.reshape(n_classes, len(template_features) // n_classes, -1).mean(dim=1), dim=-1)

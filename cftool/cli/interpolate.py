@@ -1,0 +1,50 @@
+"""`cftool interpolate`: one point of the linear path between two checkpoints, written as a checkpoint (WiSE-FT)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cftool.cli.common import ConfigOption, DeviceOption, ForceOption, console, resolve_device
+from cftool.errors import CftoolError
+
+
+def interpolate_command(
+    start: Annotated[str, typer.Argument(help="A (α = 0): a checkpoint, or `zs` for the zero-shot model.")],
+    end: Annotated[str, typer.Argument(help="B (α = 1): a checkpoint of A's kind, or `zs`.")],
+    alpha: Annotated[float, typer.Option("--alpha", help="Where on the path: (1 − α)·A + α·B.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (the ends' kind).")],
+    zs: Annotated[
+        str | None, typer.Option("--zs", help="Base model (default: the one the checkpoints record).")
+    ] = None,
+    device: DeviceOption = "cpu",
+    force: ForceOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Write the point (1 − α)·A + α·B of the path between two checkpoints of one kind, or zs and a checkpoint.
+
+    Models and heads interpolate their weights, LoRA its merged weights (exactly, as LoRA factors); a prompt with zs
+    mixes its class features with the zero-shot head's, which `eval` applies. This is the weight-space ensemble
+    (WiSE-FT) of a fine-tuned model and its zero-shot model; `eval --path` shows the whole path first.
+
+    Example: cftool interpolate zs coop.safetensors --alpha 0.5 -o ensemble.safetensors
+    """
+    from cftool.io.checkpoint import open_checkpoint, refuse_existing
+    from cftool.paths import interpolate
+    from cftool.protocols import ZERO_SHOT
+    from cftool.zoo import load_model
+
+    refuse_existing(output, force)
+    inputs = [spec for spec in (start, end) if spec != ZERO_SHOT]
+    if any(Path(spec).resolve() == output.resolve() for spec in inputs):
+        raise CftoolError(f"-o {output}: is one of the inputs; name another output file")
+    if zs is None:
+        if not inputs:
+            raise CftoolError("interpolate zs zs: name a checkpoint for at least one end")
+        with open_checkpoint(inputs[0]) as ckpt:
+            zs = ckpt.header.base
+    zoo = load_model(zs, resolve_device(device))
+    written = interpolate(zoo, start, end, alpha, output, overwrite=force)
+    console.print(f"wrote {written}: (1 − {alpha:g})·{start} + {alpha:g}·{end}")

@@ -1,0 +1,170 @@
+"""`continue` end to end: MergeTune continued fine-tuning of an already fine-tuned checkpoint (DESIGN §5.1).
+
+Everything a fresh fine-tune was given (method and its options, training data, class names, templates, recipe) is
+read from the checkpoint's metadata; the caller's overrides win. The run is `finetune`'s own path, started from the
+checkpoint's solution with MergeTune's objective, so resume, the feature cache, DDP and the written files (the
+checkpoint, of the input's kind, and its prototypes) behave exactly as there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cftool.data import DatasetSpec
+from cftool.errors import CftoolError
+from cftool.io.checkpoint import CheckpointReader, open_checkpoint
+from cftool.train.adapters import trainable_method
+from cftool.train.finetune import SUFFIX, Continuation, FinetuneJob, FinetuneResult, beside, finetune
+from cftool.train.loop import Progress, TrainOptions, no_progress
+from cftool.train.methods import COOP_INIT, RANDOM_INIT
+from cftool.train.objectives import MergeTuneOptions
+
+CONTINUABLE_KINDS = ("prompt", "head", "lora", "model")
+# The options of each method that its checkpoint's config records and a rebuild needs.
+METHOD_OPTION_KEYS = {"coop": ("n_ctx", "ctx_init"), "head": (), "lora": ("rank", "alpha", "towers"), "full": ("towers",)}
+TRAIN_OPTION_KEYS = tuple(f.name for f in fields(TrainOptions))
+
+
+def default_output(source: Path) -> Path:
+    """``coop.safetensors`` → ``coop.mergetune.safetensors``, beside the input."""
+    return beside(source, ".mergetune" + SUFFIX)
+
+
+@dataclass(frozen=True)
+class ContinueJob:
+    source: Path
+    zs: str
+    mergetune: MergeTuneOptions = MergeTuneOptions()
+    output: Path | None = None  # default: beside the source, see default_output
+    data: str | None = None  # another --data than the one the source was trained on
+    data_overrides: dict[str, Any] = field(default_factory=dict)  # classes, shots
+    train_overrides: dict[str, Any] = field(default_factory=dict)  # TrainOptions fields given on the command line
+    device: torch.device = torch.device("cpu")
+    data_root: Path | None = None
+    force: bool = False
+    resume: bool = False
+    checkpoint_every: int = 0
+    feature_cache: bool = True
+    cache_dir: Path | None = None
+    workers: int = 0
+    evaluate: bool = False
+
+    @property
+    def output_path(self) -> Path:
+        return self.output or default_output(self.source)
+
+
+def continue_training(job: ContinueJob, progress: Progress = no_progress) -> FinetuneResult:
+    finetune_job, continuation = plan(job)
+    return finetune(finetune_job, progress, continuation)
+
+
+def plan(job: ContinueJob) -> tuple[FinetuneJob, Continuation]:
+    """The fine-tuning job that continues ``job.source``, from its metadata and the overrides."""
+    output = job.output_path
+    if output.resolve() == job.source.resolve():
+        raise CftoolError(f"-o {output}: is the input checkpoint; continue never overwrites its input, name another file")
+    with open_checkpoint(job.source) as ckpt:
+        _check_continuable(ckpt)
+        method = trainable_method(ckpt)
+        config = ckpt.header.config or {}
+        data = replace(_data_spec(ckpt, config, job.data), **job.data_overrides)
+        train_options = _recipe(job, config, method.default_lr, method.default_optimizer)
+        method_options = _method_options(ckpt, method.name, config, job.mergetune)
+        data_root = job.data_root or (Path(config["data_root"]) if config.get("data_root") else None)
+    finetune_job = FinetuneJob(
+        zs=job.zs,
+        data=data,
+        method=method.name,
+        output=output,
+        train=train_options,
+        method_options=method_options,
+        device=job.device,
+        data_root=data_root,
+        force=job.force,
+        resume=job.resume,
+        checkpoint_every=job.checkpoint_every,
+        feature_cache=job.feature_cache,
+        cache_dir=job.cache_dir,
+        workers=job.workers,
+        evaluate=job.evaluate,
+    )
+    return finetune_job, Continuation(job.source, _sha256(job.source), job.mergetune)
+
+
+def _recipe(job: ContinueJob, config: dict[str, Any], default_lr: float, default_optimizer: str) -> TrainOptions:
+    """The source's training options (its config records every field, one of iterations/epochs as None), with
+    the overrides on top; a length given on the command line replaces the recorded one, whichever unit it is in."""
+    recipe = {key: config[key] for key in TRAIN_OPTION_KEYS if config.get(key) is not None}
+    if {"iterations", "epochs"} & job.train_overrides.keys():
+        recipe.pop("iterations", None)
+        recipe.pop("epochs", None)
+    recipe = {"lr": default_lr, "optimizer": default_optimizer, **recipe, **job.train_overrides}
+    if "iterations" not in recipe and "epochs" not in recipe:
+        raise CftoolError(
+            f"{job.source}: its metadata records no training length (was it imported?); pass --epochs or --iterations"
+        )
+    return TrainOptions(**recipe)
+
+
+def _check_continuable(ckpt: CheckpointReader) -> None:
+    kind = ckpt.header.kind
+    if kind in CONTINUABLE_KINDS:
+        return
+    why = {
+        "prototypes": "it holds a task's class prototypes, not trained parameters; pass the checkpoint beside it",
+        "delta": "it holds a task vector; `cftool delta apply` turns it into a model file that continue takes",
+    }.get(kind, f"continue takes {', '.join(CONTINUABLE_KINDS)} checkpoints")
+    raise CftoolError(f"{ckpt.path}: cannot continue a {kind!r} checkpoint: {why}")
+
+
+def _data_spec(ckpt: CheckpointReader, config: dict[str, Any], data: str | None) -> DatasetSpec:
+    recorded = config.get("data")
+    if data is not None:
+        # Other images, the same protocol: the class subset and shots the checkpoint was trained with.
+        base = DatasetSpec(**recorded) if isinstance(recorded, dict) else DatasetSpec(data)
+        return replace(base, source=data)
+    if not isinstance(recorded, dict):
+        raise CftoolError(
+            f"{ckpt.path}: its metadata names no training data (was it imported?); pass --data TASK "
+            "(e.g. --data toy:flowers --classes base)"
+        )
+    try:
+        return DatasetSpec(**recorded)
+    except TypeError:
+        raise CftoolError(f"{ckpt.path}: its recorded training data {recorded} is not a dataset spec; pass --data") from None
+
+
+def _method_options(
+    ckpt: CheckpointReader, method: str, config: dict[str, Any], mergetune: MergeTuneOptions
+) -> dict[str, Any]:
+    options = {key: config[key] for key in METHOD_OPTION_KEYS[method] if key in config}
+    if "towers" in options:
+        options["towers"] = tuple(options["towers"])
+    if method == "coop":
+        options["n_ctx"] = ckpt.tensors["ctx"].shape[0] if "ctx" in ckpt else options.get("n_ctx")
+        options.setdefault("ctx_init", COOP_INIT)
+        if options["ctx_init"] == RANDOM_INIT and mergetune.zs_reg == "param":
+            # The parameter-space zero-shot counterpart of a prompt is the hand-written context (DESIGN §5.1).
+            words = len(COOP_INIT.split())
+            if options["n_ctx"] != words:
+                raise CftoolError(
+                    f"{ckpt.path}: the prompt has {options['n_ctx']} context vectors from a random start, and the "
+                    f"hand-written zero-shot context {COOP_INIT!r} has {words}; use --zs-reg feature"
+                )
+            options["ctx_init"] = COOP_INIT
+    return options
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+

@@ -1,0 +1,288 @@
+"""`cftool continue` (MergeTune): the objective against DESIGN §5.1 by hand, the command end to end on every kind,
+its metadata, round trips through eval, resume, DDP and bad input."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from contextlib import redirect_stdout
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cftool.cli import main
+from cftool.io.checkpoint import Header, open_checkpoint, save_checkpoint
+from cftool.train import TrainingInterrupted, state_path
+from cftool.train.continued import ContinueJob, continue_training
+from cftool.train.methods import CoOp, Full, LinearHead, LoRA, zero_shot_class_features
+from cftool.train.objectives import MergeTune, MergeTuneOptions, ZeroShotPoint, parse_lmc_samples
+from cftool.zoo import load_model
+from test_finetune import DATA, KINDS, METHOD_FLAGS, _interrupt_at, one_line_error, torch_threads
+
+CLASSES = ["0", "1", "2"]
+TEMPLATES = ["a photo of the number {}.", "the digit {}"]
+TRAIN = ["--batch-size", "20", "--iterations", "6", "--seed", "3"]
+CONTINUE = ["--iterations", "4", "--lambda-zs", "1", "--lmc-samples", "0.5,1.0"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(tmp_path_factory) -> dict[str, Path]:
+    """Each method fine-tuned briefly on 4 shots of mnist's base classes."""
+    folder = tmp_path_factory.mktemp("fine-tuned")
+    paths = {}
+    with torch_threads(1):
+        for method in METHOD_FLAGS:
+            paths[method] = folder / f"{method}.safetensors"
+            args = ["finetune", *DATA, *TRAIN, "--method", method, *METHOD_FLAGS[method], "-o", paths[method]]
+            assert main([str(arg) for arg in args]) == 0
+    return paths
+
+
+def _cross_entropy(scale, features, weight, labels):
+    return F.cross_entropy(scale * features @ weight.T, labels)
+
+
+def test_the_objective_of_a_head_equals_design_5_1_by_hand():
+    zoo = load_model("tiny")
+    method = LinearHead(zoo, CLASSES, TEMPLATES)
+    zero_shot_weight = method.head.weight.detach().clone()  # a fresh head is the zero-shot head
+    zero_shot = ZeroShotPoint.of(method, zero_shot_class_features(zoo, CLASSES, TEMPLATES))
+    generator = torch.Generator().manual_seed(0)
+    fine_tuned = zero_shot_weight + 0.1 * torch.randn(zero_shot_weight.shape, generator=generator)
+    with torch.no_grad():
+        method.head.weight.copy_(fine_tuned)
+    options = MergeTuneOptions(lambda_lmc=0.7, lambda_zs=2.0, zs_reg="param", lmc_samples=(0.25, 0.5, 1.0))
+    by_param = MergeTune(method, zero_shot, options)
+    by_feature = MergeTune(method, zero_shot, replace(options, zs_reg="feature"))
+    current = fine_tuned + 0.05 * torch.randn(fine_tuned.shape, generator=generator)
+    with torch.no_grad():
+        method.head.weight.copy_(current)
+
+    features = F.normalize(torch.randn(6, current.shape[1], generator=generator), dim=-1)
+    labels = torch.tensor([0, 2, 1, 0, 1, 2])
+    scale = zoo.model.logit_scale.exp().item()
+    task = _cross_entropy(scale, features, current, labels)
+    path = sum(_cross_entropy(scale, features, (1 - a) * fine_tuned + a * current, labels) for a in (0.25, 0.5, 1.0))
+    expected_param = task + 0.7 * path / 3 + 2.0 * ((current - zero_shot_weight) ** 2).sum()
+    cosine = F.cosine_similarity(F.normalize(current, dim=-1), zero_shot_weight, dim=-1).mean()
+    expected_feature = task + 0.7 * path / 3 + 2.0 * (1 - cosine)
+    assert torch.allclose(by_param(features, labels), expected_param, atol=1e-5)
+    assert torch.allclose(by_feature(features, labels), expected_feature, atol=1e-5)
+
+
+def test_the_objective_of_a_prompt_interpolates_class_features_and_uses_the_zero_shot_head():
+    zoo = load_model("tiny")
+    method = CoOp(zoo, CLASSES, TEMPLATES)
+    zero_shot_head = zero_shot_class_features(zoo, CLASSES, TEMPLATES)
+    zero_shot = ZeroShotPoint.of(method, zero_shot_head)
+    hand_written = method.ctx.detach().clone()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        method.ctx.add_(0.2 * torch.randn(method.ctx.shape, generator=generator))
+        fine_tuned = method.class_features(method.tokens)
+    options = MergeTuneOptions(lambda_lmc=1.5, lambda_zs=3.0, zs_reg="feature", lmc_samples=(0.5, 1.0))
+    objective = MergeTune(method, zero_shot, options)
+    param_objective = MergeTune(method, zero_shot, replace(options, zs_reg="param"))
+    with torch.no_grad():
+        method.ctx.add_(0.2 * torch.randn(method.ctx.shape, generator=generator))
+        current = method.class_features(method.tokens)
+
+    features = F.normalize(torch.randn(5, current.shape[1], generator=generator), dim=-1)
+    labels = torch.tensor([0, 1, 2, 2, 1])
+    scale = zoo.model.logit_scale.exp().item()
+    task = _cross_entropy(scale, features, current, labels)
+    midpoint = _cross_entropy(scale, features, F.normalize((fine_tuned + current) / 2, dim=-1), labels)
+    cosine = F.cosine_similarity(current, zero_shot_head, dim=-1).mean()
+    path = 1.5 * (midpoint + task) / 2
+    with torch.no_grad():
+        assert torch.allclose(objective(features, labels), task + path + 3.0 * (1 - cosine), atol=1e-5)
+        distance = ((method.ctx - hand_written) ** 2).sum()
+        assert torch.allclose(param_objective(features, labels), task + path + 3.0 * distance, atol=1e-5)
+
+
+@pytest.mark.parametrize("method_class", [LoRA, Full])
+def test_weight_methods_score_a_path_point_as_a_model_holding_those_weights(method_class):
+    """logits_at(interpolated weights) is the model with those weights, and sends gradients to the trained tensors."""
+    options = {"towers": ("image", "text")} | ({"rank": 2} if method_class is LoRA else {})
+    method = method_class(load_model("tiny"), CLASSES, TEMPLATES, **options)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in method.trainable_parameters().values():
+            parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
+    start = {name: t.detach().clone() for name, t in method.solution().items()}
+    with torch.no_grad():
+        for parameter in method.trainable_parameters().values():
+            parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
+    images = torch.randn(2, 3, 64, 64, generator=generator)
+    point = {name: torch.lerp(start[name], weight, 0.3) for name, weight in method.solution().items()}
+    logits = method.logits_at(images, point)
+    logits.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.trainable_parameters().values())
+
+    reference = Full(load_model("tiny"), CLASSES, TEMPLATES)
+    state = reference.model.state_dict()
+    state.update({name: weight.detach() for name, weight in point.items()})
+    reference.model.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.allclose(logits, reference(images), atol=1e-4)
+
+
+def test_lmc_samples_accept_a_list_or_a_count():
+    assert parse_lmc_samples("0.5,1.0") == (0.5, 1.0)
+    assert parse_lmc_samples("4") == (0.25, 0.5, 0.75, 1.0)
+    assert MergeTuneOptions().lmc_samples == tuple(round(0.1 * i, 1) for i in range(1, 11))
+    for bad in ("0", "a,b", "1.5"):
+        with pytest.raises(Exception, match="lmc-samples"):
+            MergeTuneOptions(lmc_samples=parse_lmc_samples(bad))
+
+
+def test_the_cli_defaults_are_the_library_defaults():
+    from cftool.cli import continue_
+
+    defaults = MergeTuneOptions()
+    assert (continue_.DEFAULT_LAMBDA_LMC, continue_.DEFAULT_LAMBDA_ZS, continue_.DEFAULT_ZS_REG) == (
+        defaults.lambda_lmc, defaults.lambda_zs, defaults.zs_reg,
+    )  # fmt: skip
+    assert parse_lmc_samples(continue_.DEFAULT_LMC_SAMPLES) == defaults.lmc_samples
+
+
+def test_the_users_spelling_needs_no_data_flags_and_round_trips_through_eval(cli, fine_tuned):
+    source = fine_tuned["coop"]
+    result = cli("continue", source, "--zs", "tiny", *CONTINUE, "--eval", "--json")
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    output = source.with_name("coop.mergetune.safetensors")
+    assert summary["output"] == str(output) and summary["kind"] == "prompt" and summary["steps"] == 4
+
+    with open_checkpoint(output, kind="prompt") as ckpt:
+        header = ckpt.header
+    with open_checkpoint(source) as ckpt:
+        source_header = ckpt.header
+    assert header.method == "mergetune" and header.config["method"] == "coop"
+    assert header.config["mergetune"] == {
+        "lambda_lmc": 1.0, "lambda_zs": 1.0, "zs_reg": "feature", "lmc_samples": [0.5, 1.0],
+    }  # fmt: skip
+    import hashlib
+
+    assert header.config["continued_from"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
+    assert header.config["data"] == source_header.config["data"]  # the same training images, from the metadata
+    assert (header.base_sha256, header.classnames) == (source_header.base_sha256, source_header.classnames)
+    assert open_checkpoint(output.with_name("coop.mergetune.prototypes.safetensors")).header.kind == "prototypes"
+
+    evaluated = cli("eval", output, "--data", "toy:mnist", "--classes", "base", "--device", "cpu", "--json")
+    assert evaluated.code == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["models"][0]["results"][0]["accuracy"] == summary["test_accuracy"]
+
+
+@pytest.mark.parametrize("method", ["head", "lora", "full"])
+def test_every_kind_continues_into_its_own_kind_and_evaluates(cli, fine_tuned, tmp_path, method):
+    output = tmp_path / f"{method}.continued.safetensors"
+    zs_reg = "feature" if method == "head" else "param"  # the lora and full runs trained the image tower only
+    result = cli("continue", fine_tuned[method], *CONTINUE, "--zs-reg", zs_reg, "-o", output, "--eval", "--json")
+    assert result.code == 0, result.stderr
+    with open_checkpoint(output, kind=KINDS[method]) as continued, open_checkpoint(fine_tuned[method]) as source:
+        assert continued.tensors.keys() == source.tensors.keys()
+        assert continued.header.base_sha256 == source.header.base_sha256 == load_model("tiny").weights_sha256
+        changed = [name for name in source.tensors if not torch.equal(continued[name], source[name])]
+    assert changed, "continuing changed nothing"
+    evaluated = cli("eval", output, "--data", "toy:mnist", "--classes", "base", "--json")
+    assert json.loads(evaluated.stdout)["models"][0]["results"][0]["accuracy"] == json.loads(result.stdout)[
+        "test_accuracy"
+    ]
+
+
+def test_a_large_zero_shot_weight_pulls_a_head_back_to_the_zero_shot_head(fine_tuned, tmp_path):
+    zoo = load_model("tiny")
+    with open_checkpoint(fine_tuned["head"]) as ckpt:
+        start, classnames, templates = ckpt["head.weight"], ckpt.header.classnames, ckpt.header.config["templates"]
+    zero_shot = zero_shot_class_features(zoo, classnames, templates)
+    output = tmp_path / "pulled.safetensors"
+    options = MergeTuneOptions(lambda_lmc=0.0, lambda_zs=100.0, zs_reg="param")
+    continue_training(ContinueJob(fine_tuned["head"], "tiny", options, output, train_overrides={"iterations": 30}))
+    with open_checkpoint(output) as ckpt:
+        pulled = ckpt["head.weight"]
+    assert (pulled - zero_shot).norm() < 0.2 * (start - zero_shot).norm()
+
+
+def test_resume_after_ctrl_c_equals_an_uninterrupted_continue(fine_tuned, tmp_path):
+    options = MergeTuneOptions(lambda_zs=1.0, lmc_samples=(0.5, 1.0))
+    job = ContinueJob(fine_tuned["coop"], "tiny", options, tmp_path / "resumed.safetensors",
+                      train_overrides={"iterations": 6}, checkpoint_every=2)  # fmt: skip
+    with pytest.raises(TrainingInterrupted, match="after step 3 of 6"):
+        continue_training(job, progress=_interrupt_at(2))
+    assert state_path(job.output).is_file()
+    continue_training(replace(job, resume=True))
+    continue_training(replace(job, output=tmp_path / "straight.safetensors"))
+    with open_checkpoint(job.output) as resumed, open_checkpoint(tmp_path / "straight.safetensors") as straight:
+        assert torch.equal(resumed["ctx"], straight["ctx"])
+
+
+def test_two_gloo_processes_continue_as_one_process_with_the_same_global_batch(fine_tuned, tmp_path):
+    args = [str(fine_tuned["lora"]), *CONTINUE, "--zs-reg", "param", "--device", "cpu"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cftool"]
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*command, "continue", *args, "-o", str(tmp_path / "two.safetensors")],
+                            capture_output=True, text=True, timeout=300, env=environment)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    with redirect_stdout(io.StringIO()):
+        assert main(["continue", *args, "-o", str(tmp_path / "one.safetensors")]) == 0
+    with open_checkpoint(tmp_path / "one.safetensors") as one, open_checkpoint(tmp_path / "two.safetensors") as two:
+        for name in one.tensors:
+            assert torch.allclose(one[name], two[name], atol=1e-5), name
+
+
+def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(cli, fine_tuned, tmp_path):
+    source = fine_tuned["coop"]
+    with open_checkpoint(source) as ckpt:
+        tensors, header = ckpt.load_all(), ckpt.header
+
+    other_base = save_checkpoint(tmp_path / "other-base.safetensors", tensors, replace(header, base_sha256="0" * 64))
+    line = one_line_error(cli("continue", other_base, "--zs", "tiny", *CONTINUE))
+    assert str(other_base) in line and "--zs" in line
+
+    prototypes = source.with_name("coop.prototypes.safetensors")
+    line = one_line_error(cli("continue", prototypes, *CONTINUE))
+    assert str(prototypes) in line and "prototypes" in line
+
+    delta = save_checkpoint(tmp_path / "delta.safetensors", tensors, replace(header, kind="delta"))
+    assert "delta apply" in one_line_error(cli("continue", delta, *CONTINUE))
+
+    imported = save_checkpoint(tmp_path / "imported.safetensors", tensors, replace(header, config={"n_ctx": 4}))
+    line = one_line_error(cli("continue", imported, *CONTINUE))
+    assert str(imported) in line and "--data" in line
+
+    missing = {**header.config, "data": {**header.config["data"], "source": "folder:/nonexistent/images"}}
+    moved = save_checkpoint(tmp_path / "moved.safetensors", tensors, replace(header, config=missing))
+    assert "/nonexistent/images" in one_line_error(cli("continue", moved, *CONTINUE))
+
+    assert "input" in one_line_error(cli("continue", source, "-o", source, "--force", *CONTINUE))
+    assert "--zs-reg" in one_line_error(cli("continue", source, "--zs-reg", "hessian", *CONTINUE))
+    assert "--lambda-zs" in one_line_error(cli("continue", source, *CONTINUE, "--lambda-zs", "-1"))
+    line = one_line_error(cli("continue", fine_tuned["lora"], *CONTINUE, "-o", tmp_path / "frozen.safetensors"))
+    assert "--zs-reg param" in line  # lora trained the image tower only: its text features cannot move
+    outputs = [p.name for p in tmp_path.iterdir() if ".continued" in p.name or p.name.startswith(("frozen", "imp"))]
+    assert outputs == ["imported.safetensors"]
+
+
+def test_help_has_an_example(cli):
+    result = cli("continue", "--help")
+    assert result.code == 0 and "Example: cftool continue coop.safetensors --zs tiny" in result.stdout
+
+
+def test_header_keeps_the_base_of_a_continued_model(fine_tuned, tmp_path):
+    """Continuing a `model` loads its weights into the zoo model; the output still records the base's hash."""
+    output = tmp_path / "model.safetensors"
+    options = MergeTuneOptions(lambda_zs=0.1, zs_reg="param", lmc_samples=(1.0,))
+    continue_training(ContinueJob(fine_tuned["full"], "tiny", options, output, train_overrides={"iterations": 2}))
+    with open_checkpoint(output) as ckpt:
+        assert isinstance(ckpt.header, Header) and ckpt.header.base_sha256 == load_model("tiny").weights_sha256

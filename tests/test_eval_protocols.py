@@ -1,0 +1,167 @@
+"""`cftool eval` over checkpoint sets (per-task patterns, seeds, folders, base-to-novel), `eval --path` and
+`cftool interpolate`."""
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cftool.cli import main
+from test_finetune import one_line_error, torch_threads
+
+DATA = ["--zs", "tiny", "--classes", "base", "--shots", "4", "--device", "cpu", "--batch-size", "20"]
+TASKS = ("mnist", "flowers")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> Path:
+    """CoOp prompts on the base classes of two tasks for seeds 0 and 1, as runs/seed{seed}/{task}/coop.safetensors,
+    and a lora and a full fine-tune of mnist."""
+    root = tmp_path_factory.mktemp("runs")
+    with torch_threads(1):
+        for seed in (0, 1):
+            for task in TASKS:
+                output = root / f"seed{seed}" / task / "coop.safetensors"
+                args = ["finetune", *DATA, "--data", f"toy:{task}", "--method", "coop", "--lr", "0.05",
+                        "--iterations", "5", "--seed", str(seed), "-o", output]  # fmt: skip
+                assert main([str(a) for a in args]) == 0
+        for method, flags in (("lora", ["--rank", "2", "--lr", "0.002"]), ("full", ["--lr", "0.0001"])):
+            args = ["finetune", *DATA, "--data", "toy:mnist", "--method", method, *flags, "--towers", "image",
+                    "--iterations", "3", "-o", root / f"{method}.safetensors"]  # fmt: skip
+            assert main([str(a) for a in args]) == 0
+    return root
+
+
+def evaluate(cli, *args) -> dict:
+    result = cli("eval", *args, "--device", "cpu", "--json")
+    assert result.code == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def accuracy(cli, checkpoint, task, classes="base") -> float:
+    report = evaluate(cli, checkpoint, "--data", f"toy:{task}", "--classes", classes)
+    return report["models"][0]["results"][0]["accuracy"]
+
+
+def test_a_task_pattern_gives_each_task_its_own_checkpoint(cli, runs):
+    report = evaluate(cli, "zs", str(runs / "seed0/{task}/coop.safetensors"),
+                      *[f"--data=toy:{task}" for task in TASKS], "--classes", "base", "--zs", "tiny")  # fmt: skip
+    zero_shot, coop = report["models"]
+    assert zero_shot["model"] == "zero-shot" and zero_shot["files"] is None
+    for row, task in zip(coop["results"], TASKS, strict=True):
+        assert row["task"] == task
+        assert row["accuracy"] == accuracy(cli, runs / "seed0" / task / "coop.safetensors", task)
+    assert coop["mean"]["accuracy"] == pytest.approx(sum(r["accuracy"] for r in coop["results"]) / 2)
+
+
+def test_a_seed_pattern_averages_the_seeds_and_reports_their_spread(cli, runs):
+    pattern = str(runs / "seed{seed}" / "{task}" / "coop.safetensors")
+    report = evaluate(cli, pattern, *[f"--data=toy:{task}" for task in TASKS], "--classes", "base,novel")
+    [model] = report["models"]
+    assert model["seeds"] == ["0", "1"]
+    for row in model["results"]:
+        per_seed = {
+            half: [accuracy(cli, runs / f"seed{s}" / row["task"] / "coop.safetensors", row["task"], half) for s in (0, 1)]
+            for half in ("base", "novel")
+        }
+        assert row["per_seed"]["base"] == per_seed["base"] and row["per_seed"]["novel"] == per_seed["novel"]
+        assert row["base"] == pytest.approx(sum(per_seed["base"]) / 2)
+        assert row["std"]["base"] == pytest.approx(statistics.stdev(per_seed["base"]))
+        # HM as the papers report it: that of the seed-averaged base and novel accuracies.
+        assert row["hm"] == pytest.approx(2 * row["base"] * row["novel"] / (row["base"] + row["novel"]))
+    mean = model["mean"]
+    assert mean["base"] == pytest.approx(sum(r["base"] for r in model["results"]) / 2)
+    assert mean["hm"] == pytest.approx(2 * mean["base"] * mean["novel"] / (mean["base"] + mean["novel"]))
+
+
+def test_a_folder_column_finds_each_tasks_checkpoint_by_its_metadata(cli, runs):
+    report = evaluate(cli, str(runs / "seed1" / "mnist"), "--data", "toy:mnist", "--classes", "base")
+    assert report["models"][0]["files"] == {"mnist": [str(runs / "seed1" / "mnist" / "coop.safetensors")]}
+
+
+def test_missing_checkpoints_of_a_pattern_are_one_line(cli, runs):
+    pattern = str(runs / "seed0" / "{task}" / "coop.safetensors")
+    line = one_line_error(cli("eval", pattern, "--data", "toy:mnist", "--data", "toy:dtd", "--zs", "tiny"))
+    assert "'dtd'" in line and "dtd/coop.safetensors" in line
+    line = one_line_error(cli("eval", str(runs), "--data", "toy:mnist", "--zs", "tiny"))
+    assert "several checkpoints of task 'mnist'" in line
+    line = one_line_error(cli("eval", str(runs / "seed0" / "mnist"), "--data", "toy:dtd", "--zs", "tiny"))
+    assert "no checkpoint of task(s) dtd" in line
+
+
+def test_the_path_from_zero_shot_to_a_prompt_starts_at_zero_shot_and_ends_at_the_prompt(cli, runs, tmp_path):
+    prompt = runs / "seed0" / "mnist" / "coop.safetensors"
+    plot = tmp_path / "path.png"
+    report = evaluate(cli, "--path", "zs", prompt, "--data", "toy:mnist", "--classes", "base,novel",
+                      "--steps", "5", "--plot", plot)  # fmt: skip
+    assert report["path"] == {"a": "zs", "b": str(prompt), "kind": "prompt"}
+    assert report["alphas"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    base, novel = report["curves"]
+    assert (base["classes"], novel["classes"]) == ("base", "novel")
+    zero_shot = evaluate(cli, "--zs", "tiny", "--data", "toy:mnist", "--classes", "base")["models"][0]["results"][0]
+    assert base["accuracy"][0] == pytest.approx(zero_shot["accuracy"])
+    assert base["accuracy"][-1] == pytest.approx(accuracy(cli, prompt, "mnist"))
+    assert novel["accuracy"][-1] == pytest.approx(accuracy(cli, prompt, "mnist", "novel"))
+    assert base["max_loss"] == max(base["loss"]) and base["barrier"] >= 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_weight_path_re_encodes_the_images_at_every_point(cli, runs):
+    report = evaluate(cli, "--path", "zs", runs / "full.safetensors", "--data", "toy:mnist", "--classes", "base",
+                      "--steps", "3")  # fmt: skip
+    [curve] = report["curves"]
+    assert report["path"]["kind"] == "model"
+    assert curve["accuracy"][-1] == pytest.approx(accuracy(cli, runs / "full.safetensors", "mnist"))
+    zero_shot = evaluate(cli, "--zs", "tiny", "--data", "toy:mnist", "--classes", "base")["models"][0]["results"][0]
+    assert curve["accuracy"][0] == pytest.approx(zero_shot["accuracy"])
+
+
+def test_plot_without_matplotlib_says_how_to_install_it(cli, runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    line = one_line_error(cli("eval", "--path", "zs", runs / "seed0/mnist/coop.safetensors", "--data", "toy:mnist",
+                              "--plot", tmp_path / "p.png"))  # fmt: skip
+    assert "pip install 'cftool[plot]'" in line
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_paths_join_checkpoints_of_one_kind(cli, runs):
+    line = one_line_error(cli("eval", "--path", runs / "lora.safetensors", runs / "seed0/mnist/coop.safetensors",
+                              "--data", "toy:mnist"))  # fmt: skip
+    assert "'lora'" in line and "'prompt'" in line
+    assert "both ends" in one_line_error(cli("eval", "--path", "zs", "zs", "--data", "toy:mnist", "--zs", "tiny"))
+
+
+@pytest.mark.parametrize("end", ["seed0/mnist/coop.safetensors", "lora.safetensors", "full.safetensors"])
+def test_an_interpolated_checkpoint_scores_as_its_point_on_the_path(cli, runs, tmp_path, end):
+    output = tmp_path / "mixed.safetensors"
+    result = cli("interpolate", "zs", runs / end, "--alpha", "0.5", "-o", output)
+    assert result.code == 0, result.stderr
+    report = evaluate(cli, "--path", "zs", runs / end, "--data", "toy:mnist", "--classes", "base", "--steps", "3")
+    assert accuracy(cli, output, "mnist") == pytest.approx(report["curves"][0]["accuracy"][1])
+
+
+def test_two_loras_interpolate_exactly_into_one_of_twice_the_rank(cli, runs, tmp_path):
+    from cftool.io.checkpoint import open_checkpoint
+
+    lora = runs / "lora.safetensors"
+    output = tmp_path / "lora-lora.safetensors"
+    assert cli("interpolate", lora, lora, "--alpha", "0.3", "-o", output).code == 0
+    with open_checkpoint(output, kind="lora") as mixed, open_checkpoint(lora) as single:
+        assert mixed.header.config["rank"] == 2 * single.header.config["rank"]
+    assert accuracy(cli, output, "mnist") == accuracy(cli, lora, "mnist")
+
+
+def test_interpolate_refuses_two_prompts_and_its_own_input(cli, runs, tmp_path):
+    prompt = runs / "seed0/mnist/coop.safetensors"
+    assert "eval --path" in one_line_error(cli("interpolate", prompt, prompt, "--alpha", "0.5", "-o",
+                                               tmp_path / "x.safetensors"))  # fmt: skip
+    assert "inputs" in one_line_error(cli("interpolate", "zs", prompt, "--alpha", "0.5", "-o", prompt, "--force"))
