@@ -144,7 +144,8 @@ def _tower(name: str) -> str:
 def _batchnorm(name: str) -> bool:
     """The affine parameters and running statistics of the ResNet image tower's BatchNorm layers."""
     module = name.rsplit(".", 1)[0]
-    return name.startswith("visual.") and (module.rsplit(".", 1)[-1].startswith("bn") or module.endswith("downsample.1"))
+    is_norm = module.rsplit(".", 1)[-1].startswith("bn") or module.endswith("downsample.1")
+    return name.startswith("visual.") and is_norm
 
 
 def diagnose(out: Path, tasks: list[str], unified: Path, accuracies: Evaluations) -> dict:

@@ -99,7 +99,7 @@ def test_condu_keeps_half_precision_inputs_exact(tmp_path, dtype):
     values = [[0.1, -0.2, 0.3, 65504.0 if dtype == torch.float16 else 1e30], [-0.3, 0.2, 0.1, 1.0]]
     inputs = tasks_of({"w": values[0]}, {"w": values[1]}, dtype=dtype)
     run(inputs, "condu", tmp_path / "u.st")
-    u, masks, _ = masks_and_u(tmp_path / "u.st")
+    u, _, _ = masks_and_u(tmp_path / "u.st")
     assert u["w"].dtype == dtype
     a, b = (torch.tensor(v, dtype=dtype) for v in values)
     expected = torch.where(a.float() + b.float() > 0, torch.maximum(a.abs(), b.abs()), -torch.maximum(a.abs(), b.abs()))
@@ -298,7 +298,7 @@ def test_continual_unify_over_three_sessions_equals_the_reference_iteration(tmp_
     for number, new in enumerate(sessions):
         # the reference iteration: decouple every expert of the last session, append the new deltas, unify
         reference = reference + new
-        unified, masks, rescalers, expert = reference_condu(reference)
+        _, _, rescalers, expert = reference_condu(reference)
         reference = expert
 
         names = [f"s{number}t{i}" for i in range(len(new))]
