@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-out
 
-.PHONY: install demo test completions clean
+.PHONY: install demo test bench completions clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# Peak memory and time of `unify` on eleven ViT-B/16-sized deltas, streaming versus fully loaded (6.6 GB of scratch
+# disk; results in benchmarks/RESULTS.md).
+bench: install
+	$(BIN)/python benchmarks/unify_memory.py
 
 completions: install
 	$(BIN)/python -m cftool.cli.completions completions

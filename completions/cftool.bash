@@ -8,14 +8,14 @@ _cftool() {
     case "${COMP_WORDS[1]}" in
         finetune) opts='--zs --data -o --output --method --classes --shots --iterations --epochs --batch-size --lr --optimizer --weight-decay --warmup --label-smoothing --precision --n-ctx --ctx-init --rank --alpha --towers --feature-cache --no-feature-cache --cache-dir --checkpoint-every --resume --eval --data-root --workers --device --seed --force --json --config --help' ;;
         continue) opts='--zs -o --output --lambda-lmc --lambda-zs --zs-reg --lmc-samples --data --classes --shots --iterations --epochs --batch-size --lr --optimizer --weight-decay --warmup --label-smoothing --precision --seed --feature-cache --no-feature-cache --cache-dir --checkpoint-every --resume --eval --data-root --workers --device --force --json --config --help' ;;
-        delta) opts='' ;;
-        unify) opts='' ;;
-        decouple) opts='' ;;
+        delta) opts='-o --output --zs --dtype --scale --force --json --config --help' ;;
+        unify) opts='-o --output --method --into --replace --keep --trim --lambda --p --seed --force --json --config --help' ;;
+        decouple) opts='-o --output --task --all --as --zs --force --json --config --help' ;;
         route) opts='' ;;
         eval) opts='--zs --data --benchmark --classes --path --steps --plot --split --data-root -o --output --force --batch-size --workers --device --seed --json --config --help' ;;
         interpolate) opts='--alpha -o --output --zs --device --force --config --help' ;;
         inspect) opts='--check --json --config --help' ;;
-        import) opts='-o --output --zs --format --task --force --device --config --help' ;;
+        import) opts='-o --output --zs --format --task --prototypes-dir --force --device --config --help' ;;
         export) opts='-o --output --zs --force --config --help' ;;
     esac
     if [[ $cur == -* ]]; then

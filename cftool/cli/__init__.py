@@ -15,6 +15,7 @@ from cftool.cli.evaluate import eval_command
 from cftool.cli.files import export_command, import_command, inspect_command
 from cftool.cli.finetune import finetune_command
 from cftool.cli.interpolate import interpolate_command
+from cftool.cli.merge import decouple_command, delta_command, unify_command
 from cftool.cli.pending import register_pending
 from cftool.errors import CftoolError
 
@@ -29,6 +30,9 @@ app = typer.Typer(
 )
 app.command("finetune")(finetune_command)
 app.command("continue")(continue_command)
+app.command("delta")(delta_command)
+app.command("unify")(unify_command)
+app.command("decouple")(decouple_command)
 register_pending(app)
 app.command("eval")(eval_command)
 app.command("interpolate")(interpolate_command)

@@ -38,6 +38,8 @@ def inspect_command(
 ) -> None:
     """Describe checkpoint files: kind, base, task, tensors, parameters, dtypes, size.
 
+    A unified set also lists its tasks with their rescalers and mask densities.
+
     Example: cftool inspect coop.safetensors --check
     """
     from cftool.io.convert import non_finite_counts, summarize
@@ -69,6 +71,9 @@ def inspect_command(
             row.append("[green]none[/green]" if not bad else f"[red]{sum(bad.values())} in {len(bad)} tensors[/red]")
         table.add_row(*row)
     console.print(table)
+    for s in summaries:
+        if "tasks" in s:
+            _print_unified_tasks(s)
     if json_output:
         emit_json(summaries)
     if check and any(s["non_finite"] for s in summaries):
@@ -83,34 +88,49 @@ def import_command(
     source: Annotated[
         Path,
         typer.Argument(
-            help="Foreign checkpoint: open_clip/OpenAI state dict, or Dassl/CoOp prompt_learner/model.pth.tar-N."
+            help="Foreign checkpoint: open_clip/OpenAI state dict, Dassl/CoOp prompt_learner/model.pth.tar-N, "
+            "or a ConDU session folder (unified.pth, {task}.pth, prototypes.pth)."
         ),
     ],
     output: OutputOption,
     zs: ZsOption = None,
     source_format: Annotated[
-        str, typer.Option("--format", help="auto, open_clip (full state dict) or coop (Dassl prompt learner).")
+        str,
+        typer.Option(
+            "--format", help="auto, open_clip (full state dict), coop (Dassl prompt learner) or condu (session folder)."
+        ),
     ] = "auto",
     task: Annotated[str | None, typer.Option("--task", help="Task name to record in the metadata.")] = None,
+    prototypes_dir: Annotated[
+        Path | None,
+        typer.Option("--prototypes-dir", help="condu: folder for TASK.prototypes.safetensors (default: the output's)."),
+    ] = None,
     force: ForceOption = False,
     device: DeviceOption = "cpu",
     config: ConfigOption = None,
 ) -> None:
-    """Convert a foreign checkpoint into a cftool file (kind `model` or `prompt`).
+    """Convert a foreign checkpoint into a cftool file (kind `model` or `prompt`), or a ConDU session folder into a
+    `unified` file and one `prototypes` file per task.
 
     Example: cftool import output/oxford_pets/CoOp/seed1/prompt_learner/model.pth.tar-50 --zs ViT-B/16
     -o coop.safetensors
+
+    Example: cftool import condu/session_10 --zs ViT-B/16 -o unified.st
     """
     from cftool.io.checkpoint import refuse_existing
-    from cftool.zoo import load_model
-    from cftool.zoo.convert import import_coop_prompt, import_full_model
 
     if zs is None:
         raise CftoolError("--zs is required: name the base model the checkpoint was trained from (e.g. --zs ViT-B/16)")
     refuse_existing(output, force)
     fmt = _detect_format(source) if source_format == "auto" else source_format
-    if fmt not in ("open_clip", "coop"):
-        raise CftoolError(f"--format {source_format!r}: expected auto, open_clip or coop")
+    if fmt not in ("open_clip", "coop", "condu"):
+        raise CftoolError(f"--format {source_format!r}: expected auto, open_clip, coop or condu")
+    if fmt == "condu":
+        _import_condu_session(source, zs, output, prototypes_dir, task, force)
+        return
+    from cftool.zoo import load_model
+    from cftool.zoo.convert import import_coop_prompt, import_full_model
+
     zoo = load_model(zs, resolve_device(device))
     if fmt == "coop":
         written = import_coop_prompt(source, zoo, output, task=task, overwrite=force)
@@ -149,8 +169,39 @@ def export_command(
     console.print(f"wrote {written}")
 
 
+def _import_condu_session(
+    folder: Path, zs: str, output: Path, prototypes_dir: Path | None, task: str | None, force: bool
+) -> None:
+    from cftool.io.convert import import_condu_session
+    from cftool.io.foreign import is_condu_session
+    from cftool.zoo.base import open_base
+
+    if task is not None:
+        raise CftoolError("--task names the task of one checkpoint; a ConDU session names its tasks by their files")
+    if not is_condu_session(folder):
+        raise CftoolError(f"{folder}: not a ConDU session folder (no unified.pth in it); name the session_N folder")
+    with open_base(zs) as base:
+        written = import_condu_session(
+            folder, base.canonical, base.sha256, base.layout, output, prototypes_dir or output.parent, force
+        )
+    console.print(f"wrote {written[0]} (ConDU session → unified)" + "".join(f", {path}" for path in written[1:]))
+
+
+def _print_unified_tasks(summary: dict) -> None:
+    table = Table(title=f"{summary['file']}: {len(summary['tasks'])} tasks")
+    for column in ("task", "classes", "rescaler", "mask density"):
+        table.add_column(column, justify="left" if column == "task" else "right")
+    for task in summary["tasks"]:
+        classes = "-" if task["classes"] is None else str(task["classes"])
+        table.add_row(task["task"], classes, f"{task['rescaler']:.4f}", f"{100 * task['mask_density']:.1f} %")
+    console.print(table)
+
+
 def _detect_format(source: Path) -> str:
-    """Dassl names its checkpoints `model.pth.tar-N` / `model-best.pth.tar`; anything else is read as a state dict."""
+    """A folder is a ConDU session; Dassl names its checkpoints `model.pth.tar-N` / `model-best.pth.tar`; anything
+    else is read as a state dict."""
+    if source.is_dir():
+        return "condu"
     return "coop" if ".pth.tar" in source.name else "open_clip"
 
 

@@ -7,9 +7,6 @@ import typer
 from cftool.errors import NotAvailableError
 
 PENDING_COMMANDS = {
-    "delta": "Task vector θ_t − θ_0 of a fine-tuned checkpoint (and `apply`, to go back).",
-    "unify": "Unify task deltas into one delta plus per-task triggers (ConDU, TIES, DARE, …).",
-    "decouple": "Rebuild a task expert from a unified delta and its trigger.",
     "route": "Predict with task experts chosen per image by prototype similarity.",
 }
 

@@ -61,3 +61,12 @@ def unpack_bits(
     shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
     bits = (packed.unsqueeze(1) >> shifts) & 1
     return bits.reshape(-1)[: math.prod(shape)].to(torch.bool).reshape(shape)
+
+
+# Set bits of every byte value: counting a packed mask's ones is then one gather and one sum.
+_BITS_IN_BYTE = torch.tensor([bin(value).count("1") for value in range(256)], dtype=torch.uint8)
+
+
+def count_set_bits(packed: torch.Tensor) -> int:
+    """How many elements of a packed mask are True (its unused last bits are zero)."""
+    return int(_BITS_IN_BYTE[packed.long()].sum(dtype=torch.int64))

@@ -410,8 +410,9 @@ class CheckpointReader:
 
     ``reader[name]`` reads the tensor's bytes into a fresh tensor rather than viewing a memory map:
     touched pages of a map count as resident memory until it is unmapped, so streaming through a
-    few large files would otherwise grow the process to their total size. ``get_slice`` uses
-    ``safetensors.safe_open`` (opened on first use). Use as a context manager or call ``close``.
+    few large files would otherwise grow the process to their total size; ``read_rows`` reads part of a
+    tensor the same way. ``get_slice`` uses ``safetensors.safe_open`` (opened on first use), whose map
+    does count. Use as a context manager or call ``close``.
     """
 
     def __init__(
@@ -447,12 +448,24 @@ class CheckpointReader:
 
     def __getitem__(self, name: str) -> torch.Tensor:
         info = self._require(name)
-        data = torch.empty(info.nbytes, dtype=torch.uint8)
+        return self._read(name, 0, info.nbytes).view(info.torch_dtype).reshape(info.shape)
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of a tensor's first dimension, reading only their bytes (no memory map)."""
+        info = self._require(name)
+        if not info.shape or not 0 <= start <= stop <= info.shape[0]:
+            raise ValueError(f"rows {start}:{stop} are not rows of tensor {name!r} of shape {list(info.shape)}")
+        row_bytes = info.nbytes // info.shape[0] if info.shape[0] else 0
+        data = self._read(name, start * row_bytes, (stop - start) * row_bytes)
+        return data.view(info.torch_dtype).reshape(stop - start, *info.shape[1:])
+
+    def _read(self, name: str, offset: int, nbytes: int) -> torch.Tensor:
+        data = torch.empty(nbytes, dtype=torch.uint8)
         buffer = memoryview(data.numpy())
         try:
-            self._file.seek(self._positions[name])
+            self._file.seek(self._positions[name] + offset)
             filled = 0
-            while filled < info.nbytes:
+            while filled < nbytes:
                 count = self._file.readinto(buffer[filled:])
                 if not count:
                     raise CftoolError(
@@ -462,7 +475,7 @@ class CheckpointReader:
                 filled += count
         except OSError as exc:
             raise self._read_error(name, exc) from None
-        return data.view(info.torch_dtype).reshape(info.shape)
+        return data
 
     def get_slice(self, name: str) -> Any:
         """A safetensors slice: index it (``s[0:10]``) to read part of a tensor."""
@@ -589,6 +602,14 @@ def refuse_existing(path: Path, overwrite: bool) -> None:
         raise CftoolError(f"{path} exists; pass --force to overwrite")
 
 
+def refuse_input_as_output(output: Path, inputs: list[Path]) -> None:
+    """An output that is one of the inputs would be replaced while it is still being read: refuse it."""
+    target = os.path.realpath(output)
+    for source in inputs:
+        if os.path.realpath(source) == target:
+            raise CftoolError(f"{output}: is also an input of this command; name a different output file")
+
+
 def _write_error(path: Path, exc: OSError) -> CftoolError:
     return CftoolError(f"{path}: cannot write ({exc.strerror or exc}); check free space and permissions")
 
@@ -678,6 +699,7 @@ class CheckpointWriter:
             offset += nbytes
         self._header_bytes = _encode_header(self._slots, header.to_metadata() if header else {})
         self._written: set[str] = set()
+        self._rows_written: dict[str, int] = {}
         self._file: BinaryIO | None = None
         self._cleanup = ExitStack()
 
@@ -699,7 +721,7 @@ class CheckpointWriter:
         slot = self._slots.get(name)
         if slot is None:
             raise ValueError(f"tensor {name!r} is not in the layout of {self.path}")
-        if name in self._written:
+        if name in self._written or name in self._rows_written:
             raise ValueError(f"tensor {name!r} was already written to {self.path}")
         if tensor.dtype != slot.dtype or tuple(tensor.shape) != slot.shape:
             raise ValueError(
@@ -715,6 +737,37 @@ class CheckpointWriter:
             except OSError as exc:
                 raise _write_error(self.path, exc) from None
         self._written.add(name)
+
+    def write_rows(self, name: str, start: int, rows: torch.Tensor) -> None:
+        """Write rows ``start:start + len(rows)`` of a tensor of the layout, in order: a large tensor then never
+        needs to be held whole. The tensor counts as written once its last row is."""
+        if self._file is None or self._file.closed:
+            raise RuntimeError("CheckpointWriter.write_rows called outside its with-block")
+        slot = self._slots.get(name)
+        if slot is None:
+            raise ValueError(f"tensor {name!r} is not in the layout of {self.path}")
+        if not slot.shape:
+            raise ValueError(f"tensor {name!r} of {self.path} has no rows (it is 0-d); use write")
+        done = self._rows_written.get(name, 0)
+        if name in self._written or start != done:
+            raise ValueError(f"rows of tensor {name!r} must be written in order: expected row {done}, got {start}")
+        if rows.dtype != slot.dtype or tuple(rows.shape[1:]) != slot.shape[1:] or start + len(rows) > slot.shape[0]:
+            raise ValueError(
+                f"rows {start}:{start + len(rows)} of tensor {name!r} are {rows.dtype} {list(rows.shape)}, "
+                f"but the layout of {self.path} says {slot.dtype} {list(slot.shape)}"
+            )
+        row_bytes = (slot.end - slot.begin) // slot.shape[0] if slot.shape[0] else 0
+        if len(rows) and row_bytes:
+            position = len(self._header_bytes) + slot.begin + start * row_bytes
+            try:
+                if self._file.tell() != position:
+                    self._file.seek(position)
+                self._file.write(_tensor_bytes(rows))
+            except OSError as exc:
+                raise _write_error(self.path, exc) from None
+        self._rows_written[name] = start + len(rows)
+        if start + len(rows) == slot.shape[0]:
+            self._written.add(name)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         if exc_type is None:

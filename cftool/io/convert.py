@@ -1,15 +1,35 @@
-"""File summaries for `cftool inspect`, and `export` of a `model` file as a plain open_clip state dict."""
+"""File summaries for `cftool inspect`, `export` of a `model` file as a plain open_clip state dict, and `import` of
+a ConDU session folder as a unified set."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import CheckpointWriter, Header, atomic_output, open_checkpoint, read_header
+from cftool.io.bitpack import pack_bits
+from cftool.io.checkpoint import (
+    CheckpointWriter,
+    Header,
+    atomic_output,
+    open_checkpoint,
+    read_header,
+    refuse_existing,
+    save_checkpoint,
+)
+from cftool.io.foreign import condu_task_names, read_condu_prototypes, read_condu_triggers, read_condu_unified
+from cftool.io.unified import (
+    RESCALERS,
+    TaskEntry,
+    UnifiedSet,
+    mask_name,
+    open_unified,
+    tasks_metadata,
+    unified_layout,
+)
 
 FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
 
@@ -18,6 +38,11 @@ def summarize(path: Path) -> dict:
     """Everything `inspect` shows about a file, from its header alone."""
     tensors, metadata = read_header(path)
     header = Header.from_metadata(metadata, path) if "cftool.format" in metadata else None
+    tasks = None
+    if header and header.kind == "unified":
+        with open_unified(path) as unified:
+            tasks = unified_tasks(unified)
+            tensors = unified.delta  # a unified set's parameters are its unified delta's, not its masks' bytes
     return {
         "file": str(path),
         "kind": header.kind if header else None,
@@ -28,7 +53,26 @@ def summarize(path: Path) -> dict:
         "dtypes": sorted({info.dtype for info in tensors.values()}),
         "bytes": path.stat().st_size,
         "metadata": metadata,
+        **({"tasks": tasks} if tasks is not None else {}),
     }
+
+
+def unified_tasks(unified: UnifiedSet) -> list[dict]:
+    """Every task of a unified set: its class count, rescaler and mask density (the fraction of parameters its
+    mask keeps), reading one packed mask at a time."""
+    summaries = []
+    for index, task in enumerate(unified.tasks):
+        counts = list(unified.mask_counts(index))
+        elements = sum(total for _, _, total in counts)
+        summaries.append(
+            {
+                "task": task.task,
+                "classes": len(task.classnames) if task.classnames is not None else None,
+                "rescaler": float(unified.rescalers[index]),
+                "mask_density": sum(ones for _, ones, _ in counts) / elements if elements else 0.0,
+            }
+        )
+    return summaries
 
 
 def non_finite_counts(path: Path, advance: Callable[[], None] = lambda: None) -> dict[str, int]:
@@ -60,3 +104,55 @@ def export_plain(source: Path, output: Path, overwrite: bool) -> Path:
                 torch.save(state_dict, tmp)
             return output
     raise CftoolError(f"{output}: unknown output format; use .safetensors, .pt, .pth or .bin")
+
+
+def import_condu_session(
+    folder: Path,
+    base: str,
+    base_sha256: str,
+    base_layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+    output: Path,
+    prototypes_dir: Path,
+    overwrite: bool = False,
+) -> list[Path]:
+    """A ConDU session folder (``unified.pth``, ``{task}.pth``, ``prototypes.pth``) → one unified file, plus a
+    `prototypes` file per task that has prototypes, named ``{task}.prototypes.safetensors`` in ``prototypes_dir``.
+
+    The folder records no class names, templates or base hash: ``base`` names the model it was made from, and the
+    tasks' class names stay unknown. The unified delta keeps its dtype; each mask is bit-packed as it is written,
+    one task file in memory at a time.
+    """
+    tasks = condu_task_names(folder)
+    unified = read_condu_unified(folder)
+    for name, tensor in unified.items():
+        dtype, shape = base_layout.get(name, (None, None))
+        fits = dtype is not None and tuple(shape) == tuple(tensor.shape) and dtype.is_floating_point
+        if not (fits and tensor.is_floating_point()):
+            found = "absent" if dtype is None else f"{dtype} {list(shape)}"
+            raise CftoolError(
+                f"{folder / 'unified.pth'}: tensor {name!r} ({tensor.dtype} {list(tensor.shape)}) does not fit the "
+                f"base model {base} (there: {found}); pass the --zs the session was trained from"
+            )
+    prototypes = read_condu_prototypes(folder)
+    prototype_files = {task: prototypes_dir / f"{task}.prototypes.safetensors" for task in tasks if task in prototypes}
+    for path in [output, *prototype_files.values()]:
+        refuse_existing(path, overwrite)
+
+    layout = unified_layout({name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in unified.items()}, len(tasks))
+    config = {"imported_from": str(folder)}
+    extra = tasks_metadata([TaskEntry(task) for task in tasks])
+    header = Header("unified", base, base_sha256, method="condu", config=config, extra=extra)
+    with CheckpointWriter(output, layout, header, overwrite=overwrite) as writer:
+        for name, tensor in unified.items():
+            writer.write(name, tensor.detach().contiguous())
+        rescalers = []
+        for index, task in enumerate(tasks):
+            masks, rescaler = read_condu_triggers(folder, task, unified)
+            for name, mask in masks.items():
+                writer.write(mask_name(index, name), pack_bits(mask))
+            rescalers.append(rescaler)
+        writer.write(RESCALERS, torch.tensor(rescalers, dtype=torch.float32))
+    for task, path in prototype_files.items():
+        prototype_header = Header("prototypes", base, base_sha256, task=task, method="condu", config=config)
+        save_checkpoint(path, {"prototypes": prototypes[task]}, prototype_header, overwrite=overwrite)
+    return [output, *prototype_files.values()]

@@ -199,3 +199,93 @@ def read_coop_prompt(path: str | os.PathLike[str]) -> tuple[torch.Tensor, dict[s
         "ignored": sorted(str(name) for name in state_dict if name != "ctx" and name not in _COOP_FIXED_BUFFERS),
     }
     return ctx.detach(), info
+
+
+# A ConDU session folder, as the reference code (ConDU, built on ZSCL) leaves it after each session:
+CONDU_UNIFIED = "unified.pth"  # {name: unified delta tensor}
+CONDU_PROTOTYPES = "prototypes.pth"  # {task: class prototypes}, in session order
+# ...and one `{task}.pth` per task: {"masks": {name: bool tensor}, "rescalers": 0-d tensor}.
+
+
+def is_condu_session(path: Path) -> bool:
+    return path.is_dir() and (path / CONDU_UNIFIED).is_file()
+
+
+def condu_task_names(folder: Path) -> list[str]:
+    """The tasks of a ConDU session folder, in session order where ``prototypes.pth`` records it.
+
+    Every ``*.pth`` file but ``unified.pth`` and ``prototypes.pth`` is a task's triggers, as the reference reads
+    them; the reference keeps the session order only in the keys of ``prototypes.pth`` (a dict), so tasks it does
+    not list follow in name order.
+    """
+    names = sorted(
+        file.name.removesuffix(".pth")
+        for file in folder.iterdir()
+        if file.suffix == ".pth" and file.name not in (CONDU_UNIFIED, CONDU_PROTOTYPES)
+    )
+    if not names:
+        raise CftoolError(f"{folder}: a ConDU session folder with no task files ({{task}}.pth); is it complete?")
+    prototypes = read_condu_prototypes(folder)
+    ordered = [task for task in prototypes if task in names]
+    return ordered + [task for task in names if task not in ordered]
+
+
+def read_condu_unified(folder: Path) -> dict[str, torch.Tensor]:
+    path = folder / CONDU_UNIFIED
+    unified = load_weights_only(path)
+    tensors_by_name = isinstance(unified, dict) and all(
+        isinstance(name, str) and isinstance(tensor, torch.Tensor) for name, tensor in unified.items()
+    )
+    if not (tensors_by_name and unified):
+        raise CftoolError(f"{path}: expected a dict of tensor name -> unified delta tensor, as ConDU saves it")
+    return unified
+
+
+def read_condu_triggers(folder: Path, task: str, unified: dict[str, torch.Tensor]) -> tuple[dict, float]:
+    """A task's masks (bool, shaped like the unified delta) and rescaler, from ``{task}.pth``."""
+    path = folder / f"{task}.pth"
+    triggers = load_weights_only(path)
+    masks = triggers.get("masks") if isinstance(triggers, dict) else None
+    rescaler = triggers.get("rescalers") if isinstance(triggers, dict) else None
+    if not isinstance(masks, dict) or rescaler is None:
+        raise CftoolError(f"{path}: expected {{'masks': {{name: mask}}, 'rescalers': scale}}, as ConDU saves a task")
+    if isinstance(rescaler, torch.Tensor):
+        if rescaler.numel() != 1:
+            raise CftoolError(f"{path}: 'rescalers' holds {rescaler.numel()} values; a task has one rescaler")
+        rescaler = rescaler.item()
+    if not isinstance(rescaler, int | float):
+        raise CftoolError(f"{path}: 'rescalers' is a {type(rescaler).__name__}, not a number")
+    missing = [name for name in unified if name not in masks]
+    if missing or len(masks) != len(unified):
+        raise CftoolError(
+            f"{path}: its masks do not cover the tensors of {CONDU_UNIFIED} ({len(missing)} missing, "
+            f"{len(masks)} masks for {len(unified)} tensors); is it from the same session?"
+        )
+    checked = {}
+    for name, delta in unified.items():
+        mask = masks[name]
+        if not isinstance(mask, torch.Tensor) or mask.shape != delta.shape:
+            raise CftoolError(f"{path}: mask {name!r} is not a tensor of shape {list(delta.shape)}")
+        if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+            raise CftoolError(f"{path}: mask {name!r} holds values other than 0 and 1")
+        checked[name] = mask.to(torch.bool)
+    return checked, float(rescaler)
+
+
+def read_condu_prototypes(folder: Path) -> dict[str, torch.Tensor]:
+    """``{task: [n_classes, dim] float32}`` from ``prototypes.pth`` (a list of per-class vectors per task in the
+    reference code, or a tensor), or nothing if the folder has none."""
+    path = folder / CONDU_PROTOTYPES
+    if not path.is_file():
+        return {}
+    loaded = load_weights_only(path)
+    if not isinstance(loaded, dict):
+        raise CftoolError(f"{path}: expected a dict of task -> class prototypes, as ConDU saves it")
+    prototypes = {}
+    for task, value in loaded.items():
+        if isinstance(value, list | tuple) and value and all(isinstance(v, torch.Tensor) for v in value):
+            value = torch.stack([v.reshape(-1) for v in value])
+        if not (isinstance(task, str) and isinstance(value, torch.Tensor) and value.dim() == 2):
+            raise CftoolError(f"{path}: the prototypes of {task!r} are not one vector per class")
+        prototypes[task] = value.detach().float()
+    return prototypes

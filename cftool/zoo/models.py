@@ -11,7 +11,6 @@ A spec is one of:
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,13 +23,10 @@ import torch
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import Header, check_shapes, open_checkpoint, read_header, tensors_sha256
 from cftool.io.foreign import read_state_dict
+from cftool.zoo.base import HF_HUB_PREFIX, TINY, TINY_ARCH, TINY_WEIGHTS, names_weights_file
 
-TINY = "tiny"
-TINY_ARCH = "cftool-tiny"
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
-TINY_WEIGHTS = Path(__file__).parent / "weights" / "tiny.safetensors"
 DEFAULT_TAG = "openai"
-HF_HUB_PREFIX = "hf-hub:"
 
 open_clip.add_model_config(MODEL_CONFIGS)
 log = logging.getLogger(__name__)
@@ -73,7 +69,7 @@ def parse_model_spec(spec: str) -> ModelSpec:
             f"(e.g. ViT-B/16, see open_clip.list_models()), `hf-hub:org/name` or a cftool model file"
         )
     tag = tag or DEFAULT_TAG
-    if Path(tag).suffix or os.sep in tag:
+    if names_weights_file(tag):
         weights = Path(tag)
         if not weights.is_file():
             raise CftoolError(f"--zs {spec!r}: weights file {weights} does not exist")

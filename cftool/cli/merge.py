@@ -1,0 +1,233 @@
+"""`cftool delta`, `unify` and `decouple`: task deltas, merging them, and rebuilding task experts.
+
+These commands only move tensors: they import neither open_clip (unless `--zs` names a pretrained tag) nor the
+training code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from cftool.cli.common import ConfigOption, ForceOption, JsonOption, console, emit_json, progress_bar
+from cftool.cli.files import OutputOption, ZsOption
+from cftool.errors import CftoolError
+
+if TYPE_CHECKING:
+    from cftool.merge.engine import UnifyResult
+
+# Spelled out so that `--help` needs no import of the methods (a test checks it against the registry).
+METHOD_NAMES = ("condu", "ties", "task-arithmetic", "dare", "mean")
+DTYPES = ("fp32", "fp16", "bf16")
+AS_KINDS = ("delta", "model")
+
+
+def _reporter(progress):
+    def begin(description: str, total: int):
+        task = progress.add_task(description, total=total)
+        return lambda n=1: progress.advance(task, n)
+
+    return begin
+
+
+def _base_recorded_in(path: Path) -> str:
+    from cftool.io.checkpoint import open_checkpoint
+
+    with open_checkpoint(path) as ckpt:
+        return ckpt.header.base
+
+
+def delta_command(
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            help="A fine-tuned `model` or `lora` checkpoint; or `apply` followed by a delta file.",
+            metavar="[apply] FILE",
+            show_default=False,
+        ),
+    ],
+    output: OutputOption,
+    zs: ZsOption = None,
+    dtype: Annotated[
+        str | None, typer.Option("--dtype", help="fp32, fp16 or bf16 for the delta (default: the checkpoint's).")
+    ] = None,
+    scale: Annotated[float | None, typer.Option("--scale", help="apply: write θ0 + s·δ (default 1).")] = None,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Task delta θ − θ0 of a fine-tuned checkpoint; `delta apply` adds a delta back to its base as a `model` file.
+
+    The base is --zs (default: the one the file records). `lora` checkpoints are merged into the weights first;
+    `prompt` and `head` checkpoints hold no weights of the model and have no delta.
+
+    Example: cftool delta full-food.safetensors --zs tiny -o deltas/food.safetensors
+
+    Example: cftool delta apply deltas/food.safetensors --zs tiny --scale 0.5 -o food-half.safetensors
+    """
+    import torch
+
+    from cftool.io.checkpoint import open_checkpoint
+    from cftool.merge.delta import apply_delta, make_delta
+    from cftool.zoo.base import open_base
+
+    applying = len(files) == 2 and str(files[0]) == "apply"
+    if len(files) != 1 and not applying:
+        raise CftoolError("give one checkpoint (cftool delta FT.safetensors …) or `apply DELTA` (cftool delta apply …)")
+    source = files[-1]
+    if applying and dtype is not None:
+        raise CftoolError("--dtype sets a delta's dtype; `delta apply` writes the model in its base's dtypes")
+    if not applying and scale is not None:
+        raise CftoolError("--scale applies to `cftool delta apply`")
+    if dtype is not None and dtype not in DTYPES:
+        raise CftoolError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    with open_base(zs or _base_recorded_in(source)) as base:
+        if applying:
+            with open_checkpoint(source, kind="delta") as delta:
+                written = apply_delta(delta, base, output, 1.0 if scale is None else scale, overwrite=force)
+            kind = "model"
+        else:
+            torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype or "")
+            with open_checkpoint(source) as checkpoint:
+                written = make_delta(checkpoint, base, output, torch_dtype, overwrite=force)
+            kind = "delta"
+    console.print(f"wrote {written} ({kind}, base {base.canonical})")
+    if json_output:
+        emit_json({"output": str(written), "kind": kind, "base": base.canonical})
+
+
+def unify_command(
+    deltas: Annotated[list[Path], typer.Argument(help="Delta files, one per task (e.g. deltas/*.safetensors).")],
+    output: OutputOption,
+    method: Annotated[str, typer.Option("--method", help=f"One of {', '.join(METHOD_NAMES)}.")] = "condu",
+    into: Annotated[
+        Path | None,
+        typer.Option(
+            "--into",
+            help="A previous unified set: decouple its experts, add the deltas, unify again (a continual session).",
+        ),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="--into: a delta of a task the set holds replaces its expert.")
+    ] = False,
+    keep: Annotated[float | None, typer.Option("--keep", help="ties: fraction of entries kept (default 0.2).")] = None,
+    trim: Annotated[
+        str | None, typer.Option("--trim", help="ties: global (the paper's, default) or per-tensor (mergekit's).")
+    ] = None,
+    scale: Annotated[
+        float | None,
+        typer.Option("--lambda", help="ties, task-arithmetic, dare: scale of the merged delta (1, 0.3, 0.3)."),
+    ] = None,
+    p: Annotated[float | None, typer.Option("--p", help="dare: drop rate (default 0.5).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="dare: seed of the drops (default 0).")] = None,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Merge task deltas: a ConDU unified set (unified delta + a 1-bit mask and a rescaler per task) or one delta.
+
+    Streams tensors: memory is a few tensor slices per input, never whole models. `--method condu` writes a
+    `unified` file that `decouple` rebuilds each task's expert from; the other methods write one `delta`.
+
+    Example: cftool unify deltas/*.safetensors -o unified.st
+
+    Example: cftool unify --into session1.st deltas/cars.safetensors -o session2.st
+    """
+    from contextlib import ExitStack
+
+    from cftool.merge.engine import continual_inputs, open_deltas, open_previous, unify
+    from cftool.merge.registry import get_method
+
+    merge = get_method(method)
+    options = merge.make_options(keep=keep, trim=trim, scale=scale, p=p, seed=seed)
+    if into is not None and method != "condu":
+        raise CftoolError(f"--into continues a ConDU unified set; it needs --method condu, not {method}")
+    if replace and into is None:
+        raise CftoolError("--replace applies with --into PREVIOUS")
+    with ExitStack() as stack:
+        inputs = open_deltas(deltas, stack)
+        if into is not None:
+            inputs = continual_inputs(open_previous(into, stack), inputs, replace)
+        with progress_bar() as progress:
+            result = unify(inputs, merge, options, output, overwrite=force, progress=_reporter(progress))
+    _print_unify(result)
+    if json_output:
+        emit_json(result.to_json())
+
+
+def _print_unify(result: UnifyResult) -> None:
+    if result.kind == "unified":
+        table = Table(title=f"{result.output}: ConDU unified set of {len(result.tasks)} tasks")
+        for column in ("task", "rescaler", "mask density"):
+            table.add_column(column, justify="left" if column == "task" else "right")
+        for task, rescaler, density in zip(result.tasks, result.rescalers, result.mask_density, strict=True):
+            table.add_row(task, f"{rescaler:.4f}", f"{100 * density:.1f} %")
+        console.print(table)
+    console.print(
+        f"wrote {result.output} ({result.kind}, {result.method} of {len(result.tasks)} tasks, "
+        f"{result.parameters:,} parameters, {result.passes} pass{'es' if result.passes > 1 else ''})"
+    )
+
+
+def decouple_command(
+    unified: Annotated[Path, typer.Argument(help="A unified set from `cftool unify --method condu`.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="File to write; with --all, the folder for TASK.safetensors files.")
+    ],
+    task: Annotated[str | None, typer.Option("--task", help="The task whose expert to rebuild.")] = None,
+    all_tasks: Annotated[bool, typer.Option("--all", help="Rebuild every task's expert.")] = False,
+    as_kind: Annotated[
+        str, typer.Option("--as", help="delta (δ̃ = λ·M⊙u) or model (θ0 + δ̃, for eval and export).")
+    ] = "delta",
+    zs: ZsOption = None,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Rebuild task experts from a unified set: δ̃ = λ·M⊙u, or with --as model the full weights θ0 + δ̃.
+
+    Reads only the unified delta and the chosen tasks' masks, tensor by tensor. --as model needs the base (--zs,
+    default: the one the set records); --as delta needs none.
+
+    Example: cftool decouple unified.st --task food --as model -o food-expert.safetensors
+
+    Example: cftool decouple unified.st --all -o experts/
+    """
+    from contextlib import ExitStack
+
+    from cftool.io.unified import open_unified
+    from cftool.merge.decouple import decouple
+    from cftool.zoo.base import open_base
+
+    if as_kind not in AS_KINDS:
+        raise CftoolError(f"--as {as_kind!r}: expected delta or model")
+    if (task is None) == (not all_tasks):
+        raise CftoolError("give --task NAME (one expert) or --all (every task's, into the folder -o names)")
+    if zs is not None and as_kind == "delta":
+        raise CftoolError("--zs is used with --as model; a delta needs no base")
+    with ExitStack() as stack:
+        unified_set = stack.enter_context(open_unified(unified))
+        tasks = unified_set.task_names if all_tasks else [task]
+        if all_tasks:
+            outputs = [output / f"{_file_name(name, unified)}.safetensors" for name in tasks]
+        else:
+            unified_set.task_index(task)  # an unknown task is refused before the base is read
+            outputs = [output]
+        base = stack.enter_context(open_base(zs or unified_set.header.base)) if as_kind == "model" else None
+        with progress_bar() as progress:
+            written = decouple(unified_set, tasks, outputs, base, overwrite=force, progress=_reporter(progress))
+    for path in written:
+        console.print(f"wrote {path} ({as_kind})")
+    if json_output:
+        emit_json({"outputs": [str(path) for path in written], "tasks": tasks, "kind": as_kind})
+
+
+def _file_name(task: str, source: Path) -> str:
+    if not task or task in (".", "..") or "/" in task or "\\" in task or "\0" in task:
+        raise CftoolError(
+            f"{source}: task {task!r} cannot name a file; decouple it alone with --task and -o FILE"
+        )
+    return task

@@ -1,0 +1,92 @@
+"""Decouple: a task's expert rebuilt from a unified set, ``δ̃_i = λ_i · M_i ⊙ u`` (DESIGN.md §5.2).
+
+Rebuilding reads only ``u`` and the chosen tasks' masks, some rows of one tensor at a time; with a base, the
+expert is written as a full `model` file (``θ̃_i = θ_0 + δ̃_i``) that `eval` and `export` take as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import torch
+
+from cftool.errors import CftoolError
+from cftool.io.checkpoint import CheckpointWriter, Header, refuse_existing, refuse_input_as_output
+from cftool.io.unified import UnifiedSet
+from cftool.merge.delta import check_base_fits, check_same_base
+from cftool.merge.methods import work_dtype
+from cftool.merge.stream import DEFAULT_CHUNK_ELEMENTS, BaseModel, Progress, no_progress, plan_tensors, write_part
+
+
+def expert_rows(unified: UnifiedSet, index: int, name: str, start: int, stop: int) -> torch.Tensor:
+    """Rows ``start:stop`` of task ``index``'s expert delta of tensor ``name``, in the unified delta's dtype."""
+    u = unified.unified_rows(name, start, stop)
+    mask = unified.mask_rows(index, name, start, stop)
+    work = work_dtype(u.dtype)
+    return torch.where(mask, u.to(work) * unified.rescalers[index].to(work), 0).to(u.dtype)
+
+
+def decouple(
+    unified: UnifiedSet,
+    tasks: Sequence[str],
+    outputs: Sequence[Path],
+    base: BaseModel | None = None,
+    overwrite: bool = False,
+    chunk_elements: int | None = DEFAULT_CHUNK_ELEMENTS,
+    progress: Progress = no_progress,
+) -> list[Path]:
+    """Write each task's expert to its output: a `delta`, or with ``base`` a `model`."""
+    indices = [unified.task_index(task) for task in tasks]
+    for output in outputs:
+        refuse_input_as_output(output, [unified.path])
+        refuse_existing(output, overwrite)
+    if len(set(map(str, outputs))) != len(outputs):
+        raise CftoolError("two experts would be written to the same file; name one output per task")
+    delta_layout = {name: (info.torch_dtype, info.shape) for name, info in unified.delta.items()}
+    if base is not None:
+        check_same_base(unified.path, unified.header, base)
+        check_base_fits(unified.path, delta_layout, base)
+    plan = {tensor.name: tensor for tensor in plan_tensors(delta_layout, chunk_elements)}
+    layout = base.layout if base is not None else delta_layout
+    headers = [_expert_header(unified, index, base) for index in indices]
+
+    advance = progress(f"decouple {len(indices)} task(s)", len(layout))
+    with ExitStack() as stack:
+        writers = [
+            stack.enter_context(CheckpointWriter(output, layout, header, overwrite=overwrite))
+            for output, header in zip(outputs, headers, strict=True)
+        ]
+        for name in layout:
+            base_tensor = base[name] if base is not None else None
+            if name not in plan:  # a tensor no delta holds: the base's, unchanged
+                for writer in writers:
+                    writer.write(name, base_tensor)
+                advance()
+                continue
+            tensor = plan[name]
+            for start, stop in tensor.rows:
+                for writer, index in zip(writers, indices, strict=True):
+                    rows = expert_rows(unified, index, name, start, stop)
+                    if base_tensor is not None:
+                        base_rows = base_tensor[start:stop] if tensor.shape else base_tensor
+                        work = work_dtype(torch.promote_types(base_rows.dtype, rows.dtype))
+                        rows = (base_rows.to(work) + rows.to(work)).to(base_rows.dtype)
+                    write_part(writer, tensor, name, start, rows)
+            advance()
+    return list(outputs)
+
+
+def _expert_header(unified: UnifiedSet, index: int, base: BaseModel | None) -> Header:
+    task = unified.tasks[index]
+    fields = {
+        "task": task.task,
+        "classnames": task.classnames,
+        "template": task.template,
+        "method": unified.header.method,
+        "config": {"decoupled_from": unified.path.name, "rescaler": float(unified.rescalers[index])},
+    }
+    if base is not None:
+        return base.header("model", **fields)
+    return Header("delta", unified.header.base, unified.header.base_sha256, **fields)

@@ -1,0 +1,123 @@
+"""Task deltas: ``δ = θ − θ_0`` over the floating-point tensors of a fine-tuned checkpoint, and back (DESIGN.md §5.2).
+
+Integer tensors (BatchNorm's ``num_batches_tracked`` counters) are not weights and have no delta: a model rebuilt
+from a delta takes them from the base. Tensors are handled one at a time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from cftool.errors import CftoolError
+from cftool.io.checkpoint import (
+    CheckpointReader,
+    CheckpointWriter,
+    Header,
+    check_shapes,
+    refuse_existing,
+    refuse_input_as_output,
+)
+from cftool.merge.lora import merged_lora_state
+from cftool.merge.methods import work_dtype
+from cftool.merge.stream import BaseModel
+
+# What a checkpoint of a kind that has no delta holds instead, for the refusal.
+_NOT_WEIGHTS = {
+    "prompt": "learned prompt context vectors, not weights of the model",
+    "head": "a linear classifier on image features, not weights of the model",
+}
+
+
+def check_same_base(source: Path, header: Header, base: BaseModel) -> None:
+    if header.base_sha256 and header.base_sha256 != base.sha256:
+        raise CftoolError(
+            f"{source}: made for base model {header.base!r} (weights sha256 {header.base_sha256[:12]}) but the base "
+            f"model in use {base.canonical!r} has weights sha256 {base.sha256[:12]}; use --zs {header.base}"
+        )
+
+
+def check_base_fits(source: Path, layout: dict, base: BaseModel) -> None:
+    """Every tensor of a delta is a floating-point tensor of the base, of the same shape."""
+    for name, (_, shape) in layout.items():
+        if name not in base.layout:
+            raise CftoolError(
+                f"{source}: tensor {name!r} is not in the base model {base.canonical}; pass the --zs it was made from"
+            )
+        base_dtype, base_shape = base.layout[name]
+        if tuple(base_shape) != tuple(shape) or not base_dtype.is_floating_point:
+            raise CftoolError(
+                f"{source}: tensor {name!r} is {list(shape)} here but {base_dtype} {list(base_shape)} in the base "
+                f"model {base.canonical}; pass the --zs it was made from"
+            )
+
+
+def make_delta(
+    source: CheckpointReader, base: BaseModel, output: Path, dtype: torch.dtype | None = None, overwrite: bool = False
+) -> Path:
+    """A `model` or `lora` checkpoint minus its base, as a `delta` file in the checkpoint's dtype (or ``dtype``)."""
+    header = source.header
+    if header.kind in _NOT_WEIGHTS:
+        raise CftoolError(
+            f"{source.path}: a {header.kind!r} checkpoint holds {_NOT_WEIGHTS[header.kind]}, so it has no delta; "
+            "fine-tune with --method full or lora to make one"
+        )
+    if header.kind not in ("model", "lora"):
+        raise CftoolError(f"{source.path}: expected a 'model' or 'lora' checkpoint, found {header.kind!r}")
+    refuse_input_as_output(output, [source.path])
+    refuse_existing(output, overwrite)
+    check_same_base(source.path, header, base)
+    if header.kind == "model":
+        check_shapes(source.path, source.tensors, {name: shape for name, (_, shape) in base.layout.items()})
+        tuned = source.__getitem__
+    else:
+        targets = (header.config or {}).get("targets", [])
+        merged = merged_lora_state({name: base[name] for name in targets if name in base.layout}, source)
+
+        def tuned(name: str) -> torch.Tensor:
+            return merged[name] if name in merged else base[name]
+
+    floating = [name for name, (base_dtype, _) in base.layout.items() if base_dtype.is_floating_point]
+    layout = {name: (dtype or _dtype_of(source, name, base), base.layout[name][1]) for name in floating}
+    config = {"source": source.path.name, "source_kind": header.kind}
+    out_header = base.header("delta", **_carried(header), config=config)
+    with CheckpointWriter(output, layout, out_header, overwrite=overwrite) as writer:
+        for name in floating:
+            theta, theta0 = tuned(name), base[name]
+            if not torch.isfinite(theta).all():
+                raise CftoolError(f"{source.path}: tensor {name!r} holds NaN or Inf values; it has no usable delta")
+            work = work_dtype(torch.promote_types(theta.dtype, theta0.dtype))
+            writer.write(name, (theta.to(work) - theta0.to(work)).to(layout[name][0]))
+    return output
+
+
+def _carried(header: Header) -> dict:
+    """What a delta carries over from its checkpoint, and a model from its delta."""
+    return {"task": header.task, "classnames": header.classnames, "template": header.template, "method": header.method}
+
+
+def _dtype_of(source: CheckpointReader, name: str, base: BaseModel) -> torch.dtype:
+    """The dtype the fine-tuned tensor has: the file's for a `model`, the base's for weights a `lora` merges into."""
+    return source.tensors[name].torch_dtype if source.header.kind == "model" else base.layout[name][0]
+
+
+def apply_delta(
+    delta: CheckpointReader, base: BaseModel, output: Path, scale: float = 1.0, overwrite: bool = False
+) -> Path:
+    """``θ_0 + scale · δ`` as a `model` file, in the base's dtypes; tensors the delta lacks are the base's."""
+    refuse_input_as_output(output, [delta.path])
+    refuse_existing(output, overwrite)
+    check_same_base(delta.path, delta.header, base)
+    check_base_fits(delta.path, {name: (info.torch_dtype, info.shape) for name, info in delta.tensors.items()}, base)
+    header = delta.header
+    out_header = base.header("model", **_carried(header), config={"delta": delta.path.name, "scale": scale})
+    with CheckpointWriter(output, base.layout, out_header, overwrite=overwrite) as writer:
+        for name, (base_dtype, _) in base.layout.items():
+            theta0 = base[name]
+            if name in delta:
+                step = delta[name]
+                work = work_dtype(torch.promote_types(theta0.dtype, step.dtype))
+                theta0 = (theta0.to(work) + scale * step.to(work)).to(base_dtype)
+            writer.write(name, theta0)
+    return output

@@ -1,0 +1,324 @@
+"""The one streaming engine behind `unify` (DESIGN.md §4, §5.2).
+
+Inputs are opened lazily and checked against each other from their headers (one base, one set of tensor names,
+shapes and dtypes, all deltas). The output's layout is then fixed from those headers, and the engine streams:
+tensor by tensor, and a large tensor in row slices, it reads that slice from every input, lets the method merge
+it, and writes the result at its place. A method's whole-model statistics take extra streamed passes first.
+Memory is a few slices times the number of inputs, never whole models.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cftool.errors import CftoolError
+from cftool.io.bitpack import pack_bits
+from cftool.io.checkpoint import (
+    CheckpointReader,
+    CheckpointWriter,
+    Header,
+    open_checkpoint,
+    refuse_existing,
+    refuse_input_as_output,
+)
+from cftool.io.unified import RESCALERS, TaskEntry, UnifiedSet, mask_name, tasks_metadata, unified_layout
+from cftool.merge.decouple import expert_rows
+from cftool.merge.registry import Chunk, MergeMethod
+from cftool.merge.stream import (
+    DEFAULT_CHUNK_ELEMENTS,
+    Layout,
+    Progress,
+    TensorPlan,
+    no_progress,
+    plan_tensors,
+    write_part,
+)
+
+
+class TaskInput(ABC):
+    """One task's delta, read some rows of one tensor at a time."""
+
+    source: Path  # the file it comes from, for messages
+    task: TaskEntry
+    base: str
+    base_sha256: str
+    layout: Layout
+
+    @abstractmethod
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` of tensor ``name`` (the whole tensor if it is 0-d)."""
+
+
+class DeltaFile(TaskInput):
+    def __init__(self, reader: CheckpointReader):
+        self.reader = reader
+        self.source = reader.path
+        header = reader.header
+        task = header.task or _stem(reader.path)
+        self.task = TaskEntry(task, header.classnames, header.template)
+        self.base, self.base_sha256 = header.base, header.base_sha256
+        self.layout = {name: (info.torch_dtype, info.shape) for name, info in reader.tensors.items()}
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return self.reader.read_rows(name, start, stop) if self.layout[name][1] else self.reader[name]
+
+
+class DecoupledExpert(TaskInput):
+    """Task ``index``'s expert ``λ_i · M_i ⊙ u`` rebuilt from a previous unified set (continual sessions)."""
+
+    def __init__(self, unified: UnifiedSet, index: int):
+        self.unified, self.index = unified, index
+        self.source = unified.path
+        self.task = unified.tasks[index]
+        self.base, self.base_sha256 = unified.header.base, unified.header.base_sha256
+        self.layout = {name: (info.torch_dtype, info.shape) for name, info in unified.delta.items()}
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        return expert_rows(self.unified, self.index, name, start, stop)
+
+
+class LoadedDelta(TaskInput):
+    """A delta held in memory: the benchmark's fully loaded baseline, and tests."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor], task: TaskEntry, base: str = "", base_sha256: str = ""):
+        self.tensors = dict(tensors)
+        self.source = Path(f"<{task.task}>")
+        self.task, self.base, self.base_sha256 = task, base, base_sha256
+        self.layout = {name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in self.tensors.items()}
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        tensor = self.tensors[name]
+        return tensor[start:stop] if tensor.dim() else tensor
+
+
+def _stem(path: Path) -> str:
+    return path.name.split(".")[0] or path.name
+
+
+def open_deltas(paths: Sequence[Path], stack: ExitStack) -> list[DeltaFile]:
+    """Open `delta` files; anything else is refused (one line: which file, what it is, what to do)."""
+    inputs = []
+    for path in paths:
+        reader = stack.enter_context(open_checkpoint(path))
+        if reader.header.kind != "delta":
+            raise CftoolError(
+                f"{path}: expected a 'delta' checkpoint, found {reader.header.kind!r}; "
+                "make one with `cftool delta FILE --zs BASE -o DELTA`"
+            )
+        inputs.append(DeltaFile(reader))
+    return inputs
+
+
+def open_previous(path: Path, stack: ExitStack) -> UnifiedSet:
+    reader = stack.enter_context(open_checkpoint(path))
+    if reader.header.kind != "unified":
+        raise CftoolError(
+            f"{path}: --into needs a unified set (a file from `cftool unify --method condu`), "
+            f"found a {reader.header.kind!r} checkpoint"
+        )
+    return stack.enter_context(UnifiedSet(reader))
+
+
+def continual_inputs(previous: UnifiedSet, new: list[TaskInput], replace: bool) -> list[TaskInput]:
+    """A continual session's inputs: the previous set's experts, then the new deltas; with ``replace``, a new delta
+    of a task the set already holds takes that expert's place."""
+    inputs: list[TaskInput] = [DecoupledExpert(previous, index) for index in range(len(previous.tasks))]
+    for delta in new:
+        if delta.task.task in previous.task_names:
+            if not replace:
+                raise CftoolError(
+                    f"{delta.source}: task {delta.task.task!r} is already in {previous.path}; "
+                    "pass --replace to replace its expert with this delta"
+                )
+            inputs[previous.task_index(delta.task.task)] = delta
+        else:
+            inputs.append(delta)
+    return inputs
+
+
+def _short(digest: str) -> str:
+    return digest[:12] if digest else "unknown"
+
+
+def check_compatible(inputs: Sequence[TaskInput]) -> None:
+    """All inputs are deltas of one base with the same tensors (names, shapes, dtypes) and distinct tasks."""
+    if not inputs:
+        raise CftoolError("no deltas to unify; name delta files (e.g. deltas/*.safetensors)")
+    first = inputs[0]
+    for name, (dtype, _) in first.layout.items():
+        if not dtype.is_floating_point:
+            raise CftoolError(f"{first.source}: tensor {name!r} is {dtype}, but a delta holds floating-point tensors")
+    seen = {first.task.task: first}
+    for other in inputs[1:]:
+        same_base = (
+            other.base_sha256 == first.base_sha256
+            if other.base_sha256 and first.base_sha256
+            else other.base == first.base
+        )
+        if not same_base:
+            raise CftoolError(
+                f"{other.source}: made for base {other.base!r} (weights sha256 {_short(other.base_sha256)}) but "
+                f"{first.source} for base {first.base!r} (weights sha256 {_short(first.base_sha256)}); "
+                "unify deltas of one base model"
+            )
+        difference = _layout_difference(first.layout, other.layout)
+        if difference:
+            raise CftoolError(
+                f"{other.source}: its tensors differ from those of {first.source} ({difference}); "
+                "unify deltas of the same model"
+            )
+        if other.task.task in seen:
+            raise CftoolError(
+                f"{other.source}: task {other.task.task!r} is also the task of {seen[other.task.task].source}; "
+                "unify one delta per task"
+            )
+        seen[other.task.task] = other
+
+
+def _layout_difference(expected: Layout, found: Layout) -> str:
+    missing = [name for name in expected if name not in found]
+    if missing:
+        return f"{len(missing)} missing, e.g. {missing[0]!r}"
+    extra = [name for name in found if name not in expected]
+    if extra:
+        return f"{len(extra)} extra, e.g. {extra[0]!r}"
+    for name, (dtype, shape) in expected.items():
+        if found[name][1] != shape:
+            return f"{name!r} has shape {list(found[name][1])}, not {list(shape)}"
+        if found[name][0] != dtype:
+            return f"{name!r} is {found[name][0]}, not {dtype}"
+    return ""
+
+
+def _stream(
+    plan: list[TensorPlan], inputs: Sequence[TaskInput], check_finite: bool, advance: Callable[..., None]
+) -> Iterator[tuple[TensorPlan, Chunk, bool]]:
+    """(tensor, chunk, is the tensor's last chunk) for every slice of the model, in order."""
+    for tensor in plan:
+        row_numel = math.prod(tensor.shape[1:]) if tensor.shape else 1
+        for position, (start, stop) in enumerate(tensor.rows):
+            deltas = [task.rows(tensor.name, start, stop) for task in inputs]
+            if check_finite:
+                for task, delta in zip(inputs, deltas, strict=True):
+                    if not _finite(delta):
+                        raise CftoolError(
+                            f"{task.source}: tensor {tensor.name!r} holds NaN or Inf values; "
+                            "re-create the delta from a finite checkpoint (`cftool inspect --check` finds them)"
+                        )
+            chunk = Chunk(tensor.name, deltas, start, stop, start * row_numel, tensor.numel)
+            yield tensor, chunk, position == len(tensor.rows) - 1
+            advance()
+
+
+def _finite(delta: torch.Tensor) -> bool:
+    """No NaN or Inf in ``delta``. A sum is finite unless some entry is NaN or ±Inf (or it overflows, which the
+    exact check then rules out), and costs a tenth of ``isfinite``'s bool tensor."""
+    return bool(torch.isfinite(delta.sum(dtype=torch.float32 if delta.dtype != torch.float64 else None))) or bool(
+        torch.isfinite(delta).all()
+    )
+
+
+@dataclass
+class UnifyResult:
+    output: Path
+    kind: str
+    method: str
+    tasks: list[str]
+    parameters: int
+    passes: int
+    rescalers: list[float] | None = None
+    mask_density: list[float] | None = None  # fraction of the parameters each task's mask keeps
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "output": str(self.output)}
+
+
+def unify(
+    inputs: Sequence[TaskInput],
+    method: MergeMethod,
+    options: Any,
+    output: Path,
+    overwrite: bool = False,
+    chunk_elements: int | None = DEFAULT_CHUNK_ELEMENTS,
+    progress: Progress = no_progress,
+) -> UnifyResult:
+    """Merge the inputs' deltas with ``method`` into ``output``: a unified set for a method with triggers (ConDU),
+    else a `delta`. ``chunk_elements=None`` merges whole tensors (the fully loaded baseline)."""
+    refuse_input_as_output(output, sorted({task.source for task in inputs}))
+    refuse_existing(output, overwrite)
+    check_compatible(inputs)
+    first = inputs[0]
+    plan = plan_tensors(first.layout, chunk_elements)
+    n_chunks = sum(len(tensor.rows) for tensor in plan)
+
+    values: dict[str, Any] = {}
+    passes = 0
+    for name, factory in method.statistics:
+        statistic = factory(options, plan, values)
+        done = False
+        while not done:
+            passes += 1
+            advance = progress(f"pass {passes}: {name}", n_chunks)
+            for tensor, chunk, last in _stream(plan, inputs, check_finite=passes == 1, advance=advance):
+                statistic.update(chunk)
+                if last:
+                    statistic.end_tensor(tensor.name)
+            done = statistic.end_pass()
+        values[name] = statistic.value()
+
+    tasks = [task.task for task in inputs]
+    delta_layout = {tensor.name: (tensor.dtype, tensor.shape) for tensor in plan}
+    config = {
+        "method": method.name,
+        **asdict(options),
+        "tasks": [task.task for task in tasks],
+        "sources": [task.source.name for task in inputs],
+    }
+    if method.writes_triggers:
+        layout = unified_layout(delta_layout, len(inputs))
+        extra = tasks_metadata(tasks)
+        header = Header("unified", first.base, first.base_sha256, method=method.name, config=config, extra=extra)
+    else:
+        layout = delta_layout
+        header = Header("delta", first.base, first.base_sha256, method=method.name, config=config)
+
+    passes += 1
+    sums: dict[str, torch.Tensor] = {}
+    mask_counts = [0] * len(inputs)
+    advance = progress(f"pass {passes}: {method.name}", n_chunks)
+    with CheckpointWriter(output, layout, header, overwrite=overwrite) as writer:
+        for tensor, chunk, _ in _stream(plan, inputs, check_finite=passes == 1, advance=advance):
+            merged = method.function(chunk, options, values)
+            write_part(writer, tensor, chunk.name, chunk.start, merged.delta)
+            for index, mask in enumerate(merged.masks or []):
+                mask_counts[index] += int(mask.sum())
+                write_part(writer, tensor, mask_name(index, chunk.name), chunk.first_element // 8, pack_bits(mask))
+            for key, value in merged.sums.items():
+                sums[key] = sums[key] + value if key in sums else value
+        rescalers = None
+        if method.writes_triggers:
+            rescalers = method.rescalers(sums)
+            writer.write(RESCALERS, rescalers)
+
+    parameters = sum(tensor.numel for tensor in plan)
+    return UnifyResult(
+        output=output,
+        kind=header.kind,
+        method=method.name,
+        tasks=[task.task for task in tasks],
+        parameters=parameters,
+        passes=passes,
+        rescalers=rescalers.tolist() if rescalers is not None else None,
+        mask_density=[count / parameters for count in mask_counts] if method.writes_triggers and parameters else None,
+    )
+
+
+
