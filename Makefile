@@ -14,16 +14,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Zero-shot on both toy benchmarks, then CoOp on the base classes of `flowers`: base accuracy rises, novel falls.
+# Zero-shot on both toy benchmarks, then CoOp on the base classes of `flowers` (base accuracy rises, novel falls)
+# and MergeTune continued from it (novel comes back): zero-shot, CoOp and CoOp + MergeTune side by side.
 demo: install
 	$(BIN)/cftool eval --zs tiny --benchmark mtil-tiny
 	$(BIN)/cftool eval --zs tiny --benchmark base2new-tiny
 	$(BIN)/cftool finetune --zs tiny --data toy:flowers --classes base --shots 16 --method coop --epochs 50 \
 		--lr 0.05 --force -o $(DEMO_OUT)/coop-flowers-base.safetensors
-	for classes in base novel; do \
-		$(BIN)/cftool eval --zs tiny --data toy:flowers --classes $$classes; \
-		$(BIN)/cftool eval $(DEMO_OUT)/coop-flowers-base.safetensors --data toy:flowers --classes $$classes; \
-	done
+	$(BIN)/cftool continue $(DEMO_OUT)/coop-flowers-base.safetensors --zs tiny --force
+	$(BIN)/cftool eval zs $(DEMO_OUT)/coop-flowers-base.safetensors $(DEMO_OUT)/coop-flowers-base.mergetune.safetensors \
+		--data toy:flowers --classes base,novel
 
 test: install
 	$(BIN)/python -m pytest -q

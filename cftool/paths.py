@@ -24,7 +24,7 @@ from cftool.data import TaskData
 from cftool.errors import CftoolError
 from cftool.evaluate import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, save_checkpoint
-from cftool.merge.lora import merged_lora_state
+from cftool.merge.lora import lora_config, merged_lora_state
 from cftool.protocols import ZERO_SHOT, FeatureCache, halves_of
 from cftool.train.adapters import ADAPTERS, apply_checkpoint
 from cftool.train.methods import ZERO_SHOT_WEIGHT, zero_shot_class_features
@@ -90,6 +90,7 @@ class Curve:
         return max(loss - ((1 - a) * first + a * last) for a, loss in zip(self.alphas, self.loss, strict=True))
 
 
+@torch.no_grad()
 def evaluate_path(
     zoo: ZooModel,
     a: Endpoint,
@@ -174,7 +175,15 @@ def _weights_of(zoo: ZooModel, end: Endpoint, base: dict[str, torch.Tensor]) -> 
         return ckpt.load_all() if end.kind == "model" else merged_lora_state(base, ckpt)
 
 
-def _weights_path(zoo, a, b, tasks, alphas, split, cache) -> list[Curve]:
+def _weights_path(
+    zoo: ZooModel,
+    a: Endpoint,
+    b: Endpoint,
+    tasks: list[TaskData],
+    alphas: list[float],
+    split: str,
+    cache: FeatureCache,
+) -> list[Curve]:
     base = {name: t.clone() for name, t in zoo.model.state_dict().items()}
     ends = [_weights_of(zoo, end, base) for end in (a, b)]
     curves = {task.name: Curve(task.name, task.spec.classes, alphas, [], []) for task in tasks}
@@ -238,12 +247,7 @@ def _interpolated(
         ends = [r.load_all() if r is not None else base for r in readers]
         return interpolate_weights(ends[0], ends[1], alpha), {}
     if kind == "head":
-        ends = [r["head.weight"] if r is not None else None for r in readers]
-        known = next(r for r in readers if r is not None)
-        config = known.header.config or {}
-        zero_shot = zero_shot_class_features(zoo, known.header.classnames or [], config.get("templates") or ["{}"])
-        ends = [end if end is not None else zero_shot for end in ends]
-        return {"head.weight": torch.lerp(ends[0].float(), ends[1].float(), alpha)}, {}
+        return {"head.weight": torch.lerp(*_head_ends(zoo, readers), alpha)}, {}
     if kind == "lora":
         return _interpolated_lora(readers, weights)
     # A prompt: the zero-shot end is a head, not a context, so the point is stored as a mix of the two.
@@ -260,17 +264,31 @@ def _interpolated(
     return {"ctx": prompt["ctx"]}, {ZERO_SHOT_WEIGHT: 1 - prompt_share}
 
 
+def _head_ends(zoo: ZooModel, readers: list[CheckpointReader | None]) -> list[torch.Tensor]:
+    """Both ends' head weights [n_classes, embed_dim]; the zero-shot end is the zero-shot head of the same classes."""
+    known = [r for r in readers if r is not None]
+    if len({tuple(r.header.classnames or []) for r in known}) > 1:
+        raise CftoolError(f"interpolate: {known[0].path} and {known[1].path} are heads of different classes")
+    templates = (known[0].header.config or {}).get("templates")
+    if not templates:
+        raise CftoolError(
+            f"{known[0].path}: records no templates, so its zero-shot head cannot be built; use two heads"
+        )
+    zero_shot = zero_shot_class_features(zoo, known[0].header.classnames or [], templates)
+    return [r["head.weight"].float() if r is not None else zero_shot for r in readers]
+
+
 def _interpolated_lora(readers: list[CheckpointReader | None], weights: tuple[float, float]) -> tuple[dict, dict]:
     """Exact: ``Σ w_i · s·B_i A_i`` is one LoRA whose factors are the ends' side by side (B_i scaled by w_i), of
     rank r_a + r_b at the same scale s; with the zero-shot model at one end, just the other's B scaled."""
     present = [(r, w) for r, w in zip(readers, weights, strict=True) if r is not None]
-    configs = [r.header.config or {} for r, _ in present]
-    scales = {float(c["alpha"]) / int(c["rank"]) for c in configs}
-    if len(scales) > 1 or len({tuple(c["targets"]) for c in configs}) > 1:
+    configs = [lora_config(r) for r, _ in present]
+    if len({alpha / rank for rank, alpha, _ in configs}) > 1 or len({tuple(t) for _, _, t in configs}) > 1:
         raise CftoolError("interpolate: the two LoRA checkpoints adapt different weights or use different scales")
     tensors = {}
-    for name in configs[0]["targets"]:
+    for name in configs[0][2]:
         tensors[f"{name}.lora_A"] = torch.cat([r[f"{name}.lora_A"] for r, _ in present], dim=0)
         tensors[f"{name}.lora_B"] = torch.cat([w * r[f"{name}.lora_B"] for r, w in present], dim=1)
-    rank = sum(int(c["rank"]) for c in configs)
-    return tensors, {"rank": rank, "alpha": scales.pop() * rank}
+    rank = sum(rank for rank, _, _ in configs)
+    scale = configs[0][1] / configs[0][0]
+    return tensors, {"rank": rank, "alpha": scale * rank}

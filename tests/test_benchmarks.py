@@ -27,13 +27,15 @@ def test_finetune_speed_trains_the_same_prompt_with_and_without_the_feature_cach
 def test_continue_speed_reports_the_step_time_ratio_of_its_two_runs():
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "continue_speed.py"), "--data", "toy:food", "--shots", "2", "--epochs", "2",
-         "--threads", "1"],
+         "--repeats", "2", "--threads", "1"],
         capture_output=True, text=True, timeout=300, check=True,
     )  # fmt: skip
     report = json.loads(result.stdout)
     coop, continued = report["runs"]
     assert (coop["run"], continued["run"]) == ("coop", "continue")
     assert coop["steps"] == continued["steps"] > 0
+    assert len(coop["every_repeat"]) == len(continued["every_repeat"]) == 2
+    assert coop["train_images_per_second"] == max(coop["every_repeat"])
     ratio = coop["train_images_per_second"] / continued["train_images_per_second"]
     assert report["step_time_ratio"] == pytest.approx(ratio, abs=0.01)
     assert report["mergetune"]["lmc_samples"] == [round(0.1 * i, 1) for i in range(1, 11)]

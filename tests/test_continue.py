@@ -264,7 +264,8 @@ def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(cli, fine_tune
 
     missing = {**header.config, "data": {**header.config["data"], "source": "folder:/nonexistent/images"}}
     moved = save_checkpoint(tmp_path / "moved.safetensors", tensors, replace(header, config=missing))
-    assert "/nonexistent/images" in one_line_error(cli("continue", moved, *CONTINUE))
+    line = one_line_error(cli("continue", moved, *CONTINUE))
+    assert str(moved) in line and "/nonexistent/images" in line and "--data" in line
 
     mixed = tmp_path / "ensemble.safetensors"
     assert cli("interpolate", "zs", source, "--alpha", "0.5", "-o", mixed).code == 0

@@ -24,7 +24,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     """CoOp prompts on the base classes of two tasks for seeds 0 and 1, as runs/seed{seed}/{task}/coop.safetensors,
-    and a lora and a full fine-tune of mnist."""
+    and a lora, a full and a head fine-tune of mnist."""
     root = tmp_path_factory.mktemp("runs")
     with torch_threads(1):
         for seed in (0, 1):
@@ -33,9 +33,13 @@ def runs(tmp_path_factory) -> Path:
                 args = ["finetune", *DATA, "--data", f"toy:{task}", "--method", "coop", "--lr", "0.05",
                         "--iterations", "5", "--seed", str(seed), "-o", output]  # fmt: skip
                 assert main([str(a) for a in args]) == 0
-        for method, flags in (("lora", ["--rank", "2", "--lr", "0.002"]), ("full", ["--lr", "0.0001"])):
-            args = ["finetune", *DATA, "--data", "toy:mnist", "--method", method, *flags, "--towers", "image",
-                    "--iterations", "3", "-o", root / f"{method}.safetensors"]  # fmt: skip
+        for method, flags in (
+            ("lora", ["--rank", "2", "--lr", "0.002", "--towers", "image"]),
+            ("full", ["--lr", "0.0001", "--towers", "image"]),
+            ("head", ["--lr", "0.01"]),
+        ):
+            args = ["finetune", *DATA, "--data", "toy:mnist", "--method", method, *flags, "--iterations", "3",
+                    "-o", root / f"{method}.safetensors"]  # fmt: skip
             assert main([str(a) for a in args]) == 0
     return root
 
@@ -141,7 +145,9 @@ def test_paths_join_checkpoints_of_one_kind(cli, runs):
     assert "both ends" in one_line_error(cli("eval", "--path", "zs", "zs", "--data", "toy:mnist", "--zs", "tiny"))
 
 
-@pytest.mark.parametrize("end", ["seed0/mnist/coop.safetensors", "lora.safetensors", "full.safetensors"])
+@pytest.mark.parametrize(
+    "end", ["seed0/mnist/coop.safetensors", "head.safetensors", "lora.safetensors", "full.safetensors"]
+)
 def test_an_interpolated_checkpoint_scores_as_its_point_on_the_path(cli, runs, tmp_path, end):
     output = tmp_path / "mixed.safetensors"
     result = cli("interpolate", "zs", runs / end, "--alpha", "0.5", "-o", output)

@@ -101,7 +101,8 @@ def plan(job: ContinueJob) -> tuple[FinetuneJob, Continuation]:
         workers=job.workers,
         evaluate=job.evaluate,
     )
-    return finetune_job, Continuation(job.source, _sha256(job.source), job.mergetune)
+    continuation = Continuation(job.source, _sha256(job.source), job.mergetune, recorded_data=job.data is None)
+    return finetune_job, continuation
 
 
 def _recipe(job: ContinueJob, config: dict[str, Any], default_lr: float, default_optimizer: str) -> TrainOptions:

@@ -72,6 +72,7 @@ class Continuation:
     checkpoint: Path
     checkpoint_sha256: str
     options: MergeTuneOptions
+    recorded_data: bool = True  # the data spec comes from the checkpoint's metadata, not from --data
 
 
 @dataclass
@@ -120,7 +121,7 @@ def _finetune(
     torch.manual_seed(job.train.seed)  # everything random from here on (initialisations included) follows --seed
     zoo = load_model(job.zs, device)
     base_sha256 = zoo.weights_sha256  # hashed now: the methods change the model's weights (or their names) in place
-    task = load_task(job.data, job.data_root)
+    task = _load_training_task(job, continuation)
     train_split = task.split("train", zoo.preprocess)
     labels = torch.tensor(train_split.labels, dtype=torch.long)
     _check_every_class_has_images(task, labels)
@@ -188,6 +189,18 @@ def _finetune(
     )
     state_path(job.output).unlink(missing_ok=True)
     return result
+
+
+def _load_training_task(job: FinetuneJob, continuation: Continuation | None) -> TaskData:
+    try:
+        return load_task(job.data, job.data_root)
+    except CftoolError as err:
+        if continuation is None or not continuation.recorded_data:
+            raise
+        raise CftoolError(
+            f"{continuation.checkpoint}: cannot read the training data its metadata records ({err}); pass --data "
+            "(and --data-root) to train on data that is here"
+        ) from None
 
 
 def _check_every_class_has_images(task: TaskData, labels: torch.Tensor) -> None:

@@ -107,6 +107,15 @@ class Method(nn.Module):
         """Logits with ``solution`` (any point of the path space, e.g. an interpolation) in place of the method's."""
         raise NotImplementedError
 
+    def path_logits(
+        self, inputs: torch.Tensor, start: Solution, end: Solution, alphas: Sequence[float], end_logits: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits [n_alphas, batch, n_classes] at the points ``(1 − α)·start + α·end`` of a path; ``end_logits`` are
+        those at α = 1, which need not be computed again. One forward pass per other point."""
+        return torch.stack(
+            [end_logits if alpha == 1 else self.logits_at(inputs, _lerp(start, end, alpha)) for alpha in alphas]
+        )
+
     def parameter_point(self, solution: Solution) -> Solution:
         """What MergeTune's parameter-space surrogate measures the distance of: the solution itself, except for a
         prompt, whose parameters are its context vectors."""
@@ -139,6 +148,27 @@ class Method(nn.Module):
     def template(self) -> str:
         """The prompt template recorded as ``cftool.template``."""
         return self.templates[0]
+
+
+def _lerp(start: Solution, end: Solution, alpha: float) -> Solution:
+    return {name: torch.lerp(start[name], end[name], alpha) for name in end}
+
+
+def _class_weight_path_logits(
+    scale: torch.Tensor,
+    inputs: torch.Tensor,
+    start: torch.Tensor,
+    end: torch.Tensor,
+    alphas: Sequence[float],
+    renormalise: bool,
+) -> torch.Tensor:
+    """Logits [n_alphas, batch, n_classes] of image features against every point of a path of class weights
+    [n_classes, embed_dim] at once: one batched product rather than a Python loop of small ones."""
+    weights = torch.tensor(alphas, dtype=end.dtype, device=end.device).view(-1, 1, 1)
+    points = start + weights * (end - start)
+    if renormalise:
+        points = F.normalize(points, dim=-1)
+    return scale * torch.einsum("bd,acd->abc", inputs, points)
 
 
 def _copy_into(parameters: dict[str, torch.Tensor], ckpt: CheckpointReader, names: dict[str, str]) -> None:
@@ -195,6 +225,12 @@ class CoOp(Method):
 
     def logits_at(self, inputs: torch.Tensor, solution: Solution) -> torch.Tensor:
         return self.model.logit_scale.exp() * inputs @ self.class_text_features(solution).T
+
+    def path_logits(
+        self, inputs: torch.Tensor, start: Solution, end: Solution, alphas: Sequence[float], end_logits: torch.Tensor
+    ) -> torch.Tensor:
+        scale, key = self.model.logit_scale.exp(), "class_features"
+        return _class_weight_path_logits(scale, inputs, start[key], end[key], alphas, renormalise=True)
 
     def parameter_point(self, solution: Solution) -> Solution:
         return {"ctx": self.ctx}
@@ -268,6 +304,12 @@ class LinearHead(Method):
     def logits_at(self, inputs: torch.Tensor, solution: Solution) -> torch.Tensor:
         return self.model.logit_scale.exp() * inputs @ solution["head.weight"].T
 
+    def path_logits(
+        self, inputs: torch.Tensor, start: Solution, end: Solution, alphas: Sequence[float], end_logits: torch.Tensor
+    ) -> torch.Tensor:
+        scale, key = self.model.logit_scale.exp(), "head.weight"
+        return _class_weight_path_logits(scale, inputs, start[key], end[key], alphas, renormalise=False)
+
     def class_text_features(self, solution: Solution) -> torch.Tensor:
         return F.normalize(solution["head.weight"], dim=-1)
 
@@ -288,7 +330,7 @@ class LinearHead(Method):
                 f"({', '.join(self.classnames[:3])}, ...) but the data has {len(classnames)} "
                 f"({', '.join(classnames[:3])}, ...); evaluate it on the task and classes it was trained on"
             )
-        return self.head.weight.float().T.cpu()
+        return self.head.weight.detach().float().T.cpu()
 
     def export(self) -> dict[str, torch.Tensor]:
         return {"head.weight": self.head.weight.detach().cpu().contiguous()}

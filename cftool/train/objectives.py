@@ -120,20 +120,14 @@ class MergeTune(Objective):
 
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         current = self.method.solution()
-        task_loss = self.cross_entropy(self.method.logits_at(inputs, current), labels)
-        path_losses = [
-            task_loss
-            if alpha == 1
-            else self.cross_entropy(self.method.logits_at(inputs, self._at(alpha, current)), labels)
-            for alpha in self.options.lmc_samples
-        ]
-        loss = task_loss + self.options.lambda_lmc * torch.stack(path_losses).mean()
+        logits = self.method.logits_at(inputs, current)
+        path = self.method.path_logits(inputs, self.fine_tuned, current, self.options.lmc_samples, logits)
+        # Every point scores the same batch, so the mean over all of them is the mean over α of each point's loss.
+        path_loss = self.cross_entropy(path.flatten(0, 1), labels.repeat(len(self.options.lmc_samples)))
+        loss = self.cross_entropy(logits, labels) + self.options.lambda_lmc * path_loss
         if self.options.lambda_zs:
             loss = loss + self.options.lambda_zs * self.zero_shot_distance(current)
         return loss
-
-    def _at(self, alpha: float, current: Solution) -> Solution:
-        return {name: torch.lerp(self.fine_tuned[name], current[name], alpha) for name in current}
 
     def zero_shot_distance(self, current: Solution) -> torch.Tensor:
         if self.options.zs_reg == "param":
