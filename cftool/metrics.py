@@ -15,3 +15,33 @@ def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def harmonic_mean(base: float, novel: float) -> float:
     """Base-to-novel HM = 2BN/(B+N); 0 when both are 0."""
     return 2 * base * novel / (base + novel) if base + novel > 0 else 0.0
+
+
+def mtil_metrics(matrix: list[list[float]]) -> dict[str, list[float | None] | float | None]:
+    """Transfer, Average and Last of an MTIL accuracy matrix (ZSCL's protocol).
+
+    ``matrix[t][j]`` is the accuracy on task ``j`` after session ``t`` (both 0-based, in training order), one row
+    per session so far: ``T`` rows of ``n`` tasks, ``T ≤ n``. Per task: ``transfer[j]`` is the mean of the sessions
+    before ``j`` was learned (None for the first task, which has none), ``average[j]`` the mean over every session,
+    ``last[j]`` the final session's. The ``*_mean`` values average over tasks, Transfer over those that have one.
+    """
+    if not matrix or any(len(row) != len(matrix[0]) for row in matrix) or len(matrix) > len(matrix[0]):
+        raise ValueError(
+            "an MTIL matrix has one row per session, each with one accuracy per task, and no more sessions than tasks"
+        )
+    sessions, n_tasks = len(matrix), len(matrix[0])
+    transfer = [_mean([matrix[t][j] for t in range(min(j, sessions))]) for j in range(n_tasks)]
+    average = [_mean([matrix[t][j] for t in range(sessions)]) for j in range(n_tasks)]
+    last = list(matrix[-1])
+    return {
+        "transfer": transfer,
+        "average": average,
+        "last": last,
+        "transfer_mean": _mean([value for value in transfer if value is not None]),
+        "average_mean": _mean(average),
+        "last_mean": _mean(last),
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None

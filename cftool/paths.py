@@ -26,11 +26,14 @@ from cftool.evaluate import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, save_checkpoint
 from cftool.merge.lora import lora_config, merged_lora_state
 from cftool.protocols import ZERO_SHOT, FeatureCache, halves_of
-from cftool.train.adapters import ADAPTERS, apply_checkpoint
-from cftool.train.methods import ZERO_SHOT_WEIGHT, zero_shot_class_features
+from cftool.train.adapters import apply_checkpoint
+from cftool.train.methods import METHODS, ZERO_SHOT_WEIGHT, zero_shot_class_features
 from cftool.zoo import ZooModel
 
 WEIGHT_KINDS = ("model", "lora")
+# The kinds fine-tuning writes, each with a path space; a delta or an expert is a `model` once applied (`delta apply`,
+# `decouple --as model`).
+PATH_KINDS = tuple(method.kind for method in METHODS.values())
 
 
 def path_alphas(steps: int) -> list[float]:
@@ -58,7 +61,7 @@ def endpoints(a: str, b: str, base_sha256: str) -> tuple[Endpoint, Endpoint, str
         if spec == ZERO_SHOT:
             ends.append(Endpoint(None, None))
             continue
-        with open_checkpoint(spec, kind=tuple(ADAPTERS), base_sha256=base_sha256) as ckpt:
+        with open_checkpoint(spec, kind=PATH_KINDS, base_sha256=base_sha256) as ckpt:
             ends.append(Endpoint(Path(spec), ckpt.header.kind))
     kinds = {end.kind for end in ends if end.kind is not None}
     if not kinds:

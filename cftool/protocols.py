@@ -29,9 +29,9 @@ import torch
 from cftool.data import TaskData, class_subset
 from cftool.errors import CftoolError
 from cftool.evaluate import HeadFn, encode_images, zero_shot_head
-from cftool.io.checkpoint import open_checkpoint, read_header
+from cftool.io.checkpoint import read_header
 from cftool.metrics import harmonic_mean, top1_accuracy
-from cftool.train.adapters import ADAPTERS, apply_checkpoint
+from cftool.train.adapters import ADAPTERS, applied, open_applicable
 from cftool.zoo import ZooModel
 
 ZERO_SHOT = "zs"
@@ -171,7 +171,7 @@ def evaluate_columns(
         for task in tasks:
             cells: dict[str, Cell] = {}
             for path in column.files_of(task.name):
-                with _applied(zoo, path, base_state, base_sha256) as (head, base_weights):
+                with _applied(zoo, path, base_state, base_sha256, task.name) as (head, base_weights):
                     for name, part in zip(HALVES, halves_of(task), strict=True) if base2new else [("accuracy", task)]:
                         features, labels = cache.get(part, split, base_weights)
                         accuracy = top1_accuracy(features @ head(zoo, part.classnames, part.templates), labels)
@@ -182,20 +182,16 @@ def evaluate_columns(
 
 
 @contextmanager
-def _applied(zoo: ZooModel, path: Path | None, base_state: dict, base_sha256: str) -> Iterator[tuple[HeadFn, bool]]:
-    """The head function of a checkpoint applied to the zoo (or of the zero-shot model), and whether the encoders
-    are still the base's; weights a checkpoint replaced are restored afterwards."""
+def _applied(
+    zoo: ZooModel, path: Path | None, base_state: dict, base_sha256: str, task: str
+) -> Iterator[tuple[HeadFn, bool]]:
+    """The head function of a checkpoint applied to the zoo for ``task`` (or of the zero-shot model), and whether the
+    encoders are still the base's; weights a checkpoint replaced are restored afterwards."""
     if path is None:
         yield zero_shot_head, True
         return
-    with open_checkpoint(path, kind=tuple(ADAPTERS), base_sha256=base_sha256) as ckpt:
-        changes_weights = ADAPTERS[ckpt.header.kind].changes_weights
-        head = apply_checkpoint(zoo, ckpt)
-    try:
-        yield head, not changes_weights
-    finally:
-        if changes_weights:
-            zoo.load_state_dict(base_state, zoo.spec.canonical)
+    with open_applicable(path, base_sha256, zoo.spec.canonical) as ckpt, applied(zoo, ckpt, base_state, task) as result:
+        yield result
 
 
 def with_hm(cells: dict[str, Cell]) -> dict[str, Cell]:
@@ -268,3 +264,21 @@ def _metrics(cells: dict[str, Cell]) -> dict[str, Any]:
         row["std"] = {name: cell.std for name, cell in cells.items()}
         row["per_seed"] = {name: cell.accuracies for name, cell in cells.items()}
     return row
+
+
+LABEL_SEPARATOR = "="
+
+
+def split_label(spec: str) -> tuple[str | None, str]:
+    """``LABEL=SPEC`` names a column or a session sequence in tables (``'ConDU=runs/condu/session{t}.st'``); a spec
+    that is itself an existing file, or whose part before ``=`` looks like a path, has no label."""
+    label, separator, rest = spec.partition(LABEL_SEPARATOR)
+    if separator and label.strip() and rest and "/" not in label and not Path(spec).exists():
+        return label.strip(), rest
+    return None, spec
+
+
+def labelled_column(spec: str, tasks: list[str]) -> Column:
+    label, spec = split_label(spec)
+    column = resolve_column(spec, tasks)
+    return column if label is None else Column(label, column.files, column.seeds)

@@ -39,3 +39,17 @@ def test_continue_speed_reports_the_step_time_ratio_of_its_two_runs():
     ratio = coop["train_images_per_second"] / continued["train_images_per_second"]
     assert report["step_time_ratio"] == pytest.approx(ratio, abs=0.01)
     assert report["mergetune"]["lmc_samples"] == [round(0.1 * i, 1) for i in range(1, 11)]
+
+
+def test_route_cost_counts_the_passes_of_routing_against_every_expert():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "route_cost.py"), "--images-per-task", "3", "--train-images", "20",
+         "--threads", "1"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    images, experts = report["images"], report["experts"]
+    assert (images, experts, report["top_k"]) == (33, 11, 1)
+    assert report["passes"] == {"routed": 2 * images, "every expert": (experts + 1) * images}
+    assert report["pass_ratio"] == round(2 / 12, 4) and report["identical_predictions"] and report["meets_target"]
+    assert sum(report["routed_to"].values()) == images

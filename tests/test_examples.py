@@ -9,7 +9,10 @@ import pytest
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 # Studies over every task and seed run here on one task and one seed (their full runs are recorded in RESULTS.md).
-REDUCED = {"base2new_mergetune.sh": {"TASKS": "flowers", "SEEDS": "0"}}
+REDUCED = {
+    "base2new_mergetune.sh": {"TASKS": "flowers", "SEEDS": "0"},
+    "condu_mtil_tiny.sh": {"TASKS": "aircraft caltech101 cifar100", "ITERATIONS": "5"},
+}
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.sh")))

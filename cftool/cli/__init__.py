@@ -16,7 +16,7 @@ from cftool.cli.files import export_command, import_command, inspect_command
 from cftool.cli.finetune import finetune_command
 from cftool.cli.interpolate import interpolate_command
 from cftool.cli.merge import decouple_command, delta_command, unify_command
-from cftool.cli.pending import register_pending
+from cftool.cli.route import route_command
 from cftool.errors import CftoolError
 
 app = typer.Typer(
@@ -33,7 +33,7 @@ app.command("continue")(continue_command)
 app.command("delta")(delta_command)
 app.command("unify")(unify_command)
 app.command("decouple")(decouple_command)
-register_pending(app)
+app.command("route")(route_command)
 app.command("eval")(eval_command)
 app.command("interpolate")(interpolate_command)
 app.command("inspect")(inspect_command)

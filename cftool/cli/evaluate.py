@@ -1,5 +1,5 @@
-"""`cftool eval`: accuracy tables of a zero-shot model or of checkpoints on tasks or a benchmark, and loss and
-accuracy along the linear path between two checkpoints."""
+"""`cftool eval`: accuracy tables of a zero-shot model or of checkpoints on tasks or a benchmark, MTIL's accuracy
+matrix over continual sessions, and loss and accuracy along the linear path between two checkpoints."""
 
 from __future__ import annotations
 
@@ -67,6 +67,32 @@ def eval_command(
     plot: Annotated[
         Path | None, typer.Option("--plot", help="--path: also draw loss and accuracy against α into this PNG.")
     ] = None,
+    sessions: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sessions",
+            help="A continual method's checkpoint after each session, in the tasks' order: [LABEL=]PATTERN with {t} "
+            "(1, 2, … while the files exist) or comma-separated files; each a unified set, model, lora or delta. "
+            "Repeatable (one method each). Gives the MTIL matrix with Transfer, Average and Last.",
+        ),
+    ] = None,
+    task_agnostic: Annotated[
+        bool, typer.Option("--task-agnostic", help="--sessions: unified sets route every image (no task id).")
+    ] = False,
+    prototypes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--prototypes", help="--sessions: the tasks' prototype files for routing, a quoted glob (repeatable)."
+        ),
+    ] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="--sessions: experts per routed image.")] = 4,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option("--cache-dir", help="--sessions: folder of measured cells (default ~/.cache/cftool/eval)."),
+    ] = None,
+    heatmap: Annotated[
+        Path | None, typer.Option("--heatmap", help="--sessions: also draw each method's matrix into this PNG.")
+    ] = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate on.")] = "test",
     data_root: DataRootOption = None,
     output: Annotated[
@@ -85,32 +111,52 @@ def eval_command(
     With --benchmark base2new-tiny each column reports base, novel and HM; `{task}` patterns give each task its own
     checkpoint and `{seed}` averages seeds (mean ± spread). The mean row's HM is that of the mean base and novel.
 
+    With --sessions, each session sequence fills MTIL's matrix A[t][j] (session t, task j, tasks in training order):
+    a unified set answers a learned task with its expert and the others by routing (zero-shot model + top-K
+    experts; --task-agnostic routes all). The table has Transfer, Average and Last per task and method, beside
+    single rows for the other columns (LABEL=SPEC names a row). Cells are cached by file hash.
+
     Example: cftool eval --benchmark base2new-tiny zs 'runs/{task}/coop.safetensors'
+
+    Example: cftool eval --benchmark mtil-tiny zs --sessions 'ConDU=runs/session{t}.st' --prototypes
+    'runs/*.prototypes.safetensors'
     """
     from cftool.data import DatasetSpec, get_benchmark, load_task
     from cftool.io.checkpoint import refuse_existing
+    from cftool.mtil import MtilOptions
     from cftool.paths import path_report
     from cftool.protocols import ZERO_SHOT, FeatureCache, compare
+    from cftool.route import RouteOptions
     from cftool.zoo import load_model
 
     if bool(data) == bool(benchmark):
         raise CftoolError("give either --data TASK (one or more) or --benchmark NAME")
+    if not sessions:
+        session_only = {"--task-agnostic": task_agnostic, "--prototypes": prototypes, "--top-k": top_k != 4,
+                        "--cache-dir": cache_dir, "--heatmap": heatmap}  # fmt: skip
+        given = [flag for flag, value in session_only.items() if value]
+        if given:
+            raise CftoolError(f"{given[0]} applies to the MTIL matrix: give --sessions PATTERN")
+    elif path is not None or classes != "all":
+        raise CftoolError("--sessions evaluates continual sessions on whole tasks; drop --path and --classes")
     if classes not in CLASS_CHOICES:
         raise CftoolError(f"--classes must be one of {', '.join(CLASS_CHOICES)}, got {classes!r}")
     if path is not None and checkpoints:
         raise CftoolError("--path A B evaluates one path; give no other checkpoints with it")
     if plot is not None and path is None:
         raise CftoolError("--plot draws a path: give --path A B")
-    for report_file in (output, plot):
+    for report_file in (output, plot, heatmap):
         if report_file is not None:
             refuse_existing(report_file, force)
-    if plot is not None:
-        _require_matplotlib()
+    if plot is not None or heatmap is not None:
+        _require_matplotlib("--plot" if plot is not None else "--heatmap")
     seed_everything(seed)
     torch_device = resolve_device(device)
     if benchmark:
         bench = get_benchmark(benchmark, data_root)
         specs, base2new, title = list(bench.tasks), bench.base2new, bench.name
+        if sessions and base2new:
+            raise CftoolError(f"--sessions fills MTIL's matrix; --benchmark {benchmark} splits classes, use mtil-tiny")
     else:
         halves = classes.split(",")
         base2new = halves == ["base", "novel"]
@@ -118,6 +164,13 @@ def eval_command(
         title = ", ".join(data) + ("" if classes == "all" else f", {classes} classes")
     tasks = [load_task(spec, data_root) for spec in specs]
     names = [task.name for task in tasks]
+    if sessions:
+        _mtil(
+            zs, checkpoints or [], sessions, tasks, benchmark or title, split, MtilOptions(
+                task_agnostic, RouteOptions(top_k, batch_size=batch_size, workers=workers), tuple(prototypes or [])
+            ), cache_dir, heatmap, output, force, torch_device, batch_size, workers, json_output,
+        )  # fmt: skip
+        return
     zoo = load_model(zs or _base_of(path or checkpoints or [], names), torch_device)
     base_sha256 = zoo.weights_sha256  # before any checkpoint's weights replace the base's
     with progress_bar() as progress:
@@ -140,20 +193,99 @@ def eval_command(
         emit_json(payload)
 
 
-def _base_of(specs: list[str], tasks: list[str]) -> str:
+def _base_of(specs: list[str], tasks: list[str], sessions: list[str] = ()) -> str:
     """The base model the first checkpoint file names (``zs`` names none)."""
     from cftool.io.checkpoint import open_checkpoint
-    from cftool.protocols import ZERO_SHOT, resolve_column
+    from cftool.mtil import resolve_sessions
+    from cftool.protocols import ZERO_SHOT, labelled_column
     from cftool.train import ADAPTERS
 
-    for spec in specs:
-        if spec == ZERO_SHOT:
-            continue
-        column = resolve_column(spec, tasks)
-        first = column.files_of(tasks[0])[0]
+    files = [labelled_column(spec, tasks).files_of(tasks[0])[0] for spec in specs if spec != ZERO_SHOT]
+    files += [resolve_sessions(spec, len(tasks)).files[0] for spec in sessions]
+    for first in files:
         with open_checkpoint(first, kind=tuple(ADAPTERS)) as ckpt:
             return ckpt.header.base
     raise CftoolError("name the model with --zs (e.g. --zs tiny), or give checkpoint files to evaluate")
+
+
+def _mtil(
+    zs: str | None,
+    columns: list[str],
+    sessions: list[str],
+    tasks: list,
+    title: str,
+    split: str,
+    options,
+    cache_dir: Path | None,
+    heatmap: Path | None,
+    output: Path | None,
+    force: bool,
+    device,
+    batch_size: int,
+    workers: int,
+    json_output: bool,
+) -> None:
+    from cftool.mtil import default_cache_dir, mtil_report
+    from cftool.zoo import load_model
+
+    zoo = load_model(zs or _base_of(columns, [task.name for task in tasks], sessions), device)
+    with progress_bar() as progress:
+
+        def begin(description: str, total: int | None):
+            bar = progress.add_task(description, total=total)
+            return lambda n=1: progress.advance(bar, n)
+
+        payload = mtil_report(
+            zoo, columns, sessions, tasks, split, options, cache_dir or default_cache_dir(), batch_size, workers, begin
+        )
+    payload = {"benchmark": title, "base": zoo.spec.canonical, **payload}
+    _print_mtil(title, payload)
+    if heatmap is not None:
+        from cftool.plots import plot_matrices
+
+        plot_matrices(payload, heatmap, force)
+        console.print(f"wrote {heatmap}")
+    if output is not None:
+        write_json(output, payload, overwrite=force)
+    if json_output:
+        emit_json(payload)
+
+
+def _print_mtil(title: str, payload: dict) -> None:
+    """Each method's matrix, then one table in the ConDU paper's layout: a row per method and metric, a column per
+    task, then the average."""
+    tasks = payload["tasks"]
+    for method in payload["methods"]:
+        table = Table(title=f"{method['method']}: top-1 % after each session (rows) on each task (columns)")
+        table.add_column("after")
+        for task in tasks:
+            table.add_column(task, justify="right")
+        for session, row in enumerate(method["matrix"]):
+            table.add_row(f"{session + 1} {tasks[session]}", *[f"{value:.1f}" for value in row])
+        console.print(table)
+    mode = f"{payload['mode']}" + (
+        f", top-{payload['top_k']}{' + zero-shot' if payload['zero_shot'] else ''} routing"
+        if payload["methods"]
+        else ""
+    )
+    table = Table(title=f"MTIL on {title} ({mode}): top-1 %")
+    table.add_column("")
+    table.add_column("method")
+    for task in tasks:
+        table.add_column(task, justify="right")
+    table.add_column("Average", justify="right")
+    for row in payload["columns"]:
+        table.add_row("", row["model"], *[f"{value:.1f}" for value in row["accuracy"]], f"{row['mean']:.1f}")
+    for metric in ("transfer", "average", "last"):
+        table.add_section()
+        for index, method in enumerate(payload["methods"]):
+            values = ["-" if value is None else f"{value:.1f}" for value in method[metric]]
+            mean = method[f"{metric}_mean"]
+            table.add_row(metric.title() if index == 0 else "", method["method"], *values,
+                          "-" if mean is None else f"{mean:.1f}")  # fmt: skip
+    console.print(table)
+    cells = payload["cells"]
+    console.print(f"{cells['measured']} cells measured, {cells['cached']} found in the cache")
 
 
 def _format(cell_mean: float, std: float | None) -> str:
@@ -210,11 +342,11 @@ def _print_path(title: str, payload: dict) -> None:
     console.print(table)
 
 
-def _require_matplotlib() -> None:
+def _require_matplotlib(flag: str) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise CftoolError("--plot needs matplotlib: pip install 'cftool[plot]' (or pip install matplotlib)") from None
+        raise CftoolError(f"{flag} needs matplotlib: pip install 'cftool[plot]' (or pip install matplotlib)") from None
 
 
 def _plot_path(payload: dict, output: Path, overwrite: bool) -> None:

@@ -820,6 +820,15 @@ def save_checkpoint(
     return writer.path
 
 
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def tensors_sha256(tensors: Mapping[str, torch.Tensor] | CheckpointReader) -> str:
     """A content hash of named tensors, independent of file layout, device and memory layout.
 

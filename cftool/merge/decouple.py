@@ -6,7 +6,7 @@ expert is written as a full `model` file (``θ̃_i = θ_0 + δ̃_i``) that `eval
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -26,6 +26,12 @@ def expert_rows(unified: UnifiedSet, index: int, name: str, start: int, stop: in
     mask = unified.mask_rows(index, name, start, stop)
     work = work_dtype(u.dtype)
     return torch.where(mask, u.to(work) * unified.rescalers[index].to(work), 0).to(u.dtype)
+
+
+def expert_tensors(unified: UnifiedSet, index: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """Task ``index``'s whole expert delta, one tensor at a time (to apply it to a model in memory)."""
+    for name, info in unified.delta.items():
+        yield name, expert_rows(unified, index, name, 0, info.shape[0] if info.shape else 1)
 
 
 def decouple(

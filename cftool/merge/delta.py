@@ -6,6 +6,7 @@ from a delta takes them from the base. Tensors are handled one at a time.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -100,6 +101,19 @@ def _carried(header: Header) -> dict:
 def _dtype_of(source: CheckpointReader, name: str, base: BaseModel) -> torch.dtype:
     """The dtype the fine-tuned tensor has: the file's for a `model`, the base's for weights a `lora` merges into."""
     return source.tensors[name].torch_dtype if source.header.kind == "model" else base.layout[name][0]
+
+
+def added_delta(
+    state: Mapping[str, torch.Tensor], delta: Iterable[tuple[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """``θ0 + δ`` in memory: the base weights ``state`` with each delta tensor added (in a float work dtype, kept in
+    the base's dtype); tensors the delta lacks stay the base's."""
+    weights = dict(state)
+    for name, step in delta:
+        theta0 = weights[name]
+        work = work_dtype(torch.promote_types(theta0.dtype, step.dtype))
+        weights[name] = (theta0.to(work) + step.to(work)).to(theta0.dtype)
+    return weights
 
 
 def apply_delta(

@@ -1,18 +1,27 @@
-"""Checkpoints applied to a base model: one registry by kind, which eval, continue and routing all use.
+"""Checkpoints applied to a base model: one registry by kind, which eval, continue, decouple and route all use.
 
 An adapter applies a checkpoint of its kind to a ``ZooModel`` for inference and returns the head function that
-scores classes with it (a `model` or `lora` checkpoint replaces the zoo model's weights; a `prompt` or `head`
-leaves them and scores with what it learned). The kinds that fine-tuning writes are adapted by their methods,
-which `continue` also moves to the checkpoint's solution to train further.
+scores classes with it (a `model`, `lora` or `delta` checkpoint replaces the zoo model's weights; a `prompt` or
+`head` leaves them and scores with what it learned). The kinds that fine-tuning writes are adapted by their
+methods, which `continue` also moves to the checkpoint's solution to train further. A `unified` set holds one
+expert per task, so applying it needs the task whose expert to rebuild (``λ_i · M_i ⊙ u`` added to the base).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
 from typing import ClassVar, Protocol
 
+import torch
+
 from cftool.errors import CftoolError
-from cftool.evaluate import HeadFn
-from cftool.io.checkpoint import CheckpointReader
+from cftool.evaluate import HeadFn, zero_shot_head
+from cftool.io.checkpoint import CheckpointReader, Header, TensorInfo, check_shapes, open_checkpoint, read_header
+from cftool.io.unified import UnifiedSet
+from cftool.merge.decouple import expert_tensors
+from cftool.merge.delta import added_delta
 from cftool.train.methods import METHODS, Method
 from cftool.zoo import ZooModel
 
@@ -22,10 +31,54 @@ class Adapter(Protocol):
     changes_weights: ClassVar[bool]  # False: the encoders stay the base's, so their image features can be reused
 
     @classmethod
-    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn: ...
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
+        """``task``: the task a checkpoint of several tasks' experts (a unified set) picks; others ignore it."""
 
 
-ADAPTERS: dict[str, type[Adapter]] = {method.kind: method for method in METHODS.values()}
+def _load_delta(
+    zoo: ZooModel, path: Path, layout: Mapping[str, TensorInfo], delta: Iterable[tuple[str, torch.Tensor]]
+) -> None:
+    """Add a delta (every tensor of ``layout`` a floating-point tensor of the base, of its shape) to the zoo's base
+    weights."""
+    state = zoo.model.state_dict()
+    floating = {name: tuple(t.shape) for name, t in state.items() if t.is_floating_point()}
+    check_shapes(path, layout, {name: floating[name] for name in layout if name in floating})
+    zoo.load_state_dict(added_delta(state, delta), path)
+
+
+class DeltaAdapter:
+    """A task delta ``δ``: the model ``θ0 + δ``, scored by its own text tower."""
+
+    kind, changes_weights = "delta", True
+
+    @classmethod
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
+        _load_delta(zoo, ckpt.path, ckpt.tensors, ((name, ckpt[name]) for name in ckpt.tensors))
+        return zero_shot_head
+
+
+class UnifiedAdapter:
+    """One task's expert of a ConDU unified set, ``θ0 + λ_i · M_i ⊙ u``, rebuilt by decouple's own rule."""
+
+    kind, changes_weights = "unified", True
+
+    @classmethod
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
+        unified = UnifiedSet(ckpt)
+        if task is None:
+            raise CftoolError(
+                f"{ckpt.path}: a unified set holds one expert per task ({', '.join(unified.task_names)}); "
+                "name the task whose expert to use"
+            )
+        _load_delta(zoo, ckpt.path, unified.delta, expert_tensors(unified, unified.task_index(task)))
+        return zero_shot_head
+
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    **{method.kind: method for method in METHODS.values()},
+    DeltaAdapter.kind: DeltaAdapter,
+    UnifiedAdapter.kind: UnifiedAdapter,
+}
 
 
 def adapter_of(ckpt: CheckpointReader) -> type[Adapter]:
@@ -37,9 +90,38 @@ def adapter_of(ckpt: CheckpointReader) -> type[Adapter]:
     return ADAPTERS[kind]
 
 
-def apply_checkpoint(zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn:
-    """Apply ``ckpt`` to ``zoo`` (which must hold the base weights) and return the head function that scores with it."""
-    return adapter_of(ckpt).apply(zoo, ckpt)
+# A `model` file holds every weight, so it applies to any base of its architecture (its tensors' shapes are checked as
+# they load): a sequential fine-tune, made from the previous session's model, is evaluated over the original base.
+SELF_CONTAINED_KINDS = ("model",)
+
+
+def open_applicable(path: str | Path, base_sha256: str, base: str) -> CheckpointReader:
+    """Open a checkpoint of any adapted kind to apply to the base in use (weights hash ``base_sha256``, spec
+    ``base``); every kind but a self-contained one must have been made from that base."""
+    kind = Header.from_metadata(read_header(path)[1], path).kind
+    own_base = kind not in SELF_CONTAINED_KINDS
+    return open_checkpoint(path, kind=tuple(ADAPTERS), base_sha256=base_sha256 if own_base else None, base=base)
+
+
+def apply_checkpoint(zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
+    """Apply ``ckpt`` to ``zoo`` (which must hold the base weights) and return the head function that scores with it;
+    ``task`` picks a unified set's expert."""
+    return adapter_of(ckpt).apply(zoo, ckpt, task)
+
+
+@contextmanager
+def applied(
+    zoo: ZooModel, ckpt: CheckpointReader, base_state: Mapping[str, torch.Tensor], task: str | None = None
+) -> Iterator[tuple[HeadFn, bool]]:
+    """``ckpt`` applied to ``zoo`` for the block: its head function, and whether the encoders are still the base's;
+    weights it replaced are restored to ``base_state`` afterwards."""
+    changes_weights = adapter_of(ckpt).changes_weights
+    head = apply_checkpoint(zoo, ckpt, task)
+    try:
+        yield head, not changes_weights
+    finally:
+        if changes_weights:
+            zoo.load_state_dict(dict(base_state), zoo.spec.canonical)
 
 
 def trainable_method(ckpt: CheckpointReader) -> type[Method]:

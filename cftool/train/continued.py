@@ -8,7 +8,6 @@ checkpoint, of the input's kind, and its prototypes) behave exactly as there.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import torch
 
 from cftool.data import DatasetSpec
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import CheckpointReader, open_checkpoint
+from cftool.io.checkpoint import CheckpointReader, file_sha256, open_checkpoint
 from cftool.train.adapters import trainable_method
 from cftool.train.finetune import SUFFIX, Continuation, FinetuneJob, FinetuneResult, beside, finetune
 from cftool.train.loop import Progress, TrainOptions, no_progress
@@ -101,7 +100,7 @@ def plan(job: ContinueJob) -> tuple[FinetuneJob, Continuation]:
         workers=job.workers,
         evaluate=job.evaluate,
     )
-    continuation = Continuation(job.source, _sha256(job.source), job.mergetune, recorded_data=job.data is None)
+    continuation = Continuation(job.source, file_sha256(job.source), job.mergetune, recorded_data=job.data is None)
     return finetune_job, continuation
 
 
@@ -174,11 +173,3 @@ def _method_options(
                 )
             options["ctx_init"] = COOP_INIT
     return options
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

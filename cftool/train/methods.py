@@ -130,8 +130,9 @@ class Method(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn:
-        """Apply a checkpoint of this kind to ``zoo`` for inference and return the head function that scores with it."""
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
+        """Apply a checkpoint of this kind to ``zoo`` for inference and return the head function that scores with it
+        (a fine-tune holds one task, so ``task`` is not needed)."""
         raise NotImplementedError
 
     def eval_head(self, zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
@@ -242,7 +243,7 @@ class CoOp(Method):
         _copy_into({"ctx": self.ctx}, ckpt, {"ctx": "ctx"})
 
     @classmethod
-    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn:
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
         width = zoo.model.token_embedding.weight.shape[1]
         n_ctx = ckpt.tensors["ctx"].shape[0] if "ctx" in ckpt else 0
         check_shapes(ckpt.path, ckpt.tensors, {"ctx": (n_ctx, width)})
@@ -317,7 +318,7 @@ class LinearHead(Method):
         _copy_into({"head.weight": self.head.weight}, ckpt, {"head.weight": "head.weight"})
 
     @classmethod
-    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn:
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
         classnames = ckpt.header.classnames or []
         check_shapes(ckpt.path, ckpt.tensors, {"head.weight": (len(classnames), zoo.model.text_projection.shape[-1])})
         return cls(zoo, classnames, [], weight=ckpt["head.weight"]).eval_head
@@ -451,7 +452,7 @@ class LoRA(_TowerMethod):
         _copy_into(parameters, ckpt, names)
 
     @classmethod
-    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn:
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
         zoo.load_state_dict(merged_lora_state(zoo.model.state_dict(), ckpt), ckpt.path)
         return zero_shot_head
 
@@ -485,7 +486,7 @@ class Full(_TowerMethod):
         self.zoo.load_state_dict(ckpt.load_all(), ckpt.path)
 
     @classmethod
-    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader) -> HeadFn:
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
         zoo.load_state_dict(ckpt.load_all(), ckpt.path)
         return zero_shot_head
 

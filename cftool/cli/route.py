@@ -1,0 +1,180 @@
+"""`cftool route`: a ConDU unified set's predictions on a dataset, with or without the task id."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from cftool.cli.common import (
+    BatchSizeOption,
+    ConfigOption,
+    DataRootOption,
+    DeviceOption,
+    ForceOption,
+    JsonOption,
+    SeedOption,
+    WorkersOption,
+    console,
+    emit_json,
+    progress_bar,
+    resolve_device,
+    seed_everything,
+)
+from cftool.errors import CftoolError
+
+if TYPE_CHECKING:
+    from cftool.data import TaskData
+    from cftool.route import Routed
+
+# cftool.route.DEFAULT_TOP_K, spelled out so that `--help` does not import torch.
+DEFAULT_TOP_K = 4
+
+
+def route_command(
+    unified: Annotated[Path, typer.Argument(help="A unified set from `cftool unify --method condu` (or import).")],
+    data: Annotated[str, typer.Option("--data", help="Images to predict: toy:TASK, folder:PATH or coop:NAME.")],
+    zs: Annotated[
+        str | None, typer.Option("--zs", help="Base model (default: the one the unified set records).")
+    ] = None,
+    prototypes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--prototypes",
+            help="Prototype files of the set's tasks, a quoted glob such as 'runs/*.prototypes.safetensors' "
+            "(repeatable). Needed without --task.",
+        ),
+    ] = None,
+    top_k: Annotated[
+        int, typer.Option("--top-k", help="Experts per image (the tasks whose prototypes are closest).")
+    ] = (DEFAULT_TOP_K),
+    task: Annotated[
+        str | None, typer.Option("--task", help="The task id: that task's decoupled expert alone answers.")
+    ] = None,
+    zero_shot: Annotated[
+        bool,
+        typer.Option(
+            "--zero-shot/--no-zero-shot",
+            help="Average the zero-shot model's predictions with the experts' (ConDU's rule); --no-zero-shot leaves "
+            "the routed experts alone (with --top-k 1: hard routing, to measure the router).",
+        ),
+    ] = True,
+    split: Annotated[str, typer.Option("--split", help="Split of --data to predict.")] = "test",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the predictions as CSV to this file.")
+    ] = None,
+    data_root: DataRootOption = None,
+    force: ForceOption = False,
+    batch_size: BatchSizeOption = 256,
+    workers: WorkersOption = 0,
+    device: DeviceOption = "auto",
+    seed: SeedOption = 0,
+    json_output: JsonOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Predict with a unified set's task experts: without --task, each image goes to the --top-k tasks whose class
+    prototypes are closest to its zero-shot feature, and their experts' predictions are averaged with the zero-shot
+    model's (DESIGN §5.3); with --task, that task's expert alone. Prints the accuracy (the data is labelled).
+
+    Each routed expert is rebuilt once and runs only on the images routed to it. The label space is --data's classes.
+
+    Example: cftool route session11.st --zs tiny --prototypes 'runs/*.prototypes.safetensors' --data toy:food
+    """
+    from cftool.data import load_task
+    from cftool.io.checkpoint import refuse_existing, refuse_input_as_output
+    from cftool.route import RouteOptions, predict
+    from cftool.zoo import load_model
+
+    options = RouteOptions(top_k, zero_shot, batch_size, workers)
+    if task is not None and (prototypes or top_k != DEFAULT_TOP_K or not zero_shot):
+        raise CftoolError(
+            "--task answers with that task's expert alone; --prototypes, --top-k and --no-zero-shot "
+            "are for routing without it"
+        )
+    if task is None and not prototypes:
+        raise CftoolError(
+            "routing without --task needs the tasks' prototypes: --prototypes 'runs/*.prototypes."
+            "safetensors' (or give --task NAME)"
+        )
+    if output is not None:
+        refuse_input_as_output(output, [unified])
+        refuse_existing(output, force)
+    seed_everything(seed)
+    task_data = load_task(data, data_root)
+    zoo = load_model(zs or _base_recorded_in(unified), resolve_device(device))
+    with progress_bar() as progress:
+        bar = progress.add_task("encode images", total=None)
+        routed = predict(
+            zoo, unified, task_data, split, options, task, prototypes or [], lambda n: progress.advance(bar, n)
+        )
+    mode = f"task {task!r}'s expert" if task else _members(options)
+    console.print(
+        f"{task_data.name} ({split}, {len(routed.labels)} images, {len(task_data.classnames)} classes): "
+        f"top-1 {routed.accuracy:.1f} % with {mode}; {routed.passes.expert_images:,} expert image passes"
+    )
+    if output is not None:
+        _write_csv(output, routed, task_data, force)
+        console.print(f"wrote {output}")
+    if json_output:
+        emit_json(_report(unified, data, split, task, options, routed, task_data))
+
+
+def _base_recorded_in(path: Path) -> str:
+    from cftool.io.checkpoint import open_checkpoint
+
+    with open_checkpoint(path, kind="unified") as ckpt:
+        return ckpt.header.base
+
+
+def _members(options) -> str:
+    zero_shot = "the zero-shot model and " if options.include_zero_shot else ""
+    return f"{zero_shot}the top-{options.top_k} routed experts"
+
+
+def _rows(routed: Routed, task_data: TaskData) -> list[dict]:
+    names = task_data.classnames
+    predictions = routed.logits.argmax(dim=-1).tolist()
+    return [
+        {
+            "index": index,
+            "prediction": prediction,
+            "class": names[prediction],
+            "label": label,
+            "tasks": tasks,
+        }
+        for index, (prediction, label, tasks) in enumerate(
+            zip(predictions, routed.labels.tolist(), routed.tasks, strict=True)
+        )
+    ]
+
+
+def _write_csv(output: Path, routed: Routed, task_data: TaskData, overwrite: bool) -> None:
+    from cftool.io.checkpoint import atomic_output
+
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(["index", "prediction", "class", "label", "tasks"])
+    for row in _rows(routed, task_data):
+        writer.writerow([row["index"], row["prediction"], row["class"], row["label"], ";".join(row["tasks"])])
+    with atomic_output(output, overwrite) as tmp:
+        tmp.write_text(text.getvalue())
+
+
+def _report(unified: Path, data: str, split: str, task: str | None, options, routed: Routed, task_data) -> dict:
+    return {
+        "unified": str(unified),
+        "data": data,
+        "split": split,
+        "task": task,
+        "top_k": None if task else options.top_k,
+        "zero_shot": routed.include_zero_shot,
+        "classnames": task_data.classnames,
+        "accuracy": routed.accuracy,
+        "num_images": len(routed.labels),
+        "expert_image_passes": routed.passes.expert_images,
+        "expert_batches": routed.passes.expert_batches,
+        "predictions": _rows(routed, task_data),
+    }

@@ -1,0 +1,283 @@
+"""MTIL's continual protocol (ZSCL's, DESIGN §5.4): the accuracy matrix of a continual method over its sessions.
+
+A session sequence (``--sessions``) is one continual method: the checkpoint after each session (a unified set, a
+model, a LoRA or a delta), session ``t`` having learned the first ``t`` tasks. Its accuracy matrix ``A[t][j]`` gives
+Transfer, Average and Last (``cftool.metrics.mtil_metrics``). A unified set answers a task it has learned with that
+task's expert and the others by routing (``cftool.route``); every cell is cached by the hash of what determines it,
+so a table re-run after a new session measures only that session's cells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cftool.data import TaskData
+from cftool.errors import CftoolError
+from cftool.evaluate import zero_shot_head
+from cftool.io.checkpoint import CheckpointReader, atomic_output, check_input_file, file_sha256, tensors_sha256
+from cftool.io.unified import UnifiedSet
+from cftool.metrics import mtil_metrics, top1_accuracy
+from cftool.protocols import ZERO_SHOT, FeatureCache, labelled_column, split_label
+from cftool.route import RouteOptions, prototype_files, prototypes_of, read_prototypes, route_split
+from cftool.train.adapters import applied, open_applicable
+from cftool.zoo import ZooModel
+
+SESSION_FIELD = "{t}"
+# Bumped whenever what a cached accuracy means changes, so that older cells are never read as newer ones.
+CELL_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SessionSequence:
+    """One continual method: the checkpoint after each session, in session order (session t learned tasks 1…t)."""
+
+    label: str
+    files: list[Path]
+
+
+def resolve_sessions(spec: str, n_tasks: int) -> SessionSequence:
+    """``[LABEL=]PATTERN`` with ``{t}`` (sessions 1, 2, … while the files exist) or a comma-separated list of files
+    in session order; at most one session per task."""
+    label, spec = split_label(spec)
+    if SESSION_FIELD in spec:
+        files = []
+        for t in range(1, n_tasks + 1):
+            path = Path(spec.replace(SESSION_FIELD, str(t)))
+            if not path.is_file():
+                later = [s for s in range(t + 1, n_tasks + 1) if Path(spec.replace(SESSION_FIELD, str(s))).is_file()]
+                if later:
+                    raise CftoolError(
+                        f"--sessions {spec}: session {t} ({path}) is missing but session {later[0]} exists; sessions "
+                        "run 1, 2, … without gaps"
+                    )
+                break
+            files.append(path)
+        if not files:
+            raise CftoolError(f"--sessions {spec}: no session file ({spec.replace(SESSION_FIELD, '1')} does not exist)")
+    else:
+        files = [check_input_file(name.strip()) for name in spec.split(",") if name.strip()]
+        if not files:
+            raise CftoolError(f"--sessions {spec!r}: names no file; give a pattern with {{t}} or files in order")
+    if len(files) > n_tasks:
+        raise CftoolError(f"--sessions {spec}: {len(files)} sessions for {n_tasks} tasks; a session learns one task")
+    return SessionSequence(label or spec, files)
+
+
+def default_cache_dir() -> Path:
+    """Where cached MTIL cells live unless `--cache-dir` says otherwise: ``$XDG_CACHE_HOME/cftool/eval``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cftool" / "eval"
+
+
+class CellCache:
+    """Accuracies already measured, one small JSON file per cell, named by the hash of everything that determines it
+    (the checkpoint's bytes, the base, the data, the split, how the cell is answered)."""
+
+    def __init__(self, folder: Path | None):
+        self.folder = folder
+        self.found = self.measured = 0  # cells read from the folder, and cells measured (and stored) anew
+
+    def _file(self, key: dict[str, Any]) -> Path | None:
+        if self.folder is None:
+            return None
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        return self.folder / f"cell-{digest}.json"
+
+    def get(self, key: dict[str, Any]) -> float | None:
+        path = self._file(key)
+        try:
+            stored = json.loads(path.read_text()) if path is not None and path.is_file() else None
+        except (OSError, ValueError):
+            return None  # a damaged cell is measured again and replaced
+        if not (isinstance(stored, dict) and stored.get("key") == key):
+            return None
+        self.found += 1
+        return stored["accuracy"]
+
+    def put(self, key: dict[str, Any], accuracy: float) -> None:
+        self.measured += 1
+        path = self._file(key)
+        if path is not None:
+            with atomic_output(path, overwrite=True) as tmp:
+                tmp.write_text(json.dumps({"key": key, "accuracy": accuracy}, sort_keys=True) + "\n")
+
+
+@dataclass(frozen=True)
+class MtilOptions:
+    task_agnostic: bool = False  # route every cell of a unified set, learned tasks too (no task id)
+    route: RouteOptions = field(default_factory=RouteOptions)
+    prototypes: tuple[str, ...] = ()  # patterns of the prototype files routing reads
+
+
+class CellEvaluator:
+    """The accuracy of one checkpoint (or the zero-shot model) on one task, measured once and cached.
+
+    A unified set answers a task it has learned with that task's expert; a task it has not learned (or any task,
+    with ``task_agnostic``) by routing: the zero-shot model and the top-K experts of the set. A model, LoRA or delta
+    answers every task itself.
+    """
+
+    def __init__(
+        self,
+        zoo: ZooModel,
+        split: str,
+        features: FeatureCache,
+        cells: CellCache,
+        base_sha256: str,
+        options: MtilOptions,
+        advance_cell: Callable[[], None] = lambda: None,
+    ):
+        self.zoo, self.split, self.features, self.cells = zoo, split, features, cells
+        self.base_sha256, self.options, self.advance_cell = base_sha256, options, advance_cell
+        self.base_state = {name: t.clone() for name, t in zoo.model.state_dict().items()}
+        self._hashes: dict[Path, str] = {}
+        self._data: dict[str, dict[str, Any]] = {}
+        self._prototypes: dict[str, torch.Tensor] | None = None
+
+    def _key(self, task: TaskData, checkpoint: str, answer: str, **details: Any) -> dict[str, Any]:
+        return {
+            "version": CELL_VERSION,
+            "base_sha256": self.base_sha256,
+            "checkpoint": checkpoint,
+            "data": self._data_key(task),
+            "answer": answer,
+            **details,
+        }
+
+    def _data_key(self, task: TaskData) -> dict[str, Any]:
+        """What the images and labels of the split are (a folder's files by path, size and mtime), and the label
+        space the heads are built for."""
+        spec = task.spec.to_json()
+        if spec not in self._data:
+            self._data[spec] = {
+                "spec": json.loads(spec),
+                "split": self.split,
+                "images": task.split(self.split).fingerprint(),
+                "classnames": task.classnames,
+                "templates": task.templates,
+            }
+        return self._data[spec]
+
+    def _measured(self, key: dict[str, Any], measure: Callable[[], float]) -> float:
+        accuracy = self.cells.get(key)
+        if accuracy is None:
+            accuracy = measure()
+            self.cells.put(key, accuracy)
+        self.advance_cell()
+        return accuracy
+
+    def zero_shot(self, task: TaskData) -> float:
+        def measure() -> float:
+            features, labels = self.features.get(task, self.split, base_weights=True)
+            return top1_accuracy(features @ zero_shot_head(self.zoo, task.classnames, task.templates), labels)
+
+        return self._measured(self._key(task, ZERO_SHOT, "zero-shot"), measure)
+
+    def accuracy(self, path: Path, task: TaskData) -> float:
+        if path not in self._hashes:
+            self._hashes[path] = file_sha256(path)
+        digest = self._hashes[path]
+        with open_applicable(path, self.base_sha256, self.zoo.spec.canonical) as ckpt:
+            if ckpt.header.kind != "unified":
+                return self._measured(self._key(task, digest, "checkpoint"), lambda: self._applied(ckpt, task))
+            unified = UnifiedSet(ckpt)
+            if task.name in unified.task_names and not self.options.task_agnostic:
+                return self._measured(self._key(task, digest, "expert"), lambda: self._applied(ckpt, task))
+            prototypes = prototypes_of(unified, self._known_prototypes())
+            route = self.options.route
+            key = self._key(
+                task, digest, "route", top_k=route.top_k, zero_shot=route.include_zero_shot,
+                prototypes=tensors_sha256(dict(zip(unified.task_names, prototypes, strict=True))),
+            )  # fmt: skip
+            return self._measured(key, lambda: self._routed(unified, task, prototypes))
+
+    def _applied(self, ckpt: CheckpointReader, task: TaskData) -> float:
+        with applied(self.zoo, ckpt, self.base_state, task.name) as (head, base_weights):
+            features, labels = self.features.get(task, self.split, base_weights)
+            return top1_accuracy(features @ head(self.zoo, task.classnames, task.templates), labels)
+
+    def _routed(self, unified: UnifiedSet, task: TaskData, prototypes: list[torch.Tensor]) -> float:
+        features, labels = self.features.get(task, self.split, base_weights=True)
+        routed = route_split(
+            self.zoo, unified, task, self.split, features, labels, prototypes, self.options.route, self.base_state
+        )
+        return routed.accuracy
+
+    def _known_prototypes(self) -> dict[str, torch.Tensor]:
+        if self._prototypes is None:
+            if not self.options.prototypes:
+                raise CftoolError(
+                    "a unified session answers the tasks it has not learned by routing, which needs the tasks' "
+                    "prototypes: add --prototypes 'runs/*.prototypes.safetensors'"
+                )
+            embed_dim = self.zoo.model.text_projection.shape[-1]
+            files = prototype_files(self.options.prototypes)
+            self._prototypes = read_prototypes(files, self.base_sha256, self.zoo.spec.canonical, embed_dim)
+        return self._prototypes
+
+
+def mtil_report(
+    zoo: ZooModel,
+    column_specs: list[str],
+    session_specs: list[str],
+    tasks: list[TaskData],
+    split: str,
+    options: MtilOptions,
+    cache_dir: Path | None,
+    batch_size: int = 256,
+    workers: int = 0,
+    progress: Callable[[str, int | None], Callable[..., None]] = lambda description, total: lambda n=1: None,
+) -> dict[str, Any]:
+    """`eval --sessions`: the accuracy matrix of each session sequence over ``tasks`` (in training order) with its
+    Transfer, Average and Last, and single rows (zero-shot, individual fine-tunes) for the other columns.
+
+    Every accuracy is cached in ``cache_dir`` under the hash of what determines it, so a table re-run after a new
+    session measures only that session's cells."""
+    names = [task.name for task in tasks]
+    columns = [labelled_column(spec, names) for spec in column_specs]
+    sequences = [resolve_sessions(spec, len(tasks)) for spec in session_specs]
+    n_cells = sum(len(column.files_of(name)) for column in columns for name in names)
+    n_cells += len(tasks) * sum(len(sequence.files) for sequence in sequences)
+    features = FeatureCache(zoo, batch_size, workers, progress("encode images", None))
+    cells = CellCache(cache_dir)
+    evaluator = CellEvaluator(zoo, split, features, cells, zoo.weights_sha256, options, progress("cells", n_cells))
+    rows = []
+    for column in columns:
+        accuracies = [
+            statistics.mean(
+                evaluator.zero_shot(task) if path is None else evaluator.accuracy(path, task)
+                for path in column.files_of(task.name)
+            )
+            for task in tasks
+        ]
+        files = (
+            None if column.files is None else {task: [str(p) for p in paths] for task, paths in column.files.items()}
+        )
+        rows.append(
+            {"model": column.label, "files": files, "accuracy": accuracies, "mean": statistics.mean(accuracies)}
+        )
+    methods = []
+    for sequence in sequences:
+        matrix = [[evaluator.accuracy(path, task) for task in tasks] for path in sequence.files]
+        methods.append(
+            {"method": sequence.label, "sessions": [str(p) for p in sequence.files], "matrix": matrix,
+             **mtil_metrics(matrix)}
+        )  # fmt: skip
+    return {
+        "tasks": names,
+        "split": split,
+        "mode": "task-agnostic" if options.task_agnostic else "task-id",
+        "top_k": options.route.top_k,
+        "zero_shot": options.route.include_zero_shot,
+        "columns": rows,
+        "methods": methods,
+        "cells": {"measured": cells.measured, "cached": cells.found},
+    }

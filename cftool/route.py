@@ -1,0 +1,295 @@
+"""ConDU's inference (DESIGN §5.3): prototypes -> top-K experts, each run only on its images.
+
+Without a task id, a test image with zero-shot feature ``f`` scores each task of the unified set by
+``max_c cos(f, p_{j,c})`` over that task's class prototypes; the K best tasks' experts and the zero-shot model each
+give ``100 · norm(img_e) · W_eᵀ``, with ``W_e`` the label space's zero-shot head under expert ``e``'s text tower,
+and the prediction is the argmax of their mean. Each expert that some image selects is rebuilt once (through the
+adapters registry, decouple's rule) and encodes only the images routed to it, in batches. With a task id, that
+task's expert alone answers.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, Subset
+
+from cftool.data import TaskData
+from cftool.errors import CftoolError
+from cftool.evaluate import encode_images, zero_shot_head
+from cftool.io.checkpoint import open_checkpoint
+from cftool.io.unified import UnifiedSet, open_unified
+from cftool.metrics import top1_accuracy
+from cftool.train.adapters import applied
+from cftool.zoo import ZooModel
+
+# The reference scores every member with CLIP's logit scale of 100 (whatever the model's own): the members share
+# it, so it changes the mean's scale, never its argmax.
+LOGIT_SCALE = 100.0
+DEFAULT_TOP_K = 4
+ZERO_SHOT_MEMBER = "zero-shot"
+
+
+def routing_scores(features: torch.Tensor, prototypes: Sequence[torch.Tensor]) -> torch.Tensor:
+    """[n, tasks]: ``score_j = max_c cos(f, p_{j,c})`` of each image feature against each task's class prototypes
+    ([classes_j, dim] each)."""
+    images = F.normalize(features.float(), dim=-1)
+    per_task = [(images @ F.normalize(p.float(), dim=-1).T).max(dim=1).values for p in prototypes]
+    return torch.stack(per_task, dim=1)
+
+
+def top_tasks(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """[n, min(k, tasks)] task indices by descending score; of equal scores, the earlier task (in the unified set's
+    order) comes first, so a tie never depends on the sort's implementation."""
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
+
+
+@dataclass
+class Passes:
+    """Images each member encoded, and the expert forward passes (batches) that took: what routing saves."""
+
+    images: dict[str, int] = field(default_factory=dict)
+    expert_batches: int = 0
+
+    def counter(self, member: str) -> Callable[[int], None]:
+        self.images.setdefault(member, 0)
+
+        def advance(n: int) -> None:
+            self.images[member] += n
+            if member != ZERO_SHOT_MEMBER:
+                self.expert_batches += 1
+
+        return advance
+
+    @property
+    def expert_images(self) -> int:
+        return sum(n for member, n in self.images.items() if member != ZERO_SHOT_MEMBER)
+
+
+@dataclass(frozen=True)
+class Members:
+    """Who answers: the unified set, the routed task indices per image ([n, k]), and whether the zero-shot model
+    joins the mean."""
+
+    unified: UnifiedSet
+    routed: torch.Tensor
+    include_zero_shot: bool = True
+
+    @property
+    def count(self) -> int:
+        return self.routed.shape[1] + int(self.include_zero_shot)
+
+
+def _member_logits(
+    zoo: ZooModel, images: Dataset, classnames: list[str], templates: list[str], batch_size: int, workers: int,
+    advance: Callable[[int], None],
+) -> torch.Tensor:  # fmt: skip
+    features, _ = encode_images(zoo, images, batch_size, workers, advance)
+    return LOGIT_SCALE * features @ zero_shot_head(zoo, classnames, templates)
+
+
+def route_logits(
+    zoo: ZooModel,
+    members: Members,
+    images: Dataset,
+    zero_shot_features: torch.Tensor,
+    classnames: list[str],
+    templates: list[str],
+    base_state: Mapping[str, torch.Tensor],
+    batch_size: int = 256,
+    workers: int = 0,
+    passes: Passes | None = None,
+) -> torch.Tensor:
+    """[n, classes] mean logits of each image's members. ``zoo`` holds the base weights (``base_state``), to which
+    it returns; each routed expert is rebuilt once and encodes only its images."""
+    passes = passes if passes is not None else Passes()
+    total = torch.zeros(len(images), len(classnames))
+    if members.include_zero_shot:
+        total += LOGIT_SCALE * zero_shot_features @ zero_shot_head(zoo, classnames, templates)
+    for index in torch.unique(members.routed).tolist():
+        rows = (members.routed == index).any(dim=1).nonzero().squeeze(1)
+        task = members.unified.task_names[index]
+        with applied(zoo, members.unified.reader, base_state, task):
+            subset = Subset(images, rows.tolist())
+            total[rows] += _member_logits(zoo, subset, classnames, templates, batch_size, workers, passes.counter(task))
+    return total / members.count
+
+
+def every_expert_route_logits(
+    zoo: ZooModel,
+    members: Members,
+    images: Dataset,
+    zero_shot_features: torch.Tensor,
+    classnames: list[str],
+    templates: list[str],
+    base_state: Mapping[str, torch.Tensor],
+    batch_size: int = 256,
+    workers: int = 0,
+    passes: Passes | None = None,
+) -> torch.Tensor:
+    """What ``route_logits`` must equal, the plain way: every expert of the set on every image, then each image's
+    members selected and averaged. Tasks + 1 passes over the images; `benchmarks/route_cost.py` compares the two."""
+    passes = passes if passes is not None else Passes()
+    total = torch.zeros(len(images), len(classnames))
+    if members.include_zero_shot:
+        total += LOGIT_SCALE * zero_shot_features @ zero_shot_head(zoo, classnames, templates)
+    for index, task in enumerate(members.unified.task_names):
+        with applied(zoo, members.unified.reader, base_state, task):
+            logits = _member_logits(zoo, images, classnames, templates, batch_size, workers, passes.counter(task))
+        chosen = (members.routed == index).any(dim=1)
+        total[chosen] += logits[chosen]
+    return total / members.count
+
+
+def prototype_files(patterns: Sequence[str]) -> list[Path]:
+    """The files the `--prototypes` patterns (globs, or plain file names) match, each once, in name order."""
+    files = sorted({Path(name) for pattern in patterns for name in glob.glob(pattern)})
+    if not files:
+        shown = " ".join(repr(p) for p in patterns) or "(none given)"
+        raise CftoolError(
+            f"--prototypes {shown}: matches no file, so there is nothing to route by; name the TASK.prototypes."
+            "safetensors files that finetune writes beside its checkpoints (quote the pattern)"
+        )
+    return files
+
+
+def read_prototypes(files: Sequence[Path], base_sha256: str, base: str, embed_dim: int) -> dict[str, torch.Tensor]:
+    """Class prototypes by task, from `prototypes` files made for the base in use: [classes, embed_dim] each."""
+    by_task: dict[str, tuple[Path, torch.Tensor]] = {}
+    for path in files:
+        with open_checkpoint(path, kind="prototypes", base_sha256=base_sha256, base=base) as ckpt:
+            task = ckpt.header.task
+            if task is None:
+                raise CftoolError(f"{path}: a prototypes file that names no task (cftool.task); re-create it")
+            if task in by_task:
+                raise CftoolError(
+                    f"{path}: a second prototypes file of task {task!r} (the first: {by_task[task][0]}); give patterns "
+                    "that match one file per task"
+                )
+            prototypes = ckpt["prototypes"]
+        if prototypes.dim() != 2 or prototypes.shape[1] != embed_dim:
+            raise CftoolError(
+                f"{path}: expected prototypes [classes, {embed_dim}] for the base {base}, "
+                f"found {list(prototypes.shape)}"
+            )
+        by_task[task] = (path, prototypes.float())
+    return {task: prototypes for task, (_, prototypes) in by_task.items()}
+
+
+def prototypes_of(unified: UnifiedSet, known: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The prototypes of every task of a unified set, in its order; a task without them is refused."""
+    missing = [task for task in unified.task_names if task not in known]
+    if missing:
+        raise CftoolError(
+            f"{unified.path}: no prototypes of task(s) {', '.join(missing)} among the --prototypes files (they have "
+            f"{', '.join(known) or 'none'}); add the prototypes file finetune wrote for each"
+        )
+    for entry in unified.tasks:
+        n_prototypes = known[entry.task].shape[0]
+        if entry.classnames is not None and n_prototypes != len(entry.classnames):
+            raise CftoolError(
+                f"{unified.path}: task {entry.task!r} has {len(entry.classnames)} classes but its prototypes "
+                f"{n_prototypes}; give the prototypes file of the same fine-tune"
+            )
+    return [known[task] for task in unified.task_names]
+
+
+@dataclass
+class Routed:
+    """Predictions of a unified set on one split: logits, labels, and which tasks' experts answered each image."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+    tasks: list[list[str]]  # per image, the experts whose predictions were averaged (in routing order)
+    include_zero_shot: bool
+    passes: Passes
+
+    @property
+    def accuracy(self) -> float:
+        return top1_accuracy(self.logits, self.labels)
+
+
+@dataclass(frozen=True)
+class RouteOptions:
+    top_k: int = DEFAULT_TOP_K
+    include_zero_shot: bool = True
+    batch_size: int = 256
+    workers: int = 0
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise CftoolError(f"--top-k must be at least 1 (experts per image), got {self.top_k}")
+
+
+def route_split(
+    zoo: ZooModel,
+    unified: UnifiedSet,
+    data: TaskData,
+    split: str,
+    zero_shot_features: torch.Tensor,
+    labels: torch.Tensor,
+    prototypes: Sequence[torch.Tensor],
+    options: RouteOptions,
+    base_state: Mapping[str, torch.Tensor],
+) -> Routed:
+    """Task-agnostic predictions on ``data``'s ``split`` (its own classes), given the images' zero-shot features."""
+    routed = top_tasks(routing_scores(zero_shot_features, prototypes), options.top_k)
+    members = Members(unified, routed, options.include_zero_shot)
+    passes = Passes()
+    passes.counter(ZERO_SHOT_MEMBER)(len(labels))  # the zero-shot features are the routing's own
+    logits = route_logits(
+        zoo, members, data.split(split, zoo.preprocess), zero_shot_features, data.classnames, data.templates,
+        base_state, options.batch_size, options.workers, passes,
+    )  # fmt: skip
+    names = unified.task_names
+    tasks = [[names[i] for i in row] for row in routed.tolist()]
+    return Routed(logits, labels, tasks, options.include_zero_shot, passes)
+
+
+def expert_split(
+    zoo: ZooModel,
+    unified: UnifiedSet,
+    task: str,
+    data: TaskData,
+    split: str,
+    options: RouteOptions,
+    base_state: Mapping[str, torch.Tensor],
+) -> Routed:
+    """With a task id: that task's expert alone on ``data``'s ``split``."""
+    passes = Passes()
+    with applied(zoo, unified.reader, base_state, task):
+        features, labels = encode_images(
+            zoo, data.split(split, zoo.preprocess), options.batch_size, options.workers, passes.counter(task)
+        )
+        logits = LOGIT_SCALE * features @ zero_shot_head(zoo, data.classnames, data.templates)
+    return Routed(logits, labels, [[task]] * len(labels), False, passes)
+
+
+def predict(
+    zoo: ZooModel,
+    unified_path: Path,
+    data: TaskData,
+    split: str,
+    options: RouteOptions,
+    task: str | None = None,
+    prototype_patterns: Sequence[str] = (),
+    advance: Callable[[int], None] = lambda n: None,
+) -> Routed:
+    """`cftool route`: a unified set's predictions on a dataset, by routing (no ``task``) or by one task's expert."""
+    base_state = {name: t.clone() for name, t in zoo.model.state_dict().items()}
+    with open_unified(unified_path, base_sha256=zoo.weights_sha256, base=zoo.spec.canonical) as unified:
+        if task is not None:
+            unified.task_index(task)  # an unknown task is refused before any work
+            return expert_split(zoo, unified, task, data, split, options, base_state)
+        embed_dim = zoo.model.text_projection.shape[-1]
+        known = read_prototypes(prototype_files(prototype_patterns), zoo.weights_sha256, zoo.spec.canonical, embed_dim)
+        prototypes = prototypes_of(unified, known)
+        features, labels = encode_images(
+            zoo, data.split(split, zoo.preprocess), options.batch_size, options.workers, advance
+        )
+        return route_split(zoo, unified, data, split, features, labels, prototypes, options, base_state)

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# ConDU's continual protocol on mtil-tiny: the 11 toy tasks learned one after another in MTIL's order, against the
+# baselines on the same recipe, ending with one table of Transfer, Average and Last (ConDU paper, Table 1 layout).
+#
+#   examples/condu_mtil_tiny.sh [OPTIONS] [OUT]
+#     --method full|lora    what each session fine-tunes (default full: both towers)
+#     --few-shot N          N training images per class (MTIL's few-shot variant uses 5)
+#     --task-agnostic       no task id: every cell of ConDU's sessions is answered by routing
+#   TASKS="aircraft caltech101 cifar100" ITERATIONS=20 examples/condu_mtil_tiny.sh /tmp/mtil   # a smaller run
+#
+# Methods, each a sequence of one checkpoint per session (session t has learned the first t tasks):
+#   zero-shot     tiny itself;
+#   individual    one fine-tune of tiny per task (the upper bound; a column, not a sequence);
+#   sequential    each task fine-tuned starting from the previous session's model;
+#   task-arith    continual task arithmetic: the running mean of the individual deltas;
+#   ConDU         `unify --into` the previous session's unified set with the new task's delta.
+# The full run takes about an hour on 2 CPU cores; every file already in OUT is reused.
+set -euo pipefail
+method=full shots="" agnostic=""
+while [ $# -gt 0 ]; do
+    case $1 in
+        --method) method=$2; shift 2 ;;
+        --few-shot) shots=$2; shift 2 ;;
+        --task-agnostic) agnostic=--task-agnostic; shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -*) echo "condu_mtil_tiny.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+        *) break ;;
+    esac
+done
+case $method in full|lora) ;; *) echo "condu_mtil_tiny.sh: --method is full or lora, not $method" >&2; exit 2 ;; esac
+out=${1:-runs/condu-mtil-$method${shots:+-${shots}shot}}
+tasks=(${TASKS:-aircraft caltech101 cifar100 dtd eurosat flowers food mnist oxfordpet cars sun397})
+iterations=${ITERATIONS:-150}
+lr=${LR:-1e-4}
+seed=${SEED:-0}
+export COLUMNS=${COLUMNS:-220}   # the final table is wide; keep it unwrapped when written to a file
+# The testbed's recipe: short, on all of a task's images (or N shots), and it still forgets (RESULTS.md).
+recipe=(--method "$method" --iterations "$iterations" --lr "$lr" --batch-size 32 --seed "$seed")
+[ -n "$shots" ] && recipe+=(--shots "$shots")
+mkdir -p "$out"/{individual,deltas,condu,sequential,task-arith}
+
+previous=""
+for t in "${!tasks[@]}"; do
+    task=${tasks[t]} session=$((t + 1))
+    echo "== session $session: $task"
+    # Individual fine-tune of the base (also ConDU's first step, and the prototypes that routing reads).
+    ft="$out/individual/$task.safetensors"
+    [ -f "$ft" ] || cftool finetune --zs tiny --data "toy:$task" "${recipe[@]}" -o "$ft"
+    [ -f "$out/deltas/$task.safetensors" ] || cftool delta "$ft" --zs tiny -o "$out/deltas/$task.safetensors"
+
+    # ConDU: decouple the experts held so far, add the new delta, unify again (no old delta is kept).
+    condu="$out/condu/session$session.st"
+    if [ ! -f "$condu" ]; then
+        if [ "$session" = 1 ]; then
+            cftool unify "$out/deltas/$task.safetensors" -o "$condu"
+        else
+            cftool unify --into "$out/condu/session$t.st" "$out/deltas/$task.safetensors" -o "$condu"
+        fi
+    fi
+
+    # Continual task arithmetic: the mean of the deltas learned so far.
+    mean="$out/task-arith/session$session.safetensors"
+    deltas=()
+    for learned in "${tasks[@]:0:session}"; do deltas+=("$out/deltas/$learned.safetensors"); done
+    [ -f "$mean" ] || cftool unify --method mean "${deltas[@]}" -o "$mean"
+
+    # Sequential fine-tuning: the same recipe, starting from the previous session's model.
+    sequential="$out/sequential/session$session.safetensors"
+    if [ ! -f "$sequential" ]; then
+        if [ "$session" = 1 ]; then
+            cftool delta apply "$out/deltas/$task.safetensors" --zs tiny -o "$sequential"   # = the individual model
+        elif [ "$method" = full ]; then
+            cftool finetune --zs "$previous" --data "toy:$task" "${recipe[@]}" -o "$sequential"
+        else   # a LoRA trained on the previous model, merged into it, is the session's model
+            cftool finetune --zs "$previous" --data "toy:$task" "${recipe[@]}" -o "$out/sequential/lora$session.safetensors"
+            cftool delta "$out/sequential/lora$session.safetensors" --zs "$previous" -o "$out/sequential/delta$session.safetensors"
+            cftool delta apply "$out/sequential/delta$session.safetensors" --zs "$previous" -o "$sequential"
+        fi
+    fi
+    previous=$sequential
+done
+
+last=${#tasks[@]}
+# The last session's experts as models, and its task-agnostic answer on the first task's images (top-1 routing).
+[ -d "$out/experts" ] || cftool decouple "$out/condu/session$last.st" --all --as model --zs tiny -o "$out/experts"
+cftool route "$out/condu/session$last.st" --zs tiny --prototypes "$out/individual/*.prototypes.safetensors" \
+    --data "toy:${tasks[0]}" --top-k 1
+
+if [ "$last" = 11 ]; then data=(--benchmark mtil-tiny); else data=(); for task in "${tasks[@]}"; do data+=(--data "toy:$task"); done; fi
+cftool eval zs "individual=$out/individual/{task}.safetensors" "${data[@]}" --zs tiny \
+    --sessions "sequential=$out/sequential/session{t}.safetensors" \
+    --sessions "task-arith=$out/task-arith/session{t}.safetensors" \
+    --sessions "ConDU=$out/condu/session{t}.st" --prototypes "$out/individual/*.prototypes.safetensors" $agnostic \
+    --cache-dir "$out/cells" --heatmap "$out/mtil${agnostic:+-agnostic}.png" --force \
+    -o "$out/mtil${agnostic:+-agnostic}.json"
+echo "checkpoints in $out, the table as JSON in $out/mtil${agnostic:+-agnostic}.json"
