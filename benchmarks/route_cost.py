@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset, Subset
 
+from cftool.cli import main as cftool
 from cftool.data import get_benchmark, load_task
 from cftool.evaluate import encode_images, zero_shot_head
 from cftool.io.checkpoint import save_checkpoint
 from cftool.io.unified import open_unified
-from cftool.cli import main as cftool
 from cftool.route import (
     ZERO_SHOT_MEMBER,
     Members,
@@ -94,8 +94,10 @@ def main() -> None:
     zoo = load_model("tiny")
     tasks = [load_task(spec) for spec in get_benchmark("mtil-tiny", None).tasks]
     with tempfile.TemporaryDirectory() as scratch:
-        unified_path, pattern = (args.unified, args.prototypes) if args.unified else stand_in_set(
-            zoo, tasks, Path(scratch), args.seed, args.train_images
+        unified_path, pattern = (
+            (args.unified, args.prototypes)
+            if args.unified
+            else stand_in_set(zoo, tasks, Path(scratch), args.seed, args.train_images)
         )
         images = ConcatDataset(
             [Subset(task.split("test", zoo.preprocess), range(args.images_per_task)) for task in tasks]

@@ -232,8 +232,6 @@ def mtil_report(
     split: str,
     options: MtilOptions,
     cache_dir: Path | None,
-    batch_size: int = 256,
-    workers: int = 0,
     progress: Callable[[str, int | None], Callable[..., None]] = lambda description, total: lambda n=1: None,
 ) -> dict[str, Any]:
     """`eval --sessions`: the accuracy matrix of each session sequence over ``tasks`` (in training order) with its
@@ -246,7 +244,7 @@ def mtil_report(
     sequences = [resolve_sessions(spec, len(tasks)) for spec in session_specs]
     n_cells = sum(len(column.files_of(name)) for column in columns for name in names)
     n_cells += len(tasks) * sum(len(sequence.files) for sequence in sequences)
-    features = FeatureCache(zoo, batch_size, workers, progress("encode images", None))
+    features = FeatureCache(zoo, options.route.batch_size, options.route.workers, progress("encode images", None))
     cells = CellCache(cache_dir)
     evaluator = CellEvaluator(zoo, split, features, cells, zoo.weights_sha256, options, progress("cells", n_cells))
     rows = []
@@ -261,9 +259,12 @@ def mtil_report(
         files = (
             None if column.files is None else {task: [str(p) for p in paths] for task, paths in column.files.items()}
         )
+        # Over tasks 2…n: the Transfer of a continual method that kept this model, to compare Transfer rows with.
+        transfer_mean = statistics.mean(accuracies[1:]) if len(accuracies) > 1 else None
         rows.append(
-            {"model": column.label, "files": files, "accuracy": accuracies, "mean": statistics.mean(accuracies)}
-        )
+            {"model": column.label, "files": files, "accuracy": accuracies, "mean": statistics.mean(accuracies),
+             "transfer_mean": transfer_mean}
+        )  # fmt: skip
     methods = []
     for sequence in sequences:
         matrix = [[evaluator.accuracy(path, task) for task in tasks] for path in sequence.files]

@@ -4,6 +4,7 @@
 #
 #   examples/condu_mtil_tiny.sh [OPTIONS] [OUT]
 #     --method full|lora    what each session fine-tunes (default full: both towers)
+#     --towers T            which towers fine-tuning trains: image,text (default) or text
 #     --few-shot N          N training images per class (MTIL's few-shot variant uses 5)
 #     --task-agnostic       no task id: every cell of ConDU's sessions is answered by routing
 #   TASKS="aircraft caltech101 cifar100" ITERATIONS=20 examples/condu_mtil_tiny.sh /tmp/mtil   # a smaller run
@@ -16,26 +17,27 @@
 #   ConDU         `unify --into` the previous session's unified set with the new task's delta.
 # The full run takes about an hour on 2 CPU cores; every file already in OUT is reused.
 set -euo pipefail
-method=full shots="" agnostic=""
+method=full towers=image,text shots="" agnostic=""
 while [ $# -gt 0 ]; do
     case $1 in
         --method) method=$2; shift 2 ;;
+        --towers) towers=$2; shift 2 ;;
         --few-shot) shots=$2; shift 2 ;;
         --task-agnostic) agnostic=--task-agnostic; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         -*) echo "condu_mtil_tiny.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) break ;;
     esac
 done
 case $method in full|lora) ;; *) echo "condu_mtil_tiny.sh: --method is full or lora, not $method" >&2; exit 2 ;; esac
-out=${1:-runs/condu-mtil-$method${shots:+-${shots}shot}}
+out=${1:-runs/condu-mtil-$method${shots:+-${shots}shot}$([ "$towers" = image,text ] || echo "-$towers")}
 tasks=(${TASKS:-aircraft caltech101 cifar100 dtd eurosat flowers food mnist oxfordpet cars sun397})
 iterations=${ITERATIONS:-150}
 lr=${LR:-1e-4}
 seed=${SEED:-0}
 export COLUMNS=${COLUMNS:-220}   # the final table is wide; keep it unwrapped when written to a file
 # The testbed's recipe: short, on all of a task's images (or N shots), and it still forgets (RESULTS.md).
-recipe=(--method "$method" --iterations "$iterations" --lr "$lr" --batch-size 32 --seed "$seed")
+recipe=(--method "$method" --towers "$towers" --iterations "$iterations" --lr "$lr" --batch-size 32 --seed "$seed")
 [ -n "$shots" ] && recipe+=(--shots "$shots")
 mkdir -p "$out"/{individual,deltas,condu,sequential,task-arith}
 

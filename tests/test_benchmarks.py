@@ -13,7 +13,10 @@ BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 def test_finetune_speed_trains_the_same_prompt_with_and_without_the_feature_cache():
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "finetune_speed.py"), "--shots", "2", "--epochs", "1", "--threads", "1"],
-        capture_output=True, text=True, timeout=300, check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
     report = json.loads(result.stdout)
     cached, uncached = report["runs"]
@@ -53,3 +56,58 @@ def test_route_cost_counts_the_passes_of_routing_against_every_expert():
     assert report["passes"] == {"routed": 2 * images, "every expert": (experts + 1) * images}
     assert report["pass_ratio"] == round(2 / 12, 4) and report["identical_predictions"] and report["meets_target"]
     assert sum(report["routed_to"].values()) == images
+
+
+def test_condu_diagnosis_rebuilds_the_expert_step_by_step(tmp_path):
+    """On two stand-in deltas: the variants of each task's delta, and the experts' gap per number of tasks."""
+    import torch
+
+    from cftool.data import load_task
+    from cftool.io.checkpoint import save_checkpoint
+    from cftool.zoo.base import open_base
+
+    folder = tmp_path / "deltas"
+    with open_base("tiny") as weights:
+        for seed, task in enumerate(("food", "mnist")):
+            generator = torch.Generator().manual_seed(seed)
+            delta = {n: 2e-3 * torch.randn(weights[n].shape, generator=generator) for n in weights
+                     if weights[n].is_floating_point()}  # fmt: skip
+            classnames = load_task(f"toy:{task}").classnames
+            save_checkpoint(
+                folder / f"{task}.safetensors", delta, weights.header("delta", task=task, classnames=classnames)
+            )
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "condu_diagnosis.py"), "--deltas", str(folder), "--out", str(tmp_path / "o"),
+         "--test-images", "40", "--threads", "1"],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    report = json.loads((tmp_path / "o" / "diagnosis.json").read_text())
+    assert list(report["variants"]["δ"]) == ["food", "mnist"]  # MTIL's order
+    assert set(report["variants"]) == {"δ", "0.5·δ", "M⊙δ", "λ·M⊙δ", "λ·M⊙u (expert)", "δ, λ·u on M", "DARE 0.9",
+                                       "random mask"}  # fmt: skip
+    (count,) = report["counts"]
+    assert count["tasks"] == 2
+    experts = report["variants"]["λ·M⊙u (expert)"]
+    assert count["expert"] == pytest.approx(sum(experts.values()) / 2)  # the same unified set, the same experts
+    assert count["gap"] == pytest.approx(count["expert"] - sum(report["variants"]["δ"].values()) / 2)
+    assert "| λ·M⊙u (expert) |" in result.stdout
+
+
+def test_mtil_markdown_lays_out_a_sessions_report():
+    report = {
+        "tasks": ["a", "b"],
+        "columns": [{"model": "zero-shot", "accuracy": [10.0, 20.0], "mean": 15.0}],
+        "methods": [
+            {"method": "ConDU", "transfer": [None, 30.0], "average": [50.0, 40.0], "last": [45.0, 50.0],
+             "transfer_mean": 30.0, "average_mean": 45.0, "last_mean": 47.5},
+        ],
+    }  # fmt: skip
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from mtil_markdown import markdown
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    lines = markdown(report).splitlines()
+    assert lines[2] == "| | zero-shot | 10.0 | 20.0 | 15.0 |"
+    assert lines[3] == "| Transfer | ConDU | – | 30.0 | **30.0** |"
+    assert lines[5] == "| Last | ConDU | 45.0 | 50.0 | **47.5** |"

@@ -12,7 +12,15 @@ from cftool.data import load_task
 from cftool.evaluate import encode_images, zero_shot_head
 from cftool.io.checkpoint import save_checkpoint
 from cftool.io.unified import open_unified
-from cftool.route import LOGIT_SCALE, Members, Passes, every_expert_route_logits, route_logits, routing_scores, top_tasks
+from cftool.route import (
+    LOGIT_SCALE,
+    Members,
+    Passes,
+    every_expert_route_logits,
+    route_logits,
+    routing_scores,
+    top_tasks,
+)
 from cftool.zoo import load_model
 from cftool.zoo.base import open_base
 

@@ -164,24 +164,37 @@ def eval_command(
         title = ", ".join(data) + ("" if classes == "all" else f", {classes} classes")
     tasks = [load_task(spec, data_root) for spec in specs]
     names = [task.name for task in tasks]
-    if sessions:
-        _mtil(
-            zs, checkpoints or [], sessions, tasks, benchmark or title, split, MtilOptions(
-                task_agnostic, RouteOptions(top_k, batch_size=batch_size, workers=workers), tuple(prototypes or [])
-            ), cache_dir, heatmap, output, force, torch_device, batch_size, workers, json_output,
-        )  # fmt: skip
-        return
-    zoo = load_model(zs or _base_of(path or checkpoints or [], names), torch_device)
+    zoo = load_model(zs or _base_of(path or checkpoints or [], names, sessions or []), torch_device)
     base_sha256 = zoo.weights_sha256  # before any checkpoint's weights replace the base's
     with progress_bar() as progress:
-        bar = progress.add_task("encode images", total=None)
-        cache = FeatureCache(zoo, batch_size, workers, partial(progress.advance, bar))
-        if path is not None:
-            payload = path_report(zoo, *path, tasks, base2new, steps, split, cache, base_sha256)
+        if sessions:
+            from cftool.mtil import default_cache_dir, mtil_report
+
+            def begin(description: str, total: int | None):
+                bar = progress.add_task(description, total=total)
+                return lambda n=1: progress.advance(bar, n)
+
+            route = RouteOptions(top_k, batch_size=batch_size, workers=workers)
+            options = MtilOptions(task_agnostic, route, tuple(prototypes or []))
+            payload = mtil_report(
+                zoo, checkpoints or [], sessions, tasks, split, options, cache_dir or default_cache_dir(), begin
+            )
         else:
-            payload = compare(zoo, checkpoints or [ZERO_SHOT], tasks, base2new, split, cache, base_sha256)
+            bar = progress.add_task("encode images", total=None)
+            cache = FeatureCache(zoo, batch_size, workers, partial(progress.advance, bar))
+            if path is not None:
+                payload = path_report(zoo, *path, tasks, base2new, steps, split, cache, base_sha256)
+            else:
+                payload = compare(zoo, checkpoints or [ZERO_SHOT], tasks, base2new, split, cache, base_sha256)
     payload = {"benchmark": benchmark, "split": split, "base": zoo.spec.canonical, **payload}
-    if path is not None:
+    if sessions:
+        _print_mtil(benchmark or title, payload)
+        if heatmap is not None:
+            from cftool.plots import plot_matrices
+
+            plot_matrices(payload, heatmap, force)
+            console.print(f"wrote {heatmap}")
+    elif path is not None:
         _print_path(title, payload)
         if plot is not None:
             _plot_path(payload, plot, force)
@@ -206,49 +219,6 @@ def _base_of(specs: list[str], tasks: list[str], sessions: list[str] = ()) -> st
         with open_checkpoint(first, kind=tuple(ADAPTERS)) as ckpt:
             return ckpt.header.base
     raise CftoolError("name the model with --zs (e.g. --zs tiny), or give checkpoint files to evaluate")
-
-
-def _mtil(
-    zs: str | None,
-    columns: list[str],
-    sessions: list[str],
-    tasks: list,
-    title: str,
-    split: str,
-    options,
-    cache_dir: Path | None,
-    heatmap: Path | None,
-    output: Path | None,
-    force: bool,
-    device,
-    batch_size: int,
-    workers: int,
-    json_output: bool,
-) -> None:
-    from cftool.mtil import default_cache_dir, mtil_report
-    from cftool.zoo import load_model
-
-    zoo = load_model(zs or _base_of(columns, [task.name for task in tasks], sessions), device)
-    with progress_bar() as progress:
-
-        def begin(description: str, total: int | None):
-            bar = progress.add_task(description, total=total)
-            return lambda n=1: progress.advance(bar, n)
-
-        payload = mtil_report(
-            zoo, columns, sessions, tasks, split, options, cache_dir or default_cache_dir(), batch_size, workers, begin
-        )
-    payload = {"benchmark": title, "base": zoo.spec.canonical, **payload}
-    _print_mtil(title, payload)
-    if heatmap is not None:
-        from cftool.plots import plot_matrices
-
-        plot_matrices(payload, heatmap, force)
-        console.print(f"wrote {heatmap}")
-    if output is not None:
-        write_json(output, payload, overwrite=force)
-    if json_output:
-        emit_json(payload)
 
 
 def _print_mtil(title: str, payload: dict) -> None:
@@ -284,6 +254,11 @@ def _print_mtil(title: str, payload: dict) -> None:
             table.add_row(metric.title() if index == 0 else "", method["method"], *values,
                           "-" if mean is None else f"{mean:.1f}")  # fmt: skip
     console.print(table)
+    for row in payload["columns"]:
+        if row["transfer_mean"] is not None:
+            console.print(
+                f"{row['model']} over tasks 2…{len(tasks)}, what Transfer compares with: {row['transfer_mean']:.1f}"
+            )
     cells = payload["cells"]
     console.print(f"{cells['measured']} cells measured, {cells['cached']} found in the cache")
 
