@@ -213,6 +213,10 @@ class Routed:
     def accuracy(self) -> float:
         return top1_accuracy(self.logits, self.labels)
 
+    def routed_to(self, task: str) -> float:
+        """% of the images whose experts include ``task``'s: the router's hit rate on that task's own images."""
+        return 100.0 * sum(task in tasks for tasks in self.tasks) / len(self.tasks)
+
 
 @dataclass(frozen=True)
 class RouteOptions:

@@ -155,6 +155,7 @@ def test_route_with_top1_and_no_zero_shot_equals_the_task_id(cli, zoo, condu, to
     assert {tuple(p["tasks"]) for p in routed["predictions"]} == {("food",)}
     assert [p["prediction"] for p in routed["predictions"]] == [p["prediction"] for p in expert["predictions"]]
     assert routed["accuracy"] == expert["accuracy"]
+    assert (routed["routed_to_own_task"], expert["routed_to_own_task"]) == (100.0, None)
     with open(tmp_path / "routed.csv") as file:
         rows = list(csv.DictReader(file))
     assert len(rows) == routed["num_images"] and rows[0]["tasks"] == "food"

@@ -111,15 +111,28 @@ def route_command(
             zoo, unified, task_data, split, options, task, prototypes or [], lambda n: progress.advance(bar, n)
         )
     mode = f"task {task!r}'s expert" if task else _members(options)
+    hits = _own_task_hits(unified, task, task_data, routed)
     console.print(
         f"{task_data.name} ({split}, {len(routed.labels)} images, {len(task_data.classnames)} classes): "
         f"top-1 {routed.accuracy:.1f} % with {mode}; {routed.passes.expert_images:,} expert image passes"
+        + ("" if hits is None else f"; {hits:.1f} % routed to {task_data.name}'s own expert")
     )
     if output is not None:
         _write_csv(output, routed, task_data, force)
         console.print(f"wrote {output}")
     if json_output:
-        emit_json(_report(unified, data, split, task, options, routed, task_data))
+        emit_json(_report(unified, data, split, task, options, routed, task_data, hits))
+
+
+def _own_task_hits(unified: Path, task: str | None, task_data: TaskData, routed: Routed) -> float | None:
+    """Without --task, on data of a task the set has learned: the share of its images routed to that task's expert."""
+    from cftool.io.unified import open_unified
+
+    if task is not None:
+        return None
+    with open_unified(unified) as unified_set:
+        learned = task_data.name in unified_set.task_names
+    return routed.routed_to(task_data.name) if learned else None
 
 
 def _base_recorded_in(path: Path) -> str:
@@ -163,7 +176,9 @@ def _write_csv(output: Path, routed: Routed, task_data: TaskData, overwrite: boo
         tmp.write_text(text.getvalue())
 
 
-def _report(unified: Path, data: str, split: str, task: str | None, options, routed: Routed, task_data) -> dict:
+def _report(
+    unified: Path, data: str, split: str, task: str | None, options, routed: Routed, task_data, hits: float | None
+) -> dict:
     return {
         "unified": str(unified),
         "data": data,
@@ -176,5 +191,6 @@ def _report(unified: Path, data: str, split: str, task: str | None, options, rou
         "num_images": len(routed.labels),
         "expert_image_passes": routed.passes.expert_images,
         "expert_batches": routed.passes.expert_batches,
+        "routed_to_own_task": hits,  # % of images routed to the data's own task (None: --task, or not learned)
         "predictions": _rows(routed, task_data),
     }
