@@ -93,6 +93,15 @@ def _member_logits(
     return LOGIT_SCALE * features @ zero_shot_head(zoo, classnames, templates)
 
 
+def _zero_shot_share(
+    zoo: ZooModel, members: Members, features: torch.Tensor, classnames: list[str], templates: list[str]
+) -> torch.Tensor:
+    """[n, classes]: the zero-shot model's logits where it is a member, zeros otherwise (the sum the experts add to)."""
+    if not members.include_zero_shot:
+        return torch.zeros(len(features), len(classnames))
+    return LOGIT_SCALE * features @ zero_shot_head(zoo, classnames, templates)
+
+
 def route_logits(
     zoo: ZooModel,
     members: Members,
@@ -108,9 +117,7 @@ def route_logits(
     """[n, classes] mean logits of each image's members. ``zoo`` holds the base weights (``base_state``), to which
     it returns; each routed expert is rebuilt once and encodes only its images."""
     passes = passes if passes is not None else Passes()
-    total = torch.zeros(len(images), len(classnames))
-    if members.include_zero_shot:
-        total += LOGIT_SCALE * zero_shot_features @ zero_shot_head(zoo, classnames, templates)
+    total = _zero_shot_share(zoo, members, zero_shot_features, classnames, templates)
     for index in torch.unique(members.routed).tolist():
         rows = (members.routed == index).any(dim=1).nonzero().squeeze(1)
         task = members.unified.task_names[index]
@@ -135,9 +142,7 @@ def every_expert_route_logits(
     """What ``route_logits`` must equal, the plain way: every expert of the set on every image, then each image's
     members selected and averaged. Tasks + 1 passes over the images; `benchmarks/route_cost.py` compares the two."""
     passes = passes if passes is not None else Passes()
-    total = torch.zeros(len(images), len(classnames))
-    if members.include_zero_shot:
-        total += LOGIT_SCALE * zero_shot_features @ zero_shot_head(zoo, classnames, templates)
+    total = _zero_shot_share(zoo, members, zero_shot_features, classnames, templates)
     for index, task in enumerate(members.unified.task_names):
         with applied(zoo, members.unified.reader, base_state, task):
             logits = _member_logits(zoo, images, classnames, templates, batch_size, workers, passes.counter(task))
@@ -208,13 +213,17 @@ class Routed:
     tasks: list[list[str]]  # per image, the experts whose predictions were averaged (in routing order)
     include_zero_shot: bool
     passes: Passes
+    learned: list[str]  # the unified set's tasks
 
     @property
     def accuracy(self) -> float:
         return top1_accuracy(self.logits, self.labels)
 
-    def routed_to(self, task: str) -> float:
-        """% of the images whose experts include ``task``'s: the router's hit rate on that task's own images."""
+    def routed_to(self, task: str) -> float | None:
+        """% of the images whose experts include ``task``'s: the router's hit rate on that task's own images (None
+        for a task the set has not learned)."""
+        if task not in self.learned:
+            return None
         return 100.0 * sum(task in tasks for tasks in self.tasks) / len(self.tasks)
 
 
@@ -252,7 +261,7 @@ def route_split(
     )  # fmt: skip
     names = unified.task_names
     tasks = [[names[i] for i in row] for row in routed.tolist()]
-    return Routed(logits, labels, tasks, options.include_zero_shot, passes)
+    return Routed(logits, labels, tasks, options.include_zero_shot, passes, names)
 
 
 def expert_split(
@@ -271,7 +280,7 @@ def expert_split(
             zoo, data.split(split, zoo.preprocess), options.batch_size, options.workers, passes.counter(task)
         )
         logits = LOGIT_SCALE * features @ zero_shot_head(zoo, data.classnames, data.templates)
-    return Routed(logits, labels, [[task]] * len(labels), False, passes)
+    return Routed(logits, labels, [[task]] * len(labels), False, passes, unified.task_names)
 
 
 def predict(

@@ -18,6 +18,25 @@ class CliResult:
     stderr: str
 
 
+def one_line_error(result: CliResult) -> str:
+    """The single stderr line of a command that failed as the tool fails: one line, no traceback."""
+    assert result.code != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def stand_in_finetune(state, seed, scale=3e-3):
+    """A full fine-tune's stand-in: every floating tensor of ``state`` moved by seeded noise."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        name: tensor + scale * torch.randn(tensor.shape, generator=generator) if tensor.is_floating_point() else tensor
+        for name, tensor in state.items()
+    }
+
+
 @pytest.fixture
 def cli(capsys):
     """Run `cftool ARGS…` in-process; returns exit code, stdout and stderr."""

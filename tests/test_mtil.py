@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from conftest import one_line_error, stand_in_finetune
 
 from cftool.data import load_task
 from cftool.io.checkpoint import save_checkpoint
@@ -37,14 +38,6 @@ def test_fewer_sessions_than_tasks_and_bad_matrices():
             mtil_metrics(bad)
 
 
-def fake_finetune(state, seed, scale=3e-3):
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        name: tensor + scale * torch.randn(tensor.shape, generator=generator) if tensor.is_floating_point() else tensor
-        for name, tensor in state.items()
-    }
-
-
 @pytest.fixture(scope="module")
 def sessions(toy_folders, tmp_path_factory):
     """Three sessions over the folder tasks, as a user makes them: ConDU (`unify`, then `unify --into`), sequential
@@ -59,7 +52,7 @@ def sessions(toy_folders, tmp_path_factory):
         for t, name in enumerate(TASKS, start=1):
             task = load_task(f"folder:{toy_folders[name]}")
             header = weights.header("model", task=name, classnames=task.classnames, template="a photo of a {}.")
-            model = save_checkpoint(out / f"{name}.safetensors", fake_finetune(state, t), header)
+            model = save_checkpoint(out / f"{name}.safetensors", stand_in_finetune(state, t), header)
             prototypes = torch.randn(len(task.classnames), 128, generator=torch.Generator().manual_seed(t))
             prototypes_header = weights.header("prototypes", task=name, classnames=task.classnames)
             save_checkpoint(out / f"{name}.prototypes.safetensors", {"prototypes": prototypes}, prototypes_header)
@@ -69,7 +62,7 @@ def sessions(toy_folders, tmp_path_factory):
             assert main(["unify", *into, str(delta), "-o", str(out / f"condu{t}.st")]) == 0
             # A sequential session's model records the previous session's model as its base.
             sequential = {**header.__dict__, "base_sha256": previous, "base": f"RN50-tiny:seq{t - 1}"}
-            save_checkpoint(out / f"seq{t}.safetensors", fake_finetune(state, 10 + t), type(header)(**sequential))
+            save_checkpoint(out / f"seq{t}.safetensors", stand_in_finetune(state, 10 + t), type(header)(**sequential))
             previous = "f" * 64
     return out
 
@@ -135,13 +128,6 @@ def test_sequential_models_of_a_chain_of_bases_are_evaluated_over_the_original(c
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert matrix[2] == pytest.approx(plain_eval(cli, toy_folders, sessions / "seq3.safetensors"), abs=1e-6)
     assert matrix[0] != matrix[2]
-
-
-def one_line_error(result) -> str:
-    assert result.code != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def test_bad_session_inputs_are_one_line_errors(cli, toy_folders, sessions, tmp_path):

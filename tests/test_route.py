@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import one_line_error, stand_in_finetune
 
 from cftool.data import load_task
 from cftool.evaluate import encode_images, zero_shot_head
@@ -43,18 +44,17 @@ def test_scores_are_each_tasks_best_class_cosine():
     assert top_tasks(scores, 9).shape == (3, 3)  # K beyond the number of tasks: all of them
 
 
+def test_the_command_line_default_k_is_the_librarys():
+    from cftool.cli.common import DEFAULT_TOP_K
+    from cftool.route import DEFAULT_TOP_K as LIBRARY_DEFAULT
+
+    assert DEFAULT_TOP_K == LIBRARY_DEFAULT == 4
+
+
 def test_equal_scores_route_to_the_earlier_task_whatever_their_number():
     same = torch.tensor([[0.0, 1.0]])
     scores = routing_scores(torch.tensor([[0.0, 1.0]] * 4), [same.clone() for _ in range(12)])
     assert top_tasks(scores, 4).tolist() == [[0, 1, 2, 3]] * 4
-
-
-def fake_finetune(state, seed, scale=3e-3):
-    generator = torch.Generator().manual_seed(seed)
-    return {
-        name: tensor + scale * torch.randn(tensor.shape, generator=generator) if tensor.is_floating_point() else tensor
-        for name, tensor in state.items()
-    }
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def condu(toy_folders, tmp_path_factory):
         for seed, name in enumerate(TASKS):
             task = load_task(f"folder:{toy_folders[name]}")
             header = weights.header("model", task=name, classnames=task.classnames, template="a photo of a {}.")
-            model = save_checkpoint(folder / f"{name}.safetensors", fake_finetune(state, seed), header)
+            model = save_checkpoint(folder / f"{name}.safetensors", stand_in_finetune(state, seed), header)
             prototypes = torch.randn(len(task.classnames), 128, generator=torch.Generator().manual_seed(seed))
             save_checkpoint(
                 folder / f"{name}.prototypes.safetensors",
@@ -170,13 +170,6 @@ def test_task_agnostic_route_averages_zero_shot_and_k_experts(cli, condu, toy_fo
     assert report["zero_shot"] and report["top_k"] == 2
     assert all(len(p["tasks"]) == 2 and len(set(p["tasks"])) == 2 for p in report["predictions"])
     assert report["expert_image_passes"] == 2 * report["num_images"]
-
-
-def one_line_error(result) -> str:
-    assert result.code != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 def test_bad_routing_inputs_are_one_line_errors(cli, condu, toy_folders, tmp_path):

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+# cftool.route.DEFAULT_TOP_K (the reference's K), spelled out so that `--help` does not import torch.
+DEFAULT_TOP_K = 4
+
+
 def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
     """Eager `--config` callback: YAML keys become the command's defaults, so flags given on the line win."""
     if value is None:

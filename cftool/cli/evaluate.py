@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from cftool.cli.common import (
+    DEFAULT_TOP_K,
     BatchSizeOption,
     ConfigOption,
     DataRootOption,
@@ -85,7 +86,7 @@ def eval_command(
             "--prototypes", help="--sessions: the tasks' prototype files for routing, a quoted glob (repeatable)."
         ),
     ] = None,
-    top_k: Annotated[int, typer.Option("--top-k", help="--sessions: experts per routed image.")] = 4,
+    top_k: Annotated[int, typer.Option("--top-k", help="--sessions: experts per routed image.")] = DEFAULT_TOP_K,
     cache_dir: Annotated[
         Path | None,
         typer.Option("--cache-dir", help="--sessions: folder of measured cells (default ~/.cache/cftool/eval)."),
@@ -132,7 +133,7 @@ def eval_command(
     if bool(data) == bool(benchmark):
         raise CftoolError("give either --data TASK (one or more) or --benchmark NAME")
     if not sessions:
-        session_only = {"--task-agnostic": task_agnostic, "--prototypes": prototypes, "--top-k": top_k != 4,
+        session_only = {"--task-agnostic": task_agnostic, "--prototypes": prototypes, "--top-k": top_k != DEFAULT_TOP_K,
                         "--cache-dir": cache_dir, "--heatmap": heatmap}  # fmt: skip
         given = [flag for flag, value in session_only.items() if value]
         if given:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cftool.cli.common import (
+    DEFAULT_TOP_K,
     BatchSizeOption,
     ConfigOption,
     DataRootOption,
@@ -29,9 +30,6 @@ from cftool.errors import CftoolError
 if TYPE_CHECKING:
     from cftool.data import TaskData
     from cftool.route import Routed
-
-# cftool.route.DEFAULT_TOP_K, spelled out so that `--help` does not import torch.
-DEFAULT_TOP_K = 4
 
 
 def route_command(
@@ -111,7 +109,7 @@ def route_command(
             zoo, unified, task_data, split, options, task, prototypes or [], lambda n: progress.advance(bar, n)
         )
     mode = f"task {task!r}'s expert" if task else _members(options)
-    hits = _own_task_hits(unified, task, task_data, routed)
+    hits = None if task else routed.routed_to(task_data.name)  # with --task no image is routed
     console.print(
         f"{task_data.name} ({split}, {len(routed.labels)} images, {len(task_data.classnames)} classes): "
         f"top-1 {routed.accuracy:.1f} % with {mode}; {routed.passes.expert_images:,} expert image passes"
@@ -122,17 +120,6 @@ def route_command(
         console.print(f"wrote {output}")
     if json_output:
         emit_json(_report(unified, data, split, task, options, routed, task_data, hits))
-
-
-def _own_task_hits(unified: Path, task: str | None, task_data: TaskData, routed: Routed) -> float | None:
-    """Without --task, on data of a task the set has learned: the share of its images routed to that task's expert."""
-    from cftool.io.unified import open_unified
-
-    if task is not None:
-        return None
-    with open_unified(unified) as unified_set:
-        learned = task_data.name in unified_set.task_names
-    return routed.routed_to(task_data.name) if learned else None
 
 
 def _base_recorded_in(path: Path) -> str:
