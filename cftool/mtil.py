@@ -185,7 +185,7 @@ class CellEvaluator:
         if path not in self._hashes:
             self._hashes[path] = file_sha256(path)
         digest = self._hashes[path]
-        with open_applicable(path, self.base_sha256, self.zoo.spec.canonical) as ckpt:
+        with open_applicable(path, self.zoo, self.base_sha256) as ckpt:
             if ckpt.header.kind != "unified":
                 return self._measured(self._key(task, digest, "checkpoint"), lambda: self._applied(ckpt, task))
             unified = UnifiedSet(ckpt)
@@ -220,7 +220,7 @@ class CellEvaluator:
                 )
             embed_dim = self.zoo.model.text_projection.shape[-1]
             files = prototype_files(self.options.prototypes)
-            self._prototypes = read_prototypes(files, self.base_sha256, self.zoo.spec.canonical, embed_dim)
+            self._prototypes = read_prototypes(files, self.zoo, self.base_sha256, embed_dim)
         return self._prototypes
 
 

@@ -54,14 +54,14 @@ class Endpoint:
         return ZERO_SHOT if self.path is None else str(self.path)
 
 
-def endpoints(a: str, b: str, base_sha256: str) -> tuple[Endpoint, Endpoint, str]:
+def endpoints(a: str, b: str, base_sha256: str, base_arch: dict | None) -> tuple[Endpoint, Endpoint, str]:
     """The two ends and the path's kind; refuses two zero-shot ends, kinds that differ and kinds with no path."""
     ends = []
     for spec in (a, b):
         if spec == ZERO_SHOT:
             ends.append(Endpoint(None, None))
             continue
-        with open_checkpoint(spec, kind=PATH_KINDS, base_sha256=base_sha256) as ckpt:
+        with open_checkpoint(spec, kind=PATH_KINDS, base_sha256=base_sha256, base_arch=base_arch) as ckpt:
             ends.append(Endpoint(Path(spec), ckpt.header.kind))
     kinds = {end.kind for end in ends if end.kind is not None}
     if not kinds:
@@ -132,7 +132,7 @@ def path_report(
 ) -> dict:
     """`eval --path`'s report: the ends, the α grid and each task's (or class half's) curves with their maximum
     loss and loss barrier."""
-    start, end, kind = endpoints(a, b, base_sha256)
+    start, end, kind = endpoints(a, b, base_sha256, zoo.architecture)
     parts = [half for task in tasks for half in halves_of(task)] if base2new else tasks
     curves = evaluate_path(zoo, start, end, kind, parts, path_alphas(steps), split, cache)
     return {
@@ -218,7 +218,7 @@ def interpolate(zoo: ZooModel, a: str, b: str, alpha: float, output: Path, overw
     """Write the point ``(1 − α)·A + α·B`` of the path as a checkpoint of the ends' kind."""
     if not math.isfinite(alpha):
         raise CftoolError(f"--alpha must be a finite number, got {alpha}")
-    start, end, kind = endpoints(a, b, zoo.weights_sha256)
+    start, end, kind = endpoints(a, b, zoo.weights_sha256, zoo.architecture)
     readers = [open_checkpoint(e.path) if e.path is not None else None for e in (start, end)]
     try:
         template = next(r for r in reversed(readers) if r is not None)
@@ -228,6 +228,7 @@ def interpolate(zoo: ZooModel, a: str, b: str, alpha: float, output: Path, overw
             kind=kind,
             base=template.header.base,
             base_sha256=zoo.weights_sha256,
+            base_arch=zoo.architecture,
             task=template.header.task,
             classnames=template.header.classnames,
             template=template.header.template,

@@ -190,7 +190,7 @@ def _applied(
     if path is None:
         yield zero_shot_head, True
         return
-    with open_applicable(path, base_sha256, zoo.spec.canonical) as ckpt, applied(zoo, ckpt, base_state, task) as result:
+    with open_applicable(path, zoo, base_sha256) as ckpt, applied(zoo, ckpt, base_state, task) as result:
         yield result
 
 

@@ -163,11 +163,13 @@ def prototype_files(patterns: Sequence[str]) -> list[Path]:
     return files
 
 
-def read_prototypes(files: Sequence[Path], base_sha256: str, base: str, embed_dim: int) -> dict[str, torch.Tensor]:
+def read_prototypes(files: Sequence[Path], zoo: ZooModel, base_sha256: str, embed_dim: int) -> dict[str, torch.Tensor]:
     """Class prototypes by task, from `prototypes` files made for the base in use: [classes, embed_dim] each."""
     by_task: dict[str, tuple[Path, torch.Tensor]] = {}
     for path in files:
-        with open_checkpoint(path, kind="prototypes", base_sha256=base_sha256, base=base) as ckpt:
+        with open_checkpoint(
+            path, kind="prototypes", base_sha256=base_sha256, base=zoo.spec.canonical, base_arch=zoo.architecture
+        ) as ckpt:
             task = ckpt.header.task
             if task is None:
                 raise CftoolError(f"{path}: a prototypes file that names no task (cftool.task); re-create it")
@@ -179,7 +181,7 @@ def read_prototypes(files: Sequence[Path], base_sha256: str, base: str, embed_di
             prototypes = ckpt["prototypes"]
         if prototypes.dim() != 2 or prototypes.shape[1] != embed_dim:
             raise CftoolError(
-                f"{path}: expected prototypes [classes, {embed_dim}] for the base {base}, "
+                f"{path}: expected prototypes [classes, {embed_dim}] for the base {zoo.spec.canonical}, "
                 f"found {list(prototypes.shape)}"
             )
         by_task[task] = (path, prototypes.float())
@@ -295,12 +297,12 @@ def predict(
 ) -> Routed:
     """`cftool route`: a unified set's predictions on a dataset, by routing (no ``task``) or by one task's expert."""
     base_state = {name: t.clone() for name, t in zoo.model.state_dict().items()}
-    with open_unified(unified_path, base_sha256=zoo.weights_sha256, base=zoo.spec.canonical) as unified:
+    with open_unified(unified_path, zoo.weights_sha256, zoo.spec.canonical, zoo.architecture) as unified:
         if task is not None:
             unified.task_index(task)  # an unknown task is refused before any work
             return expert_split(zoo, unified, task, data, split, options, base_state)
         embed_dim = zoo.model.text_projection.shape[-1]
-        known = read_prototypes(prototype_files(prototype_patterns), zoo.weights_sha256, zoo.spec.canonical, embed_dim)
+        known = read_prototypes(prototype_files(prototype_patterns), zoo, zoo.weights_sha256, embed_dim)
         prototypes = prototypes_of(unified, known)
         features, labels = encode_images(
             zoo, data.split(split, zoo.preprocess), options.batch_size, options.workers, advance

@@ -106,12 +106,20 @@ def test_corrupt_and_foreign_files_are_reported(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
-def test_torchscript_archives_are_refused_with_a_conversion_hint(tmp_path):
+def test_torchscript_archives_give_their_weights_as_a_state_dict_and_nothing_else(tmp_path):
     path = tmp_path / "ViT-B-16.pt"
-    torch.jit.script(torch.nn.Linear(2, 2)).save(str(path))
+    layer = torch.nn.Linear(2, 2)
+    torch.jit.script(layer).save(str(path))
+    state = read_state_dict(path)
+    assert state.keys() == {"weight", "bias"}
+    assert torch.equal(state["weight"], layer.weight.detach())
+    with pytest.raises(CftoolError) as error:  # a prompt or trainer state is never a TorchScript archive
+        load_weights_only(path)
+    assert_one_line_about(error, path, "TorchScript", "--zs ARCH:")
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:-200])
     with pytest.raises(CftoolError) as error:
-        read_state_dict(path)
-    assert_one_line_about(error, path, "TorchScript", "open_clip")
+        read_state_dict(tmp_path / "cut.pt")
+    assert_one_line_about(error, tmp_path / "cut.pt", "not a readable")
 
 
 def test_flat_state_dicts_are_read_from_pickles_and_safetensors(tmp_path):

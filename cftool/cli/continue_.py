@@ -114,10 +114,11 @@ def continue_command(
     from cftool.io.checkpoint import open_checkpoint
     from cftool.train.continued import ContinueJob, continue_training
     from cftool.train.objectives import MergeTuneOptions, parse_lmc_samples
+    from cftool.zoo.base import recorded_base
 
     if zs is None:
         with open_checkpoint(source) as ckpt:
-            zs = ckpt.header.base
+            zs = recorded_base(ckpt.header, source)
     train_overrides = {
         name: value
         for name, value in {

@@ -213,12 +213,13 @@ def _base_of(specs: list[str], tasks: list[str], sessions: list[str] = ()) -> st
     from cftool.mtil import resolve_sessions
     from cftool.protocols import ZERO_SHOT, labelled_column
     from cftool.train import ADAPTERS
+    from cftool.zoo.base import recorded_base
 
     files = [labelled_column(spec, tasks).files_of(tasks[0])[0] for spec in specs if spec != ZERO_SHOT]
     files += [resolve_sessions(spec, len(tasks)).files[0] for spec in sessions]
     for first in files:
         with open_checkpoint(first, kind=tuple(ADAPTERS)) as ckpt:
-            return ckpt.header.base
+            return recorded_base(ckpt.header, first)
     raise CftoolError("name the model with --zs (e.g. --zs tiny), or give checkpoint files to evaluate")
 
 

@@ -181,9 +181,7 @@ def _import_condu_session(
     if not is_condu_session(folder):
         raise CftoolError(f"{folder}: not a ConDU session folder (no unified.pth in it); name the session_N folder")
     with open_base(zs) as base:
-        written = import_condu_session(
-            folder, base.canonical, base.sha256, base.layout, output, prototypes_dir or output.parent, force
-        )
+        written = import_condu_session(folder, base, output, prototypes_dir or output.parent, force)
     console.print(f"wrote {written[0]} (ConDU session → unified)" + "".join(f", {path}" for path in written[1:]))
 
 

@@ -35,6 +35,7 @@ def interpolate_command(
     from cftool.paths import interpolate
     from cftool.protocols import ZERO_SHOT
     from cftool.zoo import load_model
+    from cftool.zoo.base import recorded_base
 
     refuse_existing(output, force)
     inputs = [spec for spec in (start, end) if spec != ZERO_SHOT]
@@ -44,7 +45,7 @@ def interpolate_command(
         if not inputs:
             raise CftoolError("interpolate zs zs: name a checkpoint for at least one end")
         with open_checkpoint(inputs[0]) as ckpt:
-            zs = ckpt.header.base
+            zs = recorded_base(ckpt.header, inputs[0])
     zoo = load_model(zs, resolve_device(device))
     written = interpolate(zoo, start, end, alpha, output, overwrite=force)
     console.print(f"wrote {written}: (1 − {alpha:g})·{start} + {alpha:g}·{end}")

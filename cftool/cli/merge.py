@@ -35,9 +35,10 @@ def _reporter(progress):
 
 def _base_recorded_in(path: Path) -> str:
     from cftool.io.checkpoint import open_checkpoint
+    from cftool.zoo.base import recorded_base
 
     with open_checkpoint(path) as ckpt:
-        return ckpt.header.base
+        return recorded_base(ckpt.header, path)
 
 
 def delta_command(
@@ -200,7 +201,7 @@ def decouple_command(
 
     from cftool.io.unified import open_unified
     from cftool.merge.decouple import decouple
-    from cftool.zoo.base import open_base
+    from cftool.zoo.base import open_base, recorded_base
 
     if as_kind not in AS_KINDS:
         raise CftoolError(f"--as {as_kind!r}: expected delta or model")
@@ -216,7 +217,9 @@ def decouple_command(
         else:
             unified_set.task_index(task)  # an unknown task is refused before the base is read
             outputs = [output]
-        base = stack.enter_context(open_base(zs or unified_set.header.base)) if as_kind == "model" else None
+        base = None
+        if as_kind == "model":
+            base = stack.enter_context(open_base(zs or recorded_base(unified_set.header, unified)))
         with progress_bar() as progress:
             written = decouple(unified_set, tasks, outputs, base, overwrite=force, progress=_reporter(progress))
     for path in written:

@@ -124,9 +124,10 @@ def route_command(
 
 def _base_recorded_in(path: Path) -> str:
     from cftool.io.checkpoint import open_checkpoint
+    from cftool.zoo.base import recorded_base
 
     with open_checkpoint(path, kind="unified") as ckpt:
-        return ckpt.header.base
+        return recorded_base(ckpt.header, path)
 
 
 def _members(options) -> str:

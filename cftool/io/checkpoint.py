@@ -61,6 +61,7 @@ _KEY_FORMAT = "cftool.format"
 _KEY_KIND = "cftool.kind"
 _KEY_BASE = "cftool.base"
 _KEY_BASE_SHA256 = "cftool.base_sha256"
+_KEY_BASE_ARCH = "cftool.base_arch"
 _KEY_TASK = "cftool.task"
 _KEY_CLASSNAMES = "cftool.classnames"
 _KEY_TEMPLATE = "cftool.template"
@@ -68,7 +69,7 @@ _KEY_METHOD = "cftool.method"
 _KEY_CONFIG = "cftool.config"
 _RESERVED_KEYS = frozenset(
     {
-        _KEY_FORMAT, _KEY_KIND, _KEY_BASE, _KEY_BASE_SHA256, _KEY_TASK,
+        _KEY_FORMAT, _KEY_KIND, _KEY_BASE, _KEY_BASE_SHA256, _KEY_BASE_ARCH, _KEY_TASK,
         _KEY_CLASSNAMES, _KEY_TEMPLATE, _KEY_METHOD, _KEY_CONFIG,
     }
 )  # fmt: skip
@@ -123,6 +124,9 @@ class Header:
     kind: str
     base: str
     base_sha256: str = ""
+    # open_clip's model config of the base as built (activation included): equal weights under another
+    # architecture, e.g. GELU instead of QuickGELU, are another base.
+    base_arch: dict | None = None
     task: str | None = None
     classnames: list[str] | None = None
     template: str | None = None
@@ -141,6 +145,8 @@ class Header:
         metadata = {_KEY_FORMAT: FORMAT_VERSION, _KEY_KIND: self.kind, _KEY_BASE: self.base}
         if self.base_sha256:
             metadata[_KEY_BASE_SHA256] = self.base_sha256
+        if self.base_arch is not None:
+            metadata[_KEY_BASE_ARCH] = json.dumps(self.base_arch, sort_keys=True)
         if self.task is not None:
             metadata[_KEY_TASK] = self.task
         if self.classnames is not None:
@@ -185,10 +191,14 @@ class Header:
         config = _parse_json_field(md, _KEY_CONFIG, path)
         if config is not None and not isinstance(config, dict):
             raise CftoolError(f"{path}: {_KEY_CONFIG} is not a JSON object; re-create the file")
+        base_arch = _parse_json_field(md, _KEY_BASE_ARCH, path)
+        if base_arch is not None and not isinstance(base_arch, dict):
+            raise CftoolError(f"{path}: {_KEY_BASE_ARCH} is not a JSON object; re-create the file")
         return cls(
             kind=kind,
             base=base,
             base_sha256=md.get(_KEY_BASE_SHA256, ""),
+            base_arch=base_arch,
             task=md.get(_KEY_TASK),
             classnames=classnames,
             template=md.get(_KEY_TEMPLATE),
@@ -527,11 +537,12 @@ def open_checkpoint(
     kind: str | tuple[str, ...] | None = None,
     base_sha256: str | None = None,
     base: str | None = None,
+    base_arch: dict | None = None,
 ) -> CheckpointReader:
     """Open a cftool checkpoint after checking its header, kind and base weights.
 
-    ``base_sha256`` is the hash of the base weights in use (``base`` its spec, for the message);
-    a file that records no base hash cannot be checked and is accepted.
+    ``base_sha256`` is the hash of the base weights in use (``base`` its spec, for the message) and ``base_arch``
+    its architecture; what a file does not record cannot be checked and is accepted.
     """
     tensors, metadata, positions = _scan_file(path)
     header = Header.from_metadata(metadata, path)
@@ -547,7 +558,26 @@ def open_checkpoint(
             f"but the base model in use {in_use}has weights sha256 {_short_hash(base_sha256)}; "
             f"use --zs {header.base}, the base it was made for"
         )
+    if base_arch and header.base_arch and header.base_arch != base_arch:
+        raise CftoolError(
+            f"{path}: made for base model {header.base!r} built with {_arch_difference(header.base_arch, base_arch)}; "
+            f"the same weights under another architecture are another model: use --zs {header.base}"
+        )
     return CheckpointReader(path, header, tensors, positions)
+
+
+def _arch_difference(made_for: dict, in_use: dict) -> str:
+    """``quick_gelu=True (the model in use: False)``: the settings where two model configs differ."""
+
+    def flat(config: dict, prefix: str = "") -> dict[str, Any]:
+        items: dict[str, Any] = {}
+        for key, value in config.items():
+            items.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return items
+
+    made, used = flat(made_for), flat(in_use)
+    differing = [key for key in sorted(made.keys() | used.keys()) if made.get(key) != used.get(key)]
+    return ", ".join(f"{key}={made.get(key)!r} (the model in use: {used.get(key)!r})" for key in differing[:3])
 
 
 def check_shapes(

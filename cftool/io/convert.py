@@ -3,8 +3,9 @@ a ConDU session folder as a unified set."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import safe_open
@@ -21,6 +22,9 @@ from cftool.io.checkpoint import (
     save_checkpoint,
 )
 from cftool.io.foreign import condu_task_names, read_condu_prototypes, read_condu_triggers, read_condu_unified
+
+if TYPE_CHECKING:  # the protocol of the base weights; io itself imports nothing above it
+    from cftool.merge.stream import BaseModel
 from cftool.io.unified import (
     RESCALERS,
     TaskEntry,
@@ -108,9 +112,7 @@ def export_plain(source: Path, output: Path, overwrite: bool) -> Path:
 
 def import_condu_session(
     folder: Path,
-    base: str,
-    base_sha256: str,
-    base_layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+    base: BaseModel,
     output: Path,
     prototypes_dir: Path,
     overwrite: bool = False,
@@ -125,13 +127,13 @@ def import_condu_session(
     tasks = condu_task_names(folder)
     unified = read_condu_unified(folder)
     for name, tensor in unified.items():
-        dtype, shape = base_layout.get(name, (None, None))
+        dtype, shape = base.layout.get(name, (None, None))
         fits = dtype is not None and tuple(shape) == tuple(tensor.shape) and dtype.is_floating_point
         if not (fits and tensor.is_floating_point()):
             found = "absent" if dtype is None else f"{dtype} {list(shape)}"
             raise CftoolError(
                 f"{folder / 'unified.pth'}: tensor {name!r} ({tensor.dtype} {list(tensor.shape)}) does not fit the "
-                f"base model {base} (there: {found}); pass the --zs the session was trained from"
+                f"base model {base.canonical} (there: {found}); pass the --zs the session was trained from"
             )
     prototypes = read_condu_prototypes(folder)
     prototype_files = {task: prototypes_dir / f"{task}.prototypes.safetensors" for task in tasks if task in prototypes}
@@ -141,7 +143,7 @@ def import_condu_session(
     layout = unified_layout({name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in unified.items()}, len(tasks))
     config = {"imported_from": str(folder)}
     extra = tasks_metadata([TaskEntry(task) for task in tasks])
-    header = Header("unified", base, base_sha256, method="condu", config=config, extra=extra)
+    header = base.header("unified", method="condu", config=config, extra=extra)
     with CheckpointWriter(output, layout, header, overwrite=overwrite) as writer:
         for name, tensor in unified.items():
             writer.write(name, tensor.detach().contiguous())
@@ -153,6 +155,6 @@ def import_condu_session(
             rescalers.append(rescaler)
         writer.write(RESCALERS, torch.tensor(rescalers, dtype=torch.float32))
     for task, path in prototype_files.items():
-        prototype_header = Header("prototypes", base, base_sha256, task=task, method="condu", config=config)
+        prototype_header = base.header("prototypes", task=task, method="condu", config=config)
         save_checkpoint(path, {"prototypes": prototypes[task]}, prototype_header, overwrite=overwrite)
     return [output, *prototype_files.values()]

@@ -11,6 +11,7 @@ import inspect
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,21 @@ def _is_torchscript_archive(path: Path) -> bool:
         return False
 
 
+def _torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The weights of a TorchScript archive, the format of OpenAI's CLIP release.
+
+    ``torch.jit.load`` rebuilds the archive's TorchScript modules without running any of their code, and its
+    unpickler only builds TorchScript's own types, so reading ``state_dict()`` executes nothing from the file.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch deprecates TorchScript; OpenAI's files are in it
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    except Exception as exc:  # torch reports corrupt archives with many exception types
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise CftoolError(f"{path}: not a readable TorchScript archive ({detail}); was it saved completely?") from None
+
+
 def load_weights_only(path: str | os.PathLike[str]) -> object:
     """``torch.load(path, weights_only=True)`` on the CPU, with every failure as a CftoolError.
 
@@ -84,9 +100,8 @@ def load_weights_only(path: str | os.PathLike[str]) -> object:
     path = check_input_file(path)
     if _is_torchscript_archive(path):
         raise CftoolError(
-            f"{path}: is a TorchScript (JIT) archive, like OpenAI's original CLIP files, which cftool does not load; "
-            "convert it to a state dict with open_clip first "
-            f"(open_clip.load_openai_model('{path}', jit=False), then torch.save of its state_dict())"
+            f"{path}: is a TorchScript (JIT) archive, like OpenAI's CLIP release; cftool reads those only as full "
+            f"model weights (--zs ARCH:{path}, or `cftool import` of a fine-tuned model)"
         )
     try:
         with torch.serialization.safe_globals(_TRAINING_STATE_STANDINS):
@@ -135,7 +150,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise CftoolError(f"{path}: cannot read tensors ({' '.join(str(exc).split())}); check the file") from None
 
-    loaded = load_weights_only(path)
+    loaded = _torchscript_state_dict(path) if _is_torchscript_archive(path) else load_weights_only(path)
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):

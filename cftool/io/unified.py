@@ -182,9 +182,11 @@ class UnifiedSet:
         self.close()
 
 
-def open_unified(path: str | os.PathLike[str], base_sha256: str | None = None, base: str | None = None) -> UnifiedSet:
+def open_unified(
+    path: str | os.PathLike[str], base_sha256: str | None = None, base: str | None = None, base_arch: dict | None = None
+) -> UnifiedSet:
     """Open a unified file after checking its kind (and base, as ``open_checkpoint`` does) and its structure."""
-    reader = open_checkpoint(path, kind="unified", base_sha256=base_sha256, base=base)
+    reader = open_checkpoint(path, kind="unified", base_sha256=base_sha256, base=base, base_arch=base_arch)
     try:
         return UnifiedSet(reader)
     except BaseException:

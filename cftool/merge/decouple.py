@@ -95,4 +95,4 @@ def _expert_header(unified: UnifiedSet, index: int, base: BaseModel | None) -> H
     }
     if base is not None:
         return base.header("model", **fields)
-    return Header("delta", unified.header.base, unified.header.base_sha256, **fields)
+    return Header("delta", unified.header.base, unified.header.base_sha256, unified.header.base_arch, **fields)

@@ -37,6 +37,11 @@ def check_same_base(source: Path, header: Header, base: BaseModel) -> None:
             f"{source}: made for base model {header.base!r} (weights sha256 {header.base_sha256[:12]}) but the base "
             f"model in use {base.canonical!r} has weights sha256 {base.sha256[:12]}; use --zs {header.base}"
         )
+    if header.base_arch and base.architecture and header.base_arch != base.architecture:
+        raise CftoolError(
+            f"{source}: made for base model {header.base!r}, built under another architecture than the base model "
+            f"in use {base.canonical!r} (e.g. QuickGELU against GELU); use --zs {header.base}"
+        )
 
 
 def check_base_fits(source: Path, layout: dict, base: BaseModel) -> None:

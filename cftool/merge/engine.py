@@ -50,6 +50,7 @@ class TaskInput(ABC):
     task: TaskEntry
     base: str
     base_sha256: str
+    base_arch: dict | None
     layout: Layout
 
     @abstractmethod
@@ -64,7 +65,7 @@ class DeltaFile(TaskInput):
         header = reader.header
         task = header.task or _stem(reader.path)
         self.task = TaskEntry(task, header.classnames, header.template)
-        self.base, self.base_sha256 = header.base, header.base_sha256
+        self.base, self.base_sha256, self.base_arch = header.base, header.base_sha256, header.base_arch
         self.layout = {name: (info.torch_dtype, info.shape) for name, info in reader.tensors.items()}
 
     def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
@@ -79,6 +80,7 @@ class DecoupledExpert(TaskInput):
         self.source = unified.path
         self.task = unified.tasks[index]
         self.base, self.base_sha256 = unified.header.base, unified.header.base_sha256
+        self.base_arch = unified.header.base_arch
         self.layout = {name: (info.torch_dtype, info.shape) for name, info in unified.delta.items()}
 
     def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
@@ -91,7 +93,7 @@ class LoadedDelta(TaskInput):
     def __init__(self, tensors: Mapping[str, torch.Tensor], task: TaskEntry, base: str = "", base_sha256: str = ""):
         self.tensors = dict(tensors)
         self.source = Path(f"<{task.task}>")
-        self.task, self.base, self.base_sha256 = task, base, base_sha256
+        self.task, self.base, self.base_sha256, self.base_arch = task, base, base_sha256, None
         self.layout = {name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in self.tensors.items()}
 
     def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
@@ -163,6 +165,8 @@ def check_compatible(inputs: Sequence[TaskInput]) -> None:
             if other.base_sha256 and first.base_sha256
             else other.base == first.base
         )
+        if same_base and other.base_arch and first.base_arch:
+            same_base = other.base_arch == first.base_arch
         if not same_base:
             raise CftoolError(
                 f"{other.source}: made for base {other.base!r} (weights sha256 {_short(other.base_sha256)}) but "
@@ -285,10 +289,12 @@ def unify(
     if method.writes_triggers:
         layout = unified_layout(delta_layout, len(inputs))
         extra = tasks_metadata(tasks)
-        header = Header("unified", first.base, first.base_sha256, method=method.name, config=config, extra=extra)
+        header = Header(
+            "unified", first.base, first.base_sha256, first.base_arch, method=method.name, config=config, extra=extra
+        )
     else:
         layout = delta_layout
-        header = Header("delta", first.base, first.base_sha256, method=method.name, config=config)
+        header = Header("delta", first.base, first.base_sha256, first.base_arch, method=method.name, config=config)
 
     passes += 1
     sums: dict[str, torch.Tensor] = {}

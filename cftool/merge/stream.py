@@ -29,6 +29,7 @@ class BaseModel(Protocol):
 
     canonical: str
     layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
+    architecture: dict | None
 
     @property
     def sha256(self) -> str: ...

@@ -95,12 +95,18 @@ def adapter_of(ckpt: CheckpointReader) -> type[Adapter]:
 SELF_CONTAINED_KINDS = ("model",)
 
 
-def open_applicable(path: str | Path, base_sha256: str, base: str) -> CheckpointReader:
-    """Open a checkpoint of any adapted kind to apply to the base in use (weights hash ``base_sha256``, spec
-    ``base``); every kind but a self-contained one must have been made from that base."""
+def open_applicable(path: str | Path, zoo: ZooModel, base_sha256: str) -> CheckpointReader:
+    """Open a checkpoint of any adapted kind to apply to ``zoo``, whose base weights hash to ``base_sha256``; every
+    kind but a self-contained one must have been made from that base, and every kind for its architecture."""
     kind = Header.from_metadata(read_header(path)[1], path).kind
     own_base = kind not in SELF_CONTAINED_KINDS
-    return open_checkpoint(path, kind=tuple(ADAPTERS), base_sha256=base_sha256 if own_base else None, base=base)
+    return open_checkpoint(
+        path,
+        kind=tuple(ADAPTERS),
+        base_sha256=base_sha256 if own_base else None,
+        base=zoo.spec.canonical,
+        base_arch=zoo.architecture,
+    )
 
 
 def apply_checkpoint(zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:

@@ -126,7 +126,9 @@ def _finetune(
     labels = torch.tensor(train_split.labels, dtype=torch.long)
     _check_every_class_has_images(task, labels)
     if continuation is not None:  # refuse a checkpoint of another base before any work
-        open_checkpoint(continuation.checkpoint, base_sha256=base_sha256, base=zoo.spec.canonical).close()
+        open_checkpoint(
+            continuation.checkpoint, base_sha256=base_sha256, base=zoo.spec.canonical, base_arch=zoo.architecture
+        ).close()
 
     # A new method scores exactly as the zero-shot model does (LoRA's B starts at zero), so the features and the
     # head below are zero-shot ones.
@@ -176,6 +178,7 @@ def _finetune(
         method.kind,
         zoo.spec.canonical,
         base_sha256,
+        zoo.architecture,
         task=task.name,
         classnames=task.classnames,
         template=method.template,

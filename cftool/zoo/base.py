@@ -10,6 +10,9 @@ one at a time where the file allows it (safetensors), so a base costs one tensor
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from functools import cached_property
@@ -21,11 +24,19 @@ from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, read_header, tensors_sha256
 from cftool.io.foreign import read_state_dict
 
+log = logging.getLogger(__name__)
+
 TINY = "tiny"
 TINY_ARCH = "cftool-tiny"
 TINY_WEIGHTS = Path(__file__).parent / "weights" / "tiny.safetensors"
+MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 HF_HUB_PREFIX = "hf-hub:"
+LOCAL_DIR_PREFIX = "local-dir:"
 _COUNTER_SUFFIX = "num_batches_tracked"
+# OpenAI's CLIP release (its TorchScript files, and state dicts taken from them) holds these next to the weights;
+# open_clip's state dicts never do. They are how OpenAI-trained weights, which need QuickGELU, are recognised.
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+_QUICK_GELU_SUFFIX = "-quickgelu"
 
 
 def names_weights_file(tag: str) -> bool:
@@ -37,9 +48,74 @@ def arch_of(base: str) -> str:
     """The open_clip architecture of a recorded base spec (``tiny``, ``ARCH:TAG``, ``ARCH:PATH``, ``hf-hub:…``)."""
     if base == TINY:
         return TINY_ARCH
-    if base.startswith(HF_HUB_PREFIX):
+    if is_named_schema(base):
         return base
     return base.partition(":")[0].replace("/", "-")
+
+
+def is_named_schema(spec: str) -> bool:
+    """``hf-hub:…`` and ``local-dir:…``: specs whose config and weights open_clip finds itself."""
+    return spec.startswith((HF_HUB_PREFIX, LOCAL_DIR_PREFIX))
+
+
+def _config_file(arch: str) -> Path | None:
+    """open_clip's JSON config of ``arch``, found without importing open_clip (cftool's own configs first)."""
+    own = MODEL_CONFIGS / f"{arch}.json"
+    if own.is_file():
+        return own
+    found = importlib.util.find_spec("open_clip")
+    for folder in found.submodule_search_locations or () if found else ():
+        candidate = Path(folder) / "model_configs" / f"{arch}.json"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def architecture(arch: str, quick_gelu: bool = False) -> dict | None:
+    """The model config open_clip builds ``arch`` from, with the activation always spelled out (``quick_gelu``),
+    so that ``ViT-B-16`` forced to QuickGELU and ``ViT-B-16-quickgelu`` are the same architecture; None where only
+    open_clip can tell (an ``hf-hub:`` model not in the cache)."""
+    if arch.startswith(LOCAL_DIR_PREFIX):
+        path = Path(arch[len(LOCAL_DIR_PREFIX) :]) / "open_clip_config.json"
+        config = json.loads(path.read_text()).get("model_cfg") if path.is_file() else None
+    else:
+        path = None if is_named_schema(arch) else _config_file(arch)
+        config = json.loads(path.read_text()) if path else None
+    if not isinstance(config, dict):
+        return None
+    config["quick_gelu"] = bool(config.get("quick_gelu", False) or quick_gelu)
+    return config
+
+
+def openai_extras_removed(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+    """``state`` without the entries of OpenAI's release format, and whether it was in that format."""
+    if all(key in state for key in OPENAI_EXTRA_KEYS):
+        return {name: tensor for name, tensor in state.items() if name not in OPENAI_EXTRA_KEYS}, True
+    return dict(state), False
+
+
+def warn_if_activation_is_a_guess(arch: str, path: Path) -> None:
+    """A plain open_clip state dict does not say which activation it was trained with; the config's is used."""
+    if not arch.endswith(_QUICK_GELU_SUFFIX) and _config_file(arch + _QUICK_GELU_SUFFIX) is not None:
+        log.warning(
+            "%s: a plain state dict does not record its activation; building %s with GELU as its open_clip config "
+            "says. If these are OpenAI-trained weights, use --zs %s%s:%s (QuickGELU)",
+            path, arch, arch, _QUICK_GELU_SUFFIX, path,
+        )  # fmt: skip
+
+
+def recorded_base(header: Header, path: str | os.PathLike[str]) -> str:
+    """The `--zs` a file records as its base, refused in one line where that names a weights file that has gone:
+    the file accepts any copy of those weights, found by their hash."""
+    base = header.base
+    _, colon, tag = base.partition(":")
+    if colon and not is_named_schema(base) and names_weights_file(tag) and not Path(tag).is_file():
+        same = f" (sha256 {header.base_sha256[:12]})" if header.base_sha256 else ""
+        raise CftoolError(
+            f"{path}: its base {base!r} is no longer there (moved or deleted); pass --zs ARCH:PATH with any copy of "
+            f"those weights{same}, e.g. --zs {arch_of(base)}:/new/place/{Path(tag).name}"
+        )
+    return base
 
 
 def as_loaded(name: str, tensor: torch.Tensor) -> torch.Tensor:
@@ -56,18 +132,21 @@ def _loaded_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
 
 
 class BaseWeights(Mapping[str, torch.Tensor]):
-    """A base model's weights, as a mapping read one tensor at a time; ``canonical`` is the spec files record."""
+    """A base model's weights, as a mapping read one tensor at a time; ``canonical`` is the spec files record and
+    ``architecture`` the model config they were built under (None where only open_clip knows it)."""
 
     def __init__(
         self,
         canonical: str,
         layout: dict[str, tuple[torch.dtype, tuple[int, ...]]],
         read: Callable[[str], torch.Tensor],
+        architecture: dict | None,
         close: Callable[[], None] = lambda: None,
         sha256: str | None = None,
     ):
         self.canonical = canonical
         self.layout = layout
+        self.architecture = architecture
         self._read = read
         self._close = close
         if sha256 is not None:
@@ -79,7 +158,7 @@ class BaseWeights(Mapping[str, torch.Tensor]):
         return tensors_sha256(self)
 
     def header(self, kind: str, **fields) -> Header:
-        return Header(kind=kind, base=self.canonical, base_sha256=self.sha256, **fields)
+        return Header(kind=kind, base=self.canonical, base_sha256=self.sha256, base_arch=self.architecture, **fields)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.layout:
@@ -102,42 +181,65 @@ class BaseWeights(Mapping[str, torch.Tensor]):
         self.close()
 
 
-def _from_checkpoint(canonical: str, reader: CheckpointReader) -> BaseWeights:
-    layout = {name: (_loaded_dtype(name, info.torch_dtype), info.shape) for name, info in reader.tensors.items()}
-    return BaseWeights(canonical, layout, lambda name: as_loaded(name, reader[name]), reader.close)
-
-
-def _from_state_dict(canonical: str, state: Mapping[str, torch.Tensor], sha256: str | None = None) -> BaseWeights:
+def _from_state_dict(
+    canonical: str, state: Mapping[str, torch.Tensor], architecture: dict | None, sha256: str | None = None
+) -> BaseWeights:
     tensors = {name: as_loaded(name, tensor) for name, tensor in state.items()}
     layout = {name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in tensors.items()}
-    return BaseWeights(canonical, layout, tensors.__getitem__, sha256=sha256)
+    return BaseWeights(canonical, layout, tensors.__getitem__, architecture, sha256=sha256)
 
 
-def _from_weights_file(canonical: str, path: Path) -> BaseWeights:
-    """A cftool `model` file read lazily, or a plain state dict (safetensors or a weights-only pickle)."""
-    if path.suffix == ".safetensors" and "cftool.format" in read_header(path)[1]:
-        return _from_checkpoint(canonical, open_checkpoint(path, kind="model"))
-    return _from_state_dict(canonical, read_state_dict(path))
+def is_cftool_file(path: Path) -> bool:
+    return path.suffix == ".safetensors" and "cftool.format" in read_header(path)[1]
+
+
+def model_file_architecture(reader: CheckpointReader) -> dict | None:
+    """What a `model` file was built under: recorded since cftool records it, else its architecture's config."""
+    return reader.header.base_arch or architecture(arch_of(reader.header.base))
+
+
+def plain_weights(arch: str, path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """A plain open_clip or OpenAI state dict and the architecture it needs: OpenAI's format means QuickGELU."""
+    state, openai_format = openai_extras_removed(read_state_dict(path))
+    if not openai_format:
+        warn_if_activation_is_a_guess(arch, path)
+    return state, architecture(arch, quick_gelu=openai_format)
+
+
+def _from_weights_file(arch: str, canonical: str, path: Path) -> BaseWeights:
+    """A cftool `model` file read lazily, or a plain state dict (safetensors, a weights-only pickle, TorchScript)."""
+    if is_cftool_file(path):
+        reader = open_checkpoint(path, kind="model")
+        layout = {name: (_loaded_dtype(name, info.torch_dtype), info.shape) for name, info in reader.tensors.items()}
+        read = lambda name: as_loaded(name, reader[name])  # noqa: E731
+        return BaseWeights(canonical, layout, read, model_file_architecture(reader), reader.close)
+    return _from_state_dict(canonical, *plain_weights(arch, path))
+
+
+def weights_file_canonical(arch: str, path: Path) -> str:
+    """What files made from ``ARCH:PATH`` record: the absolute path, so that the spec works from any folder."""
+    return f"{arch}:{path.resolve()}"
 
 
 def open_base(spec: str) -> BaseWeights:
     """The weights a `--zs` spec names; only pretrained tags and ``hf-hub:`` specs import open_clip."""
     spec = spec.strip()
     if spec == TINY and TINY_WEIGHTS.is_file():
-        return _from_weights_file(TINY, TINY_WEIGHTS)
+        return _from_weights_file(TINY_ARCH, TINY, TINY_WEIGHTS)
     name, colon, tag = spec.partition(":")
-    if spec and not spec.startswith(HF_HUB_PREFIX):
+    if spec and not is_named_schema(spec):
         if colon and tag and names_weights_file(tag):
             weights = Path(tag)
             if not weights.is_file():
                 raise CftoolError(f"--zs {spec!r}: weights file {weights} does not exist")
-            return _from_weights_file(f"{name.replace('/', '-')}:{weights}", weights)
+            arch = name.replace("/", "-")
+            return _from_weights_file(arch, weights_file_canonical(arch, weights), weights)
         path = Path(spec)
         if not colon and path.is_file():
             with open_checkpoint(path, kind="model") as ckpt:
                 arch = arch_of(ckpt.header.base)
-            return _from_weights_file(f"{arch}:{path}", path)
+            return _from_weights_file(arch, weights_file_canonical(arch, path), path)
     from cftool.zoo.models import load_model
 
     zoo = load_model(spec)
-    return _from_state_dict(zoo.spec.canonical, zoo.model.state_dict(), zoo.weights_sha256)
+    return _from_state_dict(zoo.spec.canonical, zoo.model.state_dict(), zoo.architecture, zoo.weights_sha256)

@@ -1,0 +1,65 @@
+"""Files keep working when they and their base move: a `model` file is self-sufficient, other files record their
+base by an absolute path and by its content hash, and accept any copy of those weights."""
+
+import shutil
+
+import pytest
+import torch
+
+from cftool.zoo import load_model
+from tests.conftest import one_line_error
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_model("tiny")
+
+
+def _coop(cli, zs, folder, output):
+    result = cli(
+        "finetune", "--zs", zs, "--data", f"folder:{folder}", "--method", "coop", "--epochs", "1", "--lr", "0.05",
+        "--batch-size", "8", "-o", output,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    return output
+
+
+def test_a_model_file_is_self_sufficient_after_its_base_weights_are_gone(cli, tmp_path, tiny):
+    weights = tmp_path / "weights.pt"
+    torch.save(tiny.model.state_dict(), weights)
+    model_file = tmp_path / "base.safetensors"
+    assert cli("export", "--zs", f"cftool-tiny:{weights}", "-o", model_file).code == 0
+    weights.unlink()
+    assert load_model(str(model_file)).weights_sha256 == tiny.weights_sha256
+    result = cli("eval", "--zs", model_file, "--data", "toy:food", "--json")
+    assert result.code == 0, result.stderr
+
+
+def test_files_made_from_a_relative_base_work_from_any_folder_and_from_any_copy(
+    cli, tmp_path, tiny, toy_folders, monkeypatch
+):
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    torch.save(tiny.model.state_dict(), work / "weights.pt")
+    monkeypatch.chdir(work)
+    prompt = _coop(cli, "cftool-tiny:weights.pt", toy_folders["food"], work / "coop.safetensors")
+
+    monkeypatch.chdir(elsewhere)  # the recorded base is absolute, so no --zs is needed here
+    assert cli("eval", prompt, "--data", f"folder:{toy_folders['food']}").code == 0
+
+    shutil.move(work / "weights.pt", elsewhere / "moved.pt")
+    error = one_line_error(cli("eval", prompt, "--data", f"folder:{toy_folders['food']}"))
+    assert "no longer there" in error and "--zs cftool-tiny:" in error and tiny.weights_sha256[:12] in error
+    # Any copy of the same weights is the same base; different weights are not.
+    assert cli("eval", prompt, "--zs", "cftool-tiny:moved.pt", "--data", f"folder:{toy_folders['food']}").code == 0
+    other = {name: t + 1 if t.is_floating_point() else t for name, t in tiny.model.state_dict().items()}
+    torch.save(other, elsewhere / "other.pt")
+    error = one_line_error(cli("eval", prompt, "--zs", "cftool-tiny:other.pt", "--data", "toy:food"))
+    assert "weights sha256" in error
+
+
+def test_a_plain_pt_given_alone_as_zs_points_at_the_arch_path_form(cli, tmp_path, tiny):
+    weights = tmp_path / "weights.pt"
+    torch.save(tiny.model.state_dict(), weights)
+    error = one_line_error(cli("eval", "--zs", weights, "--data", "toy:food"))
+    assert f"--zs ARCH:{weights}" in error and "not a safetensors" not in error
