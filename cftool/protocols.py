@@ -32,6 +32,7 @@ from cftool.evaluate import HeadFn, encode_images, zero_shot_head
 from cftool.io.checkpoint import read_header
 from cftool.metrics import harmonic_mean, top1_accuracy
 from cftool.train.adapters import ADAPTERS, applied, open_applicable
+from cftool.train.features import image_features
 from cftool.zoo import ZooModel
 
 ZERO_SHOT = "zs"
@@ -128,22 +129,31 @@ class Cell:
 
 
 class FeatureCache:
-    """Zero-shot image features of evaluation splits, shared by every checkpoint that keeps the base encoders."""
+    """Zero-shot image features of evaluation splits, shared by every checkpoint that keeps the base encoders: in
+    memory, and across runs in ``cache_dir`` (keyed by the base weights, the images and the preprocessing)."""
 
-    def __init__(self, zoo: ZooModel, batch_size: int, workers: int, advance: Callable[[int], None]):
+    def __init__(
+        self,
+        zoo: ZooModel,
+        batch_size: int,
+        workers: int,
+        advance: Callable[[int], None],
+        cache_dir: Path | None = None,
+    ):
         self.zoo, self.batch_size, self.workers, self.advance = zoo, batch_size, workers, advance
+        self.cache_dir = cache_dir
         self._stored: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def get(self, task: TaskData, split: str, base_weights: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        dataset = task.split(split, self.zoo.preprocess)
+        if not base_weights:  # a checkpoint that changes the encoders: its features are its own
+            return encode_images(self.zoo, dataset, self.batch_size, self.workers, self.advance)
         key = (task.spec.to_json(), split)
-        if base_weights and key in self._stored:
-            return self._stored[key]
-        encoded = encode_images(
-            self.zoo, task.split(split, self.zoo.preprocess), self.batch_size, self.workers, self.advance
-        )
-        if base_weights:
-            self._stored[key] = encoded
-        return encoded
+        if key not in self._stored:
+            self._stored[key] = image_features(
+                self.zoo, dataset, self.cache_dir, self.batch_size, self.workers, self.advance
+            )
+        return self._stored[key]
 
 
 def halves_of(task: TaskData) -> list[TaskData]:

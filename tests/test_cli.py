@@ -142,7 +142,7 @@ def test_import_a_dassl_coop_prompt(cli, tmp_path):
     source = tmp_path / "prompt_learner" / "model.pth.tar-50"
     source.parent.mkdir()
     ctx = torch.randn(4, 128)
-    torch.save({"state_dict": {"ctx": ctx, "token_prefix": torch.zeros(5, 1, 128)}, "epoch": 50}, source)
+    torch.save({"state_dict": {"ctx": ctx, **_tiny_token_buffers(5)}, "epoch": 50}, source)
     out = tmp_path / "coop.safetensors"
     assert cli("import", source, "--zs", "tiny", "-o", out, "--task", "mnist").code == 0
     with open_checkpoint(out, kind="prompt") as ckpt:
@@ -152,6 +152,49 @@ def test_import_a_dassl_coop_prompt(cli, tmp_path):
     wide.parent.mkdir()
     torch.save({"state_dict": {"ctx": torch.randn(4, 512)}, "epoch": 1}, wide)
     assert "width 512" in one_line_error(cli("import", wide, "--zs", "tiny", "-o", tmp_path / "w.safetensors"))
+
+
+def _tiny_token_buffers(n_classes: int) -> dict[str, torch.Tensor]:
+    """CoOp's token_prefix and token_suffix as it saves them for `tiny`: the embeddings of the start token and of
+    a class name's end and padding."""
+    from cftool.zoo import load_model
+
+    tiny = load_model("tiny")
+    tokens = tiny.tokenizer(["X X X X cat."] * n_classes)
+    with torch.no_grad():
+        embedded = tiny.model.token_embedding(tokens)
+    return {"token_prefix": embedded[:, :1], "token_suffix": embedded[:, 5:]}
+
+
+def test_foreign_prompts_cocoop_renamed_files_wrong_bases_and_class_specific_context(cli, tmp_path):
+    from cftool.data import load_task
+
+    n_food = len(load_task("toy:food").classnames)
+    csc = tmp_path / "csc.pth"  # a Dassl checkpoint renamed: detected by its content, not its name
+    ctx = torch.randn(n_food, 4, 128) * 0.02
+    torch.save({"state_dict": {"ctx": ctx, **_tiny_token_buffers(n_food)}, "epoch": 10}, csc)
+    out = tmp_path / "csc.safetensors"
+    assert cli("import", csc, "--zs", "tiny", "-o", out, "--task", "food").code == 0
+    with open_checkpoint(out, kind="prompt") as ckpt:
+        assert ckpt.header.config["class_specific"] is True and ckpt.header.config["n_ctx"] == 4
+    result = cli("eval", out, "--data", "toy:food", "--json")
+    assert result.code == 0, result.stderr
+    assert 0 <= json.loads(result.stdout)["models"][0]["results"][0]["accuracy"] <= 100
+    assert "class-specific" in one_line_error(cli("eval", out, "--data", "toy:mnist"))
+
+    cocoop = tmp_path / "cocoop" / "model.pth.tar-10"
+    cocoop.parent.mkdir()
+    meta_net = {"meta_net.linear1.weight": torch.zeros(8, 128), "meta_net.linear2.weight": torch.zeros(128, 8)}
+    torch.save({"state_dict": {"ctx": torch.randn(4, 128), **meta_net, **_tiny_token_buffers(3)}}, cocoop)
+    assert "CoCoOp" in one_line_error(cli("import", cocoop, "--zs", "tiny", "-o", tmp_path / "c.safetensors"))
+
+    other_base = tmp_path / "other" / "model.pth.tar-10"
+    other_base.parent.mkdir()
+    wrong = {name: tensor + 0.5 for name, tensor in _tiny_token_buffers(3).items()}
+    torch.save({"state_dict": {"ctx": torch.randn(4, 128), **wrong}}, other_base)
+    error = one_line_error(cli("import", other_base, "--zs", "tiny", "-o", tmp_path / "o.safetensors"))
+    assert "token_prefix" in error and "other weights" in error
+    assert not (tmp_path / "o.safetensors").exists()
 
 
 def test_config_file_gives_defaults_and_flags_win(cli, tmp_path):

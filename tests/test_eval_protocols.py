@@ -172,3 +172,32 @@ def test_interpolate_refuses_two_prompts_and_its_own_input(cli, runs, tmp_path):
     assert "eval --path" in one_line_error(cli("interpolate", prompt, prompt, "--alpha", "0.5", "-o",
                                                tmp_path / "x.safetensors"))  # fmt: skip
     assert "inputs" in one_line_error(cli("interpolate", "zs", prompt, "--alpha", "0.5", "-o", prompt, "--force"))
+
+
+def test_prompts_on_one_dataset_share_one_encoding_of_its_images_in_memory_and_through_cache_dir(
+    cli, runs, tmp_path, monkeypatch
+):
+    import open_clip
+
+    from cftool.data import DatasetSpec, load_task
+
+    calls = []
+    encode = open_clip.CLIP.encode_image
+
+    def counted(self, images, *args, **kwargs):
+        calls.append(len(images))
+        return encode(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(open_clip.CLIP, "encode_image", counted)
+    prompts = [runs / f"seed{seed}" / "mnist" / "coop.safetensors" for seed in (0, 1)]
+    args = ["zs", *prompts, runs / "head.safetensors", "--data", "toy:mnist", "--classes", "base"]
+    first = evaluate(cli, *args, "--cache-dir", tmp_path / "features")
+    n_images = len(load_task(DatasetSpec("toy:mnist", classes="base")).split("test"))
+    assert len(first["models"]) == 4 and sum(calls) == n_images  # four columns, the images encoded once
+    calls.clear()
+    again = evaluate(cli, *args, "--cache-dir", tmp_path / "features")
+    assert calls == []  # the next run reads them back
+    assert [m["results"] for m in again["models"]] == [m["results"] for m in first["models"]]
+    calls.clear()
+    evaluate(cli, runs / "full.safetensors", *args[1:])
+    assert sum(calls) == 2 * n_images  # a full fine-tune has its own image tower: its images are encoded again

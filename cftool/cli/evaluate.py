@@ -89,7 +89,11 @@ def eval_command(
     top_k: Annotated[int, typer.Option("--top-k", help="--sessions: experts per routed image.")] = DEFAULT_TOP_K,
     cache_dir: Annotated[
         Path | None,
-        typer.Option("--cache-dir", help="--sessions: folder of measured cells (default ~/.cache/cftool/eval)."),
+        typer.Option(
+            "--cache-dir",
+            help="Keep the base's image features here across runs; with --sessions, the measured cells "
+            "(default ~/.cache/cftool/eval).",
+        ),
     ] = None,
     heatmap: Annotated[
         Path | None, typer.Option("--heatmap", help="--sessions: also draw each method's matrix into this PNG.")
@@ -134,7 +138,7 @@ def eval_command(
         raise CftoolError("give either --data TASK (one or more) or --benchmark NAME")
     if not sessions:
         session_only = {"--task-agnostic": task_agnostic, "--prototypes": prototypes, "--top-k": top_k != DEFAULT_TOP_K,
-                        "--cache-dir": cache_dir, "--heatmap": heatmap}  # fmt: skip
+                        "--heatmap": heatmap}  # fmt: skip
         given = [flag for flag, value in session_only.items() if value]
         if given:
             raise CftoolError(f"{given[0]} applies to the MTIL matrix: give --sessions PATTERN")
@@ -182,7 +186,7 @@ def eval_command(
             )
         else:
             bar = progress.add_task("encode images", total=None)
-            cache = FeatureCache(zoo, batch_size, workers, partial(progress.advance, bar))
+            cache = FeatureCache(zoo, batch_size, workers, partial(progress.advance, bar), cache_dir)
             if path is not None:
                 payload = path_report(zoo, *path, tasks, base2new, steps, split, cache, base_sha256)
             else:

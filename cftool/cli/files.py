@@ -196,11 +196,14 @@ def _print_unified_tasks(summary: dict) -> None:
 
 
 def _detect_format(source: Path) -> str:
-    """A folder is a ConDU session; Dassl names its checkpoints `model.pth.tar-N` / `model-best.pth.tar`; anything
-    else is read as a state dict."""
+    """A folder is a ConDU session; a pickle whose state dict holds ``ctx`` is a Dassl prompt learner, whatever its
+    name; anything else is read as a full state dict."""
+    from cftool.io.checkpoint import check_input_file
+    from cftool.io.foreign import is_dassl_prompt
+
     if source.is_dir():
         return "condu"
-    return "coop" if ".pth.tar" in source.name else "open_clip"
+    return "coop" if is_dassl_prompt(check_input_file(source)) else "open_clip"
 
 
 def _human_size(n: int) -> str:

@@ -179,8 +179,10 @@ def read_coop_prompt(path: str | os.PathLike[str]) -> tuple[torch.Tensor, dict[s
     """The learned context of a Dassl CoOp/KgCoOp ``prompt_learner/model.pth.tar-N`` checkpoint.
 
     Returns ``ctx`` ((n_ctx, dim), or (n_cls, n_ctx, dim) for class-specific context) and
-    ``{"epoch": int | None, "class_specific": bool, "ignored": [names]}`` where ``ignored`` lists
-    other learned tensors left behind (KgCoOp's unused ``meta_net``, CoCoOp's meta-net, ...).
+    ``{"epoch": int | None, "class_specific": bool, "ignored": [names], "token_prefix": tensor | None,
+    "token_suffix": tensor | None}`` where ``ignored`` lists other tensors left behind (KgCoOp's unused
+    ``meta_net`` and ``bias_vectors``) and the token tensors are the base's embeddings CoOp saved beside ``ctx``.
+    CoCoOp's prompt learners are refused: their meta-net makes the context depend on each image.
     """
     path = check_input_file(path)
     loaded = load_weights_only(path)
@@ -207,13 +209,32 @@ def read_coop_prompt(path: str | os.PathLike[str]) -> tuple[torch.Tensor, dict[s
         raise CftoolError(
             f"{path}: 'ctx' is {description}; expected a float tensor (n_ctx, dim) or (n_cls, n_ctx, dim)"
         )
+    # KgCoOp keeps CoCoOp's meta-net unused, next to its bias_vectors; CoCoOp's own learner has no bias_vectors.
+    if any(str(name).startswith("meta_net.") for name in state_dict) and "bias_vectors" not in state_dict:
+        raise CftoolError(
+            f"{path}: a CoCoOp prompt learner (it has a meta_net): its context is shifted per image by the meta-net, "
+            "which cftool's prompts do not model, so importing its ctx alone would score another model; "
+            "import CoOp or KgCoOp prompt learners"
+        )
     epoch = loaded.get("epoch")
+    tokens = {name: state_dict.get(name) for name in ("token_prefix", "token_suffix")}
     info = {
         "epoch": epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None,
         "class_specific": ctx.dim() == 3,
         "ignored": sorted(str(name) for name in state_dict if name != "ctx" and name not in _COOP_FIXED_BUFFERS),
+        **{name: value.detach() if isinstance(value, torch.Tensor) else None for name, value in tokens.items()},
     }
     return ctx.detach(), info
+
+
+def is_dassl_prompt(path: Path) -> bool:
+    """Whether a file is a Dassl prompt learner checkpoint (a pickle whose state dict has ``ctx``), whatever it is
+    called."""
+    if path.suffix == ".safetensors" or _is_torchscript_archive(path):
+        return False
+    loaded = load_weights_only(path)
+    state_dict = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+    return isinstance(state_dict, dict) and "ctx" in state_dict
 
 
 # A ConDU session folder, as the reference code (ConDU, built on ZSCL) leaves it after each session:

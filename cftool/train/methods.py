@@ -215,8 +215,17 @@ class CoOp(Method):
             )
         return ctx
 
+    @property
+    def n_ctx(self) -> int:
+        return self.ctx.shape[-2]
+
     def _tokens(self, classnames: Sequence[str]) -> torch.Tensor:
-        return self.tokenizer(context_prompts(classnames, len(self.ctx))).to(self.device)
+        if self.ctx.dim() == 3 and classnames and len(classnames) != len(self.ctx):
+            raise CftoolError(
+                f"a class-specific prompt (CoOp's CSC) holds a context for each of its {len(self.ctx)} classes and "
+                f"cannot score {len(classnames)} classes; evaluate it on the classes it was trained on"
+            )
+        return self.tokenizer(context_prompts(classnames, self.n_ctx)).to(self.device)
 
     def class_features(self, tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(encode_text_with_context(self.model, tokens, self.ctx), dim=-1)
@@ -245,8 +254,9 @@ class CoOp(Method):
     @classmethod
     def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
         width = zoo.model.token_embedding.weight.shape[1]
-        n_ctx = ckpt.tensors["ctx"].shape[0] if "ctx" in ckpt else 0
-        check_shapes(ckpt.path, ckpt.tensors, {"ctx": (n_ctx, width)})
+        found = ckpt.tensors["ctx"].shape if "ctx" in ckpt else ()
+        # A shared context [n_ctx, width], or a class-specific one [n_classes, n_ctx, width].
+        check_shapes(ckpt.path, ckpt.tensors, {"ctx": (*found[:-1], width) if len(found) in (2, 3) else (0, width)})
         config = ckpt.header.config or {}
         prompt = cls(zoo, ckpt.header.classnames or [], [], ctx_init=config.get("ctx_init", COOP_INIT), ctx=ckpt["ctx"])
         zero_shot_weight = float(config.get(ZERO_SHOT_WEIGHT, 0.0))
@@ -268,11 +278,11 @@ class CoOp(Method):
         return {"ctx": self.ctx.detach().cpu().contiguous()}
 
     def options(self) -> dict[str, Any]:
-        return {"n_ctx": len(self.ctx), "ctx_init": self.ctx_init, "class_token_position": "end"}
+        return {"n_ctx": self.n_ctx, "ctx_init": self.ctx_init, "class_token_position": "end"}
 
     @property
     def template(self) -> str:
-        words = self.ctx_init if self.ctx_init != RANDOM_INIT else " ".join([CONTEXT_PLACEHOLDER] * len(self.ctx))
+        words = self.ctx_init if self.ctx_init != RANDOM_INIT else " ".join([CONTEXT_PLACEHOLDER] * self.n_ctx)
         return f"{words} {{}}."
 
 

@@ -25,13 +25,13 @@ def context_prompts(classnames: Sequence[str], n_ctx: int) -> list[str]:
 
 
 def encode_text_with_context(model: open_clip.CLIP, tokens: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-    """Unnormalised text features of ``tokens`` [n, L], positions 1..n_ctx replaced by ``ctx`` [n_ctx, width]."""
+    """Unnormalised text features of ``tokens`` [n, L], positions 1..n_ctx replaced by ``ctx``: one context
+    [n_ctx, width] shared by all prompts, or class-specific context [n, n_ctx, width] (CoOp's CSC), one per prompt."""
     cast_dtype = model.transformer.get_cast_dtype()
     embedded = model.token_embedding(tokens).to(cast_dtype)
-    n_ctx = ctx.shape[0]
-    x = torch.cat(
-        [embedded[:, :1], ctx.to(cast_dtype).unsqueeze(0).expand(len(tokens), -1, -1), embedded[:, 1 + n_ctx :]], dim=1
-    )
+    n_ctx = ctx.shape[-2]
+    per_prompt = ctx if ctx.dim() == 3 else ctx.unsqueeze(0).expand(len(tokens), -1, -1)
+    x = torch.cat([embedded[:, :1], per_prompt.to(cast_dtype), embedded[:, 1 + n_ctx :]], dim=1)
     x = x + model.positional_embedding.to(cast_dtype)
     x = model.transformer(x, attn_mask=model.attn_mask)
     x = model.ln_final(x)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import check_shapes, save_checkpoint
 from cftool.io.foreign import read_coop_prompt, read_state_dict
@@ -29,11 +31,33 @@ def import_coop_prompt(source: Path, zoo: ZooModel, output: Path, task: str | No
             f"{source}: context vectors have width {ctx.shape[-1]} but the text tower of {zoo.spec.canonical} has "
             f"width {width}; pass the --zs the prompts were trained with"
         )
+    _check_saved_token_embeddings(source, zoo, info["token_prefix"], info["token_suffix"])
     config = {"n_ctx": ctx.shape[-2], "class_specific": info["class_specific"], "imported_from": source.name}
     if info.get("epoch") is not None:
         config["epoch"] = info["epoch"]
     header = zoo.base_header("prompt", task=task, method="coop", config=config)
     return save_checkpoint(output, {"ctx": ctx}, header, overwrite=overwrite)
+
+
+def _check_saved_token_embeddings(
+    source: Path, zoo: ZooModel, prefix: torch.Tensor | None, suffix: torch.Tensor | None
+) -> None:
+    """CoOp saves the base's embedding of the start token (``token_prefix``) and of the class names, end and padding
+    (``token_suffix``): equal widths but other values mean the prompt was trained on other weights."""
+    table = zoo.model.token_embedding.weight.detach().float().cpu()
+    start_token, padding_token = int(zoo.tokenizer([""])[0][0]), 0
+    # (name, saved tensor, which of its positions to check, the token that position holds)
+    checks = (("token_prefix", prefix, 0, start_token), ("token_suffix", suffix, -1, padding_token))
+    for name, tensor, position, token in checks:
+        if tensor is None or tensor.dim() < 2 or not tensor.numel() or tensor.shape[-1] != table.shape[1]:
+            continue
+        found = tensor.reshape(-1, tensor.shape[-1])[position].float()
+        # CoOp computes them in the model's fp16; the base here holds the same values in fp32.
+        if not torch.allclose(found, table[token], rtol=1e-2, atol=1e-3):
+            raise CftoolError(
+                f"{source}: its saved {name} is not the token embedding of the --zs model {zoo.spec.canonical}; the "
+                "prompt was trained on other weights: pass the --zs it was trained with"
+            )
 
 
 def export_zoo_model(zoo: ZooModel, output: Path, overwrite: bool) -> Path:
