@@ -88,7 +88,7 @@ def main() -> None:
 
     from cftool.data import get_benchmark
 
-    tasks = [spec.source.removeprefix("toy:") for spec in get_benchmark("mtil-tiny", None).tasks]
+    tasks = [spec.source.removeprefix("toy:") for spec in get_benchmark("mtil-tiny").tasks]
     out = args.out
     for task in tasks:
         finetuned = out / "finetuned" / f"{task}.safetensors"

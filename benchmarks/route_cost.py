@@ -92,7 +92,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     zoo = load_model("tiny")
-    tasks = [load_task(spec) for spec in get_benchmark("mtil-tiny", None).tasks]
+    tasks = [load_task(spec) for spec in get_benchmark("mtil-tiny").tasks]
     with tempfile.TemporaryDirectory() as scratch:
         unified_path, pattern = (
             (args.unified, args.prototypes)

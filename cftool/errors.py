@@ -6,8 +6,3 @@ class CftoolError(Exception):
 
     exit_code = 1
 
-
-class NotAvailableError(CftoolError):
-    """A command or option that a later version of cftool provides."""
-
-    exit_code = 2

@@ -265,10 +265,15 @@ def assert_refused(name: str, root: Path, match: str, split: str | None = None) 
 
 
 def test_missing_files_are_named_with_the_expected_layout(data_root, tmp_path):
-    assert_refused("ImageNet", tmp_path, r"expected CoOp's classnames.txt.* at .*imagenet/classnames\.txt")
-    assert_refused("Aircraft", tmp_path, r"expected FGVC-Aircraft's variants.txt.*fgvc_aircraft/variants\.txt")
-    assert_refused("ImageNetR", tmp_path, r"imagenet-rendition/classnames\.txt")
-    assert_refused("SUN397", tmp_path, r"split_zhou_SUN397\.json .*sun397/SUN397/")
+    empty = tmp_path / "empty"
+    for name, folder in (("ImageNet", "imagenet"), ("Aircraft", "fgvc_aircraft"), ("SUN397", "sun397")):
+        assert_refused(name, empty, rf"expected CoOp's {folder}/ folder at .*--data-root ROOT or CFTOOL_DATA_ROOT")
+    for folder in ("imagenet", "fgvc_aircraft", "imagenet-rendition", "sun397"):
+        (empty / folder).mkdir(parents=True)
+    assert_refused("ImageNet", empty, r"expected CoOp's classnames.txt.* at .*imagenet/classnames\.txt")
+    assert_refused("Aircraft", empty, r"expected FGVC-Aircraft's variants.txt.*fgvc_aircraft/variants\.txt")
+    assert_refused("ImageNetR", empty, r"imagenet-rendition/classnames\.txt")
+    assert_refused("SUN397", empty, r"split_zhou_SUN397\.json .*sun397/SUN397/")
 
     root = copy_dataset(data_root, tmp_path, "fgvc_aircraft")
     (root / "fgvc_aircraft" / "images_variant_test.txt").unlink()
@@ -319,3 +324,13 @@ def test_an_unreadable_image_is_named(data_root, tmp_path):
     root = copy_dataset(data_root, tmp_path, "dtd")
     (root / "dtd" / "images" / "blotchy" / "blotchy_test0.jpg").write_bytes(b"not a jpeg")
     assert_refused("DTD", root, r"coop:DescribableTextures: cannot read image .*blotchy_test0\.jpg", split="test")
+
+
+def test_the_base2new_benchmark_runs_all_eleven_in_coops_order(data_root, cli):
+    import json
+
+    result = cli("eval", "--benchmark", "base2new", "--zs", "tiny", "--data-root", data_root, "--json")
+    assert result.code == 0, result.stderr
+    rows = json.loads(result.stdout)["models"][0]["results"]
+    assert [row["task"] for row in rows] == list(COOP_BASE2NEW_ORDER)
+    assert all({"base", "novel", "hm"} <= row.keys() for row in rows)

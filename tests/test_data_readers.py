@@ -123,13 +123,23 @@ def test_coop_reader_follows_the_split_file(coop_root):
         assert image.convert("RGB").getpixel((4, 4))[0] == pytest.approx(colour_of(label)[0], abs=8)  # JPEG
 
 
-def test_coop_names_are_case_insensitive_and_need_a_data_root(coop_root):
+def test_coop_names_are_case_insensitive_and_the_data_root_defaults_to_the_environment_then_data(
+    coop_root, tmp_path, monkeypatch
+):
     assert load_task("coop:oxfordpets", data_root=coop_root).name == "OxfordPets"
-    with pytest.raises(CftoolError, match="needs --data-root"):
+    monkeypatch.setenv("CFTOOL_DATA_ROOT", str(coop_root))
+    assert load_task("coop:OxfordPets").name == "OxfordPets"
+    monkeypatch.delenv("CFTOOL_DATA_ROOT")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(CftoolError, match="under the data root data; set it with --data-root ROOT or CFTOOL_DATA_RO"):
         load_task("coop:OxfordPets")
+    (tmp_path / "elsewhere" / "data").symlink_to(coop_root)
+    assert load_task("coop:OxfordPets").name == "OxfordPets"
 
 
 def test_coop_reader_names_the_missing_split_file(tmp_path):
+    (tmp_path / "dtd").mkdir()
     with pytest.raises(CftoolError, match="split_zhou_DescribableTextures.json"):
         load_task("coop:DescribableTextures", data_root=tmp_path)
 

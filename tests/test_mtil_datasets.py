@@ -433,9 +433,7 @@ def test_missing_dataset_names_the_path_and_layout(tmp_path):
     message = str(caught.value)
     assert "\n" not in message
     assert f"expected {tmp_path / 'dtd'}" in message and "dtd/dtd/labels/{train1,test1}.txt" in message
-    assert f"--data-root {tmp_path}" in message
-    with pytest.raises(CftoolError, match="needs --data-root, the folder that holds dtd/"):
-        mtil_source("DTD", None)
+    assert f"under the data root {tmp_path}; set it with --data-root ROOT or CFTOOL_DATA_ROOT=ROOT" in message
 
 
 def test_missing_split_file_is_named(tmp_path):
@@ -557,3 +555,21 @@ def test_fingerprint_of_one_file_datasets_follows_file_and_indices(tmp_path):
     stat = images.stat()
     os.utime(images, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
     assert mtil_source("MNIST", tmp_path).fingerprint("train", [0, 1]) != before
+
+
+def test_the_mtil_benchmark_runs_as_typed_on_the_eleven_datasets(tmp_path, monkeypatch, capsys):
+    """`--benchmark mtil` needs only the data root (here from CFTOOL_DATA_ROOT) and a model: its default is ViT-B/16,
+    whose weights are not cached here, so the run names both ways to provide them; with a model it evaluates the
+    eleven datasets in MTIL's order."""
+    from cftool.cli import main
+
+    for make in MAKERS.values():
+        make(tmp_path)
+    monkeypatch.setenv("CFTOOL_DATA_ROOT", str(tmp_path))
+    monkeypatch.setattr("cftool.zoo.models.cached_tag_weights", lambda cfg: None)  # whatever this machine caches
+    assert main(["eval", "--benchmark", "mtil"]) != 0
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "ViT-B-16:openai" in error and "--zs ARCH:/path/to/weights.pt" in error
+    assert main(["eval", "--benchmark", "mtil", "--zs", "tiny", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [row["task"] for row in report["models"][0]["results"]] == list(MTIL_ORDER)

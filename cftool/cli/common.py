@@ -78,7 +78,11 @@ SeedOption = Annotated[int, typer.Option("--seed", help="Random seed; the same s
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout (tables go to stderr).")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 DataRootOption = Annotated[
-    Path | None, typer.Option("--data-root", help="Folder holding real datasets (CoOp layout, MTIL folders).")
+    Path | None,
+    typer.Option(
+        "--data-root",
+        help="Folder holding real datasets (CoOp's layout, MTIL's folders); default $CFTOOL_DATA_ROOT, then ./data.",
+    ),
 ]
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 WorkersOption = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]

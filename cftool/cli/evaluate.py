@@ -48,7 +48,12 @@ def eval_command(
         typer.Option("--data", help="Task to evaluate on: toy:TASK, folder:PATH or coop:NAME (repeatable)."),
     ] = None,
     benchmark: Annotated[
-        str | None, typer.Option("--benchmark", help="mtil-tiny, base2new-tiny, or mtil (needs --data-root).")
+        str | None,
+        typer.Option(
+            "--benchmark",
+            help="mtil-tiny, base2new-tiny (embedded, model tiny), or mtil, base2new (real data under --data-root, "
+            "$CFTOOL_DATA_ROOT or ./data; model ViT-B/16 unless --zs).",
+        ),
     ] = None,
     classes: Annotated[
         str,
@@ -158,7 +163,7 @@ def eval_command(
     seed_everything(seed)
     torch_device = resolve_device(device)
     if benchmark:
-        bench = get_benchmark(benchmark, data_root)
+        bench = get_benchmark(benchmark)
         specs, base2new, title = list(bench.tasks), bench.base2new, bench.name
         if sessions and base2new:
             raise CftoolError(f"--sessions fills MTIL's matrix; --benchmark {benchmark} splits classes, use mtil-tiny")
@@ -169,7 +174,11 @@ def eval_command(
         title = ", ".join(data) + ("" if classes == "all" else f", {classes} classes")
     tasks = [load_task(spec, data_root) for spec in specs]
     names = [task.name for task in tasks]
-    zoo = load_model(zs or _base_of(path or checkpoints or [], names, sessions or []), torch_device)
+    zs = zs or _base_of(path or checkpoints or [], names, sessions or [])
+    zs = zs or (bench.default_model if benchmark else None)  # the backbone of the benchmark's published numbers
+    if zs is None:
+        raise CftoolError("name the model with --zs (e.g. --zs tiny), or give checkpoint files to evaluate")
+    zoo = load_model(zs, torch_device)
     base_sha256 = zoo.weights_sha256  # before any checkpoint's weights replace the base's
     with progress_bar() as progress:
         if sessions:
@@ -211,7 +220,7 @@ def eval_command(
         emit_json(payload)
 
 
-def _base_of(specs: list[str], tasks: list[str], sessions: list[str] = ()) -> str:
+def _base_of(specs: list[str], tasks: list[str], sessions: list[str] = ()) -> str | None:
     """The base model the first checkpoint file names (``zs`` names none)."""
     from cftool.io.checkpoint import open_checkpoint
     from cftool.mtil import resolve_sessions
@@ -224,7 +233,7 @@ def _base_of(specs: list[str], tasks: list[str], sessions: list[str] = ()) -> st
     for first in files:
         with open_checkpoint(first, kind=tuple(ADAPTERS)) as ckpt:
             return recorded_base(ckpt.header, first)
-    raise CftoolError("name the model with --zs (e.g. --zs tiny), or give checkpoint files to evaluate")
+    return None
 
 
 def _print_mtil(title: str, payload: dict) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from PIL import Image
 
+from cftool.data.coop import COOP_BASE2NEW_ORDER
+from cftool.data.mtil_datasets import MTIL_ORDER
 from cftool.data.specs import DatasetSpec
 from cftool.data.toy import HELDOUT_TASK, TOY_TASKS, ToyTask
-from cftool.errors import CftoolError, NotAvailableError
+from cftool.errors import CftoolError
+from cftool.zoo.base import TINY
 
 
 class ToySource:
@@ -57,58 +59,34 @@ def toy_source(name: str) -> ToySource:
 class Benchmark:
     name: str
     tasks: tuple[DatasetSpec, ...]
+    default_model: str  # the backbone its published numbers use: what `--zs` means when not given
     base2new: bool = False  # evaluate base and novel class halves separately and report their harmonic mean
-
-
-# MTIL's eleven datasets, in the protocol's order, and the folder torchvision's class expects under --data-root.
-MTIL_FOLDERS = {
-    "Aircraft": "fgvc-aircraft-2013b",
-    "Caltech101": "caltech101",
-    "CIFAR100": "cifar-100-python",
-    "DTD": "dtd",
-    "EuroSAT": "eurosat",
-    "Flowers": "flowers-102",
-    "Food": "food-101",
-    "MNIST": "MNIST",
-    "OxfordPet": "oxford-iiit-pet",
-    "Cars": "stanford_cars",
-    "SUN397": "SUN397",
-}
 
 
 # Base-to-novel needs at least two novel classes: with one, novel accuracy is 100 % whatever the model.
 MIN_BASE2NEW_CLASSES = 4
+PAPER_BACKBONE = "ViT-B/16"  # CoOp/CoCoOp's base-to-novel tables, and MTIL's in ZSCL and ConDU
 
 
-def _toy_benchmarks() -> dict[str, Benchmark]:
-    mtil = tuple(DatasetSpec(f"toy:{name}") for name in TOY_TASKS)
-    base2new = tuple(spec for spec in mtil if len(TOY_TASKS[spec.source[4:]].classnames) >= MIN_BASE2NEW_CLASSES)
+def _benchmarks() -> dict[str, Benchmark]:
+    mtil_tiny = tuple(DatasetSpec(f"toy:{name}") for name in TOY_TASKS)
+    base2new_tiny = tuple(
+        spec for spec in mtil_tiny if len(TOY_TASKS[spec.source[4:]].classnames) >= MIN_BASE2NEW_CLASSES
+    )
     return {
-        "mtil-tiny": Benchmark("mtil-tiny", mtil),
-        "base2new-tiny": Benchmark("base2new-tiny", base2new, base2new=True),
+        "mtil-tiny": Benchmark("mtil-tiny", mtil_tiny, TINY),
+        "base2new-tiny": Benchmark("base2new-tiny", base2new_tiny, TINY, base2new=True),
+        "mtil": Benchmark("mtil", tuple(DatasetSpec(f"mtil:{name}") for name in MTIL_ORDER), PAPER_BACKBONE),
+        "base2new": Benchmark(
+            "base2new", tuple(DatasetSpec(f"coop:{name}") for name in COOP_BASE2NEW_ORDER), PAPER_BACKBONE, True
+        ),
     }
 
 
-BENCHMARKS = _toy_benchmarks()
-KNOWN_BENCHMARKS = (*BENCHMARKS, "mtil")
+BENCHMARKS = _benchmarks()
 
 
-def get_benchmark(name: str, data_root: Path | None) -> Benchmark:
-    if name == "mtil":
-        _check_mtil_folders(data_root)
+def get_benchmark(name: str) -> Benchmark:
     if name not in BENCHMARKS:
-        raise CftoolError(f"unknown benchmark '{name}'; known: {', '.join(KNOWN_BENCHMARKS)}")
+        raise CftoolError(f"unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)}")
     return BENCHMARKS[name]
-
-
-def _check_mtil_folders(data_root: Path | None) -> None:
-    root = data_root or Path(".")
-    for dataset, folder in MTIL_FOLDERS.items():
-        if not (root / folder).is_dir():
-            raise CftoolError(
-                f"--benchmark mtil: expected {dataset} in {root / folder} (torchvision's layout, download=False) under "
-                f"--data-root; --benchmark mtil-tiny is the embedded benchmark that needs no data"
-            )
-    raise NotAvailableError(
-        "--benchmark mtil: readers for the real MTIL datasets are not available yet; use --benchmark mtil-tiny"
-    )

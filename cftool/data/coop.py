@@ -19,7 +19,7 @@ from pathlib import Path
 from PIL import Image
 from torchvision.datasets.folder import default_loader
 
-from cftool.data.specs import files_fingerprint
+from cftool.data.specs import DATA_ROOT_HINT, files_fingerprint
 from cftool.errors import CftoolError
 
 # CoOp / CoCoOp's base-to-novel table order (CoCoOp, Table 1; CoOp's DATASETS.md lists them the same way).
@@ -163,7 +163,7 @@ def _read_split_file(name: str, dataset_dir: Path, image_subdir: str) -> tuple[l
         raise CftoolError(
             f"expected CoOp's split file at {split_path} "
             f"(layout {dataset_dir.name}/split_zhou_{name}.json and {dataset_dir.name}/{image_subdir or '.'}/ "
-            f"under --data-root {dataset_dir.parent})"
+            f"under the data root {dataset_dir.parent}; {DATA_ROOT_HINT})"
         )
     try:
         splits = json.loads(split_path.read_text(encoding="utf-8"))
@@ -324,11 +324,14 @@ def canonical_coop_name(name: str) -> str:
     return canonical
 
 
-def coop_source(name: str, data_root: Path | None) -> CoopSource:
+def coop_source(name: str, data_root: Path) -> CoopSource:
     canonical = canonical_coop_name(name)
     dataset_subdir, read = COOP_DATASETS[canonical]
-    if data_root is None:
-        raise CftoolError(f"coop:{name} needs --data-root, the folder that holds {dataset_subdir}/")
+    if not (data_root / dataset_subdir).is_dir():
+        raise CftoolError(
+            f"coop:{canonical}: expected CoOp's {dataset_subdir}/ folder at {data_root / dataset_subdir} "
+            f"(see CoOp's DATASETS.md) under the data root {data_root}; {DATA_ROOT_HINT}"
+        )
     try:
         raw_classnames, split_readers = read(canonical, data_root / dataset_subdir)
     except CftoolError as err:

@@ -54,7 +54,7 @@ from torchvision import datasets
 from torchvision.datasets.folder import default_loader
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from cftool.data.specs import ImageSource, files_fingerprint
+from cftool.data.specs import DATA_ROOT_HINT, ImageSource, files_fingerprint
 from cftool.errors import CftoolError
 
 # The protocol's order (ZSCL's scripts/ZSCL.sh), under ZSCL's dataset class names.
@@ -517,13 +517,14 @@ class _MtilSource:
         for path in paths:
             if not path.exists():
                 raise CftoolError(
-                    f"mtil:{self.name}: expected {path} (layout {self.layout} under --data-root {self.data_root})"
+                    f"mtil:{self.name}: expected {path} (layout {self.layout} under the data root {self.data_root}; "
+                    f"{DATA_ROOT_HINT})"
                 )
 
     def unreadable(self, path: Path, reason: BaseException | str) -> CftoolError:
         return CftoolError(
             f"mtil:{self.name}: cannot read {path} ({_reason(reason)}); "
-            f"expected {self.layout} under --data-root {self.data_root}"
+            f"expected {self.layout} under the data root {self.data_root}"
         )
 
     def torchvision(self, read_file: Path, build: Callable[[], T]) -> T:
@@ -912,7 +913,7 @@ def _normalised(name: str) -> str:
     return re.sub(r"[\s_-]", "", name).lower()
 
 
-def mtil_source(name: str, data_root: Path | None) -> ImageSource:
+def mtil_source(name: str, data_root: Path) -> ImageSource:
     """The MTIL dataset ``name`` (ZSCL's name, any case, or an alias such as Cars or Food101) under ``data_root``."""
     by_name = {_normalised(key): key for key in MTIL_ORDER} | MTIL_ALIASES
     key = by_name.get(_normalised(name))
@@ -921,12 +922,7 @@ def mtil_source(name: str, data_root: Path | None) -> ImageSource:
             f"mtil:{name}: unknown MTIL dataset; known: {', '.join(MTIL_ORDER)} "
             "(also Cars, Pets, Food101, Flowers102, FGVCAircraft)"
         )
-    reader = _READERS[key]
-    if data_root is None:
-        raise CftoolError(
-            f"mtil:{key} needs --data-root, the folder that holds {reader.folder}/ (ZSCL's --data-location)"
-        )
-    return reader(data_root)
+    return _READERS[key](data_root)
 
 
 # MAT-file v5, the format of the Flowers and Stanford Cars label files (scipy.io.loadmat reads them for torchvision).

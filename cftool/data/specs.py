@@ -21,6 +21,10 @@ from torch.utils.data import Dataset
 from cftool.errors import CftoolError
 
 CLASS_SUBSETS = ("all", "base", "novel")
+DATA_ROOT_ENV = "CFTOOL_DATA_ROOT"
+DEFAULT_DATA_ROOT = Path("data")
+# How a user points cftool at real datasets, for the messages that find them missing.
+DATA_ROOT_HINT = f"set it with --data-root ROOT or {DATA_ROOT_ENV}=ROOT"
 SPLITS = ("train", "val", "test")
 
 
