@@ -179,3 +179,19 @@ def test_editing_an_image_changes_the_fingerprint_and_a_missing_one_is_named(ima
     (image_folder / "test" / "circle" / "1.png").unlink()
     with pytest.raises(CftoolError, match=r"cannot read image .*circle/1\.png"):
         task.split("test").fingerprint()
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_a_corrupt_or_missing_image_is_one_line_naming_it_whatever_the_workers(image_folder, coop_root, workers, cli):
+    from tests.conftest import one_line_error
+
+    corrupt = image_folder / "test" / "circle" / "0.png"
+    corrupt.write_bytes(b"not an image")
+    error = one_line_error(cli("eval", "--zs", "tiny", "--data", f"folder:{image_folder}", "--workers", workers))
+    assert str(corrupt) in error and "cannot read image" in error and "Traceback" not in error
+
+    missing = next((coop_root / "oxford_pets" / "images").glob("*.jpg"))
+    missing.unlink()
+    error = one_line_error(cli("eval", "--zs", "tiny", "--data", "coop:OxfordPets", "--data-root", coop_root,
+                               "--workers", workers))  # fmt: skip
+    assert missing.name in error and "Traceback" not in error

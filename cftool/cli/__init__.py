@@ -56,13 +56,22 @@ def _root(
     """Checkpoint surgery for CLIP-style models: MergeTune continued fine-tuning and ConDU continual merging."""
 
 
+def _user_message(err: CftoolError) -> str:
+    """The error's own line. A DataLoader worker re-raises an error as "Caught CftoolError in DataLoader worker
+    process N.", then the worker's traceback, ending with "cftool.errors.CftoolError: <the message>"."""
+    message = str(err)
+    if "\nOriginal Traceback" in message:
+        return message.rstrip().splitlines()[-1].partition(": ")[2]
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line on stderr and give a non-zero exit code, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         result = app(args=argv, prog_name="cftool", standalone_mode=False)
     except CftoolError as err:
-        console.print(f"[red]error:[/red] {escape(str(err))}")
+        console.print(f"[red]error:[/red] {escape(_user_message(err))}")
         return err.exit_code
     except typer.TyperException as err:  # usage errors and bad parameters, as click reports them
         ctx = getattr(err, "ctx", None)

@@ -52,7 +52,11 @@ class FolderSource:
         return [label for _, label in self._split_samples(split)]
 
     def image(self, split: str, index: int) -> Image.Image:
-        return default_loader(self._split_samples(split)[index][0])
+        path = self._split_samples(split)[index][0]
+        try:
+            return default_loader(path)
+        except OSError as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+            raise CftoolError(f"folder:{path}: cannot read image ({err}); replace or remove the file") from err
 
     def fingerprint(self, split: str, indices: Sequence[int]) -> str:
         samples = self._split_samples(split)
