@@ -26,3 +26,29 @@ def test_example_runs(script, tmp_path):
         ["bash", str(EXAMPLES / script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=900
     )
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# Each shipped config, the command it configures and the flags that shrink its run to the testbed (flags win).
+CONFIGS = {
+    "eval.yaml": ("eval", ["--zs", "tiny"]),
+    "finetune.yaml": ("finetune", ["--epochs", "0.1"]),
+    "zscl_mtil_full.yaml": ("finetune", ["--zs", "tiny", "--data", "toy:mnist", "--shots", "2", "--iterations", "1",
+                                         "--batch-size", "4", "--warmup", "0"]),
+}  # fmt: skip
+
+
+def test_every_config_is_checked():
+    assert sorted(p.name for p in EXAMPLES.glob("*.yaml")) == sorted(CONFIGS)
+
+
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+def test_example_configs_are_accepted_by_their_command(config, tmp_path):
+    """Every key of a shipped config is an option of its command, with a value it accepts."""
+    command, overrides = CONFIGS[config]
+    output = ["-o", str(tmp_path / "out.safetensors")] if command == "finetune" else []
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["cftool", command, "--config", str(EXAMPLES / config), *overrides, *output],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]

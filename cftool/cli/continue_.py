@@ -18,7 +18,7 @@ from cftool.cli.common import (
     progress_bar,
     resolve_device,
 )
-from cftool.cli.finetune import print_result, result_summary, training_reporter
+from cftool.cli.finetune import AugmentOption, print_result, result_summary, training_reporter
 
 # MergeTuneOptions' defaults, spelled out so that `--help` does not import torch (a test keeps them equal).
 DEFAULT_LAMBDA_LMC = 1.0
@@ -77,6 +77,7 @@ def continue_command(
     precision: Annotated[
         str | None, typer.Option("--precision", help="auto, fp32, bf16 or fp16 (default: as recorded).")
     ] = None,
+    augment: AugmentOption = None,
     seed: Annotated[
         int | None,
         typer.Option("--seed", help="Training seed (default: as recorded; the few-shot draw stays as recorded)."),
@@ -124,7 +125,7 @@ def continue_command(
         for name, value in {
             "iterations": iterations, "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
             "weight_decay": weight_decay, "warmup": warmup, "label_smoothing": label_smoothing,
-            "precision": precision, "seed": seed,
+            "precision": precision, "seed": seed, "augment": augment,
         }.items()
         if value is not None
     }  # fmt: skip

@@ -37,6 +37,18 @@ METHOD_OPTIONS = {"n_ctx": ("coop",), "rank": ("lora",), "alpha": ("lora",), "to
 LORA_DEFAULTS = {"rank": 8, "alpha": 16.0}
 DEFAULT_TOWERS = "image,text"
 
+# The names of cftool.data.augment.AUGMENTATIONS, spelled out so that `--help` does not import torch (a test keeps
+# them equal). `continue` takes the option too, where unset means the one the checkpoint records.
+AUGMENTATION_NAMES = ("none", "coop", "zscl")
+AugmentOption = Annotated[
+    str | None,
+    typer.Option(
+        "--augment",
+        help="Training images: none (the eval preprocessing), coop or zscl, which reproduce the training transforms "
+        "of CoOp (random resized crop at scale 0.08-1, flip) and ZSCL (random resized crop at scale 0.9-1).",
+    ),
+]
+
 
 def finetune_command(
     zs: Annotated[str, typer.Option("--zs", help="Base model: tiny, ViT-B/16, NAME:TAG, hf-hub:ORG/NAME or a file.")],
@@ -56,6 +68,7 @@ def finetune_command(
     precision: Annotated[
         str, typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.")
     ] = "auto",
+    augment: AugmentOption = "none",
     n_ctx: Annotated[int | None, typer.Option("--n-ctx", min=1, help="coop: context vectors (default 4).")] = None,
     ctx_init: Annotated[
         str, typer.Option("--ctx-init", help="coop: words the context starts from, or 'random'.")
@@ -116,6 +129,7 @@ def finetune_command(
         label_smoothing=label_smoothing,
         seed=seed,
         precision=precision,
+        augment=augment,
     )
     seed_everything(seed)
     job = FinetuneJob(

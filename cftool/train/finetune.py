@@ -8,6 +8,7 @@ each batch (DDP: Gloo on CPU, NCCL on GPU) and only rank 0 writes files.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from cftool.data import DatasetSpec, TaskData, load_task
+from cftool.data.augment import training_transform
 from cftool.errors import CftoolError
 from cftool.evaluate import evaluate_zero_shot, zero_shot_head
 from cftool.io.checkpoint import Header, open_checkpoint, refuse_existing, save_checkpoint
@@ -28,6 +30,8 @@ from cftool.train.methods import METHODS, Method, build_method, zero_shot_class_
 from cftool.train.objectives import CrossEntropy, MergeTune, MergeTuneOptions, Objective, ZeroShotPoint
 from cftool.train.prototypes import class_prototypes
 from cftool.zoo import ZooModel, load_model
+
+logger = logging.getLogger(__name__)
 
 SUFFIX = ".safetensors"
 
@@ -122,7 +126,7 @@ def _finetune(
     zoo = load_model(job.zs, device)
     base_sha256 = zoo.weights_sha256  # hashed now: the methods change the model's weights (or their names) in place
     task = _load_training_task(job, continuation)
-    train_split = task.split("train", zoo.preprocess)
+    train_split = task.split("train", zoo.preprocess)  # what the prototypes (and a feature cache) see
     labels = torch.tensor(train_split.labels, dtype=torch.long)
     _check_every_class_has_images(task, labels)
     if continuation is not None:  # refuse a checkpoint of another base before any work
@@ -133,7 +137,12 @@ def _finetune(
     # A new method scores exactly as the zero-shot model does (LoRA's B starts at zero), so the features and the
     # head below are zero-shot ones.
     method = build_method(job.method, zoo, task.classnames, task.templates, **job.method_options)
-    cached = method.image_tower_frozen and job.feature_cache
+    cached = _uses_feature_cache(job, method)
+    if method.image_tower_frozen and job.feature_cache and not cached and ranks.is_main:
+        logger.warning(
+            f"--augment {job.train.augment}: image features are recomputed every epoch "
+            "(the feature cache applies to unaugmented images)"
+        )
     features = prototypes = None
     if cached or ranks.is_main:  # rank 0 needs them for the prototypes in any case
         features, _ = image_features(
@@ -154,7 +163,7 @@ def _finetune(
     # training with and without the cache agree.
     log = train(
         objective,
-        features.to(device) if cached else train_split,
+        features.to(device) if cached else task.split("train", training_transform(job.train.augment, zoo)),
         labels,
         job.train,
         ranks=ranks,
@@ -192,6 +201,12 @@ def _finetune(
     )
     state_path(job.output).unlink(missing_ok=True)
     return result
+
+
+def _uses_feature_cache(job: FinetuneJob, method: Method) -> bool:
+    """Whether training runs on the cached features of the eval-preprocessed images: an augmented image differs
+    at every draw, so the frozen image tower then encodes each batch."""
+    return method.image_tower_frozen and job.feature_cache and job.train.augment == "none"
 
 
 def _load_training_task(job: FinetuneJob, continuation: Continuation | None) -> TaskData:
@@ -252,6 +267,6 @@ def _config(
         "data_root": str(job.data_root) if job.data_root else None,
         "zs": zoo.spec.canonical,
         "templates": task.templates,
-        "feature_cache": method.image_tower_frozen and job.feature_cache,
+        "feature_cache": _uses_feature_cache(job, method),
         **continued,
     }

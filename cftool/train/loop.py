@@ -3,7 +3,9 @@ DDP, and trainer-state checkpoints that make an interrupted run resume to the sa
 
 Batches are a pure function of (seed, step): step ``s`` takes the next ``batch_size`` indices of a stream of
 per-epoch permutations. A resumed run therefore sees exactly the batches the uninterrupted one would, and under
-DDP each rank takes its slice of the same global batch.
+DDP each rank takes its slice of the same global batch. Each image of a batch is loaded with a seed of its own, also
+a function of (seed, step), so that random augmentation is as reproducible as the batches, whatever the number of
+processes and data-loading workers.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from cftool.data.augment import check_augmentation
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import atomic_output
 from cftool.train.objectives import Objective
@@ -56,6 +60,7 @@ class TrainOptions:
     label_smoothing: float = 0.0
     seed: int = 0
     precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
+    augment: str = "none"  # the training images' transform (cftool.data.augment); none = the eval preprocessing
 
     def __post_init__(self):
         if (self.iterations is None) == (self.epochs is None):
@@ -68,6 +73,7 @@ class TrainOptions:
             raise CftoolError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if not 0 <= self.label_smoothing < 1:
             raise CftoolError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        check_augmentation(self.augment)
 
     def total_steps(self, n_images: int) -> int:
         if self.iterations is not None:
@@ -89,7 +95,7 @@ class BatchPlan:
     """Global batch ``step`` = positions [step·B, (step+1)·B) of the concatenated per-epoch permutations."""
 
     def __init__(self, n_images: int, batch_size: int, seed: int):
-        self.n_images, self.batch_size = n_images, batch_size
+        self.n_images, self.batch_size, self.seed = n_images, batch_size, seed
         self._generator = torch.Generator().manual_seed(seed)
         self._permutations: list[torch.Tensor] = []
 
@@ -104,6 +110,12 @@ class BatchPlan:
         stream = torch.cat([self._permutation(epoch) for epoch in range(first_epoch, last_epoch + 1)])
         offset = first - first_epoch * self.n_images
         return stream[offset : offset + self.batch_size]
+
+    def draw_seeds(self, step: int) -> torch.Tensor:
+        """A seed for each image of global batch ``step``, for the random transforms it is loaded with."""
+        # SeedSequence takes non-negative entropy; --seed may be negative.
+        draws = np.random.SeedSequence(self.seed % 2**64, spawn_key=(step,))
+        return torch.from_numpy(draws.generate_state(self.batch_size).astype(np.int64))
 
 
 @dataclass(frozen=True)
@@ -227,10 +239,31 @@ def _batches(
     workers: int,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     # Lazily: a long run's batches as Python lists would take more memory than its images' features.
-    local = (ranks.local(plan.global_batch(step)) for step in steps)
     if isinstance(inputs, torch.Tensor):
+        local = (ranks.local(plan.global_batch(step)) for step in steps)
         return ((inputs[indices], labels[indices]) for indices in local)
-    return iter(DataLoader(inputs, batch_sampler=(indices.tolist() for indices in local), num_workers=workers))
+    keys = (_seeded_keys(plan, ranks, step) for step in steps)
+    return iter(DataLoader(_SeededDraws(inputs), batch_sampler=keys, num_workers=workers))
+
+
+def _seeded_keys(plan: BatchPlan, ranks: Ranks, step: int) -> list[tuple[int, int]]:
+    """This rank's (image index, draw seed) pairs of global batch ``step``."""
+    indices, seeds = ranks.local(plan.global_batch(step)), ranks.local(plan.draw_seeds(step))
+    return list(zip(indices.tolist(), seeds.tolist(), strict=True))
+
+
+class _SeededDraws(Dataset):
+    """``dataset[index]`` drawn with torch's generator seeded by the key's seed: what a random transform makes of an
+    image depends on that seed alone, not on which process or worker loads it, nor on what was loaded before."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only, restored afterwards; CUDA's stays as is
+            torch.default_generator.manual_seed(seed)
+            return self.dataset[index]
 
 
 def _all_ranks(loss: torch.Tensor, stop: bool, ranks: Ranks) -> tuple[float, bool]:
