@@ -195,3 +195,19 @@ def test_a_corrupt_or_missing_image_is_one_line_naming_it_whatever_the_workers(i
     error = one_line_error(cli("eval", "--zs", "tiny", "--data", "coop:OxfordPets", "--data-root", coop_root,
                                "--workers", workers))  # fmt: skip
     assert missing.name in error and "Traceback" not in error
+
+
+def test_training_on_a_reference_protocols_data_augments_as_its_reference_does(coop_root, cli, tmp_path, caplog):
+    from cftool.data.augment import default_augmentation
+    from cftool.io.checkpoint import open_checkpoint
+
+    assert [default_augmentation(s) for s in ("coop:Pets", "mtil:DTD", "toy:food", "folder:x")] == [
+        "coop", "zscl", "none", "none"
+    ]
+    output = tmp_path / "pets.safetensors"
+    result = cli("finetune", "--zs", "tiny", "--data", "coop:OxfordPets", "--data-root", coop_root, "--method", "coop",
+                 "--iterations", "2", "--batch-size", "4", "-o", output)  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert "--augment coop: image features are recomputed" in caplog.text
+    with open_checkpoint(output) as ckpt:
+        assert ckpt.header.config["augment"] == "coop"

@@ -45,7 +45,8 @@ AugmentOption = Annotated[
     typer.Option(
         "--augment",
         help="Training images: none (the eval preprocessing), coop or zscl, which reproduce the training transforms "
-        "of CoOp (random resized crop at scale 0.08-1, flip) and ZSCL (random resized crop at scale 0.9-1).",
+        "of CoOp (random resized crop at scale 0.08-1, flip) and ZSCL (random resized crop at scale 0.9-1). "
+        "Default: the reference's for its data (coop for coop:NAME, zscl for mtil:NAME), else none.",
     ),
 ]
 
@@ -68,7 +69,7 @@ def finetune_command(
     precision: Annotated[
         str, typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.")
     ] = "auto",
-    augment: AugmentOption = "none",
+    augment: AugmentOption = None,
     n_ctx: Annotated[int | None, typer.Option("--n-ctx", min=1, help="coop: context vectors (default 4).")] = None,
     ctx_init: Annotated[
         str, typer.Option("--ctx-init", help="coop: words the context starts from, or 'random'.")
@@ -108,6 +109,7 @@ def finetune_command(
     -o coop.safetensors
     """
     from cftool.data import DatasetSpec
+    from cftool.data.augment import default_augmentation
     from cftool.train import METHODS, FinetuneJob, TrainOptions, finetune
 
     if method not in METHODS:
@@ -129,7 +131,7 @@ def finetune_command(
         label_smoothing=label_smoothing,
         seed=seed,
         precision=precision,
-        augment=augment,
+        augment=augment or default_augmentation(data),
     )
     seed_everything(seed)
     job = FinetuneJob(
