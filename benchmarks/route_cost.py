@@ -109,7 +109,7 @@ def main() -> None:
         features, _ = encode_images(zoo, images, args.batch_size, 0)
         with open_unified(unified_path, base_sha256=zoo.weights_sha256) as unified:
             embed_dim = zoo.model.text_projection.shape[-1]
-            known = read_prototypes(prototype_files([pattern]), zoo.weights_sha256, zoo.spec.canonical, embed_dim)
+            known = read_prototypes(prototype_files([pattern]), zoo, zoo.weights_sha256, embed_dim)
             routed = top_tasks(routing_scores(features, prototypes_of(unified, known)), args.top_k)
             members = Members(unified, routed, include_zero_shot=True)
             runs = {}

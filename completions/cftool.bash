@@ -15,8 +15,8 @@ _cftool() {
         eval) opts='--zs --data --benchmark --classes --path --steps --plot --sessions --task-agnostic --prototypes --top-k --cache-dir --heatmap --split --data-root -o --output --force --batch-size --workers --device --seed --json --config --help' ;;
         interpolate) opts='--alpha -o --output --zs --device --force --config --help' ;;
         inspect) opts='--check --json --config --help' ;;
-        import) opts='-o --output --zs --format --task --prototypes-dir --force --device --config --help' ;;
-        export) opts='-o --output --zs --force --config --help' ;;
+        import) opts='-o --output --zs --format --task --prototypes-dir --dtype --force --device --config --help' ;;
+        export) opts='-o --output --zs --dtype --force --config --help' ;;
     esac
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "$opts" -- "$cur"))

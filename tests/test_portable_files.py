@@ -63,3 +63,27 @@ def test_a_plain_pt_given_alone_as_zs_points_at_the_arch_path_form(cli, tmp_path
     torch.save(tiny.model.state_dict(), weights)
     error = one_line_error(cli("eval", "--zs", weights, "--data", "toy:food"))
     assert f"--zs ARCH:{weights}" in error and "not a safetensors" not in error
+
+
+def test_fp16_weights_stay_fp16_through_import_and_export_unless_dtype_says_otherwise(cli, tmp_path, tiny):
+    from safetensors import safe_open
+
+    half = tmp_path / "half.pt"
+    torch.save({n: t.half() if t.is_floating_point() else t for n, t in tiny.model.state_dict().items()}, half)
+    model_file = tmp_path / "model.safetensors"
+    assert cli("import", half, "--zs", "tiny", "-o", model_file).code == 0
+    assert cli("export", model_file, "-o", tmp_path / "plain.pt").code == 0
+    assert cli("export", model_file, "--dtype", "bf16", "-o", tmp_path / "plain.safetensors").code == 0
+    assert cli("import", half, "--zs", "tiny", "--dtype", "fp32", "-o", tmp_path / "fp32.safetensors").code == 0
+
+    def float_dtypes(tensors):
+        return {str(t.dtype) for t in tensors if t.is_floating_point()}
+
+    with safe_open(str(model_file), "pt") as imported:
+        assert float_dtypes(imported.get_tensor(n) for n in imported.keys()) == {"torch.float16"}
+    assert float_dtypes(torch.load(tmp_path / "plain.pt").values()) == {"torch.float16"}
+    with safe_open(str(tmp_path / "plain.safetensors"), "pt") as exported:
+        assert float_dtypes(exported.get_tensor(n) for n in exported.keys()) == {"torch.bfloat16"}
+    with safe_open(str(tmp_path / "fp32.safetensors"), "pt") as widened:
+        assert float_dtypes(widened.get_tensor(n) for n in widened.keys()) == {"torch.float32"}
+    assert "--dtype 'fp8'" in one_line_error(cli("export", model_file, "--dtype", "fp8", "-o", tmp_path / "x.pt"))

@@ -84,6 +84,20 @@ DataRootOption = Annotated[
         help="Folder holding real datasets (CoOp's layout, MTIL's folders); default $CFTOOL_DATA_ROOT, then ./data.",
     ),
 ]
+DTYPES = ("fp32", "fp16", "bf16")
+
+
+def torch_dtype(name: str | None) -> torch.dtype | None:
+    """The torch dtype a `--dtype` names (None: keep each tensor's own); one-line error for other names."""
+    if name is None:
+        return None
+    if name not in DTYPES:
+        raise CftoolError(f"--dtype {name!r}: expected one of {', '.join(DTYPES)}")
+    import torch
+
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+
+
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 WorkersOption = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]
 

@@ -18,6 +18,7 @@ from cftool.cli.common import (
     emit_json,
     progress_bar,
     resolve_device,
+    torch_dtype,
 )
 from cftool.errors import CftoolError
 
@@ -105,6 +106,10 @@ def import_command(
         Path | None,
         typer.Option("--prototypes-dir", help="condu: folder for TASK.prototypes.safetensors (default: the output's)."),
     ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option("--dtype", help="open_clip: fp32, fp16 or bf16 for the weights (default: the file's)."),
+    ] = None,
     force: ForceOption = False,
     device: DeviceOption = "cpu",
     config: ConfigOption = None,
@@ -135,7 +140,7 @@ def import_command(
     if fmt == "coop":
         written = import_coop_prompt(source, zoo, output, task=task, overwrite=force)
     else:
-        written = import_full_model(source, zoo, output, task=task, overwrite=force)
+        written = import_full_model(source, zoo, output, task=task, overwrite=force, dtype=torch_dtype(dtype))
     console.print(f"wrote {written} ({fmt} → cftool)")
 
 
@@ -145,27 +150,34 @@ def export_command(
     ] = None,
     output: OutputOption = ...,
     zs: ZsOption = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option("--dtype", help="fp32, fp16 or bf16 for the weights (default: the file's; a zoo model's fp32)."),
+    ] = None,
     force: ForceOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Write a plain open_clip state dict (.safetensors/.pt/.bin), or with --zs alone a zoo model as a `model` file.
 
     Example: cftool export --zs tiny -o base.safetensors
+
+    Example: cftool export finetuned.safetensors --dtype fp16 -o finetuned.pt
     """
     from cftool.io.checkpoint import refuse_existing
 
     if (source is None) == (zs is None):
         raise CftoolError("give either a cftool model file to export, or --zs SPEC to materialise a zoo model")
     refuse_existing(output, force)
+    wanted_dtype = torch_dtype(dtype)
     if source is not None:
         from cftool.io.convert import export_plain
 
-        written = export_plain(source, output, overwrite=force)
+        written = export_plain(source, output, overwrite=force, dtype=wanted_dtype)
     else:
         from cftool.zoo import load_model
         from cftool.zoo.convert import export_zoo_model
 
-        written = export_zoo_model(load_model(zs), output, overwrite=force)
+        written = export_zoo_model(load_model(zs), output, overwrite=force, dtype=wanted_dtype)
     console.print(f"wrote {written}")
 
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from cftool.cli.common import ConfigOption, ForceOption, JsonOption, console, emit_json, progress_bar
+from cftool.cli.common import ConfigOption, ForceOption, JsonOption, console, emit_json, progress_bar, torch_dtype
 from cftool.cli.files import OutputOption, ZsOption
 from cftool.errors import CftoolError
 
@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 
 # Spelled out so that `--help` needs no import of the methods (a test checks it against the registry).
 METHOD_NAMES = ("condu", "ties", "task-arithmetic", "dare", "mean")
-DTYPES = ("fp32", "fp16", "bf16")
 AS_KINDS = ("delta", "model")
 
 
@@ -69,8 +68,6 @@ def delta_command(
 
     Example: cftool delta apply deltas/food.safetensors --zs tiny --scale 0.5 -o food-half.safetensors
     """
-    import torch
-
     from cftool.io.checkpoint import open_checkpoint
     from cftool.merge.delta import apply_delta, make_delta
     from cftool.zoo.base import open_base
@@ -83,17 +80,15 @@ def delta_command(
         raise CftoolError("--dtype sets a delta's dtype; `delta apply` writes the model in its base's dtypes")
     if not applying and scale is not None:
         raise CftoolError("--scale applies to `cftool delta apply`")
-    if dtype is not None and dtype not in DTYPES:
-        raise CftoolError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    wanted_dtype = torch_dtype(dtype)
     with open_base(zs or _base_recorded_in(source)) as base:
         if applying:
             with open_checkpoint(source, kind="delta") as delta:
                 written = apply_delta(delta, base, output, 1.0 if scale is None else scale, overwrite=force)
             kind = "model"
         else:
-            torch_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(dtype or "")
             with open_checkpoint(source) as checkpoint:
-                written = make_delta(checkpoint, base, output, torch_dtype, overwrite=force)
+                written = make_delta(checkpoint, base, output, wanted_dtype, overwrite=force)
             kind = "delta"
     console.print(f"wrote {written} ({kind}, base {base.canonical})")
     if json_output:

@@ -93,17 +93,26 @@ def non_finite_counts(path: Path, advance: Callable[[], None] = lambda: None) ->
     return counts
 
 
-def export_plain(source: Path, output: Path, overwrite: bool) -> Path:
-    """A `model` file → a plain open_clip state dict: safetensors without cftool metadata, or a torch pickle."""
+def as_dtype(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    """A floating tensor in ``dtype`` (None keeps it); integer tensors (BatchNorm's counters) are left as they are."""
+    return tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+
+
+def export_plain(source: Path, output: Path, overwrite: bool, dtype: torch.dtype | None = None) -> Path:
+    """A `model` file → a plain open_clip state dict: safetensors without cftool metadata, or a torch pickle, in the
+    file's dtypes unless ``dtype`` names one for its floating tensors."""
     with open_checkpoint(source, kind="model") as ckpt:
         if output.suffix == ".safetensors":
-            layout = {name: (info.torch_dtype, info.shape) for name, info in ckpt.tensors.items()}
+            layout = {
+                name: (as_dtype(torch.empty(0, dtype=info.torch_dtype), dtype).dtype, info.shape)
+                for name, info in ckpt.tensors.items()
+            }
             with CheckpointWriter(output, layout, header=None, overwrite=overwrite) as writer:
                 for name in layout:
-                    writer.write(name, ckpt[name])
+                    writer.write(name, as_dtype(ckpt[name], dtype))
             return output
         if output.suffix in (".pt", ".pth", ".bin"):
-            state_dict = ckpt.load_all()
+            state_dict = {name: as_dtype(tensor, dtype) for name, tensor in ckpt.load_all().items()}
             with atomic_output(output, overwrite) as tmp:
                 torch.save(state_dict, tmp)
             return output
