@@ -87,6 +87,10 @@ def test_a_prompt_made_on_the_gelu_build_is_refused_on_the_quick_gelu_build_of_t
         open_applicable(prompt, quick, quick.weights_sha256)
     assert "\n" not in str(error.value)
     open_applicable(prompt, gelu, gelu.weights_sha256).close()  # and accepted on its own build
+    other_way = tmp_path / "quick-prompt.safetensors"
+    save_checkpoint(other_way, {"ctx": torch.zeros(4, 512)}, quick.base_header("prompt", task="pets", method="coop"))
+    with pytest.raises(CftoolError, match=r"quick_gelu=True \(the model in use: False\)"):
+        open_applicable(other_way, gelu, gelu.weights_sha256)
 
 
 def _fake_hub_cache(root, repo_id, filename, weights):

@@ -6,6 +6,10 @@ tensor is converted as loading it into the model does (the model holds float32; 
 file does), so that the hash of these weights is the ``ZooModel.weights_sha256`` that every file made from the
 model records. Pretrained tags and ``hf-hub:`` specs are built by open_clip, imported only then. Tensors are read
 one at a time where the file allows it (safetensors), so a base costs one tensor of memory, not a model.
+
+A base is its weights and its architecture: open_clip's model config, read here from the config files without
+importing open_clip, with the activation made explicit, since OpenAI's weights need QuickGELU and the same tensors
+under GELU are another model.
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ def _config_file(arch: str) -> Path | None:
     if own.is_file():
         return own
     found = importlib.util.find_spec("open_clip")
-    for folder in found.submodule_search_locations or () if found else ():
+    folders = (found.submodule_search_locations or []) if found is not None else []
+    for folder in folders:
         candidate = Path(folder) / "model_configs" / f"{arch}.json"
         if candidate.is_file():
             return candidate
