@@ -285,3 +285,14 @@ def test_eval_of_several_checkpoints_checks_each_against_the_base(cli, base_file
     assert result.code == 0, result.stderr
     first, second = json.loads(result.stdout)["models"]
     assert first["results"][0]["accuracy"] == second["results"][0]["accuracy"]
+
+
+def test_json_output_is_strict_json_even_for_nan(capsys):
+    import math
+
+    from cftool.cli.common import emit_json
+
+    emit_json({"accuracy": math.nan, "losses": [1.0, math.inf], "nested": {"x": -math.inf}})
+    text = capsys.readouterr().out
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"accuracy": None, "losses": [1.0, None], "nested": {"x": None}}

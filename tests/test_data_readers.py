@@ -211,3 +211,30 @@ def test_training_on_a_reference_protocols_data_augments_as_its_reference_does(c
     assert "--augment coop: image features are recomputed" in caplog.text
     with open_checkpoint(output) as ckpt:
         assert ckpt.header.config["augment"] == "coop"
+
+
+def test_bad_data_is_one_line_not_a_nan_a_silent_drop_or_a_crash(tmp_path, coop_root):
+    empty_test = tmp_path / "empty-test"
+    write_png(empty_test / "train" / "a" / "0.png", colour_of(0))
+    write_png(empty_test / "train" / "b" / "0.png", colour_of(1))
+    (empty_test / "test").mkdir()
+    with pytest.raises(CftoolError, match="the test split has no images"):
+        load_task(f"folder:{empty_test}").split("test")
+
+    extra_class = tmp_path / "extra-class"
+    write_png(extra_class / "train" / "a" / "0.png", colour_of(0))
+    write_png(extra_class / "test" / "a" / "0.png", colour_of(0))
+    write_png(extra_class / "test" / "zebra" / "0.png", colour_of(1))
+    with pytest.raises(CftoolError, match=r"class folder\(s\) zebra are not in"):
+        load_task(f"folder:{extra_class}").split("test")
+
+    one_class = tmp_path / "one-class"
+    write_png(one_class / "a" / "0.png", colour_of(0))
+    with pytest.raises(CftoolError, match="its novel half is empty"):
+        load_task(DatasetSpec(f"folder:{one_class}", classes="novel"))
+
+    split_file = coop_root / "oxford_pets" / "split_zhou_OxfordPets.json"
+    split_file.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(CftoolError, match="nested too deeply") as error:
+        load_task("coop:OxfordPets", data_root=coop_root)
+    assert "\n" not in str(error.value)

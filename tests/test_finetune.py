@@ -375,3 +375,39 @@ def test_lora_adapts_the_attention_of_transformer_and_resnet_image_towers(vision
     assert set(lora_parameter_names(model, ("image",))) == expected
     text = lora_parameter_names(model, ("text",))
     assert len(text) == 4 and all(name.startswith("transformer.resblocks.0.") for name in text)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "nan"], "--lr must be a finite positive number"),
+        (["--lr", "-0.1"], "--lr must be a finite positive number"),
+        (["--lr", "inf"], "--lr must be a finite positive number"),
+        (["--weight-decay", "-1"], "--weight-decay must be a finite number ≥ 0"),
+        (["--epochs", "inf"], "must be positive (and finite)"),
+        (["--seed", str(2**64)], "--seed must be within"),
+    ],
+)
+def test_numbers_are_validated_where_options_are_built(cli, tmp_path, flags, message):
+    run = ["finetune", *DATA, "-o", tmp_path / "out.safetensors", *flags]
+    if "--epochs" not in flags:
+        run += ["--iterations", "1"]
+    assert message in one_line_error(cli(*run))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_diverging_loss_stops_training_in_one_line_and_writes_nothing(cli, tmp_path):
+    output = tmp_path / "out.safetensors"
+    error = one_line_error(cli("finetune", *DATA, "--method", "coop", "--optimizer", "sgd", "--lr", "1e30",
+                               "--iterations", "5", "-o", output))  # fmt: skip
+    assert "training diverged and nothing was written" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_lora_alpha_zero_is_recorded_as_given(cli, tmp_path):
+    from cftool.io.checkpoint import open_checkpoint
+
+    output = tmp_path / "lora.safetensors"
+    assert cli("finetune", *DATA, "--method", "lora", "--alpha", "0", "--iterations", "1", "-o", output).code == 0
+    with open_checkpoint(output) as ckpt:
+        assert ckpt.header.config["alpha"] == 0

@@ -2,6 +2,7 @@
 base by an absolute path and by its content hash, and accept any copy of those weights."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -87,3 +88,28 @@ def test_fp16_weights_stay_fp16_through_import_and_export_unless_dtype_says_othe
     with safe_open(str(tmp_path / "fp32.safetensors"), "pt") as widened:
         assert float_dtypes(widened.get_tensor(n) for n in widened.keys()) == {"torch.float32"}
     assert "--dtype 'fp8'" in one_line_error(cli("export", model_file, "--dtype", "fp8", "-o", tmp_path / "x.pt"))
+
+
+def test_no_output_replaces_an_input_even_with_force(cli, tmp_path, tiny):
+    """`-o` equal to any input of a command is refused before anything is written, whatever the command."""
+    base = tmp_path / "base.safetensors"
+    assert cli("export", "--zs", "tiny", "-o", base).code == 0
+    weights = tmp_path / "weights.pt"
+    torch.save(tiny.model.state_dict(), weights)
+    prompt = tmp_path / "prompt.safetensors"
+    assert cli("finetune", "--zs", "tiny", "--data", "toy:food", "--shots", "2", "--iterations", "1",
+               "--batch-size", "4", "-o", prompt).code == 0  # fmt: skip
+    runs = {
+        "eval": ("eval", prompt, "--data", "toy:food", "-o", prompt),
+        "export": ("export", base, "-o", base),
+        "import": ("import", weights, "--zs", "tiny", "-o", weights),
+        "continue": ("continue", prompt, "--iterations", "1", "-o", prompt),
+        "delta": ("delta", base, "--zs", "tiny", "-o", base),
+        "eval --zs": ("eval", "--zs", base, "--data", "toy:food", "-o", base),
+    }
+    for name, args in runs.items():
+        target = Path(args[-1])
+        before = target.read_bytes()
+        error = one_line_error(cli(*args, "--force"))
+        assert "input" in error, name
+        assert target.read_bytes() == before, name

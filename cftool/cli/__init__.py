@@ -18,6 +18,7 @@ from cftool.cli.interpolate import interpolate_command
 from cftool.cli.merge import decouple_command, delta_command, unify_command
 from cftool.cli.route import route_command
 from cftool.errors import CftoolError
+from cftool.io.inputs import inputs_protected
 
 app = typer.Typer(
     name="cftool",
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line on stderr and give a non-zero exit code, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
-        result = app(args=argv, prog_name="cftool", standalone_mode=False)
+        with inputs_protected():
+            result = app(args=argv, prog_name="cftool", standalone_mode=False)
     except CftoolError as err:
         console.print(f"[red]error:[/red] {escape(_user_message(err))}")
         return err.exit_code

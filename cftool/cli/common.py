@@ -7,6 +7,7 @@ shell completion and the commands that only move tensors do not pay for what the
 from __future__ import annotations
 
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -121,12 +122,31 @@ def resolve_device(name: str) -> torch.device:
 def seed_everything(seed: int) -> None:
     import torch
 
+    from cftool.data.specs import check_seed
+
+    check_seed(seed)
     random.seed(seed)
     torch.manual_seed(seed)
 
 
+def strict_json(payload: Any) -> str:
+    """JSON as the standard defines it: a NaN or infinite number (an empty split's accuracy, a diverged loss) is
+    written as null, never as Python's NaN/Infinity, which strict parsers reject."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [finite(item) for item in value]
+        return value
+
+    return json.dumps(finite(payload), indent=2, allow_nan=False) + "\n"
+
+
 def emit_json(payload: Any) -> None:
-    sys.stdout.write(json.dumps(payload, indent=2) + "\n")
+    sys.stdout.write(strict_json(payload))
     sys.stdout.flush()
 
 
@@ -134,7 +154,7 @@ def write_json(path: Path, payload: Any, overwrite: bool) -> None:
     from cftool.io.checkpoint import atomic_output
 
     with atomic_output(path, overwrite) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2) + "\n")
+        tmp.write_text(strict_json(payload))
 
 
 def progress_bar() -> Progress:

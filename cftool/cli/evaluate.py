@@ -132,7 +132,7 @@ def eval_command(
     'runs/*.prototypes.safetensors'
     """
     from cftool.data import DatasetSpec, get_benchmark, load_task
-    from cftool.io.checkpoint import refuse_existing
+    from cftool.io.checkpoint import refuse_existing, refuse_input_as_output
     from cftool.mtil import MtilOptions
     from cftool.paths import path_report
     from cftool.protocols import ZERO_SHOT, FeatureCache, compare
@@ -155,9 +155,11 @@ def eval_command(
         raise CftoolError("--path A B evaluates one path; give no other checkpoints with it")
     if plot is not None and path is None:
         raise CftoolError("--plot draws a path: give --path A B")
+    named_files = [Path(name) for name in (*(checkpoints or []), *(path or []), zs or "") if Path(name).is_file()]
     for report_file in (output, plot, heatmap):
         if report_file is not None:
             refuse_existing(report_file, force)
+            refuse_input_as_output(report_file, named_files)  # before any work; any other input is refused on writing
     if plot is not None or heatmap is not None:
         _require_matplotlib("--plot" if plot is not None else "--heatmap")
     seed_everything(seed)

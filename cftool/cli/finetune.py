@@ -169,7 +169,11 @@ def _method_options(
         return {}
     tower_list = {"towers": tuple(t.strip() for t in (towers or DEFAULT_TOWERS).split(",") if t.strip())}
     if method == "lora":
-        return {"rank": rank or LORA_DEFAULTS["rank"], "alpha": alpha or LORA_DEFAULTS["alpha"], **tower_list}
+        return {
+            "rank": LORA_DEFAULTS["rank"] if rank is None else rank,
+            "alpha": LORA_DEFAULTS["alpha"] if alpha is None else alpha,  # 0 is a value (a LoRA that adds nothing)
+            **tower_list,
+        }
     return tower_list
 
 

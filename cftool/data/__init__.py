@@ -64,4 +64,10 @@ def load_task(spec: DatasetSpec | str, data_root: Path | None = None) -> TaskDat
     if isinstance(spec, str):
         spec = DatasetSpec(spec)
     source = parse_source(spec.source, data_root)
-    return TaskData(spec, source, class_subset(len(source.classnames), spec.classes))
+    class_ids = class_subset(len(source.classnames), spec.classes)
+    if not class_ids:
+        raise CftoolError(
+            f"{spec.source}: has {len(source.classnames)} class(es), so its {spec.classes} half is empty; "
+            "base-to-novel needs at least two classes"
+        )
+    return TaskData(spec, source, class_ids)

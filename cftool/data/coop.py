@@ -168,10 +168,11 @@ def _read_split_file(name: str, dataset_dir: Path, image_subdir: str) -> tuple[l
     try:
         splits = json.loads(split_path.read_text(encoding="utf-8"))
         rows = {split: list(split_rows) for split, split_rows in splits.items()}
-    except (ValueError, TypeError, AttributeError) as err:
+    except (ValueError, TypeError, AttributeError, RecursionError) as err:
+        reason = "nested too deeply" if isinstance(err, RecursionError) else err
         raise CftoolError(
-            f"{split_path}: not a CoOp split file ({err}); expected train/val/test lists of [path, label, class]"
-        ) from err
+            f"{split_path}: not a CoOp split file ({reason}); expected train/val/test lists of [path, label, class]"
+        ) from None
     items: dict[str, list[Item]] = {}
     names: dict[int, str] = {}
     for split, split_rows in rows.items():

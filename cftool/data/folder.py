@@ -43,10 +43,25 @@ class FolderSource:
         if split not in self._split_dirs:
             raise ValueError(f"no '{split}' folder (found: {', '.join(sorted(self._split_dirs))})")
         if split not in self._samples:
+            self._check_same_classes(split)
             self._samples[split] = make_dataset(
                 self._split_dirs[split], self._class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True
             )
         return self._samples[split]
+
+    def _check_same_classes(self, split: str) -> None:
+        """A class folder that only one split has would be dropped silently (or shift every label): refuse it."""
+        try:
+            found, _ = find_classes(self._split_dirs[split])
+        except FileNotFoundError:
+            found = []  # a split folder with no class folders holds no images
+        missing = sorted(set(found) - set(self._class_to_idx))
+        if missing:
+            first_split = next(iter(self._split_dirs.values()))
+            raise CftoolError(
+                f"folder:{self._split_dirs[split]}: class folder(s) {', '.join(missing[:3])} are not in "
+                f"{first_split}; every split must use the same class folders"
+            )
 
     def labels(self, split: str) -> list[int]:
         return [label for _, label in self._split_samples(split)]

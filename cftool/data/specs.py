@@ -44,6 +44,15 @@ class ImageSource(Protocol):
         """A digest that changes whenever any of these images may have changed; feature caches are keyed on it."""
 
 
+# What torch.manual_seed and torch.Generator accept.
+SEED_RANGE = (-(2**63), 2**64 - 1)
+
+
+def check_seed(seed: int) -> None:
+    if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
+        raise CftoolError(f"--seed must be within [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (a 64-bit integer), got {seed}")
+
+
 def files_fingerprint(paths: Iterable[Path]) -> str:
     """Changes when any of the files is replaced, edited or moved: their absolute paths, sizes and mtimes."""
     digest = hashlib.sha256()
@@ -68,6 +77,7 @@ class DatasetSpec:
             raise CftoolError(f"--classes must be one of {', '.join(CLASS_SUBSETS)}, got {self.classes!r}")
         if self.shots is not None and self.shots < 1:
             raise CftoolError(f"--shots must be a positive number of images per class, got {self.shots}")
+        check_seed(self.seed)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -107,6 +117,9 @@ class TaskData:
             raise CftoolError(f"{self.spec.source}: {err}") from err
         relabel = {cid: i for i, cid in enumerate(self.class_ids)}
         items = [(index, relabel[label]) for index, label in enumerate(source_labels) if label in relabel]
+        if not items:  # an accuracy over no images is NaN, and training on none learns nothing
+            classes = "" if self.spec.classes == "all" else f" of its {self.spec.classes} classes"
+            raise CftoolError(f"{self.spec.source}: the {split} split has no images{classes}; check the dataset")
         if split == "train" and self.spec.shots is not None:
             items = _few_shot(items, self.spec.shots, self.spec.seed)
         return TaskSplit(self.source, split, items, transform)

@@ -25,6 +25,7 @@ import torch
 from safetensors import safe_open
 
 from cftool.errors import CftoolError
+from cftool.io.inputs import note_input, refuse_input_overwrite
 
 FORMAT_VERSION = "1"
 KINDS = ("model", "prompt", "head", "lora", "delta", "unified", "trigger", "prototypes")
@@ -114,6 +115,7 @@ def check_input_file(path: str | os.PathLike[str]) -> Path:
         raise CftoolError(f"{path}: is a folder, not a checkpoint file; name the file inside it")
     if not stat.S_ISREG(info.st_mode):
         raise CftoolError(f"{path}: is not a regular file; name a checkpoint file")
+    note_input(path)
     return path
 
 
@@ -628,6 +630,7 @@ def refuse_existing(path: Path, overwrite: bool) -> None:
     """Commands call this before any work too, so that a long run never ends in a refusal to write."""
     if path.is_dir():
         raise CftoolError(f"{path} is a folder; name an output file")
+    refuse_input_overwrite(path)
     if not overwrite and (path.exists() or path.is_symlink()):
         raise CftoolError(f"{path} exists; pass --force to overwrite")
 

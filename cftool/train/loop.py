@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from cftool.data.augment import check_augmentation
+from cftool.data.specs import check_seed
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import atomic_output
 from cftool.train.objectives import Objective
@@ -65,8 +66,15 @@ class TrainOptions:
     def __post_init__(self):
         if (self.iterations is None) == (self.epochs is None):
             raise CftoolError("give exactly one of --iterations N or --epochs N")
-        if (self.iterations is not None and self.iterations < 1) or (self.epochs is not None and self.epochs <= 0):
-            raise CftoolError("--iterations / --epochs must be positive")
+        if (self.iterations is not None and self.iterations < 1) or (
+            self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0)
+        ):
+            raise CftoolError("--iterations / --epochs must be positive (and finite)")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise CftoolError(f"--lr must be a finite positive number, got {self.lr}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise CftoolError(f"--weight-decay must be a finite number ≥ 0, got {self.weight_decay}")
+        check_seed(self.seed)
         if self.optimizer not in OPTIMIZERS:
             raise CftoolError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.precision not in PRECISIONS:
@@ -210,6 +218,11 @@ def train(
             scaler.step(optimizer)
             scaler.update()
             mean_loss, stop = _all_ranks(loss.detach(), interrupted(), ranks)
+            if not math.isfinite(mean_loss):  # every rank sees the same mean, so all stop here together
+                raise CftoolError(
+                    f"the loss became {mean_loss} at step {step + 1} of {total}: training diverged and nothing was "
+                    "written; lower --lr (or raise --warmup) and rerun"
+                )
             log.losses.append(mean_loss)
             images_seen += len(batch_labels) * ranks.world_size
             log.images_per_second = images_seen / (time.perf_counter() - began)
