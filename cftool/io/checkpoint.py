@@ -8,6 +8,8 @@ target and renames it into place only once every tensor is on disk.
 
 from __future__ import annotations
 
+import errno
+import glob
 import hashlib
 import json
 import math
@@ -643,8 +645,52 @@ def refuse_input_as_output(output: Path, inputs: list[Path]) -> None:
             raise CftoolError(f"{output}: is also an input of this command; name a different output file")
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
 def _write_error(path: Path, exc: OSError) -> CftoolError:
+    if exc.errno in _DISK_FULL:
+        return CftoolError(f"{path}: the disk is full ({exc.strerror}); nothing was written: free space and rerun")
     return CftoolError(f"{path}: cannot write ({exc.strerror or exc}); check free space and permissions")
+
+
+class _WriteErrorKept:
+    """A file whose write errors are kept: torch's zip writer turns a failed write into an unrelated RuntimeError."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def torch_save(obj: Any, temp: Path) -> None:
+    """``torch.save`` into a temporary file of ``atomic_output``, a failed write raised as the OSError it was."""
+    with open(temp, "wb") as file:
+        kept = _WriteErrorKept(file)
+        try:
+            torch.save(obj, kept)
+        except RuntimeError:
+            if kept.error is not None:
+                raise kept.error from None
+            raise
+
+
+def check_writable(path: Path) -> None:
+    """Fail now, in one line, if ``path`` could not be written later: its folder is created and a file is made and
+    removed in it. Commands call this before long work, so that no run is lost to its output."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_temp_file(path.parent, path.name).unlink()
+    except OSError as exc:
+        raise _write_error(path, exc) from None
 
 
 @contextmanager
@@ -659,11 +705,17 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iter
     refuse_existing(path, overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(path)
         temp = _create_temp_file(path.parent, path.name)
     except OSError as exc:
         raise _write_error(path, exc) from None
     try:
-        yield temp
+        try:
+            yield temp
+        except OSError as exc:
+            if exc.errno in _DISK_FULL:  # whatever wrote into the temporary file; other errors are the block's own
+                raise _write_error(path, exc) from None
+            raise
         try:
             _fsync_path(temp)
             # Checked again because the target may have appeared while we were writing.
@@ -674,6 +726,13 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iter
             raise _write_error(path, exc) from None
     finally:
         temp.unlink(missing_ok=True)
+
+
+def _remove_orphans(path: Path) -> None:
+    """Temporary files of ``path`` that a killed run left behind: the next write of ``path`` replaces them."""
+    for orphan in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        if orphan.is_file() and not orphan.is_symlink():
+            orphan.unlink(missing_ok=True)
 
 
 def _create_temp_file(folder: Path, target_name: str) -> Path:

@@ -20,6 +20,7 @@ from cftool.io.checkpoint import (
     read_header,
     refuse_existing,
     save_checkpoint,
+    torch_save,
 )
 from cftool.io.foreign import condu_task_names, read_condu_prototypes, read_condu_triggers, read_condu_unified
 
@@ -114,7 +115,7 @@ def export_plain(source: Path, output: Path, overwrite: bool, dtype: torch.dtype
         if output.suffix in (".pt", ".pth", ".bin"):
             state_dict = {name: as_dtype(tensor, dtype) for name, tensor in ckpt.load_all().items()}
             with atomic_output(output, overwrite) as tmp:
-                torch.save(state_dict, tmp)
+                torch_save(state_dict, tmp)
             return output
     raise CftoolError(f"{output}: unknown output format; use .safetensors, .pt, .pth or .bin")
 

@@ -23,7 +23,7 @@ from cftool.data import DatasetSpec, TaskData, load_task
 from cftool.data.augment import training_transform
 from cftool.errors import CftoolError
 from cftool.evaluate import evaluate_zero_shot, zero_shot_head
-from cftool.io.checkpoint import Header, open_checkpoint, refuse_existing, save_checkpoint
+from cftool.io.checkpoint import Header, check_writable, open_checkpoint, refuse_existing, save_checkpoint
 from cftool.train.features import image_features
 from cftool.train.loop import Progress, Ranks, TrainOptions, no_progress, train
 from cftool.train.methods import METHODS, Method, build_method, zero_shot_class_features
@@ -113,8 +113,12 @@ def finetune(
 ) -> FinetuneResult:
     if job.method not in METHODS:
         raise CftoolError(f"unknown method {job.method!r}; choose one of {', '.join(METHODS)}")
-    for path in (job.output, prototypes_path(job.output)):
-        refuse_existing(path, job.force)
+    refuse_existing(job.output, job.force)
+    # The prototypes are written first and the checkpoint last, so prototypes without their checkpoint are what a
+    # killed run left behind: they are replaced without --force.
+    refuse_existing(prototypes_path(job.output), job.force or not job.output.exists())
+    for path in (job.output, prototypes_path(job.output), state_path(job.output)):
+        check_writable(path)  # found now, not after training
     with distributed(job.device) as (ranks, device):
         return _finetune(job, ranks, device, progress if ranks.is_main else no_progress, continuation)
 
@@ -194,11 +198,15 @@ def _finetune(
         method=objective.name if continuation else method.name,
         config=config,
     )
-    result.output = save_checkpoint(job.output, method.export(), header, overwrite=job.force)
     prototypes_header = replace(header, kind="prototypes", template=None)
     result.prototypes = save_checkpoint(
-        prototypes_path(job.output), {"prototypes": prototypes}, prototypes_header, overwrite=job.force
+        prototypes_path(job.output), {"prototypes": prototypes}, prototypes_header, overwrite=True  # checked above
     )
+    try:
+        result.output = save_checkpoint(job.output, method.export(), header, overwrite=job.force)
+    except BaseException:
+        result.prototypes.unlink(missing_ok=True)  # a pair or nothing
+        raise
     state_path(job.output).unlink(missing_ok=True)
     return result
 

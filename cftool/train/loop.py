@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from cftool.data.augment import check_augmentation
 from cftool.data.specs import check_seed
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import atomic_output
+from cftool.io.checkpoint import atomic_output, torch_save
 from cftool.train.objectives import Objective
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -333,7 +333,7 @@ def _save_state(
         "scaler": scaler.state_dict(),
     }
     with atomic_output(path, overwrite=True) as temp:
-        torch.save(state, temp)
+        torch_save(state, temp)
 
 
 def _load_state(

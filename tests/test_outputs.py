@@ -1,0 +1,82 @@
+"""No run is lost to its output: outputs are checked before work, a full disk is one line and leaves nothing, files
+left by a killed run are replaced, and a checkpoint and its prototypes are written as a pair."""
+
+import errno
+import subprocess
+
+import pytest
+import torch
+
+from cftool.io import checkpoint
+from tests.conftest import one_line_error
+
+DATA = ["--zs", "tiny", "--data", "toy:mnist", "--classes", "base", "--shots", "2", "--iterations", "1",
+        "--batch-size", "4", "--device", "cpu"]  # fmt: skip
+
+
+def test_an_unwritable_output_is_found_before_training(cli, tmp_path, monkeypatch):
+    blocker = tmp_path / "runs"
+    blocker.write_text("a file where the output folder should be")
+    import importlib
+
+    trained = []
+    # The module, which `cftool.train` shadows with its function of the same name.
+    module = importlib.import_module("cftool.train.finetune")
+    monkeypatch.setattr(module, "_finetune", lambda *args: trained.append(args))
+    error = one_line_error(cli("finetune", *DATA, "-o", blocker / "coop.safetensors"))
+    assert "coop.safetensors: cannot write" in error
+    assert trained == []  # refused before any training
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs: the real ENOSPC of a full disk (needs the right to mount, as CI's root has)."""
+    mount_point = tmp_path / "full"
+    mount_point.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporary_file(cli, tmp_path, full_disk):
+    model = tmp_path / "base.safetensors"
+    assert cli("export", "--zs", "tiny", "-o", model).code == 0
+    for output in (full_disk / "base.safetensors", full_disk / "base.pt"):
+        error = one_line_error(cli("export", model, "-o", output))
+        assert str(output) in error and "the disk is full" in error
+        assert list(full_disk.iterdir()) == []
+    error = one_line_error(cli("finetune", *DATA, "--method", "full", "-o", full_disk / "full.safetensors"))
+    assert "the disk is full" in error
+    assert list(full_disk.iterdir()) == []
+
+
+def test_a_full_disk_under_any_writer_is_reported_as_such(tmp_path, monkeypatch):
+    def disk_full(tensor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint, "_tensor_bytes", disk_full)
+    with pytest.raises(checkpoint.CftoolError, match="the disk is full") as error:
+        checkpoint.save_checkpoint(tmp_path / "x.safetensors", {"a": torch.zeros(3)}, header=None)
+    assert "\n" not in str(error.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_temporary_files_of_a_killed_run_are_replaced_by_the_next_write(tmp_path):
+    output = tmp_path / "out.safetensors"
+    orphan = tmp_path / ".out.safetensors.tmp-dead0000"
+    orphan.write_bytes(b"half a checkpoint")
+    unrelated = tmp_path / ".other.safetensors.tmp-dead0000"
+    unrelated.write_bytes(b"someone else's")
+    checkpoint.save_checkpoint(output, {"a": torch.zeros(3)}, header=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [unrelated.name, output.name]
+
+
+def test_prototypes_a_killed_run_left_without_their_checkpoint_do_not_block_the_rerun(cli, tmp_path):
+    output = tmp_path / "coop.safetensors"
+    assert cli("finetune", *DATA, "-o", output).code == 0
+    output.unlink()  # as if killed between writing the prototypes and the checkpoint
+    assert cli("finetune", *DATA, "-o", output).code == 0
+    assert output.is_file()
+    assert "--force" in one_line_error(cli("finetune", *DATA, "-o", output))  # a complete pair is kept
