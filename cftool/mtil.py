@@ -23,7 +23,8 @@ import torch
 from cftool.data import TaskData
 from cftool.errors import CftoolError
 from cftool.evaluate import zero_shot_head
-from cftool.io.checkpoint import CheckpointReader, atomic_output, check_input_file, file_sha256, tensors_sha256
+from cftool.io.checkpoint import CheckpointReader, atomic_output, file_sha256, tensors_sha256
+from cftool.io.header import check_input_file
 from cftool.io.unified import UnifiedSet
 from cftool.metrics import mtil_metrics, top1_accuracy
 from cftool.protocols import ZERO_SHOT, FeatureCache, labelled_column, split_label

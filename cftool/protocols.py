@@ -29,7 +29,7 @@ import torch
 from cftool.data import TaskData, class_subset
 from cftool.errors import CftoolError
 from cftool.evaluate import HeadFn, encode_images, zero_shot_head
-from cftool.io.checkpoint import read_header
+from cftool.io.header import read_header
 from cftool.metrics import harmonic_mean, top1_accuracy
 from cftool.train.adapters import ADAPTERS, applied, open_applicable
 from cftool.train.features import image_features

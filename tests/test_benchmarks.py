@@ -111,3 +111,16 @@ def test_mtil_markdown_lays_out_a_sessions_report():
     assert lines[2] == "| | zero-shot | 10.0 | 20.0 | 15.0 |"
     assert lines[3] == "| Transfer | ConDU | – | 30.0 | **30.0** |"
     assert lines[5] == "| Last | ConDU | 45.0 | 50.0 | **47.5** |"
+
+
+def test_startup_measures_help_completion_and_inspect_against_python_and_what_they_import():
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "startup.py"), "--repeats", "1"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    assert report["python_pass_seconds"] > 0
+    assert set(report["cases"]) == {"help", "completion", "inspect"}
+    for case in report["cases"].values():
+        assert case["ratio_to_python"] == pytest.approx(case["seconds"] / report["python_pass_seconds"], rel=0.05, abs=0.2)
+        assert not case["imports_open_clip"] and not case["imports_torch"]

@@ -13,18 +13,16 @@ from safetensors.torch import load_file, save_file
 
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import (
-    DTYPE_BITS,
-    KINDS,
     CheckpointWriter,
     Header,
     TensorInfo,
     atomic_output,
     check_shapes,
     open_checkpoint,
-    read_header,
     save_checkpoint,
     tensors_sha256,
 )
+from cftool.io.header import DTYPE_BITS, KINDS, read_header
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -43,7 +43,7 @@ def inspect_command(
 
     Example: cftool inspect coop.safetensors --check
     """
-    from cftool.io.convert import non_finite_counts, summarize
+    from cftool.io.summary import non_finite_counts, summarize
 
     summaries = [summarize(path) for path in files]
     if check:
@@ -210,8 +210,8 @@ def _print_unified_tasks(summary: dict) -> None:
 def _detect_format(source: Path) -> str:
     """A folder is a ConDU session; a pickle whose state dict holds ``ctx`` is a Dassl prompt learner, whatever its
     name; anything else is read as a full state dict."""
-    from cftool.io.checkpoint import check_input_file
     from cftool.io.foreign import is_dassl_prompt
+    from cftool.io.header import check_input_file
 
     if source.is_dir():
         return "condu"

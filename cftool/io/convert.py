@@ -1,23 +1,19 @@
-"""File summaries for `cftool inspect`, `export` of a `model` file as a plain open_clip state dict, and `import` of
-a ConDU session folder as a unified set."""
+"""`export` of a `model` file as a plain open_clip state dict, and `import` of a ConDU session folder as a unified
+set."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors import safe_open
 
 from cftool.errors import CftoolError
 from cftool.io.bitpack import pack_bits
 from cftool.io.checkpoint import (
     CheckpointWriter,
-    Header,
     atomic_output,
     open_checkpoint,
-    read_header,
     refuse_existing,
     save_checkpoint,
     torch_save,
@@ -29,69 +25,10 @@ if TYPE_CHECKING:  # the protocol of the base weights; io itself imports nothing
 from cftool.io.unified import (
     RESCALERS,
     TaskEntry,
-    UnifiedSet,
     mask_name,
-    open_unified,
     tasks_metadata,
     unified_layout,
 )
-
-FLOAT_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"}
-
-
-def summarize(path: Path) -> dict:
-    """Everything `inspect` shows about a file, from its header alone."""
-    tensors, metadata = read_header(path)
-    header = Header.from_metadata(metadata, path) if "cftool.format" in metadata else None
-    tasks = None
-    if header and header.kind == "unified":
-        with open_unified(path) as unified:
-            tasks = unified_tasks(unified)
-            tensors = unified.delta  # a unified set's parameters are its unified delta's, not its masks' bytes
-    return {
-        "file": str(path),
-        "kind": header.kind if header else None,
-        "base": header.base if header else None,
-        "task": header.task if header else None,
-        "tensors": len(tensors),
-        "parameters": sum(info.numel for info in tensors.values()),
-        "dtypes": sorted({info.dtype for info in tensors.values()}),
-        "bytes": path.stat().st_size,
-        "metadata": metadata,
-        **({"tasks": tasks} if tasks is not None else {}),
-    }
-
-
-def unified_tasks(unified: UnifiedSet) -> list[dict]:
-    """Every task of a unified set: its class count, rescaler and mask density (the fraction of parameters its
-    mask keeps), reading one packed mask at a time."""
-    summaries = []
-    for index, task in enumerate(unified.tasks):
-        counts = list(unified.mask_counts(index))
-        elements = sum(total for _, _, total in counts)
-        summaries.append(
-            {
-                "task": task.task,
-                "classes": len(task.classnames) if task.classnames is not None else None,
-                "rescaler": float(unified.rescalers[index]),
-                "mask_density": sum(ones for _, ones, _ in counts) / elements if elements else 0.0,
-            }
-        )
-    return summaries
-
-
-def non_finite_counts(path: Path, advance: Callable[[], None] = lambda: None) -> dict[str, int]:
-    """NaN/Inf count of every floating-point tensor that has any, reading one tensor at a time."""
-    tensors, _ = read_header(path)
-    counts = {}
-    with safe_open(path, framework="pt") as handle:
-        for name, info in tensors.items():
-            if info.dtype in FLOAT_DTYPES:
-                bad = int((~torch.isfinite(handle.get_tensor(name))).sum())
-                if bad:
-                    counts[name] = bad
-            advance()
-    return counts
 
 
 def as_dtype(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch.optim.lr_scheduler
 from safetensors import safe_open
 
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import check_input_file, read_header
+from cftool.io.header import check_input_file, read_header
 
 
 class PickledTrainingState:

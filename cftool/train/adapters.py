@@ -18,7 +18,8 @@ import torch
 
 from cftool.errors import CftoolError
 from cftool.evaluate import HeadFn, zero_shot_head
-from cftool.io.checkpoint import CheckpointReader, Header, TensorInfo, check_shapes, open_checkpoint, read_header
+from cftool.io.checkpoint import CheckpointReader, Header, TensorInfo, check_shapes, open_checkpoint
+from cftool.io.header import read_header
 from cftool.io.unified import UnifiedSet
 from cftool.merge.decouple import expert_tensors
 from cftool.merge.delta import added_delta

@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, read_header, tensors_sha256
+from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, tensors_sha256
 from cftool.io.foreign import read_state_dict
+from cftool.io.header import read_header
 
 log = logging.getLogger(__name__)
 
