@@ -207,6 +207,9 @@ def test_config_file_gives_defaults_and_flags_win(cli, tmp_path):
     assert task["task"] == "mnist" and task["num_classes"] == 10 and 0 <= task["accuracy"] <= 100
     assert "unknown key" in one_line_error(cli("eval", "--config", _write(tmp_path / "bad.yaml", "bogus: 1\n")))
     assert "not valid YAML" in one_line_error(cli("eval", "--config", _write(tmp_path / "broken.yaml", "a: [\n")))
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("zs: tiny  # café\n".encode("latin-1"))
+    assert "not UTF-8 text" in one_line_error(cli("eval", "--config", latin1))
 
 
 def _write(path, text):
@@ -296,3 +299,17 @@ def test_json_output_is_strict_json_even_for_nan(capsys):
     text = capsys.readouterr().out
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"accuracy": None, "losses": [1.0, None], "nested": {"x": None}}
+
+
+def test_inspect_check_scans_8_bit_float_and_complex_tensors(cli, tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "odd.safetensors"
+    save_file({
+        "f8": torch.tensor([float("nan"), 1.0]).to(torch.float8_e5m2),
+        "f8_clean": torch.zeros(4).to(torch.float8_e4m3fn),
+        "complex": torch.tensor([complex(float("inf"), 0), 1j], dtype=torch.complex64),
+    }, path)  # fmt: skip
+    result = cli("inspect", "--check", "--json", path)
+    assert result.code != 0
+    assert json.loads(result.stdout)[0]["non_finite"] == {"f8": 1, "complex": 1}

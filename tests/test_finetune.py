@@ -262,6 +262,24 @@ def test_resume_refuses_other_classes_another_base_or_changed_options(cli, tmp_p
     assert not interrupted_run.exists()
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda state: [1, 2, 3], "not a cftool trainer state"),
+        (lambda state: {**state, "step": "6"}, "'step' missing or of the wrong type"),
+        (lambda state: {**state, "step": 99}, "at step 99, outside this run's 0..12"),
+        (lambda state: {**state, "trainable": {n: t[:1] for n, t in state["trainable"].items()}}, "not have the shape"),
+        (lambda state: {**state, "optimizer": {"state": {}, "param_groups": []}}, "optimizer state does not fit"),
+    ],
+)
+def test_a_hand_edited_trainer_state_is_refused_in_one_line(cli, interrupted_run, edit, message):
+    path = state_path(interrupted_run)
+    torch.save(edit(torch.load(path, weights_only=True)), path)
+    args = [*DATA, *TRAIN, "--method", "lora", *METHOD_FLAGS["lora"], "-o", interrupted_run, "--resume"]
+    assert message in one_line_error(cli("finetune", *args))
+    assert not interrupted_run.exists()
+
+
 def test_bad_input_is_one_line_and_writes_nothing(cli, tmp_path):
     output = tmp_path / "out.safetensors"
     assert "unknown --method 'adapter'" in one_line_error(cli("finetune", *DATA, "--iterations", "1", "--method",
@@ -411,3 +429,25 @@ def test_lora_alpha_zero_is_recorded_as_given(cli, tmp_path):
     assert cli("finetune", *DATA, "--method", "lora", "--alpha", "0", "--iterations", "1", "-o", output).code == 0
     with open_checkpoint(output) as ckpt:
         assert ckpt.header.config["alpha"] == 0
+
+
+def test_a_hand_edited_lora_file_is_refused_in_one_line(cli, tmp_path):
+    import dataclasses
+
+    from cftool.io.checkpoint import open_checkpoint, save_checkpoint
+
+    lora = tmp_path / "lora.safetensors"
+    assert cli("finetune", *DATA, "--method", "lora", "--rank", "2", "--iterations", "1", "-o", lora).code == 0
+    with open_checkpoint(lora) as ckpt:
+        tensors, header = ckpt.load_all(), ckpt.header
+    first = next(iter(tensors))
+    edits = {
+        "rank is 'x', not a positive integer": (tensors, {"rank": "x"}),
+        "alpha is nan, not a finite number": (tensors, {"alpha": float("nan")}),
+        "targets is not a list of weight names": (tensors, {"targets": "all"}),
+        "not [2, in] and [out, 2]": ({**tensors, first: torch.zeros(3, tensors[first].shape[1])}, {}),
+    }
+    for message, (edited, config) in edits.items():
+        bad = tmp_path / "bad.safetensors"
+        save_checkpoint(bad, edited, dataclasses.replace(header, config={**header.config, **config}), overwrite=True)
+        assert message in one_line_error(cli("eval", bad, "--data", "toy:mnist")), message

@@ -37,9 +37,11 @@ def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | No
     if value is None:
         return None
     try:
-        data = yaml.safe_load(value.read_text()) or {}
+        data = yaml.safe_load(value.read_text(encoding="utf-8")) or {}
     except OSError as err:
         raise typer.BadParameter(f"cannot read {value}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise typer.BadParameter(f"{value} is not UTF-8 text (byte {err.start}); save the YAML file as UTF-8") from err
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -191,7 +191,7 @@ def train(
     scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
     start = 0
     if resume:
-        start = _load_state(_require(state_file), trainable, optimizer, scaler, fingerprint or {}, device)
+        start = _load_state(_require(state_file), trainable, optimizer, scaler, fingerprint or {}, device, total)
     if ranks.world_size > 1:
         # The whole objective is the wrapped module, so the gradients of all its terms are synchronised.
         loss_of = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
@@ -343,20 +343,38 @@ def _load_state(
     scaler: torch.amp.GradScaler,
     fingerprint: dict[str, Any],
     device: torch.device,
+    total: int,
 ) -> int:
+    """Restore a trainer state, checked entry by entry: it is a file on disk that may have been edited or damaged."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a pickle that is not plain tensors, or a damaged file
         raise CftoolError(f"{path}: not a readable trainer state ({err.__class__.__name__}); delete it") from None
-    _check_fingerprint(path, state.get("fingerprint", {}), fingerprint)
+    expected = {"step": int, "fingerprint": dict, "trainable": dict, "optimizer": dict, "scaler": dict}
+    entries = state if isinstance(state, dict) else {}
+    wrong = [key for key, kind in expected.items() if not isinstance(entries.get(key), kind)]
+    if wrong:
+        raise CftoolError(f"{path}: not a cftool trainer state ({wrong[0]!r} missing or of the wrong type); delete it")
+    _check_fingerprint(path, state["fingerprint"], fingerprint)
     if state["trainable"].keys() != trainable.keys():
         raise CftoolError(f"{path}: trainer state holds other parameters than this run trains; delete it")
+    for name, parameter in trainable.items():
+        saved = state["trainable"][name]
+        if not isinstance(saved, torch.Tensor) or saved.shape != parameter.shape:
+            raise CftoolError(
+                f"{path}: trainer state's {name!r} does not have the shape {list(parameter.shape)}; delete it"
+            )
+    if not 0 <= state["step"] <= total:
+        raise CftoolError(f"{path}: trainer state is at step {state['step']}, outside this run's 0..{total}; delete it")
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as err:
+        raise CftoolError(f"{path}: trainer state's optimizer state does not fit this run ({err}); delete it") from None
     with torch.no_grad():
         for name, parameter in trainable.items():
             parameter.copy_(state["trainable"][name])
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    return int(state["step"])
+    return state["step"]
 
 
 def _check_fingerprint(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
