@@ -451,3 +451,26 @@ def test_a_hand_edited_lora_file_is_refused_in_one_line(cli, tmp_path):
         bad = tmp_path / "bad.safetensors"
         save_checkpoint(bad, edited, dataclasses.replace(header, config={**header.config, **config}), overwrite=True)
         assert message in one_line_error(cli("eval", bad, "--data", "toy:mnist")), message
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda f: {**f, "features": f["features"][:, :3].contiguous()},  # another width
+        lambda f: {**f, "features": f["features"][:-1].contiguous()},  # a row short
+        lambda f: {**f, "features": torch.full_like(f["features"], float("nan"))},
+        lambda f: {**f, "features": f["features"].half()},
+        lambda f: {"labels": f["labels"]},
+    ],
+)
+def test_a_tampered_feature_cache_is_recomputed_not_trusted(cli, tmp_path, tamper):
+    from safetensors.torch import save_file
+
+    cache = tmp_path / "cache"
+    finetune_cli(cli, tmp_path / "first.safetensors", "coop", "--cache-dir", cache)
+    [cache_file] = cache.iterdir()
+    honest = load_file(cache_file)
+    save_file(tamper(honest), cache_file)
+    finetune_cli(cli, tmp_path / "second.safetensors", "coop", "--cache-dir", cache)
+    assert torch.equal(tensors(tmp_path / "first.safetensors")["ctx"], tensors(tmp_path / "second.safetensors")["ctx"])
+    assert torch.equal(load_file(cache_file)["features"], honest["features"])  # replaced by the true features

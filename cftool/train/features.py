@@ -39,7 +39,7 @@ def image_features(
             stored = load_file(path)
         except (SafetensorError, OSError):
             stored = {}  # a damaged cache file is recomputed and replaced
-        if stored.get("labels") is not None and stored["labels"].tolist() == dataset.labels:
+        if _is_intact(stored, dataset, zoo.model.visual.output_dim):
             advance(len(dataset))
             return stored["features"], stored["labels"]
     features, labels = encode_images(zoo, dataset, batch_size, workers, advance)
@@ -48,3 +48,17 @@ def image_features(
     if path is not None:
         save_checkpoint(path, {"features": features, "labels": labels}, header=None, overwrite=True)
     return features, labels
+
+
+def _is_intact(stored: dict[str, torch.Tensor], dataset: TaskSplit, width: int) -> bool:
+    """Whether a cache file holds what this function writes for ``dataset``: one finite float32 feature row of the
+    image tower's ``width`` per image, and the images' labels. Anything else (a damaged or edited file) is recomputed and replaced."""
+    features, labels = stored.get("features"), stored.get("labels")
+    return (
+        features is not None
+        and labels is not None
+        and features.dtype == torch.float32
+        and tuple(features.shape) == (len(dataset), width)
+        and bool(torch.isfinite(features).all())
+        and labels.tolist() == dataset.labels
+    )
