@@ -52,7 +52,8 @@ def image_features(
 
 def _is_intact(stored: dict[str, torch.Tensor], dataset: TaskSplit, width: int) -> bool:
     """Whether a cache file holds what this function writes for ``dataset``: one finite float32 feature row of the
-    image tower's ``width`` per image, and the images' labels. Anything else (a damaged or edited file) is recomputed and replaced."""
+    image tower's ``width`` per image, and the images' labels. Anything else (a damaged or edited file) is
+    recomputed and replaced."""
     features, labels = stored.get("features"), stored.get("labels")
     return (
         features is not None
