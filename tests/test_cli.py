@@ -313,3 +313,15 @@ def test_inspect_check_scans_8_bit_float_and_complex_tensors(cli, tmp_path):
     result = cli("inspect", "--check", "--json", path)
     assert result.code != 0
     assert json.loads(result.stdout)[0]["non_finite"] == {"f8": 1, "complex": 1}
+
+
+def test_a_context_longer_than_the_text_tower_allows_is_refused_not_truncated(cli, tmp_path):
+    error = one_line_error(cli("finetune", "--zs", "tiny", "--data", "toy:mnist", "--shots", "1", "--iterations", "1",
+                               "--n-ctx", "30", "--ctx-init", "random", "-o", tmp_path / "long.safetensors"))  # fmt: skip
+    assert "30 context vectors" in error and "more than the text tower's 32" in error
+    long_ctx = tmp_path / "long" / "model.pth.tar-1"
+    long_ctx.parent.mkdir()
+    torch.save({"state_dict": {"ctx": torch.randn(200, 128)}, "epoch": 1}, long_ctx)
+    error = one_line_error(cli("import", long_ctx, "--zs", "tiny", "-o", tmp_path / "imported.safetensors"))
+    assert "200 context vectors leave no room" in error
+    assert list(tmp_path.glob("*.safetensors")) == []

@@ -16,7 +16,7 @@ to the base for inference.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -181,6 +181,24 @@ def _copy_into(parameters: dict[str, torch.Tensor], ckpt: CheckpointReader, name
             parameters[name].copy_(ckpt[tensor_name])
 
 
+# Long enough that tokenizing a prompt never cuts it, to measure how many tokens it takes.
+_UNCUT_CONTEXT = 1024
+
+
+def check_prompts_fit(tokenizer: Callable, classnames: Sequence[str], n_ctx: int, context_length: int) -> None:
+    """The tokenizer cuts what does not fit the text tower's context, so a long context would silently drop the
+    class names (every class would then read the same): refuse it in one line."""
+    if not classnames:
+        return
+    lengths = (tokenizer(context_prompts(classnames, n_ctx), context_length=_UNCUT_CONTEXT) != 0).sum(dim=1)
+    longest = int(lengths.argmax())
+    if int(lengths[longest]) > context_length:
+        raise CftoolError(
+            f"{n_ctx} context vectors and the class name {classnames[longest]!r} take {int(lengths[longest])} tokens, "
+            f"more than the text tower's {context_length}; use a smaller --n-ctx"
+        )
+
+
 class CoOp(Method):
     """Learned context vectors before each class name; both encoders frozen. Its solution is the class text
     features, so paths between prompts are paths of class features (renormalised), as in MergeTune's code."""
@@ -225,6 +243,7 @@ class CoOp(Method):
                 f"a class-specific prompt (CoOp's CSC) holds a context for each of its {len(self.ctx)} classes and "
                 f"cannot score {len(classnames)} classes; evaluate it on the classes it was trained on"
             )
+        check_prompts_fit(self.tokenizer, classnames, self.n_ctx, self.model.context_length)
         return self.tokenizer(context_prompts(classnames, self.n_ctx)).to(self.device)
 
     def class_features(self, tokens: torch.Tensor) -> torch.Tensor:

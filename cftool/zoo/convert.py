@@ -37,6 +37,12 @@ def import_coop_prompt(source: Path, zoo: ZooModel, output: Path, task: str | No
             f"{source}: context vectors have width {ctx.shape[-1]} but the text tower of {zoo.spec.canonical} has "
             f"width {width}; pass the --zs the prompts were trained with"
         )
+    # The start token, the context, at least one class-name token, the period and the end token.
+    if ctx.shape[-2] + 4 > zoo.model.context_length:
+        raise CftoolError(
+            f"{source}: {ctx.shape[-2]} context vectors leave no room for a class name in the "
+            f"{zoo.model.context_length}-token context of {zoo.spec.canonical}; pass the --zs they were trained with"
+        )
     _check_saved_token_embeddings(source, zoo, info["token_prefix"], info["token_suffix"])
     config = {"n_ctx": ctx.shape[-2], "class_specific": info["class_specific"], "imported_from": source.name}
     if info.get("epoch") is not None:
