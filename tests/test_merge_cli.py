@@ -354,3 +354,28 @@ def test_import_of_a_condu_session_folder(cli, base, tmp_path):
     assert "not a ConDU session folder" in one_line_error(
         cli("import", tmp_path / "session_2", "--format", "condu", "--zs", "tiny", "-o", tmp_path / "x.st")
     )
+
+
+def test_ctrl_c_says_which_outputs_were_finished(cli, base, tmp_path, monkeypatch):
+    """Importing a ConDU session writes the unified set, then each task's prototypes: interrupted in the second
+    prototypes file, the command names the two files it finished and leaves no temporary file."""
+    from cftool.cli import Interrupted
+    from cftool.io import checkpoint
+
+    _, state = base
+    make_condu_session(tmp_path / "session_2", state)
+    out = tmp_path / "out"
+    write = checkpoint.CheckpointWriter.write
+
+    def interrupted_in_aircraft(self, name, tensor):
+        if self.path.name.startswith("Aircraft"):
+            raise Interrupted
+        return write(self, name, tensor)
+
+    monkeypatch.setattr(checkpoint.CheckpointWriter, "write", interrupted_in_aircraft)
+    result = cli("import", tmp_path / "session_2", "--zs", "tiny", "-o", out / "unified.st")
+    assert result.code == 130
+    [line] = result.stderr.strip().splitlines()
+    finished = [out / "unified.st", out / "DTD.prototypes.safetensors"]
+    assert line == f"interrupted: wrote {finished[0]}, {finished[1]}; nothing else was written"
+    assert sorted(out.iterdir()) == sorted(finished)  # and no temporary file

@@ -80,3 +80,23 @@ def test_prototypes_a_killed_run_left_without_their_checkpoint_do_not_block_the_
     assert cli("finetune", *DATA, "-o", output).code == 0
     assert output.is_file()
     assert "--force" in one_line_error(cli("finetune", *DATA, "-o", output))  # a complete pair is kept
+
+
+def test_ctrl_c_during_evaluation_is_one_line_exit_130_and_writes_nothing(tmp_path):
+    import os
+    import signal
+    import sys
+    import time
+
+    report = tmp_path / "report.json"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cftool", "eval", "--zs", "tiny", "--benchmark", "mtil-tiny", "-o", str(report)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    time.sleep(3)  # model loaded, images being encoded
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "interrupted: nothing was written"
+    assert "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []

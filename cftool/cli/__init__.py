@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import typer
 from rich.markup import escape
@@ -18,7 +22,7 @@ from cftool.cli.interpolate import interpolate_command
 from cftool.cli.merge import decouple_command, delta_command, unify_command
 from cftool.cli.route import route_command
 from cftool.errors import CftoolError
-from cftool.io.inputs import inputs_protected
+from cftool.io.command_files import CommandFiles, command_files
 
 app = typer.Typer(
     name="cftool",
@@ -69,9 +73,13 @@ def _user_message(err: CftoolError) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; user errors print one line on stderr and give a non-zero exit code, never a traceback."""
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    files = CommandFiles()
     try:
-        with inputs_protected():
+        with command_files() as files, _interrupt_as(Interrupted):
             result = app(args=argv, prog_name="cftool", standalone_mode=False)
+    except Interrupted:
+        console.print(f"[red]interrupted[/red]: {_written_summary(files)}")
+        return 130
     except CftoolError as err:
         console.print(f"[red]error:[/red] {escape(_user_message(err))}")
         return err.exit_code
@@ -80,10 +88,35 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
         console.print(f"[red]error:[/red] {escape(err.format_message())}{hint}")
         return err.exit_code
-    except typer.Abort:
-        console.print("[red]interrupted[/red]: nothing was written")
-        return 130
     return result if isinstance(result, int) else 0
+
+
+class Interrupted(BaseException):
+    """Ctrl-C outside training (which saves its state and stops itself). Not a KeyboardInterrupt, which click turns
+    into a silent exit code: this one reaches `main`, which says what was and was not written."""
+
+
+@contextmanager
+def _interrupt_as(exception: type[BaseException]) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # signal handlers belong to the main thread
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise exception
+
+    previous = signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _written_summary(files: CommandFiles) -> str:
+    written = [path for path in files.written if path.exists()]  # half of a pair is removed with the other half
+    if not written:
+        return "nothing was written"
+    return f"wrote {', '.join(str(path) for path in written)}; nothing else was written"
 
 
 def run() -> None:

@@ -36,7 +36,7 @@ from cftool.io.header import (
     _short_name,
     torch_dtypes,
 )
-from cftool.io.inputs import refuse_input_overwrite
+from cftool.io.command_files import note_written, refuse_input_overwrite
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in torch_dtypes().items()}
 
@@ -352,6 +352,7 @@ def atomic_output(path: str | os.PathLike[str], overwrite: bool = False) -> Iter
             refuse_existing(path, overwrite)
             os.replace(temp, path)
             _fsync_path(path.parent)  # makes the rename itself durable
+            note_written(path)
         except OSError as exc:
             raise _write_error(path, exc) from None
     finally:

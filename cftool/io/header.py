@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cftool.errors import CftoolError
-from cftool.io.inputs import note_input
+from cftool.io.command_files import note_input
 
 if TYPE_CHECKING:
     import torch

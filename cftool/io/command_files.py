@@ -1,0 +1,59 @@
+"""The files one command reads and writes: none of its outputs may replace one of its inputs (with --force or
+without), and an interrupted command says which outputs it had finished.
+
+Every reader checks its file through `cftool.io.header.check_input_file` and every writer goes through
+`cftool.io.checkpoint.refuse_existing` and `atomic_output`, so recording there covers every command and every file.
+Recording is scoped to one command (`command_files`, entered by the CLI): a library caller, or the next command in
+the same process, starts with none. Kept free of torch, so that the CLI imports it for nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cftool.errors import CftoolError
+
+
+@dataclass
+class CommandFiles:
+    inputs: set[str] = field(default_factory=set)  # real paths
+    written: list[Path] = field(default_factory=list)  # outputs complete on disk, in the order they were finished
+
+
+_current: ContextVar[CommandFiles | None] = ContextVar("command_files", default=None)
+
+
+@contextmanager
+def command_files() -> Iterator[CommandFiles]:
+    """Within the block (one command), record the files read and written, and refuse to write over an input."""
+    files = CommandFiles()
+    token = _current.set(files)
+    try:
+        yield files
+    finally:
+        _current.reset(token)
+
+
+def note_input(path: Path) -> None:
+    files = _current.get()
+    if files is not None:
+        files.inputs.add(os.path.realpath(path))
+
+
+def note_written(path: Path) -> None:
+    files = _current.get()
+    if files is not None:
+        files.written.append(path)
+
+
+def refuse_input_overwrite(path: Path) -> None:
+    files = _current.get()
+    if files is not None and os.path.realpath(path) in files.inputs:
+        raise CftoolError(
+            f"{path}: is also an input of this command; name a different output file (--force never replaces an input)"
+        )
