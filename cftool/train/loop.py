@@ -70,6 +70,8 @@ class TrainOptions:
             self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0)
         ):
             raise CftoolError("--iterations / --epochs must be positive (and finite)")
+        if self.batch_size < 1 or self.warmup < 0:
+            raise CftoolError(f"--batch-size must be ≥ 1 and --warmup ≥ 0, got {self.batch_size} and {self.warmup}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise CftoolError(f"--lr must be a finite positive number, got {self.lr}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
