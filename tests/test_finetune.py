@@ -404,6 +404,7 @@ def test_lora_adapts_the_attention_of_transformer_and_resnet_image_towers(vision
         (["--weight-decay", "-1"], "--weight-decay must be a finite number ≥ 0"),
         (["--epochs", "inf"], "must be positive (and finite)"),
         (["--seed", str(2**64)], "--seed must be within"),
+        (["--batch-size", "1000000000"], "GiB, more than this machine's"),
     ],
 )
 def test_numbers_are_validated_where_options_are_built(cli, tmp_path, flags, message):

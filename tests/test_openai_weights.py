@@ -156,3 +156,6 @@ def test_local_dir_is_accepted_as_open_clip_spells_it(tmp_path):
     assert local.architecture == tiny.architecture
     with pytest.raises(CftoolError, match="no such folder"):
         load_model(f"local-dir:{tmp_path / 'missing'}")
+    for nameless in ("hf-hub:", "local-dir:"):
+        with pytest.raises(CftoolError, match="name the model after the colon"):
+            load_model(nameless)

@@ -133,6 +133,7 @@ def _finetune(
     train_split = task.split("train", zoo.preprocess)  # what the prototypes (and a feature cache) see
     labels = torch.tensor(train_split.labels, dtype=torch.long)
     _check_every_class_has_images(task, labels)
+    _check_batch_fits_in_memory(job.train.batch_size, zoo)
     if continuation is not None:  # refuse a checkpoint of another base before any work
         open_checkpoint(
             continuation.checkpoint, base_sha256=base_sha256, base=zoo.spec.canonical, base_arch=zoo.architecture
@@ -227,6 +228,20 @@ def _load_training_task(job: FinetuneJob, continuation: Continuation | None) -> 
             f"{continuation.checkpoint}: cannot read the training data its metadata records ({err}); pass --data "
             "(and --data-root) to train on data that is here"
         ) from None
+
+
+def _check_batch_fits_in_memory(batch_size: int, zoo: ZooModel) -> None:
+    """A batch is held as preprocessed images: one larger than the machine's memory could only hang or be killed."""
+    side = zoo.model.visual.image_size
+    height, width = (side, side) if isinstance(side, int) else side
+    image_bytes = 3 * height * width * 4  # float32 RGB
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    needed = batch_size * image_bytes
+    if needed > memory:
+        raise CftoolError(
+            f"--batch-size {batch_size}: a batch of {height}×{width} images needs {needed / 2**30:.0f} GiB, more than "
+            f"this machine's {memory / 2**30:.0f} GiB; use at most {memory // image_bytes}"
+        )
 
 
 def _check_every_class_has_images(task: TaskData, labels: torch.Tensor) -> None:
