@@ -100,3 +100,24 @@ def test_ctrl_c_during_evaluation_is_one_line_exit_130_and_writes_nothing(tmp_pa
     assert stderr.strip().splitlines()[-1] == "interrupted: nothing was written"
     assert "Traceback" not in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_the_cli_is_still_loading_is_one_line_too(monkeypatch, capsys):
+    import builtins
+    import sys
+
+    from cftool.__main__ import main
+
+    real_import = builtins.__import__
+
+    def interrupted_import(name, *args, **kwargs):
+        if name == "cftool.cli":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "cftool.cli")
+    monkeypatch.setattr(builtins, "__import__", interrupted_import)
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err == "interrupted: nothing was written\n"
