@@ -145,11 +145,12 @@ class FeatureCache:
         self._stored: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def get(self, task: TaskData, split: str, base_weights: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        dataset = task.split(split, self.zoo.preprocess)
         if not base_weights:  # a checkpoint that changes the encoders: its features are its own
+            dataset = task.split(split, self.zoo.preprocess)
             return encode_images(self.zoo, dataset, self.batch_size, self.workers, self.advance)
         key = (task.spec.to_json(), split)
         if key not in self._stored:
+            dataset = task.split(split, self.zoo.preprocess)
             self._stored[key] = image_features(
                 self.zoo, dataset, self.cache_dir, self.batch_size, self.workers, self.advance
             )

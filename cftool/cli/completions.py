@@ -14,6 +14,7 @@ from pathlib import Path
 import typer
 
 from cftool.cli import app
+from cftool.io.header import one_line
 
 HEADER = "cftool shell completion, generated from the CLI by `make completions`; do not edit."
 
@@ -39,16 +40,12 @@ def command_tree(app: typer.Typer) -> list[Command]:
     for name in group.list_commands(ctx):
         command = group.get_command(ctx, name)
         flags = tuple(
-            Flag(tuple(p.opts + p.secondary_opts), _one_line(p.help or ""), not p.is_flag)
+            Flag(tuple(p.opts + p.secondary_opts), one_line(p.help or ""), not p.is_flag)
             for p in command.get_params(ctx)
             if isinstance(p, typer.core.TyperOption)
         )
-        commands.append(Command(name, _one_line(command.get_short_help_str(limit=80)), flags))
+        commands.append(Command(name, one_line(command.get_short_help_str(limit=80)), flags))
     return commands
-
-
-def _one_line(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip()
 
 
 def _clean(text: str) -> str:

@@ -534,6 +534,13 @@ class _MtilSource:
         except _READ_ERRORS as err:
             raise self.unreadable(read_file, err) from err
 
+    def require_class_folders(self, folder: Path, found: int, besides: str = "") -> None:
+        """ZSCL names these classes by a fixed list in the folders' sorted order: another count would mislabel."""
+        if found != len(self.classnames):
+            raise self.unreadable(
+                folder, f"{found} class folders{besides}, ZSCL names {len(self.classnames)} in their sorted order"
+            )
+
     def check_split_classes(self, classes: Sequence[str], label_file: Path) -> None:
         """ZSCL names classes from the train split but labels each split by its own sorted class list, so the two
         agree only when every split holds every class."""
@@ -605,12 +612,7 @@ class _Caltech101(_MtilSource):
         # torchvision removes BACKGROUND_Google from the class folders and fails when it is missing.
         self.require(categories / "BACKGROUND_Google")
         dataset = self.torchvision(categories, lambda: datasets.Caltech101(self.data_root))
-        if len(dataset.categories) != len(CALTECH101_CLASSNAMES):
-            raise self.unreadable(
-                categories,
-                f"{len(dataset.categories)} class folders besides BACKGROUND_Google, ZSCL names "
-                f"{len(CALTECH101_CLASSNAMES)} in their sorted order",
-            )
+        self.require_class_folders(categories, len(dataset.categories), " besides BACKGROUND_Google")
         # torchvision numbers each class folder's files image_0001.jpg … image_N.jpg, N the folder's file count.
         paths = [
             categories / dataset.categories[label] / f"image_{number:04d}.jpg"
@@ -701,11 +703,7 @@ class _EuroSat(_MtilSource):
         images = self.base / "2750"
         self.require(images)
         dataset = self.torchvision(images, lambda: datasets.EuroSAT(self.data_root))
-        if len(dataset.classes) != len(EUROSAT_CLASSNAMES):
-            raise self.unreadable(
-                images,
-                f"{len(dataset.classes)} class folders, ZSCL names {len(EUROSAT_CLASSNAMES)} in their sorted order",
-            )
+        self.require_class_folders(images, len(dataset.classes))
         return _FileSplit([Path(path) for path, _ in dataset.samples], [label for _, label in dataset.samples], images)
 
     def _read_split(self, split: str) -> _FileSplit:

@@ -26,17 +26,17 @@ import torch
 from safetensors import safe_open
 
 from cftool.errors import CftoolError
+from cftool.io.command_files import note_written, refuse_input_overwrite
 from cftool.io.header import (
     Header,
     TensorInfo,
-    _first_few,
-    _format_shape,
-    _one_line,
-    _scan_file,
-    _short_name,
+    first_few,
+    format_shape,
+    one_line,
+    scan_file,
+    short_name,
     torch_dtypes,
 )
-from cftool.io.command_files import note_written, refuse_input_overwrite
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in torch_dtypes().items()}
 
@@ -73,7 +73,7 @@ class CheckpointReader:
         unloadable = [info.name for info in tensors.values() if info.dtype not in torch_dtypes()]
         if unloadable:
             raise CftoolError(
-                f"{self.path}: {len(unloadable)} tensors ({_first_few(unloadable)}) have dtypes torch cannot hold "
+                f"{self.path}: {len(unloadable)} tensors ({first_few(unloadable)}) have dtypes torch cannot hold "
                 f"({', '.join(sorted({tensors[n].dtype for n in unloadable}))}); convert them to F16, BF16 or F32"
             )
         try:
@@ -85,8 +85,8 @@ class CheckpointReader:
     def _require(self, name: str) -> TensorInfo:
         if name not in self.tensors:
             raise CftoolError(
-                f"{self.path}: has no tensor {_short_name(name)} (it has {len(self.tensors)}: "
-                f"{_first_few(list(self.tensors))}); check that it is the right checkpoint"
+                f"{self.path}: has no tensor {short_name(name)} (it has {len(self.tensors)}: "
+                f"{first_few(list(self.tensors))}); check that it is the right checkpoint"
             )
         return self.tensors[name]
 
@@ -113,7 +113,7 @@ class CheckpointReader:
                 count = self._file.readinto(buffer[filled:])
                 if not count:
                     raise CftoolError(
-                        f"{self.path}: truncated while reading tensor {_short_name(name)}; "
+                        f"{self.path}: truncated while reading tensor {short_name(name)}; "
                         "make sure nothing else is writing the file"
                     )
                 filled += count
@@ -132,7 +132,7 @@ class CheckpointReader:
             raise self._read_error(name, exc) from None
 
     def _read_error(self, name: str, exc: Exception) -> CftoolError:
-        return CftoolError(f"{self.path}: cannot read tensor {_short_name(name)} ({_one_line(exc)}); check the file")
+        return CftoolError(f"{self.path}: cannot read tensor {short_name(name)} ({one_line(exc)}); check the file")
 
     def keys(self) -> list[str]:
         return list(self.tensors)
@@ -178,7 +178,7 @@ def open_checkpoint(
     ``base_sha256`` is the hash of the base weights in use (``base`` its spec, for the message) and ``base_arch``
     its architecture; what a file does not record cannot be checked and is accepted.
     """
-    tensors, metadata, positions = _scan_file(path)
+    tensors, metadata, positions = scan_file(path)
     header = Header.from_metadata(metadata, path)
     if kind is not None:
         wanted = (kind,) if isinstance(kind, str) else tuple(kind)
@@ -235,13 +235,13 @@ def check_shapes(
         return
     problems = []
     if missing:
-        problems.append(f"{len(missing)} missing ({_first_few(missing)})")
+        problems.append(f"{len(missing)} missing ({first_few(missing)})")
     if unexpected:
-        problems.append(f"{len(unexpected)} unexpected ({_first_few(unexpected)})")
+        problems.append(f"{len(unexpected)} unexpected ({first_few(unexpected)})")
     if wrong:
         details = ", ".join(
-            f"{_short_name(name)}: expected {_format_shape(tuple(expected[name]))}, "
-            f"found {_format_shape(found_shapes[name])}"
+            f"{short_name(name)}: expected {format_shape(tuple(expected[name]))}, "
+            f"found {format_shape(found_shapes[name])}"
             for name in wrong[:3]
         )
         problems.append(f"{len(wrong)} with the wrong shape ({details}{', ...' if len(wrong) > 3 else ''})")
@@ -507,7 +507,7 @@ class CheckpointWriter:
         unwritten = [name for name in self._slots if name not in self._written]
         if unwritten:
             raise ValueError(
-                f"{self.path}: {len(unwritten)} tensors of the layout were never written ({_first_few(unwritten)})"
+                f"{self.path}: {len(unwritten)} tensors of the layout were never written ({first_few(unwritten)})"
             )
         try:
             self._file.flush()

@@ -72,21 +72,21 @@ _RESERVED_KEYS = frozenset(
 )  # fmt: skip
 
 
-def _one_line(text: object) -> str:
+def one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 
-def _short_name(name: str) -> str:
+def short_name(name: str) -> str:
     """A tensor name fit for a one-line message, even when a corrupt header makes it huge."""
     return repr(name if len(name) <= 80 else name[:77] + "...")
 
 
-def _first_few(names: list[str], limit: int = 3) -> str:
-    shown = ", ".join(_short_name(n) for n in names[:limit])
+def first_few(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(short_name(n) for n in names[:limit])
     return shown + (", ..." if len(names) > limit else "")
 
 
-def _format_shape(shape: tuple[int, ...]) -> str:
+def format_shape(shape: tuple[int, ...]) -> str:
     return str(list(shape))
 
 
@@ -205,7 +205,7 @@ def _parse_json_field(md: Mapping[str, str], key: str, path: str | os.PathLike[s
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:
-        raise CftoolError(f"{path}: {key} is not valid JSON ({_one_line(exc)}); re-create the file") from None
+        raise CftoolError(f"{path}: {key} is not valid JSON ({one_line(exc)}); re-create the file") from None
 
 
 @dataclass(frozen=True)
@@ -237,7 +237,7 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise ValueError(f"duplicate key {_short_name(key)}")
+            raise ValueError(f"duplicate key {short_name(key)}")
         result[key] = value
     return result
 
@@ -280,11 +280,11 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
     from a missing file to data offsets that do not tile the data exactly, raises a one-line
     CftoolError. What this accepts, ``safetensors.safe_open`` accepts too.
     """
-    tensors, metadata, _ = _scan_file(path)
+    tensors, metadata, _ = scan_file(path)
     return tensors, metadata
 
 
-def _scan_file(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], dict[str, str], dict[str, int]]:
+def scan_file(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], dict[str, str], dict[str, int]]:
     """``read_header``, plus where each tensor's data starts in the file."""
     path = check_input_file(path)
     raw_header, data_size = _read_raw_header(path)
@@ -302,17 +302,17 @@ def _scan_file(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], dic
     located.sort(key=lambda item: item[0])
     expected_begin = 0
     for (begin, end), info in located:
-        name = _short_name(info.name)
+        name = short_name(info.name)
         if begin != expected_begin:
             relation = "overlaps the previous tensor" if begin < expected_begin else "leaves a gap before it"
             raise _corrupt_header(path, f"tensor {name} starts at byte {begin}, which {relation}")
         nbits = _checked_numel(info.shape) * DTYPE_BITS[info.dtype]
         if nbits > _U64_MAX or nbits % 8:
-            raise _corrupt_header(path, f"tensor {name}: shape {_format_shape(info.shape)} is invalid for {info.dtype}")
+            raise _corrupt_header(path, f"tensor {name}: shape {format_shape(info.shape)} is invalid for {info.dtype}")
         if end - begin != nbits // 8:
             raise _corrupt_header(
                 path,
-                f"tensor {name} is {info.dtype} {_format_shape(info.shape)}, {nbits // 8} bytes, "
+                f"tensor {name} is {info.dtype} {format_shape(info.shape)}, {nbits // 8} bytes, "
                 f"but its data offsets span {end - begin}",
             )
         expected_begin = end
@@ -368,12 +368,12 @@ def _parse_header_json(path: Path, raw_header: bytes) -> dict[str, Any]:
     try:
         return json.loads(text, object_pairs_hook=_reject_duplicate_keys, parse_constant=_reject_json_constant)
     except (ValueError, RecursionError) as exc:
-        raise _bad_file(path, f"not a safetensors file (header is not valid JSON: {_one_line(exc)})") from None
+        raise _bad_file(path, f"not a safetensors file (header is not valid JSON: {one_line(exc)})") from None
 
 
 def _parse_entry(path: Path, name: str, entry: object) -> tuple[tuple[int, int], TensorInfo]:
     """Check one tensor entry's field types; return its data offsets and info."""
-    shown = _short_name(name)
+    shown = short_name(name)
     if not _is_utf8_text(name):
         raise _corrupt_header(path, "a tensor name is not valid UTF-8")
     if not isinstance(entry, dict):
@@ -383,7 +383,7 @@ def _parse_entry(path: Path, name: str, entry: object) -> tuple[tuple[int, int],
             raise _corrupt_header(path, f"tensor {shown} has no {key}")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-        unknown = _one_line(repr(dtype))[:40]
+        unknown = one_line(repr(dtype))[:40]
         raise _bad_file(path, f"tensor {shown} has unknown dtype {unknown}", "it may need a newer cftool")
     if not (isinstance(shape, list) and all(_is_u64(d) for d in shape)):
         raise _corrupt_header(path, f"shape of tensor {shown} is not a list of non-negative integers")

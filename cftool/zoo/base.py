@@ -217,7 +217,10 @@ def _from_weights_file(arch: str, canonical: str, path: Path) -> BaseWeights:
     if is_cftool_file(path):
         reader = open_checkpoint(path, kind="model")
         layout = {name: (_loaded_dtype(name, info.torch_dtype), info.shape) for name, info in reader.tensors.items()}
-        read = lambda name: as_loaded(name, reader[name])  # noqa: E731
+
+        def read(name: str) -> torch.Tensor:
+            return as_loaded(name, reader[name])
+
         return BaseWeights(canonical, layout, read, model_file_architecture(reader), reader.close)
     return _from_state_dict(canonical, *plain_weights(arch, path))
 

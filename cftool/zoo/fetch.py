@@ -38,7 +38,8 @@ def _cached_hub_file(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
 
 
 def _hub_weight_names(filename: str | None) -> tuple[str, ...]:
-    """The files open_clip asks the Hub for, in its order: the safetensors alternative first."""
+    """The files open_clip asks the Hub for, in its order: the safetensors alternative first (the rule of its
+    private ``pretrained._get_safe_alternatives``, restated rather than imported from a private name)."""
     from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
     filename = filename or HF_WEIGHTS_NAME
