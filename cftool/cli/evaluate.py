@@ -45,7 +45,7 @@ def eval_command(
     ] = None,
     data: Annotated[
         list[str] | None,
-        typer.Option("--data", help="Task to evaluate on: toy:TASK, folder:PATH or coop:NAME (repeatable)."),
+        typer.Option("--data", help="Task to evaluate on: toy:TASK, folder:PATH, coop:NAME or mtil:NAME (repeatable)."),
     ] = None,
     benchmark: Annotated[
         str | None,

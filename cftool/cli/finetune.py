@@ -53,7 +53,7 @@ AugmentOption = Annotated[
 
 def finetune_command(
     zs: Annotated[str, typer.Option("--zs", help="Base model: tiny, ViT-B/16, NAME:TAG, hf-hub:ORG/NAME or a file.")],
-    data: Annotated[str, typer.Option("--data", help="Training task: toy:TASK, folder:PATH or coop:NAME.")],
+    data: Annotated[str, typer.Option("--data", help="Training task: toy:TASK, folder:PATH, coop:NAME or mtil:NAME.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (prototypes go beside it).")],
     method: Annotated[str, typer.Option("--method", help=f"{', '.join(METHOD_NAMES)}.")] = "coop",
     classes: Annotated[str, typer.Option("--classes", help="Train on all classes, or the base/novel half.")] = "all",

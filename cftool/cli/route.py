@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 
 def route_command(
     unified: Annotated[Path, typer.Argument(help="A unified set from `cftool unify --method condu` (or import).")],
-    data: Annotated[str, typer.Option("--data", help="Images to predict: toy:TASK, folder:PATH or coop:NAME.")],
+    data: Annotated[
+        str, typer.Option("--data", help="Images to predict: toy:TASK, folder:PATH, coop:NAME or mtil:NAME.")
+    ],
     zs: Annotated[
         str | None, typer.Option("--zs", help="Base model (default: the one the unified set records).")
     ] = None,
