@@ -1,6 +1,7 @@
 """The command line as a user meets it: help, conventions, one-line errors, file commands, zero-shot eval."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -91,6 +92,19 @@ def test_export_zoo_model_then_inspect(cli, base_file):
     assert summary["kind"] == "model" and summary["base"] == "tiny"
     assert summary["parameters"] > 1_000_000
     assert summary["non_finite"] == {}
+
+
+def test_a_table_written_to_a_pipe_keeps_its_full_width_unless_columns_is_set(base_file, tmp_path):
+    logged = tmp_path / ("a-checkpoint-name-long-enough-to-overflow-eighty-columns" + ".safetensors")
+    logged.write_bytes(base_file.read_bytes())
+    env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
+
+    def table(**extra_env) -> str:
+        return subprocess.run([sys.executable, "-m", "cftool", "inspect", str(logged)], env={**env, **extra_env},
+                              capture_output=True, text=True, timeout=120, check=True).stderr  # fmt: skip
+
+    assert logged.name in table() and "…" not in table()
+    assert logged.name not in table(COLUMNS="60")  # a width the user asks for is honoured
 
 
 def test_inspect_check_finds_nan(cli, base_file, tmp_path):

@@ -93,6 +93,14 @@ def test_a_folder_column_finds_each_tasks_checkpoint_by_its_metadata(cli, runs):
     assert report["models"][0]["files"] == {"mnist": [str(runs / "seed1" / "mnist" / "coop.safetensors")]}
 
 
+def test_eval_without_data_names_the_data_a_checkpoint_was_trained_on(cli, runs):
+    coop = runs / "seed0" / "mnist" / "coop.safetensors"
+    line = one_line_error(cli("eval", "zs", coop))
+    assert line.endswith(f"{coop} was trained on --data toy:mnist --classes base: add --data toy:mnist --classes "
+                         "base,novel")  # fmt: skip
+    assert one_line_error(cli("eval", "zs")).endswith("or --benchmark NAME")
+
+
 def test_missing_checkpoints_of_a_pattern_are_one_line(cli, runs):
     pattern = str(runs / "seed0" / "{task}" / "coop.safetensors")
     line = one_line_error(cli("eval", pattern, "--data", "toy:mnist", "--data", "toy:dtd", "--zs", "tiny"))

@@ -179,6 +179,8 @@ def test_bad_routing_inputs_are_one_line_errors(cli, condu, toy_folders, tmp_pat
         cli("route", unified, "--prototypes", str(tmp_path / "none-*.safetensors"), "--data", data)
     )
     assert "needs the tasks' prototypes" in one_line_error(cli("route", unified, "--data", data))
+    model = condu / "food.safetensors"  # not a unified set: said first, whatever else is missing
+    assert "expected a 'unified' checkpoint, found 'model'" in one_line_error(cli("route", model, "--data", data))
     only_two = tmp_path / "two"
     only_two.mkdir()
     for name in ("food", "mnist"):

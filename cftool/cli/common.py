@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import sys
 from pathlib import Path
@@ -24,8 +25,16 @@ if TYPE_CHECKING:
     import torch
 
 # Human output goes to stderr so that stdout carries only `--json` output. Soft wrap: a line naming a file stays
-# one line that can be copied, whatever the terminal's width.
-console = Console(stderr=True, highlight=False, soft_wrap=True)
+# one line that can be copied, whatever the terminal's width. Written to a log or a pipe (CI, `2>&1 | tee`), where
+# there is no terminal width, rich would squeeze tables into 80 columns and cut their headers to "zer…": there a
+# table keeps its natural width, unless $COLUMNS says otherwise.
+_UNBOUNDED_WIDTH = 10_000
+console = Console(
+    stderr=True,
+    highlight=False,
+    soft_wrap=True,
+    width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else _UNBOUNDED_WIDTH,
+)
 
 
 # cftool.route.DEFAULT_TOP_K (the reference's K), spelled out so that `--help` does not import torch.

@@ -140,7 +140,10 @@ def eval_command(
     from cftool.zoo import load_model
 
     if bool(data) == bool(benchmark):
-        raise CftoolError("give either --data TASK (one or more) or --benchmark NAME")
+        raise CftoolError(
+            "give either --data TASK (one or more) or --benchmark NAME"
+            + ("" if data else _recorded_data_hint([*(checkpoints or []), *(path or [])]))
+        )
     if not sessions:
         session_only = {"--task-agnostic": task_agnostic, "--prototypes": prototypes, "--top-k": top_k != DEFAULT_TOP_K,
                         "--heatmap": heatmap}  # fmt: skip
@@ -346,3 +349,24 @@ def _plot_path(payload: dict, output: Path, overwrite: bool) -> None:
 
     plot_path(payload, output, overwrite)
     console.print(f"wrote {output}")
+
+
+def _recorded_data_hint(names: list[str]) -> str:
+    """'; FILE was trained on --data X --classes base: add --data X --classes base,novel' for the first named file
+    that records its training data, so a bare `cftool eval coop.safetensors` says what to add; '' when none does."""
+    from cftool.io.header import Header, read_header
+
+    for name in names:
+        try:
+            header = Header.from_metadata(read_header(name)[1], name)
+        except CftoolError:  # not a file, or not one of ours: the evaluation itself says so once data is given
+            continue
+        recorded = (header.config or {}).get("data")
+        if isinstance(recorded, dict) and isinstance(recorded.get("source"), str):
+            trained = f"--data {recorded['source']}"
+            classes = recorded.get("classes", "all")
+            if classes == "all":
+                return f"; {name} was trained on {trained}: add {trained}"
+            # A half of the classes was trained on: base and novel together are what the protocol reports.
+            return f"; {name} was trained on {trained} --classes {classes}: add {trained} --classes base,novel"
+    return ""

@@ -84,10 +84,13 @@ def route_command(
     Example: cftool route session11.st --zs tiny --prototypes 'runs/*.prototypes.safetensors' --data toy:food
     """
     from cftool.data import load_task
-    from cftool.io.checkpoint import refuse_existing, refuse_input_as_output
+    from cftool.io.checkpoint import open_checkpoint, refuse_existing, refuse_input_as_output
     from cftool.route import RouteOptions, predict
     from cftool.zoo import load_model
+    from cftool.zoo.base import recorded_base
 
+    with open_checkpoint(unified, kind="unified") as ckpt:  # a file of another kind is the first thing to say
+        header = ckpt.header
     options = RouteOptions(top_k, zero_shot, batch_size, workers)
     if task is not None and (prototypes or top_k != DEFAULT_TOP_K or not zero_shot):
         raise CftoolError(
@@ -104,7 +107,7 @@ def route_command(
         refuse_existing(output, force)
     seed_everything(seed)
     task_data = load_task(data, data_root)
-    zoo = load_model(zs or _base_recorded_in(unified), resolve_device(device))
+    zoo = load_model(zs or recorded_base(header, unified), resolve_device(device))
     with progress_bar() as progress:
         bar = progress.add_task("encode images", total=None)
         routed = predict(
@@ -122,14 +125,6 @@ def route_command(
         console.print(f"wrote {output}")
     if json_output:
         emit_json(_report(unified, data, split, task, options, routed, task_data, hits))
-
-
-def _base_recorded_in(path: Path) -> str:
-    from cftool.io.checkpoint import open_checkpoint
-    from cftool.zoo.base import recorded_base
-
-    with open_checkpoint(path, kind="unified") as ckpt:
-        return recorded_base(ckpt.header, path)
 
 
 def _members(options) -> str:
