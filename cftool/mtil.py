@@ -24,8 +24,8 @@ from cftool.data import TaskData
 from cftool.errors import CftoolError
 from cftool.evaluate import zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, atomic_output, file_sha256, tensors_sha256
-from cftool.io.header import check_input_file
-from cftool.io.unified import UnifiedSet
+from cftool.io.header import Header, check_input_file, read_header
+from cftool.io.unified import TASKS_KEY, UnifiedSet, parse_tasks
 from cftool.metrics import mtil_metrics, top1_accuracy
 from cftool.protocols import ZERO_SHOT, FeatureCache, labelled_column, split_label
 from cftool.route import RouteOptions, prototype_files, prototypes_of, read_prototypes, route_split
@@ -71,6 +71,40 @@ def resolve_sessions(spec: str, n_tasks: int) -> SessionSequence:
     if len(files) > n_tasks:
         raise CftoolError(f"--sessions {spec}: {len(files)} sessions for {n_tasks} tasks; a session learns one task")
     return SessionSequence(label or spec, files)
+
+
+def learned_tasks(path: Path) -> tuple[list[str], bool] | None:
+    """The tasks a session file records, and whether that is all it has learned: a unified set's tasks or a merged
+    delta's inputs are; a fine-tune (or its delta) names only the task it was trained on last. None where the
+    file names no task (an imported model, say)."""
+    metadata = read_header(path)[1]
+    header = Header.from_metadata(metadata, path)
+    if header.kind == "unified":
+        return [entry.task for entry in parse_tasks(path, metadata.get(TASKS_KEY))], True
+    merged = (header.config or {}).get("tasks") if header.kind == "delta" else None
+    if isinstance(merged, list) and merged and all(isinstance(task, str) for task in merged):
+        return merged, True
+    return ([header.task], False) if header.task else None
+
+
+def check_session_order(sequence: SessionSequence, names: list[str]) -> None:
+    """Session t must have learned the table's first t tasks (its columns' order): Transfer reads the sessions before
+    a task's as not having learned it, so sessions of another order would give numbers that mean nothing."""
+    for t, path in enumerate(sequence.files, start=1):
+        recorded = learned_tasks(path)
+        if recorded is None:
+            continue
+        tasks, complete = recorded
+        matches = set(tasks) == set(names[:t]) if complete else tasks[-1] == names[t - 1]
+        if matches:
+            continue
+        learned = f"has learned {', '.join(tasks)}" if complete else f"was trained on {tasks[-1]}"
+        expected = ", ".join(names[:t]) if complete else names[t - 1]
+        raise CftoolError(
+            f"--sessions {sequence.label}: session {t} ({path}) {learned}, but session {t} of this table learns "
+            f"{expected} (the table's tasks in order: {', '.join(names)}); name the sessions in the order they were "
+            "trained, and give --data once per task, in that order, for another task order"
+        )
 
 
 def default_cache_dir() -> Path:
@@ -243,6 +277,8 @@ def mtil_report(
     names = [task.name for task in tasks]
     columns = [labelled_column(spec, names) for spec in column_specs]
     sequences = [resolve_sessions(spec, len(tasks)) for spec in session_specs]
+    for sequence in sequences:
+        check_session_order(sequence, names)
     n_cells = sum(len(column.files_of(name)) for column in columns for name in names)
     n_cells += len(tasks) * sum(len(sequence.files) for sequence in sequences)
     features = FeatureCache(zoo, options.route.batch_size, options.route.workers, progress("encode images", None))

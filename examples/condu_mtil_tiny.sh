@@ -31,7 +31,8 @@ while [ $# -gt 0 ]; do
 done
 case $method in full|lora) ;; *) echo "condu_mtil_tiny.sh: --method is full or lora, not $method" >&2; exit 2 ;; esac
 out=${1:-runs/condu-mtil-$method${shots:+-${shots}shot}$([ "$towers" = image,text ] || echo "-$towers")}
-tasks=(${TASKS:-aircraft caltech101 cifar100 dtd eurosat flowers food mnist oxfordpet cars sun397})
+mtil_order="aircraft caltech101 cifar100 dtd eurosat flowers food mnist oxfordpet cars sun397"
+tasks=(${TASKS:-$mtil_order})
 iterations=${ITERATIONS:-150}
 lr=${LR:-1e-4}
 seed=${SEED:-0}
@@ -88,7 +89,8 @@ last=${#tasks[@]}
 cftool route "$out/condu/session$last.st" --zs tiny --prototypes "$out/individual/*.prototypes.safetensors" \
     --data "toy:${tasks[0]}" --top-k 1
 
-if [ "$last" = 11 ]; then data=(--benchmark mtil-tiny); else data=(); for task in "${tasks[@]}"; do data+=(--data "toy:$task"); done; fi
+# The table's columns are the tasks in training order: MTIL's is the benchmark's, any other is spelled out.
+if [ "${tasks[*]}" = "$mtil_order" ]; then data=(--benchmark mtil-tiny); else data=(); for task in "${tasks[@]}"; do data+=(--data "toy:$task"); done; fi
 cftool eval zs "individual=$out/individual/{task}.safetensors" "${data[@]}" --zs tiny \
     --sessions "sequential=$out/sequential/session{t}.safetensors" \
     --sessions "task-arith=$out/task-arith/session{t}.safetensors" \

@@ -149,6 +149,28 @@ def test_bad_session_inputs_are_one_line_errors(cli, toy_folders, sessions, tmp_
     )
 
 
+def test_sessions_trained_in_another_order_than_the_tables_are_refused(cli, toy_folders, sessions, tmp_path):
+    """Transfer reads session t as having learned the first t tasks: a unified set, a merged delta or a fine-tune
+    of another order is refused by what it records, before anything is measured."""
+    mean = tmp_path / "mean12.safetensors"
+    assert cli("unify", "--method", "mean", sessions / "delta1.safetensors", sessions / "delta2.safetensors",
+               "-o", mean).code == 0  # fmt: skip
+    backwards = [arg for name in reversed(TASKS) for arg in ("--data", f"folder:{toy_folders[name]}")]
+    for spec, session, learned, expected in (
+        (f"{sessions}/condu{{t}}.st", sessions / "condu1.st", "has learned food", "cars"),
+        (f"{sessions}/seq{{t}}.safetensors", sessions / "seq1.safetensors", "was trained on food", "cars"),
+        (f"{sessions}/delta3.safetensors,{mean}", mean, "has learned food, mnist", "cars, mnist"),
+    ):
+        message = one_line_error(cli("eval", *backwards, "--zs", "tiny", "--sessions", spec))
+        session_number = 2 if session == mean else 1
+        assert f"session {session_number} ({session}) {learned}, but session {session_number} of this table " \
+               f"learns {expected} (the table's tasks in order: cars, mnist, food)" in message  # fmt: skip
+    # The same files in the order they were trained make a table.
+    report, _ = mtil(cli, toy_folders, "--sessions", f"{sessions}/delta1.safetensors,{mean}", "--cache-dir",
+                     tmp_path / "cells")  # fmt: skip
+    assert len(report["methods"][0]["matrix"]) == 2
+
+
 def test_sessions_imported_from_the_condu_reference_code_are_evaluated_the_same_way(cli, toy_folders, tmp_path):
     """ConDU's code leaves one folder per session (unified.pth, {task}.pth, prototypes.pth); imported, the sessions
     fill the matrix as cftool's own do."""

@@ -71,7 +71,7 @@ def _damaged(path: Path, what: str) -> CftoolError:
     return CftoolError(f"{path}: damaged unified file ({what}); re-create it with `cftool unify`")
 
 
-def _parse_tasks(path: Path, text: str | None) -> list[TaskEntry]:
+def parse_tasks(path: Path, text: str | None) -> list[TaskEntry]:
     if text is None:
         raise _damaged(path, f"no {TASKS_KEY} in metadata")
     try:
@@ -105,7 +105,7 @@ class UnifiedSet:
         self.reader = reader
         self.path = reader.path
         self.header = reader.header
-        self.tasks = _parse_tasks(self.path, reader.header.extra.get(TASKS_KEY))
+        self.tasks = parse_tasks(self.path, reader.header.extra.get(TASKS_KEY))
         n_tasks = len(self.tasks)
         masks = {name for name in reader.tensors if name.startswith(_MASK_PREFIX)}
         self.delta: dict[str, TensorInfo] = {
