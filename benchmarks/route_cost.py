@@ -32,7 +32,7 @@ from torch.utils.data import ConcatDataset, Subset
 
 from cftool.cli import main as cftool
 from cftool.data import get_benchmark, load_task
-from cftool.evaluate import encode_images, zero_shot_head
+from cftool.evaluate import LabelSpace, encode_images, zero_shot_head
 from cftool.io.checkpoint import save_checkpoint
 from cftool.io.unified import open_unified
 from cftool.route import (
@@ -103,8 +103,7 @@ def main() -> None:
             [Subset(task.split("test", zoo.preprocess), range(args.images_per_task)) for task in tasks]
         )
         # The label space of a mixed batch: every task's classes (routing itself does not depend on it).
-        classnames = [f"{task.name}: {name}" for task in tasks for name in task.classnames]
-        templates = ["a photo of {}."]
+        label_space = LabelSpace.union(tasks, tasks[0])
         base_state = {name: t.clone() for name, t in zoo.model.state_dict().items()}
         features, _ = encode_images(zoo, images, args.batch_size, 0)
         with open_unified(unified_path, base_sha256=zoo.weights_sha256) as unified:
@@ -117,8 +116,7 @@ def main() -> None:
                 passes = Passes()
                 passes.counter(ZERO_SHOT_MEMBER)(len(images))  # the zero-shot features both ways use
                 start = time.perf_counter()
-                logits = run(zoo, members, images, features, classnames, templates, base_state, args.batch_size, 0,
-                             passes)  # fmt: skip
+                logits = run(zoo, members, images, features, label_space, base_state, args.batch_size, 0, passes)
                 seconds = time.perf_counter() - start
                 runs[name] = {"logits": logits, "passes": sum(passes.images.values()), "seconds": seconds,
                               "experts_rebuilt": sum(1 for m in passes.images if m != ZERO_SHOT_MEMBER)}  # fmt: skip

@@ -67,6 +67,48 @@ def zero_shot_head(zoo: ZooModel, classnames: list[str], templates: list[str]) -
     return head.float().cpu()
 
 
+LABEL_SPACES = ("own", "union")
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """The classes a prediction picks among: one task's own, or the union of several tasks' (each task's classes with
+    that task's templates, side by side, so a class name two tasks share is two classes). The evaluated task's
+    label ``y`` is column ``offset + y``."""
+
+    groups: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...]  # (classnames, templates) of each task
+    offset: int = 0
+
+    @classmethod
+    def own(cls, task: TaskData) -> LabelSpace:
+        return cls(((tuple(task.classnames), tuple(task.templates)),))
+
+    @classmethod
+    def union(cls, tasks: list[TaskData], task: TaskData) -> LabelSpace:
+        """Every one of ``tasks``' classes, in their order; ``task`` (one of them) is the one being evaluated."""
+        names = [t.name for t in tasks]
+        if task.name not in names:
+            raise ValueError(f"task {task.name!r} is not among the union's tasks {names}")
+        index = names.index(task.name)
+        offset = sum(len(t.classnames) for t in tasks[:index])
+        return cls(tuple((tuple(t.classnames), tuple(t.templates)) for t in tasks), offset)
+
+    def __len__(self) -> int:
+        return sum(len(classnames) for classnames, _ in self.groups)
+
+    def head(self, zoo: ZooModel, head: HeadFn = zero_shot_head) -> torch.Tensor:
+        """[embed_dim, len(self)]: ``head`` built for each task's classes with its templates, side by side."""
+        return torch.cat([head(zoo, list(classnames), list(templates)) for classnames, templates in self.groups], 1)
+
+    def labels(self, own_labels: torch.Tensor) -> torch.Tensor:
+        """The evaluated task's labels as columns of this space."""
+        return own_labels + self.offset
+
+    def key(self) -> list:
+        """What the space is, for cache keys: the classes and templates of each task, and the offset."""
+        return [[list(classnames), list(templates)] for classnames, templates in self.groups] + [self.offset]
+
+
 def evaluate_zero_shot(
     zoo: ZooModel,
     tasks: list[TaskData],

@@ -22,7 +22,7 @@ import torch
 
 from cftool.data import TaskData
 from cftool.errors import CftoolError
-from cftool.evaluate import zero_shot_head
+from cftool.evaluate import LABEL_SPACES, LabelSpace
 from cftool.io.checkpoint import CheckpointReader, atomic_output, file_sha256, tensors_sha256
 from cftool.io.header import Header, check_input_file, read_header
 from cftool.io.unified import TASKS_KEY, UnifiedSet, parse_tasks
@@ -150,6 +150,18 @@ class MtilOptions:
     task_agnostic: bool = False  # route every cell of a unified set, learned tasks too (no task id)
     route: RouteOptions = field(default_factory=RouteOptions)
     prototypes: tuple[str, ...] = ()  # patterns of the prototype files routing reads
+    # "own": each task's images are classified among its own classes (ConDU's evaluation); "union": among every
+    # task's classes of the table, as some task-agnostic tables of other methods do. Without the task id only.
+    label_space: str = "own"
+
+    def __post_init__(self) -> None:
+        if self.label_space not in LABEL_SPACES:
+            raise CftoolError(f"--label-space must be one of {', '.join(LABEL_SPACES)}, got {self.label_space!r}")
+        if self.label_space == "union" and not self.task_agnostic:
+            raise CftoolError(
+                "--label-space union classifies among every task's classes, which is what having no task id means: "
+                "add --task-agnostic (with the task id, each task's own classes are the label space)"
+            )
 
 
 class CellEvaluator:
@@ -169,21 +181,33 @@ class CellEvaluator:
         base_sha256: str,
         options: MtilOptions,
         advance_cell: Callable[[], None] = lambda: None,
+        tasks: list[TaskData] | None = None,
     ):
+        """``tasks``: the table's tasks, whose classes make the label space under ``options.label_space='union'``."""
         self.zoo, self.split, self.features, self.cells = zoo, split, features, cells
         self.base_sha256, self.options, self.advance_cell = base_sha256, options, advance_cell
+        self.tasks = tasks or []
         self.base_state = {name: t.clone() for name, t in zoo.model.state_dict().items()}
         self._hashes: dict[Path, str] = {}
         self._data: dict[str, dict[str, Any]] = {}
         self._prototypes: dict[str, torch.Tensor] | None = None
 
+    def _space(self, task: TaskData) -> LabelSpace:
+        if self.options.label_space == "union":
+            return LabelSpace.union(self.tasks, task)
+        return LabelSpace.own(task)
+
     def _key(self, task: TaskData, checkpoint: str, answer: str, **details: Any) -> dict[str, Any]:
+        # A cell of the union label space also depends on every other task's classes; own-space keys stay as they
+        # were, so the cells already cached are found.
+        union = {"label_space": self._space(task).key()} if self.options.label_space == "union" else {}
         return {
             "version": CELL_VERSION,
             "base_sha256": self.base_sha256,
             "checkpoint": checkpoint,
             "data": self._data_key(task),
             "answer": answer,
+            **union,
             **details,
         }
 
@@ -212,7 +236,8 @@ class CellEvaluator:
     def zero_shot(self, task: TaskData) -> float:
         def measure() -> float:
             features, labels = self.features.get(task, self.split, base_weights=True)
-            return top1_accuracy(features @ zero_shot_head(self.zoo, task.classnames, task.templates), labels)
+            space = self._space(task)
+            return top1_accuracy(features @ space.head(self.zoo), space.labels(labels))
 
         return self._measured(self._key(task, ZERO_SHOT, "zero-shot"), measure)
 
@@ -237,13 +262,15 @@ class CellEvaluator:
     def _applied(self, ckpt: CheckpointReader, task: TaskData) -> float:
         with applied(self.zoo, ckpt, self.base_state, task.name) as (head, base_weights):
             features, labels = self.features.get(task, self.split, base_weights)
-            return top1_accuracy(features @ head(self.zoo, task.classnames, task.templates), labels)
+            space = self._space(task)
+            return top1_accuracy(features @ space.head(self.zoo, head), space.labels(labels))
 
     def _routed(self, unified: UnifiedSet, task: TaskData, prototypes: list[torch.Tensor]) -> float:
         features, labels = self.features.get(task, self.split, base_weights=True)
         routed = route_split(
-            self.zoo, unified, task, self.split, features, labels, prototypes, self.options.route, self.base_state
-        )
+            self.zoo, unified, task, self.split, features, labels, prototypes, self.options.route, self.base_state,
+            self._space(task),
+        )  # fmt: skip
         return routed.accuracy
 
     def _known_prototypes(self) -> dict[str, torch.Tensor]:
@@ -283,7 +310,9 @@ def mtil_report(
     n_cells += len(tasks) * sum(len(sequence.files) for sequence in sequences)
     features = FeatureCache(zoo, options.route.batch_size, options.route.workers, progress("encode images", None))
     cells = CellCache(cache_dir)
-    evaluator = CellEvaluator(zoo, split, features, cells, zoo.weights_sha256, options, progress("cells", n_cells))
+    evaluator = CellEvaluator(
+        zoo, split, features, cells, zoo.weights_sha256, options, progress("cells", n_cells), tasks
+    )
     rows = []
     for column in columns:
         accuracies = [
@@ -313,6 +342,7 @@ def mtil_report(
         "tasks": names,
         "split": split,
         "mode": "task-agnostic" if options.task_agnostic else "task-id",
+        "label_space": options.label_space,
         "top_k": options.route.top_k,
         "zero_shot": options.route.include_zero_shot,
         "columns": rows,

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, Subset
 
 from cftool.data import TaskData
 from cftool.errors import CftoolError
-from cftool.evaluate import encode_images, zero_shot_head
+from cftool.evaluate import LabelSpace, encode_images, zero_shot_head
 from cftool.io.checkpoint import open_checkpoint
 from cftool.io.unified import UnifiedSet, open_unified
 from cftool.metrics import top1_accuracy
@@ -86,20 +86,18 @@ class Members:
 
 
 def _member_logits(
-    zoo: ZooModel, images: Dataset, classnames: list[str], templates: list[str], batch_size: int, workers: int,
+    zoo: ZooModel, images: Dataset, label_space: LabelSpace, batch_size: int, workers: int,
     advance: Callable[[int], None],
 ) -> torch.Tensor:  # fmt: skip
     features, _ = encode_images(zoo, images, batch_size, workers, advance)
-    return LOGIT_SCALE * features @ zero_shot_head(zoo, classnames, templates)
+    return LOGIT_SCALE * features @ label_space.head(zoo)
 
 
-def _zero_shot_share(
-    zoo: ZooModel, members: Members, features: torch.Tensor, classnames: list[str], templates: list[str]
-) -> torch.Tensor:
+def _zero_shot_share(zoo: ZooModel, members: Members, features: torch.Tensor, label_space: LabelSpace) -> torch.Tensor:
     """[n, classes]: the zero-shot model's logits where it is a member, zeros otherwise (the sum the experts add to)."""
     if not members.include_zero_shot:
-        return torch.zeros(len(features), len(classnames))
-    return LOGIT_SCALE * features @ zero_shot_head(zoo, classnames, templates)
+        return torch.zeros(len(features), len(label_space))
+    return LOGIT_SCALE * features @ label_space.head(zoo)
 
 
 def route_logits(
@@ -107,23 +105,22 @@ def route_logits(
     members: Members,
     images: Dataset,
     zero_shot_features: torch.Tensor,
-    classnames: list[str],
-    templates: list[str],
+    label_space: LabelSpace,
     base_state: Mapping[str, torch.Tensor],
     batch_size: int = 256,
     workers: int = 0,
     passes: Passes | None = None,
 ) -> torch.Tensor:
-    """[n, classes] mean logits of each image's members. ``zoo`` holds the base weights (``base_state``), to which
-    it returns; each routed expert is rebuilt once and encodes only its images."""
+    """[n, classes] mean logits of each image's members over ``label_space``. ``zoo`` holds the base weights
+    (``base_state``), to which it returns; each routed expert is rebuilt once and encodes only its images."""
     passes = passes if passes is not None else Passes()
-    total = _zero_shot_share(zoo, members, zero_shot_features, classnames, templates)
+    total = _zero_shot_share(zoo, members, zero_shot_features, label_space)
     for index in torch.unique(members.routed).tolist():
         rows = (members.routed == index).any(dim=1).nonzero().squeeze(1)
         task = members.unified.task_names[index]
         with applied(zoo, members.unified.reader, base_state, task):
             subset = Subset(images, rows.tolist())
-            total[rows] += _member_logits(zoo, subset, classnames, templates, batch_size, workers, passes.counter(task))
+            total[rows] += _member_logits(zoo, subset, label_space, batch_size, workers, passes.counter(task))
     return total / members.count
 
 
@@ -132,8 +129,7 @@ def every_expert_route_logits(
     members: Members,
     images: Dataset,
     zero_shot_features: torch.Tensor,
-    classnames: list[str],
-    templates: list[str],
+    label_space: LabelSpace,
     base_state: Mapping[str, torch.Tensor],
     batch_size: int = 256,
     workers: int = 0,
@@ -142,10 +138,10 @@ def every_expert_route_logits(
     """What ``route_logits`` must equal, the plain way: every expert of the set on every image, then each image's
     members selected and averaged. Tasks + 1 passes over the images; `benchmarks/route_cost.py` compares the two."""
     passes = passes if passes is not None else Passes()
-    total = _zero_shot_share(zoo, members, zero_shot_features, classnames, templates)
+    total = _zero_shot_share(zoo, members, zero_shot_features, label_space)
     for index, task in enumerate(members.unified.task_names):
         with applied(zoo, members.unified.reader, base_state, task):
-            logits = _member_logits(zoo, images, classnames, templates, batch_size, workers, passes.counter(task))
+            logits = _member_logits(zoo, images, label_space, batch_size, workers, passes.counter(task))
         chosen = (members.routed == index).any(dim=1)
         total[chosen] += logits[chosen]
     return total / members.count
@@ -251,19 +247,22 @@ def route_split(
     prototypes: Sequence[torch.Tensor],
     options: RouteOptions,
     base_state: Mapping[str, torch.Tensor],
+    label_space: LabelSpace | None = None,
 ) -> Routed:
-    """Task-agnostic predictions on ``data``'s ``split`` (its own classes), given the images' zero-shot features."""
+    """Task-agnostic predictions on ``data``'s ``split``, given the images' zero-shot features, among ``label_space``
+    (by default the data's own classes)."""
+    label_space = label_space or LabelSpace.own(data)
     routed = top_tasks(routing_scores(zero_shot_features, prototypes), options.top_k)
     members = Members(unified, routed, options.include_zero_shot)
     passes = Passes()
     passes.counter(ZERO_SHOT_MEMBER)(len(labels))  # the zero-shot features are the routing's own
     logits = route_logits(
-        zoo, members, data.split(split, zoo.preprocess), zero_shot_features, data.classnames, data.templates,
-        base_state, options.batch_size, options.workers, passes,
+        zoo, members, data.split(split, zoo.preprocess), zero_shot_features, label_space, base_state,
+        options.batch_size, options.workers, passes,
     )  # fmt: skip
     names = unified.task_names
     tasks = [[names[i] for i in row] for row in routed.tolist()]
-    return Routed(logits, labels, tasks, options.include_zero_shot, passes, names)
+    return Routed(logits, label_space.labels(labels), tasks, options.include_zero_shot, passes, names)
 
 
 def expert_split(

@@ -12,7 +12,7 @@ _cftool() {
         unify) opts='-o --output --method --into --replace --keep --trim --lambda --p --seed --force --json --config --help' ;;
         decouple) opts='-o --output --task --all --as --zs --force --json --config --help' ;;
         route) opts='--data --zs --prototypes --top-k --task --zero-shot --no-zero-shot --split -o --output --data-root --force --batch-size --workers --device --seed --json --config --help' ;;
-        eval) opts='--zs --data --benchmark --classes --path --steps --plot --sessions --task-agnostic --prototypes --top-k --cache-dir --heatmap --split --data-root -o --output --force --batch-size --workers --device --seed --json --config --help' ;;
+        eval) opts='--zs --data --benchmark --classes --path --steps --plot --sessions --task-agnostic --label-space --prototypes --top-k --cache-dir --heatmap --split --data-root -o --output --force --batch-size --workers --device --seed --json --config --help' ;;
         interpolate) opts='--alpha -o --output --zs --device --force --config --help' ;;
         inspect) opts='--check --json --config --help' ;;
         import) opts='-o --output --zs --format --task --prototypes-dir --dtype --force --device --config --help' ;;

@@ -133,6 +133,7 @@ complete -c cftool -n '__fish_seen_subcommand_from eval' -l steps -r -F -d '--pa
 complete -c cftool -n '__fish_seen_subcommand_from eval' -l plot -r -F -d '--path also draw loss and accuracy against α into this PNG.'
 complete -c cftool -n '__fish_seen_subcommand_from eval' -l sessions -r -F -d 'A continual methods checkpoint after each session, in the tasks order LABEL=PATTERN with {t} (1, 2, … while the files exist) or comma-separated files; each a unified set, model, lora or delta. Repeatable (one method each). Gives the MTIL matrix with Transfer, Average and Last.'
 complete -c cftool -n '__fish_seen_subcommand_from eval' -l task-agnostic -d '--sessions unified sets route every image (no task id).'
+complete -c cftool -n '__fish_seen_subcommand_from eval' -l label-space -r -F -d '--sessions --task-agnostic classify each tasks images among its own classes (own, ConDUs evaluation) or among every tasks classes of the table (union, as some other methods tables do).'
 complete -c cftool -n '__fish_seen_subcommand_from eval' -l prototypes -r -F -d '--sessions the tasks prototype files for routing, a quoted glob (repeatable).'
 complete -c cftool -n '__fish_seen_subcommand_from eval' -l top-k -r -F -d '--sessions experts per routed image.'
 complete -c cftool -n '__fish_seen_subcommand_from eval' -l cache-dir -r -F -d 'Keep the bases image features here across runs; with --sessions, the measured cells (default ~/.cache/cftool/eval).'

@@ -7,6 +7,7 @@
 #     --towers T            which towers fine-tuning trains: image,text (default) or text
 #     --few-shot N          N training images per class (MTIL's few-shot variant uses 5)
 #     --task-agnostic       no task id: every cell of ConDU's sessions is answered by routing
+#     --label-space union   with --task-agnostic: classify among every task's classes, not each task's own
 #   TASKS="aircraft caltech101 cifar100" ITERATIONS=20 examples/condu_mtil_tiny.sh /tmp/mtil   # a smaller run
 #
 # Methods, each a sequence of one checkpoint per session (session t has learned the first t tasks):
@@ -17,14 +18,15 @@
 #   ConDU         `unify --into` the previous session's unified set with the new task's delta.
 # The full run takes about an hour on 2 CPU cores; every file already in OUT is reused.
 set -euo pipefail
-method=full towers=image,text shots="" agnostic=""
+method=full towers=image,text shots="" agnostic="" space=own
 while [ $# -gt 0 ]; do
     case $1 in
         --method) method=$2; shift 2 ;;
         --towers) towers=$2; shift 2 ;;
         --few-shot) shots=$2; shift 2 ;;
         --task-agnostic) agnostic=--task-agnostic; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --label-space) space=$2; shift 2 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         -*) echo "condu_mtil_tiny.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) break ;;
     esac
@@ -91,10 +93,10 @@ cftool route "$out/condu/session$last.st" --zs tiny --prototypes "$out/individua
 
 # The table's columns are the tasks in training order: MTIL's is the benchmark's, any other is spelled out.
 if [ "${tasks[*]}" = "$mtil_order" ]; then data=(--benchmark mtil-tiny); else data=(); for task in "${tasks[@]}"; do data+=(--data "toy:$task"); done; fi
+report=mtil${agnostic:+-agnostic}$([ "$space" = own ] || echo "-$space")
 cftool eval zs "individual=$out/individual/{task}.safetensors" "${data[@]}" --zs tiny \
     --sessions "sequential=$out/sequential/session{t}.safetensors" \
     --sessions "task-arith=$out/task-arith/session{t}.safetensors" \
     --sessions "ConDU=$out/condu/session{t}.st" --prototypes "$out/individual/*.prototypes.safetensors" $agnostic \
-    --cache-dir "$out/cells" --heatmap "$out/mtil${agnostic:+-agnostic}.png" --force \
-    -o "$out/mtil${agnostic:+-agnostic}.json"
-echo "checkpoints in $out, the table as JSON in $out/mtil${agnostic:+-agnostic}.json"
+    --label-space "$space" --cache-dir "$out/cells" --heatmap "$out/$report.png" --force -o "$out/$report.json"
+echo "checkpoints in $out, the table as JSON in $out/$report.json"

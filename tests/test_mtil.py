@@ -201,3 +201,37 @@ def test_sessions_imported_from_the_condu_reference_code_are_evaluated_the_same_
                      "--cache-dir", tmp_path / "cells")  # fmt: skip
     matrix = report["methods"][0]["matrix"]
     assert len(matrix) == 2 and all(0 <= value <= 100 for row in matrix for value in row)
+
+
+def test_the_union_label_space_classifies_among_every_tasks_classes(cli, toy_folders, sessions, tmp_path):
+    from cftool.evaluate import encode_images, zero_shot_head
+    from cftool.zoo import load_model
+
+    prototypes = str(sessions / "*.prototypes.safetensors")
+    common = ("zs", "--sessions", f"{sessions}/condu{{t}}.st", "--prototypes", prototypes, "--task-agnostic",
+              "--cache-dir", tmp_path / "cells")  # fmt: skip
+    own, _ = mtil(cli, toy_folders, *common)
+    union, result = mtil(cli, toy_folders, *common, "--label-space", "union")
+    assert union["label_space"] == "union" and own["label_space"] == "own"
+    assert "among every task's classes" in result.stderr
+    assert union["cells"] == {"measured": 3 + 9, "cached": 0}  # its cells are its own, never the own space's
+    # The zero-shot row by hand: every task's zero-shot head side by side, each image right only on its own column.
+    zoo = load_model("tiny")
+    tasks = [load_task(f"folder:{toy_folders[name]}") for name in TASKS]
+    head = torch.cat([zero_shot_head(zoo, task.classnames, task.templates) for task in tasks], dim=1)
+    offset = 0
+    for task, accuracy in zip(tasks, union["columns"][0]["accuracy"], strict=True):
+        features, labels = encode_images(zoo, task.split("test", zoo.preprocess), 64, 0)
+        assert accuracy == pytest.approx(100 * ((features @ head).argmax(1) == labels + offset).float().mean().item())
+        offset += len(task.classnames)
+    # More classes can only add mistakes: a cell right among every class is right among its own.
+    assert all(u <= o for u, o in zip(union["columns"][0]["accuracy"], own["columns"][0]["accuracy"], strict=True))
+    for union_row, own_row in zip(union["methods"][0]["matrix"], own["methods"][0]["matrix"], strict=True):
+        assert all(u <= o for u, o in zip(union_row, own_row, strict=True))
+    assert union["methods"][0]["matrix"] != own["methods"][0]["matrix"]
+    data = [arg for name in TASKS for arg in ("--data", f"folder:{toy_folders[name]}")]
+    assert "add --task-agnostic" in one_line_error(cli("eval", *data, "--zs", "tiny", "--sessions",
+                                                       f"{sessions}/condu{{t}}.st", "--label-space", "union"))  # fmt: skip
+    assert "--label-space applies to the MTIL matrix" in one_line_error(
+        cli("eval", *data, "--zs", "tiny", "--label-space", "union")
+    )

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import one_line_error, stand_in_finetune
 
 from cftool.data import load_task
-from cftool.evaluate import encode_images, zero_shot_head
+from cftool.evaluate import LabelSpace, encode_images, zero_shot_head
 from cftool.io.checkpoint import save_checkpoint
 from cftool.io.unified import open_unified
 from cftool.route import (
@@ -99,7 +99,7 @@ def test_each_expert_runs_once_on_its_images_with_the_predictions_of_running_all
     with open_unified(condu / "unified.st") as unified:
         members = Members(unified, routed, include_zero_shot=True)
         routed_passes, all_passes = Passes(), Passes()
-        args = (zoo, members, images, features, task.classnames, task.templates, base_state, 16, 0)
+        args = (zoo, members, images, features, LabelSpace.own(task), base_state, 16, 0)
         logits = route_logits(*args, routed_passes)
         reference = every_expert_route_logits(*args, all_passes)
     assert torch.allclose(logits, reference, atol=1e-4)
@@ -117,7 +117,7 @@ def test_routing_every_image_to_its_own_task_alone_is_the_task_id_expert(zoo, co
     with open_unified(condu / "unified.st") as unified:
         own = torch.full((len(images), 1), unified.task_index("mnist"))
         members = Members(unified, own, include_zero_shot=False)
-        logits = route_logits(zoo, members, images, features, task.classnames, task.templates, base_state, 16, 0)
+        logits = route_logits(zoo, members, images, features, LabelSpace.own(task), base_state, 16, 0)
         zero_shot = LOGIT_SCALE * features @ zero_shot_head(zoo, task.classnames, task.templates)
         from cftool.route import RouteOptions, expert_split
 

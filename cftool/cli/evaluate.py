@@ -85,6 +85,14 @@ def eval_command(
     task_agnostic: Annotated[
         bool, typer.Option("--task-agnostic", help="--sessions: unified sets route every image (no task id).")
     ] = False,
+    label_space: Annotated[
+        str,
+        typer.Option(
+            "--label-space",
+            help="--sessions --task-agnostic: classify each task's images among its own classes (own, ConDU's "
+            "evaluation) or among every task's classes of the table (union, as some other methods' tables do).",
+        ),
+    ] = "own",
     prototypes: Annotated[
         list[str] | None,
         typer.Option(
@@ -146,12 +154,15 @@ def eval_command(
         )
     if not sessions:
         session_only = {"--task-agnostic": task_agnostic, "--prototypes": prototypes, "--top-k": top_k != DEFAULT_TOP_K,
-                        "--heatmap": heatmap}  # fmt: skip
+                        "--heatmap": heatmap, "--label-space": label_space != "own"}  # fmt: skip
         given = [flag for flag, value in session_only.items() if value]
         if given:
             raise CftoolError(f"{given[0]} applies to the MTIL matrix: give --sessions PATTERN")
     elif path is not None or classes != "all":
         raise CftoolError("--sessions evaluates continual sessions on whole tasks; drop --path and --classes")
+    mtil_options = MtilOptions(
+        task_agnostic, RouteOptions(top_k, batch_size=batch_size, workers=workers), tuple(prototypes or []), label_space
+    )
     if classes not in CLASS_CHOICES:
         raise CftoolError(f"--classes must be one of {', '.join(CLASS_CHOICES)}, got {classes!r}")
     if path is not None and checkpoints:
@@ -193,10 +204,8 @@ def eval_command(
                 bar = progress.add_task(description, total=total)
                 return lambda n=1: progress.advance(bar, n)
 
-            route = RouteOptions(top_k, batch_size=batch_size, workers=workers)
-            options = MtilOptions(task_agnostic, route, tuple(prototypes or []))
             payload = mtil_report(
-                zoo, checkpoints or [], sessions, tasks, split, options, cache_dir or default_cache_dir(), begin
+                zoo, checkpoints or [], sessions, tasks, split, mtil_options, cache_dir or default_cache_dir(), begin
             )
         else:
             bar = progress.add_task("encode images", total=None)
@@ -253,7 +262,7 @@ def _print_mtil(title: str, payload: dict) -> None:
         for session, row in enumerate(method["matrix"]):
             table.add_row(f"{session + 1} {tasks[session]}", *[f"{value:.1f}" for value in row])
         console.print(table)
-    mode = f"{payload['mode']}" + (
+    mode = payload["mode"] + (", among every task's classes" if payload["label_space"] == "union" else "") + (
         f", top-{payload['top_k']}{' + zero-shot' if payload['zero_shot'] else ''} routing"
         if payload["methods"]
         else ""
