@@ -229,6 +229,7 @@ def interpolate(zoo: ZooModel, a: str, b: str, alpha: float, output: Path, overw
             base=template.header.base,
             base_sha256=zoo.weights_sha256,
             base_arch=zoo.architecture,
+            base_preprocess=zoo.hub_preprocess,
             task=template.header.task,
             classnames=template.header.classnames,
             template=template.header.template,

@@ -159,3 +159,36 @@ def test_local_dir_is_accepted_as_open_clip_spells_it(tmp_path):
     for nameless in ("hf-hub:", "local-dir:"):
         with pytest.raises(CftoolError, match="name the model after the colon"):
             load_model(nameless)
+
+
+def test_a_model_file_of_a_hub_base_is_rebuilt_offline_from_what_it_records(tmp_path):
+    """The hub's config says the architecture and the preprocessing; a `model` file records both, so it evaluates with
+    the hub's normalisation where neither the hub nor its cache can be reached."""
+    from cftool.zoo.base import architecture
+
+    tiny = load_model("tiny")
+    hub = tmp_path / "hub"
+    _fake_hub_cache(hub, "me/tiny-clip", "open_clip_model.safetensors", dict(tiny.model.state_dict()))
+    config = {"model_cfg": architecture("cftool-tiny"), "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}
+    (hub / "models--me--tiny-clip" / "snapshots" / ("0" * 40) / "open_clip_config.json").write_text(json.dumps(config))
+    offline = {**os.environ, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path)}
+
+    def cftool(*args, cache):
+        result = subprocess.run([sys.executable, "-m", "cftool", *map(str, args)], capture_output=True, text=True,
+                                env={**offline, "HF_HUB_CACHE": str(cache)}, timeout=300)  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    model_file = tmp_path / "model.safetensors"
+    cftool("export", "--zs", "hf-hub:me/tiny-clip", "-o", model_file, cache=hub)
+    with safe_open(str(model_file), "pt") as exported:
+        recorded = json.loads(exported.metadata()["cftool.base_preprocess"])
+    assert recorded["mean"] == [0.5] * 3 and recorded["size"] == 64
+
+    def accuracy(zs, cache):
+        report = json.loads(cftool("eval", "--zs", zs, "--data", "toy:mnist", "--json", cache=cache))
+        return report["models"][0]["results"][0]["accuracy"]
+
+    on_the_hub = accuracy("hf-hub:me/tiny-clip", hub)
+    assert accuracy(model_file, tmp_path / "no-hub") == on_the_hub
+    assert on_the_hub != accuracy("tiny", tmp_path / "no-hub")  # the hub's normalisation, not tiny's, is applied

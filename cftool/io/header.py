@@ -59,6 +59,7 @@ _KEY_KIND = "cftool.kind"
 _KEY_BASE = "cftool.base"
 _KEY_BASE_SHA256 = "cftool.base_sha256"
 _KEY_BASE_ARCH = "cftool.base_arch"
+_KEY_BASE_PREPROCESS = "cftool.base_preprocess"
 _KEY_TASK = "cftool.task"
 _KEY_CLASSNAMES = "cftool.classnames"
 _KEY_TEMPLATE = "cftool.template"
@@ -66,7 +67,7 @@ _KEY_METHOD = "cftool.method"
 _KEY_CONFIG = "cftool.config"
 _RESERVED_KEYS = frozenset(
     {
-        _KEY_FORMAT, _KEY_KIND, _KEY_BASE, _KEY_BASE_SHA256, _KEY_BASE_ARCH, _KEY_TASK,
+        _KEY_FORMAT, _KEY_KIND, _KEY_BASE, _KEY_BASE_SHA256, _KEY_BASE_ARCH, _KEY_BASE_PREPROCESS, _KEY_TASK,
         _KEY_CLASSNAMES, _KEY_TEMPLATE, _KEY_METHOD, _KEY_CONFIG,
     }
 )  # fmt: skip
@@ -117,6 +118,10 @@ class Header:
     # open_clip's model config of the base as built (activation included): equal weights under another
     # architecture, e.g. GELU instead of QuickGELU, are another base.
     base_arch: dict | None = None
+    # open_clip's preprocessing config of the base (image size, mean, std, interpolation, resize mode), recorded
+    # where only a hub's config says it (`hf-hub:` and `local-dir:` bases): with the architecture, a `model` file
+    # is rebuilt without them.
+    base_preprocess: dict | None = None
     task: str | None = None
     classnames: list[str] | None = None
     template: str | None = None
@@ -137,6 +142,8 @@ class Header:
             metadata[_KEY_BASE_SHA256] = self.base_sha256
         if self.base_arch is not None:
             metadata[_KEY_BASE_ARCH] = json.dumps(self.base_arch, sort_keys=True)
+        if self.base_preprocess is not None:
+            metadata[_KEY_BASE_PREPROCESS] = json.dumps(self.base_preprocess, sort_keys=True)
         if self.task is not None:
             metadata[_KEY_TASK] = self.task
         if self.classnames is not None:
@@ -184,11 +191,15 @@ class Header:
         base_arch = _parse_json_field(md, _KEY_BASE_ARCH, path)
         if base_arch is not None and not isinstance(base_arch, dict):
             raise CftoolError(f"{path}: {_KEY_BASE_ARCH} is not a JSON object; re-create the file")
+        base_preprocess = _parse_json_field(md, _KEY_BASE_PREPROCESS, path)
+        if base_preprocess is not None and not isinstance(base_preprocess, dict):
+            raise CftoolError(f"{path}: {_KEY_BASE_PREPROCESS} is not a JSON object; re-create the file")
         return cls(
             kind=kind,
             base=base,
             base_sha256=md.get(_KEY_BASE_SHA256, ""),
             base_arch=base_arch,
+            base_preprocess=base_preprocess,
             task=md.get(_KEY_TASK),
             classnames=classnames,
             template=md.get(_KEY_TEMPLATE),

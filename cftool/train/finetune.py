@@ -193,6 +193,7 @@ def _finetune(
         zoo.spec.canonical,
         base_sha256,
         zoo.architecture,
+        base_preprocess=zoo.hub_preprocess,
         task=task.name,
         classnames=task.classnames,
         template=method.template,

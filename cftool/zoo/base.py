@@ -149,10 +149,13 @@ class BaseWeights(Mapping[str, torch.Tensor]):
         architecture: dict | None,
         close: Callable[[], None] = lambda: None,
         sha256: str | None = None,
+        preprocess: dict | None = None,
     ):
+        """``preprocess``: the hub preprocessing config that files of an ``hf-hub:``/``local-dir:`` base record."""
         self.canonical = canonical
         self.layout = layout
         self.architecture = architecture
+        self.preprocess = preprocess
         self._read = read
         self._close = close
         if sha256 is not None:
@@ -164,7 +167,10 @@ class BaseWeights(Mapping[str, torch.Tensor]):
         return tensors_sha256(self)
 
     def header(self, kind: str, **fields) -> Header:
-        return Header(kind=kind, base=self.canonical, base_sha256=self.sha256, base_arch=self.architecture, **fields)
+        return Header(
+            kind=kind, base=self.canonical, base_sha256=self.sha256, base_arch=self.architecture,
+            base_preprocess=self.preprocess, **fields,
+        )  # fmt: skip
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.layout:
@@ -188,11 +194,15 @@ class BaseWeights(Mapping[str, torch.Tensor]):
 
 
 def _from_state_dict(
-    canonical: str, state: Mapping[str, torch.Tensor], architecture: dict | None, sha256: str | None = None
+    canonical: str,
+    state: Mapping[str, torch.Tensor],
+    architecture: dict | None,
+    sha256: str | None = None,
+    preprocess: dict | None = None,
 ) -> BaseWeights:
     tensors = {name: as_loaded(name, tensor) for name, tensor in state.items()}
     layout = {name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in tensors.items()}
-    return BaseWeights(canonical, layout, tensors.__getitem__, architecture, sha256=sha256)
+    return BaseWeights(canonical, layout, tensors.__getitem__, architecture, sha256=sha256, preprocess=preprocess)
 
 
 def is_cftool_file(path: Path) -> bool:
@@ -221,7 +231,10 @@ def _from_weights_file(arch: str, canonical: str, path: Path) -> BaseWeights:
         def read(name: str) -> torch.Tensor:
             return as_loaded(name, reader[name])
 
-        return BaseWeights(canonical, layout, read, model_file_architecture(reader), reader.close)
+        return BaseWeights(
+            canonical, layout, read, model_file_architecture(reader), reader.close,
+            preprocess=reader.header.base_preprocess,
+        )  # fmt: skip
     return _from_state_dict(canonical, *plain_weights(arch, path))
 
 
@@ -251,4 +264,6 @@ def open_base(spec: str) -> BaseWeights:
     from cftool.zoo.models import load_model
 
     zoo = load_model(spec)
-    return _from_state_dict(zoo.spec.canonical, zoo.model.state_dict(), zoo.architecture, zoo.weights_sha256)
+    return _from_state_dict(
+        zoo.spec.canonical, zoo.model.state_dict(), zoo.architecture, zoo.weights_sha256, zoo.hub_preprocess
+    )

@@ -6,12 +6,15 @@ A spec is one of:
   * ``ARCH:PATH`` — an open_clip architecture with weights from a local file: an open_clip state dict, OpenAI's
     release (TorchScript or its state dict, built with QuickGELU as OpenAI trained it) or a cftool `model` file;
   * ``hf-hub:org/name`` and ``local-dir:FOLDER`` — as open_clip understands them;
-  * ``PATH`` — a cftool ``model`` file: it holds every weight and records the architecture it was built under.
+  * ``PATH`` — a cftool ``model`` file: it holds every weight and records the architecture it was built under
+    (and the preprocessing, where only a hub's config says it).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -103,7 +106,7 @@ def _spec_of_model_file(path: Path) -> ModelSpec:
     """A local file given alone must be a cftool `model` checkpoint: only its metadata names the architecture.
 
     The file holds every weight, so where its own base came from (a tag, or a weights file that may since have
-    moved) matters only for the tag's preprocessing.
+    moved) matters only for the tag's preprocessing; a hub base's preprocessing is recorded in the file.
     """
     if path.is_file() and not is_cftool_file(path):
         raise CftoolError(
@@ -133,10 +136,19 @@ class ZooModel:
         """Content hash of the weights, recorded as ``cftool.base_sha256`` by everything derived from them."""
         return tensors_sha256(self.model.state_dict())
 
+    @property
+    def hub_preprocess(self) -> dict | None:
+        """The preprocessing config files record where only a hub's config says it (``hf-hub:`` and ``local-dir:``
+        bases), so that a `model` file of such a base is rebuilt without the hub; None for the other bases."""
+        if not is_named_schema(self.spec.arch):
+            return None
+        return json.loads(json.dumps(open_clip.get_model_preprocess_cfg(self.model)))  # tuples as JSON has them
+
     def base_header(self, kind: str, **fields) -> Header:
         return Header(
-            kind=kind, base=self.spec.canonical, base_sha256=self.weights_sha256, base_arch=self.architecture, **fields
-        )
+            kind=kind, base=self.spec.canonical, base_sha256=self.weights_sha256, base_arch=self.architecture,
+            base_preprocess=self.hub_preprocess, **fields,
+        )  # fmt: skip
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], source: str | Path) -> None:
         """Load full weights, refusing (one line) any name or shape that does not fit this architecture."""
@@ -153,8 +165,11 @@ def load_model(spec: str | ModelSpec, device: str | torch.device = "cpu") -> Zoo
     if spec.weights_file is None and spec.arch == TINY_ARCH:
         zoo = _create_tiny(spec)
     elif spec.weights_file is not None:
-        state, arch_config = _read_weights(spec.arch, spec.weights_file)
-        zoo = _create(spec, None, arch_config, **_tag_preprocess(spec))
+        state, arch_config, recorded_preprocess = _read_weights(spec.arch, spec.weights_file)
+        if is_named_schema(spec.arch) and arch_config and recorded_preprocess is not None:
+            zoo = _create_recorded(spec, arch_config, recorded_preprocess)
+        else:
+            zoo = _create(spec, None, arch_config, **_tag_preprocess(spec))
         zoo.load_state_dict(state, spec.weights_file)
     elif is_named_schema(spec.arch):
         zoo = _create_named(spec)
@@ -196,6 +211,16 @@ def _create_named(spec: ModelSpec) -> ZooModel:
         else:
             name = f"{LOCAL_DIR_PREFIX}{folder}"
     return _create(spec, None, architecture(name), model_name=name)
+
+
+def _create_recorded(spec: ModelSpec, arch_config: dict, preprocess: dict) -> ZooModel:
+    """A `model` file of an ``hf-hub:``/``local-dir:`` base, built from the architecture and preprocessing it records,
+    as open_clip builds a local folder's config: the file holds every weight, so neither the hub nor the folder is
+    read (a tokenizer that lives on the hub still does)."""
+    with tempfile.TemporaryDirectory(prefix="cftool-config-") as folder:
+        config = {"model_cfg": arch_config, "preprocess_cfg": preprocess}
+        (Path(folder) / "open_clip_config.json").write_text(json.dumps(config))
+        return _create(spec, None, arch_config, model_name=f"{LOCAL_DIR_PREFIX}{folder}", load_weights=False)
 
 
 def _create(
@@ -241,9 +266,10 @@ def _create_tiny(spec: ModelSpec) -> ZooModel:
         return _create(spec, None, arch_config)
 
 
-def _read_weights(arch: str, path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
-    """A cftool `model` file (with the architecture it records), or a plain open_clip/OpenAI state dict."""
+def _read_weights(arch: str, path: Path) -> tuple[dict[str, torch.Tensor], dict | None, dict | None]:
+    """A cftool `model` file (with the architecture and hub preprocessing it records), or a plain open_clip/OpenAI
+    state dict (which records neither)."""
     if is_cftool_file(path):
         with open_checkpoint(path, kind="model") as ckpt:
-            return ckpt.load_all(), model_file_architecture(ckpt)
-    return plain_weights(arch, path)
+            return ckpt.load_all(), model_file_architecture(ckpt), ckpt.header.base_preprocess
+    return (*plain_weights(arch, path), None)
