@@ -24,7 +24,7 @@ from cftool.data import TaskData
 from cftool.errors import CftoolError
 from cftool.evaluate import LABEL_SPACES, LabelSpace
 from cftool.io.checkpoint import CheckpointReader, atomic_output, file_sha256, tensors_sha256
-from cftool.io.header import Header, check_input_file, read_header
+from cftool.io.header import check_input_file, read_cftool_header
 from cftool.io.unified import TASKS_KEY, UnifiedSet, parse_tasks
 from cftool.metrics import mtil_metrics, top1_accuracy
 from cftool.protocols import ZERO_SHOT, FeatureCache, labelled_column, split_label
@@ -77,10 +77,9 @@ def learned_tasks(path: Path) -> tuple[list[str], bool] | None:
     """The tasks a session file records, and whether that is all it has learned: a unified set's tasks or a merged
     delta's inputs are; a fine-tune (or its delta) names only the task it was trained on last. None where the
     file names no task (an imported model, say)."""
-    metadata = read_header(path)[1]
-    header = Header.from_metadata(metadata, path)
+    header = read_cftool_header(path)
     if header.kind == "unified":
-        return [entry.task for entry in parse_tasks(path, metadata.get(TASKS_KEY))], True
+        return [entry.task for entry in parse_tasks(path, header.extra.get(TASKS_KEY))], True
     merged = (header.config or {}).get("tasks") if header.kind == "delta" else None
     if isinstance(merged, list) and merged and all(isinstance(task, str) for task in merged):
         return merged, True

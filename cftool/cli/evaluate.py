@@ -363,11 +363,11 @@ def _plot_path(payload: dict, output: Path, overwrite: bool) -> None:
 def _recorded_data_hint(names: list[str]) -> str:
     """'; FILE was trained on --data X --classes base: add --data X --classes base,novel' for the first named file
     that records its training data, so a bare `cftool eval coop.safetensors` says what to add; '' when none does."""
-    from cftool.io.header import Header, read_header
+    from cftool.io.header import read_cftool_header
 
     for name in names:
         try:
-            header = Header.from_metadata(read_header(name)[1], name)
+            header = read_cftool_header(name)
         except CftoolError:  # not a file, or not one of ours: the evaluation itself says so once data is given
             continue
         recorded = (header.config or {}).get("data")

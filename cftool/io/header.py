@@ -295,6 +295,11 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
     return tensors, metadata
 
 
+def read_cftool_header(path: str | os.PathLike[str]) -> Header:
+    """The ``cftool.*`` header of a checkpoint file, read without its tensors (and without torch)."""
+    return Header.from_metadata(read_header(path)[1], path)
+
+
 def scan_file(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], dict[str, str], dict[str, int]]:
     """``read_header``, plus where each tensor's data starts in the file."""
     path = check_input_file(path)

@@ -18,8 +18,8 @@ import torch
 
 from cftool.errors import CftoolError
 from cftool.evaluate import HeadFn, zero_shot_head
-from cftool.io.checkpoint import CheckpointReader, Header, TensorInfo, check_shapes, open_checkpoint
-from cftool.io.header import read_header
+from cftool.io.checkpoint import CheckpointReader, TensorInfo, check_shapes, open_checkpoint
+from cftool.io.header import read_cftool_header
 from cftool.io.unified import UnifiedSet
 from cftool.merge.decouple import expert_tensors
 from cftool.merge.delta import added_delta
@@ -99,7 +99,7 @@ SELF_CONTAINED_KINDS = ("model",)
 def open_applicable(path: str | Path, zoo: ZooModel, base_sha256: str) -> CheckpointReader:
     """Open a checkpoint of any adapted kind to apply to ``zoo``, whose base weights hash to ``base_sha256``; every
     kind but a self-contained one must have been made from that base, and every kind for its architecture."""
-    kind = Header.from_metadata(read_header(path)[1], path).kind
+    kind = read_cftool_header(path).kind
     own_base = kind not in SELF_CONTAINED_KINDS
     return open_checkpoint(
         path,
