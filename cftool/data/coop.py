@@ -12,14 +12,14 @@ CUSTOM_TEMPLATES (``trainers/zsclip.py``).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 
 from PIL import Image
-from torchvision.datasets.folder import default_loader
 
-from cftool.data.specs import DATA_ROOT_HINT, files_fingerprint
+from cftool.data.specs import DATA_ROOT_HINT, check_regular_file, files_fingerprint, load_image, stays_inside
 from cftool.errors import CftoolError
 
 # CoOp / CoCoOp's base-to-novel table order (CoCoOp, Table 1; CoOp's DATASETS.md lists them the same way).
@@ -103,7 +103,7 @@ class CoopSource:
     def image(self, split: str, index: int) -> Image.Image:
         path = self._split_items(split)[index][0]
         try:
-            return default_loader(str(path))
+            return load_image(path)
         except OSError as err:
             raise CftoolError(f"coop:{self.name}: cannot read image {path} ({err})") from err
 
@@ -115,7 +115,8 @@ class CoopSource:
 def _read_lines(path: Path, expected: str) -> list[tuple[int, str]]:
     """(line number, stripped line) of each non-blank line; ``expected`` says what the file is, for the error."""
     try:
-        text = path.read_text(encoding="utf-8")
+        check_regular_file(path)
+        text = path.read_text(encoding="utf-8-sig")  # a byte order mark, as Windows editors write, is no class name
     except FileNotFoundError:
         raise CftoolError(f"expected {expected} at {path}; no such file") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -154,6 +155,15 @@ def _already_read(items: dict[str, list[Item]]) -> SplitReaders:
     return {split: partial(list, split_items) for split, split_items in items.items()}
 
 
+def _finite_number(text: str) -> float:
+    """json's parse_float and parse_constant: a number a split file may hold (Python's json reads Infinity, NaN and
+    1e400, which no JSON writer should produce)."""
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text} is not a finite number")
+    return number
+
+
 def _read_split_file(name: str, dataset_dir: Path, image_subdir: str) -> tuple[list[str], SplitReaders]:
     """The nine datasets with a ``split_zhou_<Name>.json``; class names are taken from the training rows, as
     Dassl's DatasetBase does."""
@@ -166,9 +176,10 @@ def _read_split_file(name: str, dataset_dir: Path, image_subdir: str) -> tuple[l
             f"under the data root {dataset_dir.parent}; {DATA_ROOT_HINT})"
         )
     try:
-        splits = json.loads(split_path.read_text(encoding="utf-8"))
+        text = split_path.read_text(encoding="utf-8-sig")
+        splits = json.loads(text, parse_float=_finite_number, parse_constant=_finite_number)
         rows = {split: list(split_rows) for split, split_rows in splits.items()}
-    except (ValueError, TypeError, AttributeError, RecursionError) as err:
+    except (OSError, ValueError, TypeError, AttributeError, RecursionError) as err:
         reason = "nested too deeply" if isinstance(err, RecursionError) else err
         raise CftoolError(
             f"{split_path}: not a CoOp split file ({reason}); expected train/val/test lists of [path, label, class]"
@@ -178,16 +189,24 @@ def _read_split_file(name: str, dataset_dir: Path, image_subdir: str) -> tuple[l
     for split, split_rows in rows.items():
         items[split] = []
         for position, row in enumerate(split_rows):
+            where = f"{split_path}: row {position} of '{split}'"
             try:
                 path, label, classname = row
-                label = int(label)
             except (TypeError, ValueError):
+                path = label = classname = None
+            if not isinstance(path, str) or not isinstance(classname, str):
                 raise CftoolError(
-                    f"{split_path}: row {position} of '{split}' is {row!r}; "
-                    f"expected [image path relative to {image_dir}, label, class name]"
-                ) from None
-            items[split].append((image_dir / str(path), label))
-            if split == "train" and names.setdefault(label, str(classname)) != str(classname):
+                    f"{where} is {row!r}; expected [image path relative to {image_dir}, label, class name]"
+                )
+            if type(label) is not int:  # not a float that int() would truncate, nor a bool
+                raise CftoolError(f"{where} has the label {json.dumps(label)}; labels are integers 0, 1, …")
+            if not stays_inside(path):
+                raise CftoolError(
+                    f"{where} names {path!r}; image paths must be relative and stay inside the dataset folder "
+                    f"{image_dir}"
+                )
+            items[split].append((image_dir / path, label))
+            if split == "train" and names.setdefault(label, classname) != classname:
                 raise CftoolError(
                     f"{split_path}: label {label} is named both {names[label]!r} and {classname!r}; "
                     "the split file is damaged"
@@ -257,6 +276,11 @@ def _read_fgvc_aircraft(name: str, dataset_dir: Path) -> tuple[list[str], SplitR
         items[split] = []
         for number, line in _read_lines(path, f"FGVC-Aircraft's {path.name}, lines {layout}"):
             image_id, variant = _key_and_name(path, number, line, layout)
+            if not stays_inside(image_id):
+                raise CftoolError(
+                    f"{path}:{number}: image id {image_id!r} leaves {dataset_dir / 'images'}; image ids must stay "
+                    "inside the dataset folder"
+                )
             if variant not in label_of:
                 raise CftoolError(f"{path}:{number}: variant {variant!r} is not in {variants_path}")
             items[split].append((dataset_dir / "images" / f"{image_id}.jpg", label_of[variant]))

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from cftool.data.specs import SPLITS, files_fingerprint
+from cftool.data.specs import SPLITS, files_fingerprint, load_image
 from cftool.errors import CftoolError
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -69,8 +69,8 @@ class FolderSource:
     def image(self, split: str, index: int) -> Image.Image:
         path = self._split_samples(split)[index][0]
         try:
-            return default_loader(path)
-        except OSError as err:  # PIL's UnidentifiedImageError and truncated files are OSErrors
+            return load_image(path)
+        except OSError as err:
             raise CftoolError(f"folder:{path}: cannot read image ({err}); replace or remove the file") from err
 
     def fingerprint(self, split: str, indices: Sequence[int]) -> str:

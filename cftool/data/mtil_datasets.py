@@ -38,23 +38,31 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import pickle
+import pickletools
 import re
 import struct
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 from torchvision import datasets
-from torchvision.datasets.folder import default_loader
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
-from cftool.data.specs import DATA_ROOT_HINT, ImageSource, files_fingerprint
+from cftool.data.specs import (
+    DATA_ROOT_HINT,
+    ImageSource,
+    check_regular_file,
+    files_fingerprint,
+    load_image,
+    stays_inside,
+)
 from cftool.errors import CftoolError
 
 # The protocol's order (ZSCL's scripts/ZSCL.sh), under ZSCL's dataset class names.
@@ -410,8 +418,20 @@ SUN397_TEMPLATES: tuple[str, ...] = (
 
 T = TypeVar("T")
 
-# What a damaged or truncated file makes torchvision's readers and ours raise.
-_READ_ERRORS = (OSError, ValueError, KeyError, IndexError, TypeError, AssertionError, RuntimeError, EOFError)
+# What a damaged or truncated file makes torchvision's readers and ours raise (torchvision's take the shape of a
+# JSON file for granted: a list where a dict belongs is an AttributeError, deep nesting a RecursionError).
+_READ_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AssertionError,
+    RuntimeError,
+    EOFError,
+    AttributeError,
+    RecursionError,
+)
 
 
 def _reason(err: BaseException | str) -> str:
@@ -484,8 +504,8 @@ class _MtilSource:
             return Image.fromarray(part.pixels()[index]).convert("RGB")
         path = part.paths[index]
         try:
-            return default_loader(str(path))
-        except _READ_ERRORS as err:
+            return load_image(path)
+        except OSError as err:
             raise self.unreadable(path, err) from err
 
     def fingerprint(self, split: str, indices: Sequence[int]) -> str:
@@ -506,7 +526,26 @@ class _MtilSource:
         outside = next((label for label in part.labels if not 0 <= label < n_classes), None)
         if outside is not None:
             raise self.unreadable(part.label_file, f"label {outside} is outside ZSCL's {n_classes} classes")
+        if isinstance(part, _FileSplit):
+            escaping = next((path for path in part.paths if not self._inside(path)), None)
+            if escaping is not None:
+                raise self.unreadable(
+                    part.label_file,
+                    f"it names {self._shown(escaping)}; image paths must be relative and stay inside the dataset "
+                    f"folder {self.base}",
+                )
         return part
+
+    def _inside(self, path: Path) -> bool:
+        """Whether a path built from a file list stays in the dataset's folder. The lists' entries (read by
+        torchvision or by us) are joined to it, so an entry with '..' or an absolute one leads elsewhere."""
+        text, folder = str(path), os.path.join(self.base, "")
+        return text.startswith(folder) and stays_inside(text[len(folder) :])
+
+    def _shown(self, path: Path) -> str:
+        """A path as its entry in a file list wrote it: relative to the dataset's folder where it starts there."""
+        text, folder = str(path), os.path.join(self.base, "")
+        return repr(text[len(folder) :] if text.startswith(folder) else text)
 
     def _once(self, key: str, build: Callable[[], T]) -> T:
         if key not in self._memo:
@@ -514,12 +553,18 @@ class _MtilSource:
         return self._memo[key]
 
     def require(self, *paths: Path) -> None:
+        """Each path exists and is a folder or a regular file, which can be read without blocking."""
         for path in paths:
             if not path.exists():
                 raise CftoolError(
                     f"mtil:{self.name}: expected {path} (layout {self.layout} under the data root {self.data_root}; "
                     f"{DATA_ROOT_HINT})"
                 )
+            if not path.is_dir():
+                try:
+                    check_regular_file(path)
+                except OSError as err:
+                    raise self.unreadable(path, err) from None
 
     def unreadable(self, path: Path, reason: BaseException | str) -> CftoolError:
         return CftoolError(
@@ -558,7 +603,7 @@ class _MtilSource:
 
     def mat_integers(self, path: Path, variable: str) -> list[int]:
         values = self.read_mat(path).get(variable)
-        if not isinstance(values, np.ndarray) or values.size == 0 or not np.all(values == np.round(values)):
+        if not isinstance(values, np.ndarray) or values.size == 0 or not np.all(_whole(values)):
             raise self.unreadable(path, f"no numeric array '{variable}' of whole numbers")
         return [int(value) for value in values]
 
@@ -624,6 +669,120 @@ class _Caltech101(_MtilSource):
         return _zscl_random_split(self._once("whole", self._whole), split)
 
 
+class _RefusedPickle(pickle.UnpicklingError):
+    """A pickle that holds more than CIFAR-100's files do."""
+
+
+class _PickledDtype:
+    """Stands for ``numpy.dtype(code, align, copy)`` in a CIFAR pickle, and takes the byte order from the state the
+    pickle gives it. Only plain numbers: a dtype of Python objects would let the pickle put objects into an array,
+    and numpy's own dtype.__setstate__ accepts states that contradict the dtype (a subarray wider than its itemsize)."""
+
+    def __init__(self, code: object, align: object = False, copy: object = False):
+        # Matched before numpy parses it: numpy reads some dtype strings with Python's parser.
+        if isinstance(code, str) and _PLAIN_NUMBER_CODE.fullmatch(code):
+            try:
+                self.dtype = np.dtype(code)
+                return
+            except TypeError:  # a size numpy lacks, such as 'u3'
+                pass
+        objects = isinstance(code, str) and code.lstrip("<>|=").startswith("O")
+        kind = "Python objects" if objects else "other values than numbers"
+        raise _RefusedPickle(f"it holds a numpy array of {kind} (dtype {code!r:.40})")
+
+    def __setstate__(self, state: object) -> None:
+        # numpy writes (3, byte order, None, None, None, -1, -1, 0) for a plain number.
+        if not (
+            isinstance(state, tuple)
+            and len(state) == 8
+            and state[1] in ("<", ">", "|", "=")
+            and state[2:5] == (None, None, None)
+        ):
+            raise _RefusedPickle(f"it holds a numpy dtype state numpy does not write for {self.dtype}")
+        if state[1] in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(state[1])
+
+
+class _PickledArray:
+    """Stands for ``numpy.core.multiarray._reconstruct(numpy.ndarray, …)`` in a CIFAR pickle; the state the pickle
+    then gives it (shape, dtype, order, raw bytes) becomes ``array`` through np.frombuffer, so that numpy's own
+    ndarray.__setstate__ never sees a state the pickle made up."""
+
+    def __init__(self, array_type: object, shape: object, code: object):
+        if array_type is not _NDARRAY:
+            raise _RefusedPickle("it rebuilds an array of another type than numpy.ndarray")
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state: object) -> None:
+        # (1, shape, dtype, Fortran order, raw bytes), or the older form without the version that numpy still reads.
+        if isinstance(state, tuple) and len(state) == 5 and state[0] == 1:
+            state = state[1:]
+        if not (isinstance(state, tuple) and len(state) == 4):
+            raise _RefusedPickle("it holds a numpy array state numpy does not write")
+        shape, dtype, fortran_order, data = state
+        if isinstance(data, str):  # Python 2's str, read with encoding="latin1"
+            data = data.encode("latin1")
+        if not (
+            isinstance(dtype, _PickledDtype)
+            and isinstance(shape, tuple)
+            and len(shape) <= _NUMPY_MAX_DIMS
+            and all(type(size) is int and size >= 0 for size in shape)
+            and isinstance(data, bytes)
+        ):
+            raise _RefusedPickle("it holds a numpy array state numpy does not write")
+        if len(data) != math.prod(shape) * dtype.dtype.itemsize:
+            raise _RefusedPickle(f"it holds {len(data)} bytes for a numpy array of shape {shape} and {dtype.dtype}")
+        self.array = np.frombuffer(data, dtype.dtype).reshape(shape, order="F" if fortran_order else "C")
+
+
+def _latin1_bytes(text: object, encoding: object) -> bytes:
+    """Stands for ``_codecs.encode(text, "latin1")``, how Python 3 pickles bytes at protocols 0 to 2 (CIFAR files
+    re-pickled by Python 3 at protocol 2 hold their pixels so)."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise _RefusedPickle(f"it calls _codecs.encode with {encoding!r}, not 'latin1'")
+    return text.encode("latin1")
+
+
+_NDARRAY = object()  # numpy.ndarray as a pickle names it: only _PickledArray takes it, nothing can call it
+_PICKLE_MAX_OPCODES = 1_000_000  # CIFAR-100's training batch, the largest file, holds about 200,000
+_PLAIN_NUMBER_CODE = re.compile(r"[<>|=]?[biuf][0-9]{1,2}")  # 'u1' (CIFAR's pixels), '<i8', 'f4' …
+_NUMPY_MAX_DIMS = 64
+# Every global CIFAR-100's python files name (numpy 2 moved numpy.core to numpy._core), or the same files re-pickled
+# by Python 3 name (_codecs.encode), and what stands for each.
+_CIFAR_GLOBALS: dict[tuple[str, str], object] = {
+    ("numpy.core.multiarray", "_reconstruct"): _PickledArray,
+    ("numpy._core.multiarray", "_reconstruct"): _PickledArray,
+    ("numpy", "ndarray"): _NDARRAY,
+    ("numpy", "dtype"): _PickledDtype,
+    ("_codecs", "encode"): _latin1_bytes,
+}
+
+
+def _check_opcodes(file: BinaryIO) -> None:
+    """Looks over a pickle's opcodes before the unpickler runs them, refusing what would let a file claim far more
+    memory than it holds, or trip the unpickler: more opcodes than CIFAR's files hold (each may make an object), a memo
+    index beyond the opcodes so far (CPython's unpickler grows its memo table to the index: 9 bytes claim gigabytes),
+    and the opcodes of protocol 5 (told of a bytearray too large for memory, the unpickler prints to stderr)."""
+    for count, (opcode, argument, _) in enumerate(pickletools.genops(file)):
+        if count == _PICKLE_MAX_OPCODES:
+            raise _RefusedPickle(f"it holds more than {_PICKLE_MAX_OPCODES} opcodes")
+        if opcode.proto > 4:
+            raise _RefusedPickle(f"it uses {opcode.name}, an opcode of pickle protocol 5")
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and argument > count:
+            raise _RefusedPickle(f"its opcode {count} stores memo entry {argument}; picklers number them in order")
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, numbers and numpy arrays of numbers, what CIFAR-100's files hold, and refuses
+    any other global the pickle names: unpickling calls whatever it names, os.system included."""
+
+    def find_class(self, module: str, name: str) -> object:
+        stand_in = _CIFAR_GLOBALS.get((module, name))
+        if stand_in is None:
+            raise _RefusedPickle(f"it references {module}.{name}, which could run code")
+        return stand_in
+
+
 class _Cifar100(_MtilSource):
     name = "CIFAR100"
     folder = "cifar-100-python"
@@ -634,13 +793,22 @@ class _Cifar100(_MtilSource):
         self.require(path)
         try:
             with open(path, "rb") as file:
+                _check_opcodes(file)
+                file.seek(0)
                 # The batches were pickled by Python 2; latin1 keeps their byte strings intact, as torchvision does.
-                content = pickle.load(file, encoding="latin1")
-        except (*_READ_ERRORS, pickle.UnpicklingError, AttributeError, ImportError) as err:
-            raise self.unreadable(path, f"not a complete pickle: {_reason(err)}") from err
+                content = _CifarUnpickler(file, encoding="latin1").load()
+        except _RefusedPickle as err:
+            raise self.unreadable(
+                path,
+                f"refused: {err}; the CIFAR-100 python files hold only dicts, lists, strings, numbers and numpy "
+                "arrays of numbers",
+            ) from None
+        except (*_READ_ERRORS, pickle.UnpicklingError, MemoryError) as err:
+            reason = "it declares more bytes than memory holds" if isinstance(err, MemoryError) else _reason(err)
+            raise self.unreadable(path, f"not a complete pickle: {reason}") from err
         if not isinstance(content, dict):
             raise self.unreadable(path, f"holds a {type(content).__name__}, not CIFAR's dict")
-        return content
+        return {key: value.array if isinstance(value, _PickledArray) else value for key, value in content.items()}
 
     def _read_classnames(self) -> list[str]:
         path = self.base / "meta"
@@ -660,9 +828,12 @@ class _Cifar100(_MtilSource):
             raise self.unreadable(path, f"rows of {data.shape[1]} bytes, not 32×32×3 = {image_bytes}")
         if not isinstance(labels, list) or len(labels) != len(data):
             raise self.unreadable(path, f"expected 'fine_labels', one per image of its {len(data)}")
+        not_integer = next(((i, label) for i, label in enumerate(labels) if type(label) is not int), None)
+        if not_integer is not None:  # a float would be truncated, a bool read as 0 or 1
+            raise self.unreadable(path, f"label {not_integer[1]!r} of image {not_integer[0]} is not an integer")
         # Rows are channel-planar: R plane, G plane, B plane; images want height × width × channel.
         pixels = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return _ArraySplit([int(label) for label in labels], [path], path, lambda: pixels)
+        return _ArraySplit(labels, [path], path, lambda: pixels)
 
 
 class _Dtd(_MtilSource):
@@ -789,7 +960,10 @@ class _Mnist(_MtilSource):
         prefix = "train" if split == "train" else "t10k"
         images_path = self.base / "raw" / f"{prefix}-images-idx3-ubyte"
         labels_path = self.base / "raw" / f"{prefix}-labels-idx1-ubyte"
-        n_images = self._idx_shape(images_path, 3)[0]
+        n_images, *image_shape = self._idx_shape(images_path, 3)
+        if image_shape != [28, 28]:  # MNIST's size; a 1 × 50,000,000 image would resize to gigabytes
+            height, width = image_shape
+            raise self.unreadable(images_path, f"images of {height}×{width} pixels, not MNIST's 28×28")
         (n_labels,) = self._idx_shape(labels_path, 1)
         if n_labels != n_images:
             raise self.unreadable(labels_path, f"{n_labels} labels for the {n_images} images of {images_path.name}")
@@ -858,13 +1032,22 @@ class _StanfordCars(_MtilSource):
             annotations_path, images = self.base / "cars_test_annos_withlabels.mat", self.base / "cars_test"
         self.require(images)
         annotations = self.read_mat(annotations_path).get("annotations")
-        try:
-            samples = [(images / record["fname"], _mat_integer(record["class"]) - 1) for record in annotations]
-        except (TypeError, KeyError, ValueError) as err:
-            raise self.unreadable(
-                annotations_path, f"no struct array 'annotations' of fname and class ({err})"
-            ) from err
-        return _FileSplit([path for path, _ in samples], [label for _, label in samples], annotations_path)
+        if not (
+            isinstance(annotations, list)
+            and all(isinstance(record, dict) and {"fname", "class"} <= record.keys() for record in annotations)
+        ):
+            raise self.unreadable(annotations_path, "no struct array 'annotations' of fname and class")
+        paths, labels = [], []
+        for number, record in enumerate(annotations):
+            fname, class_id = record["fname"], _mat_whole_number(record["class"])
+            if not isinstance(fname, str):
+                raise self.unreadable(annotations_path, f"fname of record {number} is not a file name")
+            if class_id is None:
+                shown = _mat_shown(record["class"])
+                raise self.unreadable(annotations_path, f"class {shown} of record {number} is not a whole number")
+            paths.append(images / fname)
+            labels.append(class_id - 1)
+        return _FileSplit(paths, labels, annotations_path)
 
 
 class _Sun397(_MtilSource):
@@ -929,6 +1112,49 @@ _MI_MATRIX, _MI_COMPRESSED, _MI_UTF8, _MI_UTF16, _MI_UTF32 = 14, 15, 16, 17, 18
 _MX_CELL, _MX_STRUCT, _MX_CHAR = 1, 2, 4
 _MX_NUMERIC = range(6, 16)  # double, single, int8 … uint64
 _MAT_COMPLEX_FLAG = 0x800
+_MAT_TAG_BYTES = 8  # every element starts with a tag this long, so an array holds no more values than its bytes / 8
+# What one file may make this reader hold, so that a small file cannot claim gigabytes. The real label files are far
+# inside these bounds: the largest, Stanford Cars' training annotations, holds 8,144 records of six small arrays (a
+# few MB and some 57,000 values once inflated), nested one level deep.
+_MAT_MAX_INFLATED = 64 * 2**20  # bytes inflated from all of a file's compressed variables
+_MAT_MAX_VALUES = 1_000_000  # cells, struct records and their fields
+_MAT_MAX_DEPTH = 16  # cells and structs within cells and structs
+_MAT_MAX_DIMS = 64  # numpy's limit
+
+
+class _MatBudget:
+    """What is left of the bounds above while one file is read."""
+
+    def __init__(self):
+        self.inflated = _MAT_MAX_INFLATED
+        self.values = _MAT_MAX_VALUES
+
+    def inflate(self, compressed: bytes, order: str) -> bytes:
+        """A compressed variable's element, inflated no further than its tag declares and the budget allows
+        (zlib.decompress would inflate a bomb whole before its size could be looked at)."""
+        inflater = zlib.decompressobj()
+        tag = inflater.decompress(compressed, _MAT_TAG_BYTES)
+        if len(tag) < _MAT_TAG_BYTES:
+            raise ValueError("damaged compressed variable (no element tag)")
+        declared = struct.unpack(order + "II", tag)[1]
+        if declared > self.inflated:
+            raise ValueError(
+                f"a compressed variable declares {declared} bytes, more than the {self.inflated} left of the "
+                f"{_MAT_MAX_INFLATED} this reader inflates from a label file"
+            )
+        body = inflater.decompress(inflater.unconsumed_tail, declared)
+        if len(body) < declared:
+            raise ValueError(f"a compressed variable inflates to {len(body)} of the {declared} bytes it declares")
+        # Padding to the next multiple of 8 may follow; anything longer does not belong to the variable.
+        if len(inflater.decompress(inflater.unconsumed_tail, _MAT_TAG_BYTES)) == _MAT_TAG_BYTES:
+            raise ValueError(f"a compressed variable inflates past the {declared} bytes it declares")
+        self.inflated -= declared
+        return tag + body
+
+    def spend(self, values: int) -> None:
+        if values > self.values:
+            raise ValueError(f"more than the {_MAT_MAX_VALUES} cells, records and fields this reader takes from a file")
+        self.values -= values
 
 
 def _read_mat(data: bytes) -> dict[str, object]:
@@ -939,16 +1165,17 @@ def _read_mat(data: bytes) -> dict[str, object]:
     order = {b"IM": "<", b"MI": ">"}.get(data[126:128])
     if len(data) < 128 or order is None:
         raise ValueError("not a MAT-file v5 (no endian mark at byte 126)")
+    budget = _MatBudget()
     variables = {}
     for data_type, payload in _mat_elements(data[128:], order):
         if data_type == _MI_COMPRESSED:
             try:
-                data_type, payload = next(_mat_elements(zlib.decompress(payload), order))
+                data_type, payload = next(_mat_elements(budget.inflate(payload, order), order))
             except zlib.error as err:
                 raise ValueError(f"damaged compressed variable ({err})") from err
         if data_type != _MI_MATRIX:
             raise ValueError(f"a top-level element of type {data_type}, not a variable")
-        name, value = _mat_array(payload, order)
+        name, value = _mat_array(payload, order, budget)
         variables[name] = value
     return variables
 
@@ -957,14 +1184,16 @@ def _mat_elements(buffer: bytes, order: str) -> Iterator[tuple[int, bytes]]:
     """(data type, payload) of each data element in ``buffer``."""
     position = 0
     while position < len(buffer):
-        if len(buffer) - position < 8:
+        if len(buffer) - position < _MAT_TAG_BYTES:
             raise ValueError("truncated data element")
         first, second = struct.unpack_from(order + "II", buffer, position)
         if first >> 16:  # a small element: type and size share the first word, the data fills the second
+            if first >> 16 > 4:
+                raise ValueError(f"a small data element of {first >> 16} bytes, where 4 fit")
             yield first & 0xFFFF, buffer[position + 4 : position + 4 + (first >> 16)]
-            position += 8
+            position += _MAT_TAG_BYTES
             continue
-        start = position + 8
+        start = position + _MAT_TAG_BYTES
         if start + second > len(buffer):
             raise ValueError(f"truncated data element ({second} bytes declared, {len(buffer) - start} left)")
         yield first, buffer[start : start + second]
@@ -979,15 +1208,21 @@ def _next_element(elements: Iterator[tuple[int, bytes]]) -> tuple[int, bytes]:
     return element
 
 
-def _mat_array(payload: bytes, order: str) -> tuple[str, object]:
-    """The name and value of one array (an miMATRIX element's payload)."""
+def _mat_array(payload: bytes, order: str, budget: _MatBudget, depth: int = 0) -> tuple[str, object]:
+    """The name and value of one array (an miMATRIX element's payload), ``depth`` cells or structs down."""
     if not payload:  # an empty array, as cells hold for []
         return "", np.zeros(0)
+    if depth > _MAT_MAX_DEPTH:  # deeper, the recursion would exhaust the stack
+        raise ValueError(f"cells or structs nested deeper than {_MAT_MAX_DEPTH} levels")
     elements = _mat_elements(payload, order)
     flags = struct.unpack_from(order + "I", _next_element(elements)[1])[0]
     dims_payload = _next_element(elements)[1]
+    if len(dims_payload) // 4 > _MAT_MAX_DIMS:
+        raise ValueError(f"an array of {len(dims_payload) // 4} dimensions, more than {_MAT_MAX_DIMS}")
     dims = struct.unpack(f"{order}{len(dims_payload) // 4}i", dims_payload)
     name = _next_element(elements)[1].decode("latin1")
+    if any(size < 0 for size in dims):
+        raise ValueError(f"array '{name}' of dimensions {dims}, which cannot be negative")
     array_class, count = flags & 0xFF, math.prod(dims)
     if array_class in _MX_NUMERIC and not flags & _MAT_COMPLEX_FLAG:
         return name, _mat_numbers(*_next_element(elements), order, count)
@@ -998,21 +1233,33 @@ def _mat_array(payload: bytes, order: str) -> tuple[str, object]:
             raise ValueError(f"char array '{name}' of {dims[0]} rows; only single strings are read")
         return name, _mat_text(*_next_element(elements), order)
     if array_class == _MX_CELL:
-        return name, [_mat_array(_matrix_payload(elements), order)[1] for _ in range(count)]
+        _check_count(name, dims, count, payload)
+        budget.spend(count)
+        return name, [_mat_array(_matrix_payload(elements), order, budget, depth + 1)[1] for _ in range(count)]
     if array_class == _MX_STRUCT:
-        name_length = int(_mat_numbers(*_next_element(elements), order, 1)[0])
+        name_length = _mat_whole_number(_mat_numbers(*_next_element(elements), order, 1))
         field_bytes = _next_element(elements)[1]
-        if name_length <= 0:
+        if name_length is None or name_length <= 0:
             raise ValueError(f"struct '{name}' with field names of {name_length} bytes")
         fields = [
             field_bytes[start : start + name_length].split(b"\0", 1)[0].decode("latin1")
             for start in range(0, len(field_bytes), name_length)
         ]
+        _check_count(name, dims, count * max(1, len(fields)), payload)
+        budget.spend(count * (1 + len(fields)))
         # Element by element (column-major), each element's fields in order.
         return name, [
-            {field: _mat_array(_matrix_payload(elements), order)[1] for field in fields} for _ in range(count)
+            {field: _mat_array(_matrix_payload(elements), order, budget, depth + 1)[1] for field in fields}
+            for _ in range(count)
         ]
     raise ValueError(f"array '{name}' of class {array_class}, which these label files do not use")
+
+
+def _check_count(name: str, dims: tuple[int, ...], count: int, payload: bytes) -> None:
+    """Each of an array's ``count`` elements takes a tag at least: dimensions that claim more are refused before any
+    is read."""
+    if count * _MAT_TAG_BYTES > len(payload):
+        raise ValueError(f"array '{name}' of dimensions {dims} claims more elements than its {len(payload)} bytes hold")
 
 
 def _matrix_payload(elements: Iterator[tuple[int, bytes]]) -> bytes:
@@ -1037,12 +1284,26 @@ def _mat_text(data_type: int, payload: bytes, order: str) -> str:
     if data_type in (_MI_UTF16, _MI_UTF32):
         width = 16 if data_type == _MI_UTF16 else 32
         return payload.decode(f"utf-{width}-{'le' if order == '<' else 'be'}")
-    # MATLAB stores most text as one uint16 (or uint8) code unit per character.
-    return "".join(map(chr, _mat_numbers(data_type, payload, order)))
+    # MATLAB stores most text as one UTF-16 code unit per character, as uint16 (or uint8, or any number type).
+    codes = _mat_numbers(data_type, payload, order)
+    not_codes = ~_whole(codes) | (codes < 0) | (codes > 0xFFFF)
+    if not_codes.any():
+        raise ValueError(f"char array holding {codes[not_codes][0]}, which is no character code")
+    return codes.astype("<u2").tobytes().decode("utf-16-le")
 
 
-def _mat_integer(value: object) -> int:
-    """A one-element numeric array holding a whole number, as the annotation fields are."""
-    if not isinstance(value, np.ndarray) or value.size != 1 or value[0] != round(float(value[0])):
-        raise ValueError(f"{value!r} is not a whole number")
-    return int(value[0])
+def _whole(values: np.ndarray) -> np.ndarray:
+    """Elementwise: finite, with no fractional part."""
+    return np.isfinite(values) & (values == np.round(values))
+
+
+def _mat_whole_number(value: object) -> int | None:
+    """The whole number a one-element numeric array holds, as annotation fields and struct headers do; else None."""
+    if isinstance(value, np.ndarray) and value.size == 1 and _whole(value).all():
+        return int(value.reshape(-1)[0])
+    return None
+
+
+def _mat_shown(value: object) -> str:
+    """A value as an error names it: a one-element array by its number."""
+    return str(value.reshape(-1)[0]) if isinstance(value, np.ndarray) and value.size == 1 else repr(value)

@@ -9,6 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import stat
+import struct
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -42,6 +46,57 @@ class ImageSource(Protocol):
 
     def fingerprint(self, split: str, indices: Sequence[int]) -> str:
         """A digest that changes whenever any of these images may have changed; feature caches are keyed on it."""
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+# What PIL's format plugins raise, besides OSError, on damaged or hostile image data.
+_DAMAGED_IMAGE_ERRORS = (ValueError, TypeError, SyntaxError, EOFError, IndexError, struct.error)
+
+
+def check_regular_file(path: str | os.PathLike) -> None:
+    """Raises OSError unless ``path`` is a regular file (or a link to one). Checked before opening, with stat, which
+    never blocks: opening a FIFO waits for a writer, and a device may never end."""
+    try:
+        mode = os.stat(path).st_mode
+    except ValueError:  # os.stat's answer to a NUL byte
+        raise OSError("its path holds a NUL byte") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for is_kind, name in _FILE_KINDS if is_kind(mode)), "a special file")
+        raise OSError(f"{kind}, not a regular file")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """An image file as RGB, read as torchvision's default_loader reads it. Anything else raises OSError with the
+    reason: a file that is not regular or not an image, damaged data, or more pixels than Image.MAX_IMAGE_PIXELS (a
+    decompression bomb; PIL itself only warns below twice that limit, and would go on to decode it)."""
+    check_regular_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with open(path, "rb") as file:
+                return Image.open(file).convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise OSError(_one_line(err)) from None
+    except _DAMAGED_IMAGE_ERRORS as err:
+        raise OSError(f"damaged image data: {type(err).__name__}: {_one_line(err)}") from err
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+def stays_inside(relative: str) -> bool:
+    """Whether ``relative``, a path read from a split file or file list, names something inside the folder it is
+    joined to: not empty, no NUL byte, not absolute, no '..'. Checked on the text, so that a folder may still be a
+    symlink to wherever the data lives."""
+    parts = relative.replace(os.altsep or os.sep, os.sep).split(os.sep)
+    return bool(relative) and "\0" not in relative and not os.path.isabs(relative) and ".." not in parts
 
 
 # What torch.manual_seed and torch.Generator accept.
