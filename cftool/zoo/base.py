@@ -28,6 +28,7 @@ from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, tensors_sha256
 from cftool.io.foreign import read_state_dict
 from cftool.io.header import read_header
+from cftool.zoo.hub_folder import HUB_CONFIG, read_hub_config
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,8 @@ def architecture(arch: str, quick_gelu: bool = False) -> dict | None:
     so that ``ViT-B-16`` forced to QuickGELU and ``ViT-B-16-quickgelu`` are the same architecture; None where only
     open_clip can tell (an ``hf-hub:`` model not in the cache)."""
     if arch.startswith(LOCAL_DIR_PREFIX):
-        path = Path(arch[len(LOCAL_DIR_PREFIX) :]) / "open_clip_config.json"
-        config = json.loads(path.read_text()).get("model_cfg") if path.is_file() else None
+        path = Path(arch[len(LOCAL_DIR_PREFIX) :]) / HUB_CONFIG
+        config = read_hub_config(path)["model_cfg"] if path.is_file() else None
     else:
         path = None if is_named_schema(arch) else _config_file(arch)
         config = json.loads(path.read_text()) if path else None

@@ -10,7 +10,7 @@ import torch
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import check_shapes, save_checkpoint
 from cftool.io.convert import as_dtype
-from cftool.io.foreign import read_coop_prompt, read_state_dict
+from cftool.io.foreign import read_coop_prompt, read_state_dict, refuse_non_finite
 from cftool.zoo.base import openai_extras_removed
 from cftool.zoo.models import ZooModel
 
@@ -21,6 +21,7 @@ def import_full_model(
     """An open_clip/OpenAI state dict fine-tuned from ``zoo`` → a `model` file (names and shapes checked), in the
     file's dtypes unless ``dtype`` names one."""
     state_dict, _ = openai_extras_removed(read_state_dict(source))
+    refuse_non_finite(source, state_dict)
     state_dict = {name: as_dtype(tensor, dtype) for name, tensor in state_dict.items()}
     expected = {name: tuple(t.shape) for name, t in zoo.model.state_dict().items()}
     check_shapes(source, {name: tuple(t.shape) for name, t in state_dict.items()}, expected)

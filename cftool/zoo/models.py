@@ -1,11 +1,14 @@
-"""Model specs (`--zs`) and loading them through open_clip's own factory.
+"""Model specs (`--zs`) and loading them: open_clip's factory builds the architecture, and cftool reads every weights
+file itself (``cftool.io.foreign``: no pickle or TorchScript code runs) and loads it strictly, so that a base is
+always the weights its spec names, never a model left partly or wholly at its random initialisation.
 
 A spec is one of:
   * ``tiny`` — the embedded model: open_clip config ``cftool-tiny`` plus the weights shipped in the package;
   * ``ARCH`` or ``ARCH:TAG`` — an open_clip name (``ViT-B/16`` spelling accepted), default tag ``openai``;
   * ``ARCH:PATH`` — an open_clip architecture with weights from a local file: an open_clip state dict, OpenAI's
     release (TorchScript or its state dict, built with QuickGELU as OpenAI trained it) or a cftool `model` file;
-  * ``hf-hub:org/name`` and ``local-dir:FOLDER`` — as open_clip understands them;
+  * ``hf-hub:org/name`` and ``local-dir:FOLDER`` — as open_clip understands them, the folder's
+    ``open_clip_config.json`` checked first (``cftool.zoo.hub_folder``);
   * ``PATH`` — a cftool ``model`` file: it holds every weight and records the architecture it was built under
     (and the preprocessing, where only a hub's config says it).
 """
@@ -26,6 +29,7 @@ import torch
 
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import Header, check_shapes, open_checkpoint, tensors_sha256
+from cftool.io.foreign import read_state_dict
 from cftool.zoo.base import (
     HF_HUB_PREFIX,
     LOCAL_DIR_PREFIX,
@@ -39,15 +43,22 @@ from cftool.zoo.base import (
     is_named_schema,
     model_file_architecture,
     names_weights_file,
+    openai_extras_removed,
     plain_weights,
     weights_file_canonical,
 )
-from cftool.zoo.fetch import cached_hub_folder, cached_tag_weights, ensure_reachable
+from cftool.zoo.fetch import (
+    cached_hub_files,
+    cached_tag_weights,
+    download_hub_files,
+    download_tag_weights,
+    ensure_reachable,
+)
+from cftool.zoo.hub_folder import HUB_CONFIG, check_hub_config, local_dir_weights, read_hub_config
 
 DEFAULT_TAG = "openai"
 
 open_clip.add_model_config(MODEL_CONFIGS)
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,8 @@ def parse_model_spec(spec: str) -> ModelSpec:
             raise CftoolError(f"--zs {spec!r}: no such folder; local-dir: names a folder with open_clip_config.json")
         if spec in (HF_HUB_PREFIX, LOCAL_DIR_PREFIX):
             raise CftoolError(f"--zs {spec!r}: name the model after the colon, e.g. hf-hub:laion/CLIP-ViT-B-32-laion2B")
+        if spec.startswith(HF_HUB_PREFIX):
+            _check_repo_id(spec)
         return ModelSpec(spec)
     name, _, tag = spec.partition(":")
     arch = name.replace("/", "-")
@@ -100,6 +113,20 @@ def parse_model_spec(spec: str) -> ModelSpec:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
         raise CftoolError(f"--zs {spec!r}: open_clip knows no pretrained tag '{tag}' for {arch} (known: {known})")
     return ModelSpec(arch, tag=tag)
+
+
+def _check_repo_id(spec: str) -> None:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(spec[len(HF_HUB_PREFIX) :])
+    except HFValidationError as exc:
+        detail = " ".join(str(exc).split())[:160]
+        raise CftoolError(
+            f"--zs {spec!r}: not a Hugging Face Hub repository id ({detail}); write hf-hub:ORG/NAME, or "
+            "local-dir:FOLDER for a model in a local folder"
+        ) from None
 
 
 def _spec_of_model_file(path: Path) -> ModelSpec:
@@ -159,7 +186,11 @@ class ZooModel:
 
 
 def load_model(spec: str | ModelSpec, device: str | torch.device = "cpu") -> ZooModel:
-    """Build the model a spec names, in eval mode, on ``device``."""
+    """Build the model a spec names, in eval mode, on ``device``.
+
+    cftool reads every weights file itself (safetensors, a weights-only pickle, or a TorchScript archive read as
+    data) and loads it strictly, so that a base is always the weights it names; open_clip only builds the
+    architecture."""
     if isinstance(spec, str):
         spec = parse_model_spec(spec)
     if spec.weights_file is None and spec.arch == TINY_ARCH:
@@ -169,7 +200,7 @@ def load_model(spec: str | ModelSpec, device: str | torch.device = "cpu") -> Zoo
         if is_named_schema(spec.arch) and arch_config and recorded_preprocess is not None:
             zoo = _create_recorded(spec, arch_config, recorded_preprocess)
         else:
-            zoo = _create(spec, None, arch_config, **_tag_preprocess(spec))
+            zoo = _create(spec, arch_config, **_tag_preprocess(spec))
         zoo.load_state_dict(state, spec.weights_file)
     elif is_named_schema(spec.arch):
         zoo = _create_named(spec)
@@ -194,52 +225,107 @@ def _create_tagged(spec: ModelSpec) -> ZooModel:
     """``ARCH:TAG``: with the tag's activation (open_clip itself only warns when OpenAI's tags meet a GELU
     config), from the cache when it holds the weights, else downloaded once the host answers."""
     pretrained_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag)
-    arch_config = architecture(spec.arch, quick_gelu=bool(pretrained_cfg.get("quick_gelu")))
-    cached = cached_tag_weights(pretrained_cfg)
-    if cached is None:
-        ensure_reachable(pretrained_cfg, f"weights for --zs {spec.canonical}")
-    return _create(spec, str(cached) if cached else spec.tag, arch_config, **_tag_preprocess(spec))
+    weights = cached_tag_weights(pretrained_cfg)
+    if weights is None:
+        what = f"weights for --zs {spec.canonical}"
+        ensure_reachable(pretrained_cfg, what)
+        weights = download_tag_weights(pretrained_cfg, what)
+    state, openai_format = openai_extras_removed(read_state_dict(weights))
+    arch_config = architecture(spec.arch, quick_gelu=bool(pretrained_cfg.get("quick_gelu")) or openai_format)
+    zoo = _create(spec, arch_config, **_tag_preprocess(spec))
+    zoo.load_state_dict(_as_open_clip_adjusts(zoo.model, state), weights)
+    return zoo
 
 
 def _create_named(spec: ModelSpec) -> ZooModel:
-    """``hf-hub:`` (its cached snapshot read as a local folder when complete) and ``local-dir:``."""
+    """``hf-hub:`` (its cached snapshot, downloaded first where the cache lacks it) and ``local-dir:``, each read as a
+    folder holding ``open_clip_config.json`` and the weights."""
     name = spec.arch
     if name.startswith(HF_HUB_PREFIX):
-        folder = cached_hub_folder(name[len(HF_HUB_PREFIX) :])
-        if folder is None:
-            ensure_reachable(None, f"the config and weights of --zs {name}")
-        else:
-            name = f"{LOCAL_DIR_PREFIX}{folder}"
-    return _create(spec, None, architecture(name), model_name=name)
+        repo_id = name[len(HF_HUB_PREFIX) :]
+        config_file, weights = cached_hub_files(repo_id)
+        if config_file is None or weights is None:
+            cached = "" if config_file is None else f" (its {HUB_CONFIG} is cached, not its weights)"
+            ensure_reachable(None, f"the config and weights of --zs {name}{cached}")
+            config_file, weights = download_hub_files(repo_id)
+        folder = config_file.parent
+    else:
+        folder = Path(name[len(LOCAL_DIR_PREFIX) :])
+        config_file, weights = folder / HUB_CONFIG, None
+    check_hub_config(read_hub_config(config_file), config_file)
+    weights = weights or local_dir_weights(folder)
+    state, openai_format = openai_extras_removed(read_state_dict(weights))
+    local = f"{LOCAL_DIR_PREFIX}{folder}"
+    zoo = _create(spec, architecture(local, quick_gelu=openai_format), model_name=local, built_from=config_file)
+    zoo.load_state_dict(_as_open_clip_adjusts(zoo.model, state), weights)
+    return zoo
+
+
+def _as_open_clip_adjusts(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Published weights as open_clip's own loader adjusts them to its model (third-party layouts, the older text-tower
+    layout, scalar logit parameters, a stale text position-id buffer, position embeddings of another grid), since
+    cftool reads the file itself: open_clip would hand an OpenAI-tagged file to torch.jit.load."""
+    from open_clip.convert import convert_state_dict
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    state = convert_state_dict(model, state)
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    for name in ("logit_scale", "logit_bias"):
+        parameter = getattr(model, name, None)
+        if name in state and parameter is not None and parameter.ndim != state[name].ndim:
+            state[name] = state[name].reshape(parameter.shape)
+    # transformers stopped keeping this buffer (4.31); checkpoints saved before still hold it
+    position_ids = "text.transformer.embeddings.position_ids"
+    if position_ids in state and position_ids not in model.state_dict():
+        del state[position_ids]
+    resize_pos_embed(state, model)
+    resize_text_pos_embed(state, model)
+    return state
 
 
 def _create_recorded(spec: ModelSpec, arch_config: dict, preprocess: dict) -> ZooModel:
     """A `model` file of an ``hf-hub:``/``local-dir:`` base, built from the architecture and preprocessing it records,
     as open_clip builds a local folder's config: the file holds every weight, so neither the hub nor the folder is
     read (a tokenizer that lives on the hub still does)."""
+    config = {"model_cfg": arch_config, "preprocess_cfg": preprocess}
+    check_hub_config(json.loads(json.dumps(config)), spec.weights_file)  # checked on a copy: open_clip edits it
     with tempfile.TemporaryDirectory(prefix="cftool-config-") as folder:
-        config = {"model_cfg": arch_config, "preprocess_cfg": preprocess}
-        (Path(folder) / "open_clip_config.json").write_text(json.dumps(config))
-        return _create(spec, None, arch_config, model_name=f"{LOCAL_DIR_PREFIX}{folder}", load_weights=False)
+        (Path(folder) / HUB_CONFIG).write_text(json.dumps(config))
+        return _create(spec, arch_config, model_name=f"{LOCAL_DIR_PREFIX}{folder}", built_from=spec.weights_file)
 
 
 def _create(
-    spec: ModelSpec, pretrained: str | None, arch_config: dict | None, model_name: str | None = None, **overrides
+    spec: ModelSpec,
+    arch_config: dict | None,
+    model_name: str | None = None,
+    built_from: str | Path | None = None,
+    **overrides,
 ) -> ZooModel:
+    """open_clip's model (no weights loaded: cftool loads them), transforms and tokenizer; ``built_from`` is the config
+    file to blame where the build fails."""
     model_name = model_name or spec.arch
     quick_gelu = bool(arch_config and arch_config["quick_gelu"])
+    blamed = built_from or f"--zs {spec.canonical}"
     try:
         with _open_clip_logging_silenced():
             model, _, preprocess = open_clip.create_model_and_transforms(
-                model_name, pretrained=pretrained, force_quick_gelu=quick_gelu, **overrides
+                model_name, pretrained=None, load_weights=False, force_quick_gelu=quick_gelu, **overrides
             )
-    except (RuntimeError, FileNotFoundError, OSError, ValueError) as err:
+    except Exception as err:  # a config's values fail open_clip's model code in many ways, memory included
         raise CftoolError(
-            f"weights for --zs {spec.canonical} are not in the local cache and could not be downloaded "
-            f"({' '.join(str(err).split())[:160]}); use --zs tiny (embedded), or pass a local file: "
-            f"--zs ARCH:/path/to/weights.pt, --zs local-dir:FOLDER or a cftool model file"
-        ) from err
-    return ZooModel(spec, model, preprocess, open_clip.get_tokenizer(model_name), arch_config)
+            f"{blamed}: open_clip cannot build the model ({_exception_line(err)}); check its model config"
+        ) from None
+    try:
+        with _open_clip_logging_silenced():
+            tokenizer = open_clip.get_tokenizer(model_name)
+    except Exception as err:  # an HF tokenizer that is neither installed nor cached, among others
+        raise CftoolError(f"{blamed}: open_clip cannot make its tokenizer ({_exception_line(err)})") from None
+    return ZooModel(spec, model, preprocess, tokenizer, arch_config)
+
+
+def _exception_line(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:200]
 
 
 @contextmanager
@@ -254,16 +340,15 @@ def _open_clip_logging_silenced():
 
 
 def _create_tiny(spec: ModelSpec) -> ZooModel:
-    arch_config = architecture(TINY_ARCH)
-    if TINY_WEIGHTS.is_file():
-        zoo = _create(spec, None, arch_config)
-        zoo.load_state_dict(_read_weights(TINY_ARCH, TINY_WEIGHTS)[0], TINY_WEIGHTS)
-        return zoo
-    log.warning("no shipped weights at %s: `tiny` is randomly initialised", TINY_WEIGHTS)
-    # Seeded, so that every process builds the same stand-in and files made from it keep a matching base hash.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return _create(spec, None, arch_config)
+    if not TINY_WEIGHTS.is_file():
+        raise CftoolError(
+            f"--zs tiny: its weights {TINY_WEIGHTS} are missing (an incomplete install), and a randomly "
+            f"initialised model is no base; reinstall cftool, or pretrain them: "
+            f"python -m cftool.zoo.pretrain_tiny -o {TINY_WEIGHTS}"
+        )
+    zoo = _create(spec, architecture(TINY_ARCH))
+    zoo.load_state_dict(_read_weights(TINY_ARCH, TINY_WEIGHTS)[0], TINY_WEIGHTS)
+    return zoo
 
 
 def _read_weights(arch: str, path: Path) -> tuple[dict[str, torch.Tensor], dict | None, dict | None]:
