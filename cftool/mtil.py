@@ -131,10 +131,10 @@ class CellCache:
             stored = json.loads(path.read_text()) if path is not None and path.is_file() else None
         except (OSError, ValueError):
             return None  # a damaged cell is measured again and replaced
-        if not (isinstance(stored, dict) and stored.get("key") == key):
-            return None
+        if not (isinstance(stored, dict) and stored.get("key") == key and _is_accuracy(stored.get("accuracy"))):
+            return None  # another cell's file, or one edited by hand: measured again and replaced
         self.found += 1
-        return stored["accuracy"]
+        return float(stored["accuracy"])
 
     def put(self, key: dict[str, Any], accuracy: float) -> None:
         self.measured += 1
@@ -142,6 +142,11 @@ class CellCache:
         if path is not None:
             with atomic_output(path, overwrite=True) as tmp:
                 tmp.write_text(json.dumps({"key": key, "accuracy": accuracy}, sort_keys=True) + "\n")
+
+
+def _is_accuracy(value: object) -> bool:
+    """What `put` stores: a top-1 accuracy in percent (JSON may read it back as an int, or as NaN if edited)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 100
 
 
 @dataclass(frozen=True)

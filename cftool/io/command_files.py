@@ -3,6 +3,8 @@ without), and an interrupted command says which outputs it had finished.
 
 Every reader checks its file through `cftool.io.header.check_input_file` and every writer goes through
 `cftool.io.checkpoint.refuse_existing` and `atomic_output`, so recording there covers every command and every file.
+A file's companions (the prototypes and trainer state finetune writes beside a checkpoint) count as read with it:
+commands look them up beside their inputs, and replacing them would part them from their checkpoint.
 Recording is scoped to one command (`command_files`, entered by the CLI): a library caller, or the next command in
 the same process, starts with none. Kept free of torch, so that the CLI imports it for nothing.
 """
@@ -17,6 +19,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cftool.errors import CftoolError
+
+SUFFIX = ".safetensors"
+
+
+def beside(checkpoint: Path, suffix: str) -> Path:
+    """A file next to ``checkpoint`` named after it: ``coop.safetensors`` → ``coop.prototypes.safetensors``."""
+    return checkpoint.with_name(checkpoint.name.removesuffix(SUFFIX) + suffix)
+
+
+def prototypes_path(checkpoint: Path) -> Path:
+    return beside(checkpoint, ".prototypes" + SUFFIX)
+
+
+def state_path(checkpoint: Path) -> Path:
+    return beside(checkpoint, ".state.pt")
 
 
 @dataclass
@@ -40,9 +57,11 @@ def command_files() -> Iterator[CommandFiles]:
 
 
 def note_input(path: Path) -> None:
+    """Record ``path`` as read, with its companions."""
     files = _current.get()
     if files is not None:
-        files.inputs.add(os.path.realpath(path))
+        for read in (path, prototypes_path(path), state_path(path)):
+            files.inputs.add(os.path.realpath(read))
 
 
 def note_written(path: Path) -> None:

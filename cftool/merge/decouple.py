@@ -17,12 +17,22 @@ from cftool.io.checkpoint import CheckpointWriter, Header, refuse_existing, refu
 from cftool.io.unified import UnifiedSet
 from cftool.merge.delta import check_base_fits, check_same_base
 from cftool.merge.methods import work_dtype
-from cftool.merge.stream import DEFAULT_CHUNK_ELEMENTS, BaseModel, Progress, no_progress, plan_tensors, write_part
+from cftool.merge.stream import (
+    DEFAULT_CHUNK_ELEMENTS,
+    BaseModel,
+    Progress,
+    no_progress,
+    plan_tensors,
+    refuse_non_finite,
+    refuse_overflow,
+    write_part,
+)
 
 
 def expert_rows(unified: UnifiedSet, index: int, name: str, start: int, stop: int) -> torch.Tensor:
     """Rows ``start:stop`` of task ``index``'s expert delta of tensor ``name``, in the unified delta's dtype."""
     u = unified.unified_rows(name, start, stop)
+    refuse_non_finite(u, unified.path, name)  # even where no mask keeps it: the set is damaged
     mask = unified.mask_rows(index, name, start, stop)
     work = work_dtype(u.dtype)
     return torch.where(mask, u.to(work) * unified.rescalers[index].to(work), 0).to(u.dtype)
@@ -79,6 +89,7 @@ def decouple(
                         base_rows = base_tensor[start:stop] if tensor.shape else base_tensor
                         work = work_dtype(torch.promote_types(base_rows.dtype, rows.dtype))
                         rows = (base_rows.to(work) + rows.to(work)).to(base_rows.dtype)
+                    refuse_overflow(rows, writer.path, name, f"{unified.path} holds values too large for {rows.dtype}")
                     write_part(writer, tensor, name, start, rows)
             advance()
     return list(outputs)

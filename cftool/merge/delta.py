@@ -21,8 +21,8 @@ from cftool.io.checkpoint import (
     refuse_input_as_output,
 )
 from cftool.merge.lora import merged_lora_state
-from cftool.merge.methods import work_dtype
-from cftool.merge.stream import BaseModel
+from cftool.merge.methods import check_scale, work_dtype
+from cftool.merge.stream import BaseModel, refuse_non_finite, refuse_overflow
 
 # What a checkpoint of a kind that has no delta holds instead, for the refusal.
 _NOT_WEIGHTS = {
@@ -94,7 +94,9 @@ def make_delta(
             if not torch.isfinite(theta).all():
                 raise CftoolError(f"{source.path}: tensor {name!r} holds NaN or Inf values; it has no usable delta")
             work = work_dtype(torch.promote_types(theta.dtype, theta0.dtype))
-            writer.write(name, (theta.to(work) - theta0.to(work)).to(layout[name][0]))
+            step = (theta.to(work) - theta0.to(work)).to(layout[name][0])
+            refuse_overflow(step, output, name, "write the delta in a wider --dtype")
+            writer.write(name, step)
     return output
 
 
@@ -125,6 +127,7 @@ def apply_delta(
     delta: CheckpointReader, base: BaseModel, output: Path, scale: float = 1.0, overwrite: bool = False
 ) -> Path:
     """``θ_0 + scale · δ`` as a `model` file, in the base's dtypes; tensors the delta lacks are the base's."""
+    check_scale("--scale", scale)
     refuse_input_as_output(output, [delta.path])
     refuse_existing(output, overwrite)
     check_same_base(delta.path, delta.header, base)
@@ -136,7 +139,9 @@ def apply_delta(
             theta0 = base[name]
             if name in delta:
                 step = delta[name]
+                refuse_non_finite(step, delta.path, name)
                 work = work_dtype(torch.promote_types(theta0.dtype, step.dtype))
                 theta0 = (theta0.to(work) + scale * step.to(work)).to(base_dtype)
+                refuse_overflow(theta0, output, name, f"use a --scale smaller in magnitude than {scale}")
             writer.write(name, theta0)
     return output

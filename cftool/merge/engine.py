@@ -39,6 +39,8 @@ from cftool.merge.stream import (
     TensorPlan,
     no_progress,
     plan_tensors,
+    refuse_non_finite,
+    refuse_overflow,
     write_part,
 )
 
@@ -212,22 +214,18 @@ def _stream(
             deltas = [task.rows(tensor.name, start, stop) for task in inputs]
             if check_finite:
                 for task, delta in zip(inputs, deltas, strict=True):
-                    if not _finite(delta):
-                        raise CftoolError(
-                            f"{task.source}: tensor {tensor.name!r} holds NaN or Inf values; "
-                            "re-create the delta from a finite checkpoint (`cftool inspect --check` finds them)"
-                        )
+                    refuse_non_finite(delta, task.source, tensor.name)
             chunk = Chunk(tensor.name, deltas, start, stop, start * row_numel, tensor.numel)
             yield tensor, chunk, position == len(tensor.rows) - 1
             advance()
 
 
-def _finite(delta: torch.Tensor) -> bool:
-    """No NaN or Inf in ``delta``. A sum is finite unless some entry is NaN or ±Inf (or it overflows, which the
-    exact check then rules out), and costs a tenth of ``isfinite``'s bool tensor."""
-    return bool(torch.isfinite(delta.sum(dtype=torch.float32 if delta.dtype != torch.float64 else None))) or bool(
-        torch.isfinite(delta).all()
-    )
+def _overflow_remedy(options: Any) -> str:
+    """Only a scale takes a merge of finite deltas beyond their range: the other steps keep or average entries."""
+    scale = getattr(options, "scale", None)
+    if scale is not None:
+        return f"use a --lambda smaller in magnitude than {scale}"
+    return "check the deltas' values with `cftool inspect`"
 
 
 @dataclass
@@ -303,6 +301,7 @@ def unify(
     with CheckpointWriter(output, layout, header, overwrite=overwrite) as writer:
         for tensor, chunk, _ in _stream(plan, inputs, check_finite=passes == 1, advance=advance):
             merged = method.function(chunk, options, values)
+            refuse_overflow(merged.delta, output, chunk.name, _overflow_remedy(options))
             write_part(writer, tensor, chunk.name, chunk.start, merged.delta)
             for index, mask in enumerate(merged.masks or []):
                 mask_counts[index] += int(mask.sum())
@@ -312,6 +311,7 @@ def unify(
         rescalers = None
         if method.writes_triggers:
             rescalers = method.rescalers(sums)
+            refuse_overflow(rescalers, output, RESCALERS, "the deltas are too small for float32 rescalers")
             writer.write(RESCALERS, rescalers)
 
     parameters = sum(tensor.numel for tensor in plan)
@@ -325,6 +325,3 @@ def unify(
         rescalers=rescalers.tolist() if rescalers is not None else None,
         mask_density=[count / parameters for count in mask_counts] if method.writes_triggers and parameters else None,
     )
-
-
-

@@ -49,6 +49,12 @@ def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.dot(values.reshape(-1), mask.reshape(-1).to(values.dtype))
 
 
+def check_scale(flag: str, scale: float) -> None:
+    """A scale multiplies every entry: NaN or Inf would write a model of NaN and Inf."""
+    if not math.isfinite(scale):
+        raise CftoolError(f"{flag} {scale}: the scale must be a finite number, e.g. 0.3")
+
+
 def _per_task(values: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack([value.to(torch.float64) for value in values])
 
@@ -117,6 +123,7 @@ class TiesOptions:
             raise CftoolError(f"--keep {self.keep}: the kept fraction must be in (0, 1]")
         if self.trim not in TRIMS:
             raise CftoolError(f"--trim {self.trim!r}: expected one of {', '.join(TRIMS)}")
+        check_scale("--lambda", self.scale)
 
 
 def _key_dtype(plan: list[TensorPlan]) -> torch.dtype:
@@ -263,6 +270,9 @@ def ties(chunk: Chunk, options: TiesOptions, statistics: Mapping[str, Any]) -> M
 class TaskArithmeticOptions:
     scale: float = 0.3
 
+    def __post_init__(self) -> None:
+        check_scale("--lambda", self.scale)
+
 
 @merge_method(
     "task-arithmetic",
@@ -284,6 +294,7 @@ class DareOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.p < 1:
             raise CftoolError(f"--p {self.p}: the drop rate must be in [0, 1)")
+        check_scale("--lambda", self.scale)
 
 
 _MASK32 = 0xFFFFFFFF

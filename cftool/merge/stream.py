@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import torch
 
+from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointWriter, Header
 
 # 2^18 elements (1 MiB of float32) per input and slice: the slices of eleven inputs and the method's temporaries
@@ -84,3 +86,26 @@ def write_part(writer: CheckpointWriter, tensor: TensorPlan, name: str, start: i
         writer.write_rows(name, start, rows)
     else:
         writer.write(name, rows)
+
+
+def finite(rows: torch.Tensor) -> bool:
+    """No NaN or Inf in ``rows``. A sum is finite unless some entry is NaN or ±Inf (or it overflows, which the
+    exact check then rules out), and costs a tenth of ``isfinite``'s bool tensor."""
+    return bool(torch.isfinite(rows.sum(dtype=torch.float32 if rows.dtype != torch.float64 else None))) or bool(
+        torch.isfinite(rows).all()
+    )
+
+
+def refuse_non_finite(rows: torch.Tensor, source: Path, name: str) -> None:
+    """Checked on the slices as they are read: a NaN or Inf would spread into every output it is merged into."""
+    if not finite(rows):
+        raise CftoolError(
+            f"{source}: tensor {name!r} holds NaN or Inf values; "
+            "re-create it from a finite checkpoint (`cftool inspect --check` finds them)"
+        )
+
+
+def refuse_overflow(rows: torch.Tensor, output: Path, name: str, remedy: str) -> None:
+    """Checked on the slices as they are written: finite inputs can still give a result beyond its dtype's range."""
+    if not finite(rows):
+        raise CftoolError(f"{output}: tensor {name!r} would overflow {rows.dtype} to Inf; {remedy}")

@@ -17,8 +17,9 @@ import torch
 from cftool.data import DatasetSpec
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, file_sha256, open_checkpoint
+from cftool.io.command_files import SUFFIX, beside
 from cftool.train.adapters import trainable_method
-from cftool.train.finetune import SUFFIX, Continuation, FinetuneJob, FinetuneResult, beside, finetune
+from cftool.train.finetune import Continuation, FinetuneJob, FinetuneResult, finetune
 from cftool.train.loop import Progress, TrainOptions, no_progress
 from cftool.train.methods import COOP_INIT, RANDOM_INIT, ZERO_SHOT_WEIGHT
 from cftool.train.objectives import MergeTuneOptions

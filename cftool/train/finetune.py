@@ -24,6 +24,7 @@ from cftool.data.augment import training_transform
 from cftool.errors import CftoolError
 from cftool.evaluate import evaluate_zero_shot, zero_shot_head
 from cftool.io.checkpoint import Header, check_writable, open_checkpoint, refuse_existing, save_checkpoint
+from cftool.io.command_files import prototypes_path, state_path
 from cftool.train.features import image_features
 from cftool.train.loop import Progress, Ranks, TrainOptions, no_progress, train
 from cftool.train.methods import METHODS, Method, build_method, zero_shot_class_features
@@ -32,22 +33,6 @@ from cftool.train.prototypes import class_prototypes
 from cftool.zoo import ZooModel, load_model
 
 logger = logging.getLogger(__name__)
-
-SUFFIX = ".safetensors"
-
-
-def beside(output: Path, suffix: str) -> Path:
-    """A file next to ``output`` named after it: ``coop.safetensors`` → ``coop.prototypes.safetensors``."""
-    return output.with_name(output.name.removesuffix(SUFFIX) + suffix)
-
-
-def prototypes_path(output: Path) -> Path:
-    return beside(output, ".prototypes" + SUFFIX)
-
-
-def state_path(output: Path) -> Path:
-    return beside(output, ".state.pt")
-
 
 @dataclass(frozen=True)
 class FinetuneJob:

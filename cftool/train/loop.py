@@ -368,6 +368,7 @@ def _load_state(
             )
     if not 0 <= state["step"] <= total:
         raise CftoolError(f"{path}: trainer state is at step {state['step']}, outside this run's 0..{total}; delete it")
+    _check_optimizer_state(path, state["optimizer"], optimizer, trainable)
     try:
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -377,6 +378,48 @@ def _load_state(
         for name, parameter in trainable.items():
             parameter.copy_(state["trainable"][name])
     return state["step"]
+
+
+def _check_optimizer_state(
+    path: Path, saved: Any, optimizer: torch.optim.Optimizer, trainable: dict[str, torch.nn.Parameter]
+) -> None:
+    """Every moment (SGD's momentum buffer, Adam's exp_avg and exp_avg_sq) a finite float tensor of its parameter's
+    shape: `load_state_dict` checks only the groups' sizes (and casts dtypes silently), so a misfit would otherwise
+    fail at the first step, deep inside torch, or train on NaN."""
+
+    def misfit(what: str) -> CftoolError:
+        return CftoolError(f"{path}: trainer state's optimizer state does not fit this run ({what}); delete it")
+
+    groups, saved_groups = optimizer.param_groups, saved.get("param_groups")
+    states = saved.get("state")
+    if not (isinstance(saved_groups, list) and isinstance(states, dict)):
+        raise misfit("no 'state' and 'param_groups'")
+    if len(saved_groups) != len(groups):
+        raise misfit(f"{len(saved_groups)} parameter groups, not {len(groups)}")
+    names = {id(parameter): name for name, parameter in trainable.items()}
+    for group, saved_group in zip(groups, saved_groups, strict=True):
+        ids = saved_group.get("params") if isinstance(saved_group, dict) else None
+        if not isinstance(ids, list) or len(ids) != len(group["params"]):
+            raise misfit("a parameter group of another size")
+        for index, parameter in zip(ids, group["params"], strict=True):
+            entries = states.get(index, {})
+            if not isinstance(entries, dict):
+                raise misfit(f"the state of {names[id(parameter)]!r} is not a dictionary")
+            for key, value in entries.items():
+                if key == "step" or (key == "momentum_buffer" and value is None):
+                    continue  # a count torch checks itself; SGD without momentum keeps no buffer
+                fits = (
+                    isinstance(value, torch.Tensor)
+                    and value.is_floating_point()
+                    and value.shape == parameter.shape
+                    and bool(torch.isfinite(value).all())
+                )
+                if not fits:
+                    found = f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value)
+                    raise misfit(
+                        f"{key} of {names[id(parameter)]!r} is {found}, not finite floats of shape "
+                        f"{list(parameter.shape)}"
+                    )
 
 
 def _check_fingerprint(path: Path, saved: dict[str, Any], current: dict[str, Any]) -> None:
