@@ -24,6 +24,7 @@ from cftool.errors import CftoolError
 from cftool.evaluate import LabelSpace, encode_images, zero_shot_head
 from cftool.io.checkpoint import open_checkpoint
 from cftool.io.unified import UnifiedSet, open_unified
+from cftool.merge.stream import refuse_non_finite
 from cftool.metrics import top1_accuracy
 from cftool.train.adapters import applied
 from cftool.zoo import ZooModel
@@ -180,6 +181,7 @@ def read_prototypes(files: Sequence[Path], zoo: ZooModel, base_sha256: str, embe
                 f"{path}: expected prototypes [classes, {embed_dim}] for the base {zoo.spec.canonical}, "
                 f"found {list(prototypes.shape)}"
             )
+        refuse_non_finite(prototypes, path, "prototypes")  # a NaN score would route every image to the same task
         by_task[task] = (path, prototypes.float())
     return {task: prototypes for task, (_, prototypes) in by_task.items()}
 

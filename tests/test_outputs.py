@@ -121,3 +121,54 @@ def test_ctrl_c_while_the_cli_is_still_loading_is_one_line_too(monkeypatch, caps
         main()
     assert exit_info.value.code == 130
     assert capsys.readouterr().err == "interrupted: nothing was written\n"
+
+
+@pytest.mark.parametrize(
+    "outputs",
+    [
+        ["-o", "{blocked}/r.json"],
+        ["--path", "zs", "zs", "--plot", "{blocked}/p.png"],
+        ["--sessions", "zs", "--heatmap", "{blocked}/h.png"],
+        ["--path", "zs", "zs", "--plot", "{free}/same", "-o", "{free}/same"],
+    ],
+    ids=["json", "plot", "heatmap", "plot-is-json"],
+)
+def test_every_output_of_eval_is_checked_before_any_work(cli, tmp_path, monkeypatch, outputs):
+    blocked = tmp_path / "runs"
+    blocked.write_text("a file where the output folder should be")
+    loaded = []
+    monkeypatch.setattr("cftool.zoo.load_model", lambda *args: loaded.append(args))
+    args = [arg.format(blocked=blocked, free=tmp_path) for arg in outputs]
+    error = one_line_error(cli("eval", "--zs", "tiny", "--data", "toy:mnist", *args))
+    assert ("cannot write" in error) if "{blocked}" in " ".join(outputs) else ("is also the file of" in error)
+    assert loaded == []  # refused before the model was even loaded
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]
+
+
+
+def test_a_run_killed_between_its_two_files_never_leaves_new_prototypes_beside_an_old_checkpoint(
+    cli, tmp_path, monkeypatch
+):
+    import importlib
+
+    from cftool.io.checkpoint import open_checkpoint
+
+    output = tmp_path / "f.safetensors"
+    assert cli("finetune", *DATA, "-o", output).code == 0  # the old pair, of mnist
+    module = importlib.import_module("cftool.train.finetune")
+    real_save = module.save_checkpoint
+    on_disk_when_killed = []
+
+    def killed_before_the_checkpoint(path, tensors, header, overwrite=False):
+        if header.kind == "prototypes":
+            return real_save(path, tensors, header, overwrite=overwrite)
+        on_disk_when_killed.extend(sorted(p.name for p in tmp_path.iterdir()))
+        with open_checkpoint(tmp_path / "f.prototypes.safetensors") as prototypes:
+            on_disk_when_killed.append(prototypes.header.task)
+        raise KeyboardInterrupt  # a kill here leaves what is on disk now
+
+    monkeypatch.setattr(module, "save_checkpoint", killed_before_the_checkpoint)
+    new_task = [arg if arg != "toy:mnist" else "toy:food" for arg in DATA]
+    assert cli("finetune", *new_task, "-o", output, "--force").code == 130
+    # the new prototypes (food), without the old checkpoint (mnist)
+    assert on_disk_when_killed == ["f.prototypes.safetensors", "food"]

@@ -11,7 +11,7 @@ from conftest import one_line_error, stand_in_finetune
 
 from cftool.data import load_task
 from cftool.evaluate import LabelSpace, encode_images, zero_shot_head
-from cftool.io.checkpoint import save_checkpoint
+from cftool.io.checkpoint import open_checkpoint, save_checkpoint
 from cftool.io.unified import open_unified
 from cftool.route import (
     LOGIT_SCALE,
@@ -199,3 +199,31 @@ def test_bad_routing_inputs_are_one_line_errors(cli, condu, toy_folders, tmp_pat
     assert str(other_base) in message and "base" in message
     assert "has no task 'sun397'" in one_line_error(cli("route", unified, "--task", "sun397", "--data", data))
     assert "--top-k" in one_line_error(cli("route", unified, "--task", "food", "--top-k", "2", "--data", data))
+
+
+def test_prototypes_holding_nan_are_refused_before_routing(cli, condu, toy_folders, tmp_path):
+    folder = tmp_path / "protos"
+    folder.mkdir()
+    for name in TASKS:
+        with open_checkpoint(condu / f"{name}.prototypes.safetensors") as ckpt:
+            prototypes, header = ckpt["prototypes"].clone(), ckpt.header
+        if name == "mnist":
+            prototypes[1, 3] = float("nan")
+        save_checkpoint(folder / f"{name}.prototypes.safetensors", {"prototypes": prototypes}, header)
+    output = tmp_path / "routed.csv"
+    result = cli("route", condu / "unified.st", "--prototypes", str(folder / "*.prototypes.safetensors"),
+                 "--data", f"folder:{toy_folders['cars']}", "-o", output)  # fmt: skip
+    line = one_line_error(result)
+    assert "mnist.prototypes.safetensors" in line and "NaN" in line
+    assert not output.exists()
+
+
+def test_route_checks_its_output_before_routing(cli, condu, toy_folders, tmp_path, monkeypatch):
+    blocked = tmp_path / "runs"
+    blocked.write_text("a file where the output folder should be")
+    loaded = []
+    monkeypatch.setattr("cftool.zoo.load_model", lambda *args: loaded.append(args))
+    result = cli("route", condu / "unified.st", "--task", "food", "--data", f"folder:{toy_folders['food']}",
+                 "-o", blocked / "routed.csv")  # fmt: skip
+    assert "routed.csv: cannot write" in one_line_error(result)
+    assert loaded == []

@@ -140,7 +140,7 @@ def eval_command(
     'runs/*.prototypes.safetensors'
     """
     from cftool.data import DatasetSpec, get_benchmark, load_task
-    from cftool.io.checkpoint import refuse_existing, refuse_input_as_output
+    from cftool.io.checkpoint import check_outputs
     from cftool.mtil import MtilOptions
     from cftool.paths import path_report
     from cftool.protocols import ZERO_SHOT, FeatureCache, compare
@@ -170,10 +170,8 @@ def eval_command(
     if plot is not None and path is None:
         raise CftoolError("--plot draws a path: give --path A B")
     named_files = [Path(name) for name in (*(checkpoints or []), *(path or []), zs or "") if Path(name).is_file()]
-    for report_file in (output, plot, heatmap):
-        if report_file is not None:
-            refuse_existing(report_file, force)
-            refuse_input_as_output(report_file, named_files)  # before any work; any other input is refused on writing
+    # before any work; any other input is refused on writing
+    check_outputs({"-o": output, "--plot": plot, "--heatmap": heatmap}, named_files, force)
     if plot is not None or heatmap is not None:
         _require_matplotlib("--plot" if plot is not None else "--heatmap")
     seed_everything(seed)

@@ -84,7 +84,7 @@ def route_command(
     Example: cftool route session11.st --zs tiny --prototypes 'runs/*.prototypes.safetensors' --data toy:food
     """
     from cftool.data import load_task
-    from cftool.io.checkpoint import open_checkpoint, refuse_existing, refuse_input_as_output
+    from cftool.io.checkpoint import check_outputs, open_checkpoint
     from cftool.route import RouteOptions, predict
     from cftool.zoo import load_model
     from cftool.zoo.base import recorded_base
@@ -102,9 +102,7 @@ def route_command(
             "routing without --task needs the tasks' prototypes: --prototypes 'runs/*.prototypes."
             "safetensors' (or give --task NAME)"
         )
-    if output is not None:
-        refuse_input_as_output(output, [unified])
-        refuse_existing(output, force)
+    check_outputs({"-o": output}, [unified], force)
     seed_everything(seed)
     task_data = load_task(data, data_root)
     zoo = load_model(zs or recorded_base(header, unified), resolve_device(device))

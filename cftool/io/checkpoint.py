@@ -16,7 +16,7 @@ import math
 import os
 import secrets
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,6 +273,22 @@ def refuse_input_as_output(output: Path, inputs: list[Path]) -> None:
     for source in inputs:
         if os.path.realpath(source) == target:
             raise CftoolError(f"{output}: is also an input of this command; name a different output file")
+
+
+def check_outputs(outputs: Mapping[str, Path | None], inputs: Sequence[Path], overwrite: bool) -> None:
+    """Every output a command will write (by its option, ``{"-o": path}``), checked before any work: none named twice,
+    none an existing file without ``overwrite`` or one of ``inputs``, each writable now."""
+    named: dict[str, str] = {}
+    for option, path in outputs.items():
+        if path is None:
+            continue
+        target = os.path.realpath(path)
+        if target in named:
+            raise CftoolError(f"{option} {path}: is also the file of {named[target]}; give each output its own file")
+        named[target] = option
+        refuse_existing(path, overwrite)
+        refuse_input_as_output(path, list(inputs))
+        check_writable(path)
 
 
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)

@@ -186,6 +186,9 @@ def _finetune(
         config=config,
     )
     prototypes_header = replace(header, kind="prototypes", template=None)
+    # An old pair goes checkpoint first: killed from here on, the run leaves its new prototypes alone (which the next
+    # run replaces), never new prototypes beside the old checkpoint, which routing would take for a pair.
+    job.output.unlink(missing_ok=True)  # only there with --force, checked above
     result.prototypes = save_checkpoint(
         prototypes_path(job.output), {"prototypes": prototypes}, prototypes_header, overwrite=True  # checked above
     )
