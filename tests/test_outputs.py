@@ -172,3 +172,12 @@ def test_a_run_killed_between_its_two_files_never_leaves_new_prototypes_beside_a
     assert cli("finetune", *new_task, "-o", output, "--force").code == 130
     # the new prototypes (food), without the old checkpoint (mnist)
     assert on_disk_when_killed == ["f.prototypes.safetensors", "food"]
+
+
+def test_finetune_never_removes_its_own_base_model_file(cli, tmp_path):
+    model = tmp_path / "m.safetensors"
+    assert cli("export", "--zs", "tiny", "-o", model).code == 0
+    before = model.read_bytes()
+    args = [arg for arg in DATA if arg not in ("--zs", "tiny")]
+    assert "input" in one_line_error(cli("finetune", "--zs", model, *args, "--method", "full", "-o", model, "--force"))
+    assert model.read_bytes() == before

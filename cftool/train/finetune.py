@@ -188,6 +188,7 @@ def _finetune(
     prototypes_header = replace(header, kind="prototypes", template=None)
     # An old pair goes checkpoint first: killed from here on, the run leaves its new prototypes alone (which the next
     # run replaces), never new prototypes beside the old checkpoint, which routing would take for a pair.
+    refuse_existing(job.output, job.force)  # again, now that every input has been read: never remove one
     job.output.unlink(missing_ok=True)  # only there with --force, checked above
     result.prototypes = save_checkpoint(
         prototypes_path(job.output), {"prototypes": prototypes}, prototypes_header, overwrite=True  # checked above
