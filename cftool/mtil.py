@@ -28,7 +28,7 @@ from cftool.io.header import check_input_file, read_cftool_header
 from cftool.io.unified import TASKS_KEY, UnifiedSet, parse_tasks
 from cftool.metrics import mtil_metrics, top1_accuracy
 from cftool.protocols import ZERO_SHOT, FeatureCache, labelled_column, split_label
-from cftool.route import RouteOptions, prototype_files, prototypes_of, read_prototypes, route_split
+from cftool.route import RouteOptions, TaskPrototypes, prototype_files, prototypes_of, read_prototypes, route_split
 from cftool.train.adapters import applied, open_applicable
 from cftool.zoo import ZooModel
 
@@ -194,7 +194,7 @@ class CellEvaluator:
         self.base_state = {name: t.clone() for name, t in zoo.model.state_dict().items()}
         self._hashes: dict[Path, str] = {}
         self._data: dict[str, dict[str, Any]] = {}
-        self._prototypes: dict[str, torch.Tensor] | None = None
+        self._prototypes: dict[str, TaskPrototypes] | None = None
 
     def _space(self, task: TaskData) -> LabelSpace:
         if self.options.label_space == "union":
@@ -277,7 +277,7 @@ class CellEvaluator:
         )  # fmt: skip
         return routed.accuracy
 
-    def _known_prototypes(self) -> dict[str, torch.Tensor]:
+    def _known_prototypes(self) -> dict[str, TaskPrototypes]:
         if self._prototypes is None:
             if not self.options.prototypes:
                 raise CftoolError(

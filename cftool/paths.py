@@ -25,9 +25,11 @@ from cftool.errors import CftoolError
 from cftool.evaluate import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, save_checkpoint
 from cftool.merge.lora import lora_config, merged_lora_state
+from cftool.merge.methods import refuse_scale_overflow
+from cftool.merge.stream import refuse_overflow
 from cftool.protocols import ZERO_SHOT, FeatureCache, halves_of
 from cftool.train.adapters import apply_checkpoint
-from cftool.train.methods import METHODS, ZERO_SHOT_WEIGHT, zero_shot_class_features
+from cftool.train.methods import METHODS, ZERO_SHOT_WEIGHT, zero_shot_class_features, zero_shot_weight
 from cftool.zoo import ZooModel
 
 WEIGHT_KINDS = ("model", "lora")
@@ -214,15 +216,23 @@ def interpolate_weights(
     }
 
 
-def interpolate(zoo: ZooModel, a: str, b: str, alpha: float, output: Path, overwrite: bool) -> Path:
-    """Write the point ``(1 − α)·A + α·B`` of the path as a checkpoint of the ends' kind."""
+def check_alpha(alpha: float, output: Path) -> None:
+    """Weights are interpolated in float32, where an α it cannot hold is Inf."""
     if not math.isfinite(alpha):
         raise CftoolError(f"--alpha must be a finite number, got {alpha}")
+    refuse_scale_overflow("--alpha", alpha, [torch.float32], output)
+
+
+def interpolate(zoo: ZooModel, a: str, b: str, alpha: float, output: Path, overwrite: bool) -> Path:
+    """Write the point ``(1 − α)·A + α·B`` of the path as a checkpoint of the ends' kind."""
+    check_alpha(alpha, output)
     start, end, kind = endpoints(a, b, zoo.weights_sha256, zoo.architecture)
     readers = [open_checkpoint(e.path) if e.path is not None else None for e in (start, end)]
     try:
         template = next(r for r in reversed(readers) if r is not None)
         tensors, extra_config = _interpolated(zoo, kind, readers, alpha)
+        for name, tensor in tensors.items():  # finite ends, far beyond them, can leave float32's range
+            refuse_overflow(tensor, output, name, f"use an --alpha closer to [0, 1] than {alpha:g}")
         config = {**(template.header.config or {}), **extra_config, "interpolated": {"a": a, "b": b, "alpha": alpha}}
         header = Header(
             kind=kind,
@@ -235,6 +245,7 @@ def interpolate(zoo: ZooModel, a: str, b: str, alpha: float, output: Path, overw
             template=template.header.template,
             method="interpolate",
             config=config,
+            run=template.header.run,
         )
         return save_checkpoint(output, tensors, header, overwrite=overwrite)
     finally:
@@ -263,7 +274,7 @@ def _interpolated(
         )
     index = 0 if readers[0] is not None else 1
     prompt = readers[index]
-    previous = float((prompt.header.config or {}).get(ZERO_SHOT_WEIGHT, 0.0))
+    previous = zero_shot_weight(prompt)
     # The prompt end already holds a share of the zero-shot head; the new point keeps that proportion.
     prompt_share = weights[index] * (1 - previous)
     return {"ctx": prompt["ctx"]}, {ZERO_SHOT_WEIGHT: 1 - prompt_share}

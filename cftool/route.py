@@ -24,7 +24,6 @@ from cftool.errors import CftoolError
 from cftool.evaluate import LabelSpace, encode_images, zero_shot_head
 from cftool.io.checkpoint import open_checkpoint
 from cftool.io.unified import UnifiedSet, open_unified
-from cftool.merge.stream import refuse_non_finite
 from cftool.metrics import top1_accuracy
 from cftool.train.adapters import applied
 from cftool.zoo import ZooModel
@@ -160,20 +159,33 @@ def prototype_files(patterns: Sequence[str]) -> list[Path]:
     return files
 
 
-def read_prototypes(files: Sequence[Path], zoo: ZooModel, base_sha256: str, embed_dim: int) -> dict[str, torch.Tensor]:
-    """Class prototypes by task, from `prototypes` files made for the base in use: [classes, embed_dim] each."""
-    by_task: dict[str, tuple[Path, torch.Tensor]] = {}
+@dataclass(frozen=True)
+class TaskPrototypes:
+    """One task's class prototypes [classes, embed_dim], with what their file records of the fine-tune behind them."""
+
+    path: Path
+    prototypes: torch.Tensor
+    classnames: list[str] | None
+    run: str | None
+
+
+def read_prototypes(
+    files: Sequence[Path], zoo: ZooModel, base_sha256: str, embed_dim: int
+) -> dict[str, TaskPrototypes]:
+    """Class prototypes by task, from `prototypes` files made for the base in use: [classes, embed_dim] each (NaN or
+    Inf refused as they are read: a NaN score would route every image to the same task)."""
+    by_task: dict[str, TaskPrototypes] = {}
     for path in files:
         with open_checkpoint(
             path, kind="prototypes", base_sha256=base_sha256, base=zoo.spec.canonical, base_arch=zoo.architecture
         ) as ckpt:
-            task = ckpt.header.task
-            if task is None:
+            header = ckpt.header
+            if header.task is None:
                 raise CftoolError(f"{path}: a prototypes file that names no task (cftool.task); re-create it")
-            if task in by_task:
+            if header.task in by_task:
                 raise CftoolError(
-                    f"{path}: a second prototypes file of task {task!r} (the first: {by_task[task][0]}); give patterns "
-                    "that match one file per task"
+                    f"{path}: a second prototypes file of task {header.task!r} (the first: "
+                    f"{by_task[header.task].path}); give patterns that match one file per task"
                 )
             prototypes = ckpt["prototypes"]
         if prototypes.dim() != 2 or prototypes.shape[1] != embed_dim:
@@ -181,13 +193,15 @@ def read_prototypes(files: Sequence[Path], zoo: ZooModel, base_sha256: str, embe
                 f"{path}: expected prototypes [classes, {embed_dim}] for the base {zoo.spec.canonical}, "
                 f"found {list(prototypes.shape)}"
             )
-        refuse_non_finite(prototypes, path, "prototypes")  # a NaN score would route every image to the same task
-        by_task[task] = (path, prototypes.float())
-    return {task: prototypes for task, (_, prototypes) in by_task.items()}
+        by_task[header.task] = TaskPrototypes(path, prototypes.float(), header.classnames, header.run)
+    return by_task
 
 
-def prototypes_of(unified: UnifiedSet, known: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
-    """The prototypes of every task of a unified set, in its order; a task without them is refused."""
+def prototypes_of(unified: UnifiedSet, known: Mapping[str, TaskPrototypes]) -> list[torch.Tensor]:
+    """The prototypes of every task of a unified set, in its order; a task without them is refused, and so are
+    prototypes of another fine-tune than the task's expert (another run, or other classes): a checkpoint and its
+    prototypes are replaced one after the other, and a run killed in between must not pair the new with the old.
+    Files that record no run (written before runs were recorded, or imported) are paired by task and classes."""
     missing = [task for task in unified.task_names if task not in known]
     if missing:
         raise CftoolError(
@@ -195,13 +209,33 @@ def prototypes_of(unified: UnifiedSet, known: Mapping[str, torch.Tensor]) -> lis
             f"{', '.join(known) or 'none'}); add the prototypes file finetune wrote for each"
         )
     for entry in unified.tasks:
-        n_prototypes = known[entry.task].shape[0]
+        found = known[entry.task]
+        if entry.run is not None and found.run is not None and entry.run != found.run:
+            raise CftoolError(
+                f"{found.path}: prototypes of another fine-tune of task {entry.task!r} (run {found.run[:12]}) than "
+                f"its expert in {unified.path} (run {entry.run[:12]}); give the prototypes file written with that "
+                "checkpoint, or rerun finetune to write the pair again"
+            )
+        n_prototypes = found.prototypes.shape[0]
         if entry.classnames is not None and n_prototypes != len(entry.classnames):
             raise CftoolError(
                 f"{unified.path}: task {entry.task!r} has {len(entry.classnames)} classes but its prototypes "
                 f"{n_prototypes}; give the prototypes file of the same fine-tune"
             )
-    return [known[task] for task in unified.task_names]
+        if entry.classnames is not None and found.classnames is not None and entry.classnames != found.classnames:
+            raise CftoolError(
+                f"{found.path}: prototypes of other classes of task {entry.task!r} than its expert in {unified.path} "
+                f"({_first_difference(found.classnames, entry.classnames)}); give the prototypes file of the same "
+                "fine-tune"
+            )
+    return [known[task].prototypes for task in unified.task_names]
+
+
+def _first_difference(found: Sequence[str], expected: Sequence[str]) -> str:
+    if len(found) != len(expected):  # a file whose class names do not count its prototypes
+        return f"{len(found)} class names, not {len(expected)}"
+    index = next(i for i, (a, b) in enumerate(zip(found, expected, strict=True)) if a != b)
+    return f"class {index} is {found[index]!r}, not {expected[index]!r}"
 
 
 @dataclass

@@ -140,9 +140,9 @@ def eval_command(
     'runs/*.prototypes.safetensors'
     """
     from cftool.data import DatasetSpec, get_benchmark, load_task
-    from cftool.io.checkpoint import check_outputs
-    from cftool.mtil import MtilOptions
-    from cftool.paths import path_report
+    from cftool.io.checkpoint import check_outputs, check_writable_folder, refuse_input_as_output
+    from cftool.mtil import MtilOptions, default_cache_dir
+    from cftool.paths import path_alphas, path_report
     from cftool.protocols import ZERO_SHOT, FeatureCache, compare
     from cftool.route import RouteOptions
     from cftool.zoo import load_model
@@ -169,9 +169,14 @@ def eval_command(
         raise CftoolError("--path A B evaluates one path; give no other checkpoints with it")
     if plot is not None and path is None:
         raise CftoolError("--plot draws a path: give --path A B")
+    if path is not None:
+        path_alphas(steps)  # --steps refused before any work
+    reports = {"-o": output, "--plot": plot, "--heatmap": heatmap}
     named_files = [Path(name) for name in (*(checkpoints or []), *(path or []), zs or "") if Path(name).is_file()]
-    # before any work; any other input is refused on writing
-    check_outputs({"-o": output, "--plot": plot, "--heatmap": heatmap}, named_files, force)
+    check_outputs(reports, named_files, force)  # before any work, the files that patterns name included below
+    cache_folder = cache_dir or (default_cache_dir() if sessions else None)
+    if cache_folder is not None:  # filled as cells are measured: the first stored one comes after work
+        check_writable_folder(cache_folder, "--cache-dir" if cache_dir else "--cache-dir (the default)")
     if plot is not None or heatmap is not None:
         _require_matplotlib("--plot" if plot is not None else "--heatmap")
     seed_everything(seed)
@@ -188,6 +193,10 @@ def eval_command(
         title = ", ".join(data) + ("" if classes == "all" else f", {classes} classes")
     tasks = [load_task(spec, data_root) for spec in specs]
     names = [task.name for task in tasks]
+    inputs = _input_files([*(checkpoints or []), *(path or [])], sessions or [], prototypes or [], names)
+    for report in reports.values():
+        if report is not None:
+            refuse_input_as_output(report, inputs)
     zs = zs or _base_of(path or checkpoints or [], names, sessions or [])
     zs = zs or (bench.default_model if benchmark else None)  # the backbone of the benchmark's published numbers
     if zs is None:
@@ -196,15 +205,13 @@ def eval_command(
     base_sha256 = zoo.weights_sha256  # before any checkpoint's weights replace the base's
     with progress_bar() as progress:
         if sessions:
-            from cftool.mtil import default_cache_dir, mtil_report
+            from cftool.mtil import mtil_report
 
             def begin(description: str, total: int | None):
                 bar = progress.add_task(description, total=total)
                 return lambda n=1: progress.advance(bar, n)
 
-            payload = mtil_report(
-                zoo, checkpoints or [], sessions, tasks, split, mtil_options, cache_dir or default_cache_dir(), begin
-            )
+            payload = mtil_report(zoo, checkpoints or [], sessions, tasks, split, mtil_options, cache_folder, begin)
         else:
             bar = progress.add_task("encode images", total=None)
             cache = FeatureCache(zoo, batch_size, workers, partial(progress.advance, bar), cache_dir)
@@ -230,6 +237,24 @@ def eval_command(
         write_json(output, payload, overwrite=force)
     if json_output:
         emit_json(payload)
+
+
+def _input_files(columns: list[str], sessions: list[str], patterns: list[str], tasks: list[str]) -> list[Path]:
+    """The files that the checkpoints' patterns and folders, --sessions and --prototypes name, found as the evaluation
+    will find them: no output may replace one of them."""
+    import glob
+
+    from cftool.mtil import resolve_sessions
+    from cftool.protocols import ZERO_SHOT, labelled_column
+
+    files = []
+    for spec in columns:
+        if spec != ZERO_SHOT:
+            column = labelled_column(spec, tasks)
+            files += [file for task in tasks for file in column.files_of(task) if file is not None]
+    files += [file for spec in sessions for file in resolve_sessions(spec, len(tasks)).files]
+    files += [Path(name) for pattern in patterns for name in glob.glob(pattern)]
+    return files
 
 
 def _base_of(specs: list[str], tasks: list[str], sessions: list[str] = ()) -> str | None:

@@ -122,17 +122,19 @@ def import_command(
 
     Example: cftool import condu/session_10 --zs ViT-B/16 -o unified.st
     """
-    from cftool.io.checkpoint import refuse_existing
+    from cftool.io.checkpoint import check_outputs
 
     if zs is None:
         raise CftoolError("--zs is required: name the base model the checkpoint was trained from (e.g. --zs ViT-B/16)")
-    refuse_existing(output, force)
     fmt = _detect_format(source) if source_format == "auto" else source_format
     if fmt not in ("open_clip", "coop", "condu"):
         raise CftoolError(f"--format {source_format!r}: expected auto, open_clip, coop or condu")
+    inputs = [file for file in source.iterdir() if file.is_file()] if source.is_dir() else [source]
+    inputs += [Path(zs)] if Path(zs).is_file() else []
     if fmt == "condu":
-        _import_condu_session(source, zs, output, prototypes_dir, task, force)
+        _import_condu_session(source, zs, output, prototypes_dir, task, force, inputs)
         return
+    check_outputs({"-o": output}, inputs, force)  # before any work
     from cftool.zoo import load_model
     from cftool.zoo.convert import import_coop_prompt, import_full_model
 
@@ -163,11 +165,12 @@ def export_command(
 
     Example: cftool export finetuned.safetensors --dtype fp16 -o finetuned.pt
     """
-    from cftool.io.checkpoint import refuse_existing
+    from cftool.io.checkpoint import check_outputs
 
     if (source is None) == (zs is None):
         raise CftoolError("give either a cftool model file to export, or --zs SPEC to materialise a zoo model")
-    refuse_existing(output, force)
+    inputs = [Path(name) for name in (source, zs) if name is not None and Path(name).is_file()]
+    check_outputs({"-o": output}, inputs, force)  # before any work
     wanted_dtype = torch_dtype(dtype)
     if source is not None:
         from cftool.io.convert import export_plain
@@ -182,18 +185,27 @@ def export_command(
 
 
 def _import_condu_session(
-    folder: Path, zs: str, output: Path, prototypes_dir: Path | None, task: str | None, force: bool
+    folder: Path, zs: str, output: Path, prototypes_dir: Path | None, task: str | None, force: bool, inputs: list[Path]
 ) -> None:
+    from cftool.io.checkpoint import check_outputs
     from cftool.io.convert import import_condu_session
-    from cftool.io.foreign import is_condu_session
+    from cftool.io.foreign import condu_task_names, is_condu_session, read_condu_prototypes
     from cftool.zoo.base import open_base
 
     if task is not None:
         raise CftoolError("--task names the task of one checkpoint; a ConDU session names its tasks by their files")
     if not is_condu_session(folder):
         raise CftoolError(f"{folder}: not a ConDU session folder (no unified.pth in it); name the session_N folder")
+    prototypes_dir = prototypes_dir or output.parent
+    with_prototypes = read_condu_prototypes(folder).keys()
+    prototype_files = {
+        f"the prototypes of {name!r}": prototypes_dir / f"{name}.prototypes.safetensors"
+        for name in condu_task_names(folder)
+        if name in with_prototypes
+    }
+    check_outputs({"-o": output, **prototype_files}, inputs, force)  # before the unified delta is read
     with open_base(zs) as base:
-        written = import_condu_session(folder, base, output, prototypes_dir or output.parent, force)
+        written = import_condu_session(folder, base, output, prototypes_dir, force)
     console.print(f"wrote {written[0]} (ConDU session → unified)" + "".join(f", {path}" for path in written[1:]))
 
 

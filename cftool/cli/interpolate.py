@@ -31,16 +31,15 @@ def interpolate_command(
 
     Example: cftool interpolate zs coop.safetensors --alpha 0.5 -o ensemble.safetensors
     """
-    from cftool.io.checkpoint import open_checkpoint, refuse_existing
-    from cftool.paths import interpolate
+    from cftool.io.checkpoint import check_outputs, open_checkpoint
+    from cftool.paths import check_alpha, interpolate
     from cftool.protocols import ZERO_SHOT
     from cftool.zoo import load_model
     from cftool.zoo.base import recorded_base
 
-    refuse_existing(output, force)
+    check_alpha(alpha, output)
     inputs = [spec for spec in (start, end) if spec != ZERO_SHOT]
-    if any(Path(spec).resolve() == output.resolve() for spec in inputs):
-        raise CftoolError(f"-o {output}: is one of the inputs; name another output file")
+    check_outputs({"-o": output}, [Path(spec) for spec in (*inputs, zs or "") if Path(spec).is_file()], force)
     if zs is None:
         if not inputs:
             raise CftoolError("interpolate zs zs: name a checkpoint for at least one end")

@@ -83,6 +83,8 @@ def route_command(
 
     Example: cftool route session11.st --zs tiny --prototypes 'runs/*.prototypes.safetensors' --data toy:food
     """
+    import glob
+
     from cftool.data import load_task
     from cftool.io.checkpoint import check_outputs, open_checkpoint
     from cftool.route import RouteOptions, predict
@@ -102,7 +104,9 @@ def route_command(
             "routing without --task needs the tasks' prototypes: --prototypes 'runs/*.prototypes."
             "safetensors' (or give --task NAME)"
         )
-    check_outputs({"-o": output}, [unified], force)
+    prototype_files = [Path(name) for pattern in prototypes or [] for name in glob.glob(pattern)]
+    zs_file = [Path(zs)] if zs is not None and Path(zs).is_file() else []
+    check_outputs({"-o": output}, [unified, *prototype_files, *zs_file], force)  # before any work
     seed_everything(seed)
     task_data = load_task(data, data_root)
     zoo = load_model(zs or recorded_base(header, unified), resolve_device(device))

@@ -189,7 +189,7 @@ def _read_split_file(name: str, dataset_dir: Path, image_subdir: str) -> tuple[l
     for split, split_rows in rows.items():
         items[split] = []
         for position, row in enumerate(split_rows):
-            where = f"{split_path}: row {position} of '{split}'"
+            where = f"{split_path}: row {position} of {split!r}"
             try:
                 path, label, classname = row
             except (TypeError, ValueError):

@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 
 from cftool.errors import CftoolError
-from cftool.io.command_files import note_written, refuse_input_overwrite
+from cftool.io.command_files import note_written, read_together, refuse_input_overwrite
 from cftool.io.header import (
     Header,
     TensorInfo,
@@ -39,6 +39,25 @@ from cftool.io.header import (
 )
 
 _DTYPE_NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in torch_dtypes().items()}
+# The floating dtypes cftool writes; torch has no finiteness check for its 8-bit floats.
+_CHECKED_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def finite(values: torch.Tensor) -> bool:
+    """No NaN or Inf in ``values``. A sum is finite unless some entry is NaN or ±Inf (or it overflows, which the
+    exact check then rules out), and costs a tenth of ``isfinite``'s bool tensor."""
+    return bool(torch.isfinite(values.sum(dtype=torch.float32 if values.dtype != torch.float64 else None))) or bool(
+        torch.isfinite(values).all()
+    )
+
+
+def refuse_non_finite(values: torch.Tensor, source: Path, name: str) -> None:
+    """Checked where tensors are read: a NaN or Inf would spread into every result computed from them."""
+    if values.dtype in _CHECKED_FLOATS and not finite(values):
+        raise CftoolError(
+            f"{source}: tensor {name!r} holds NaN or Inf values; "
+            "re-create it from a finite checkpoint (`cftool inspect --check` finds them)"
+        )
 
 
 def safetensors_dtype(dtype: torch.dtype) -> str:
@@ -57,6 +76,9 @@ class CheckpointReader:
     few large files would otherwise grow the process to their total size; ``read_rows`` reads part of a
     tensor the same way. ``get_slice`` uses ``safetensors.safe_open`` (opened on first use), whose map
     does count. Use as a context manager or call ``close``.
+
+    A whole tensor holding NaN or Inf is refused as it is read; rows are checked by the streaming code that reads
+    them (`cftool.merge`), which checks its in-memory inputs the same way.
     """
 
     def __init__(
@@ -92,7 +114,9 @@ class CheckpointReader:
 
     def __getitem__(self, name: str) -> torch.Tensor:
         info = self._require(name)
-        return self._read(name, 0, info.nbytes).view(info.torch_dtype).reshape(info.shape)
+        tensor = self._read(name, 0, info.nbytes).view(info.torch_dtype).reshape(info.shape)
+        refuse_non_finite(tensor, self.path, name)
+        return tensor
 
     def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of a tensor's first dimension, reading only their bytes (no memory map)."""
@@ -267,12 +291,16 @@ def refuse_existing(path: Path, overwrite: bool) -> None:
         raise CftoolError(f"{path} exists; pass --force to overwrite")
 
 
-def refuse_input_as_output(output: Path, inputs: list[Path]) -> None:
-    """An output that is one of the inputs would be replaced while it is still being read: refuse it."""
+def refuse_input_as_output(output: Path, inputs: Sequence[Path]) -> None:
+    """An output that is one of the inputs, or one of their companions (`read_together`), would be replaced while
+    it is still being read, or part a checkpoint from its prototypes: refuse it."""
     target = os.path.realpath(output)
     for source in inputs:
-        if os.path.realpath(source) == target:
-            raise CftoolError(f"{output}: is also an input of this command; name a different output file")
+        if any(os.path.realpath(read) == target for read in read_together(Path(source))):
+            raise CftoolError(
+                f"{output}: is also an input of this command (one of its inputs, or a file read beside one); "
+                "name a different output file"
+            )
 
 
 def check_outputs(outputs: Mapping[str, Path | None], inputs: Sequence[Path], overwrite: bool) -> None:
@@ -286,8 +314,8 @@ def check_outputs(outputs: Mapping[str, Path | None], inputs: Sequence[Path], ov
         if target in named:
             raise CftoolError(f"{option} {path}: is also the file of {named[target]}; give each output its own file")
         named[target] = option
+        refuse_input_as_output(path, inputs)
         refuse_existing(path, overwrite)
-        refuse_input_as_output(path, list(inputs))
         check_writable(path)
 
 
@@ -337,6 +365,18 @@ def check_writable(path: Path) -> None:
         _create_temp_file(path.parent, path.name).unlink()
     except OSError as exc:
         raise _write_error(path, exc) from None
+
+
+def check_writable_folder(folder: Path, option: str) -> None:
+    """`check_writable` for a folder that a command fills as it works (a cache): the first file it stores there comes
+    after work that a refusal would lose."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _create_temp_file(folder, "write-check").unlink()
+    except OSError as exc:
+        raise CftoolError(
+            f"{option} {folder}: cannot write files there ({exc.strerror or exc}); name a writable folder"
+        ) from None
 
 
 @contextmanager

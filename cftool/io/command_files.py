@@ -36,6 +36,11 @@ def state_path(checkpoint: Path) -> Path:
     return beside(checkpoint, ".state.pt")
 
 
+def read_together(path: Path) -> tuple[Path, Path, Path]:
+    """``path`` and its companions: what a command that reads ``path`` may read, and so must not replace."""
+    return path, prototypes_path(path), state_path(path)
+
+
 @dataclass
 class CommandFiles:
     inputs: set[str] = field(default_factory=set)  # real paths
@@ -60,7 +65,7 @@ def note_input(path: Path) -> None:
     """Record ``path`` as read, with its companions."""
     files = _current.get()
     if files is not None:
-        for read in (path, prototypes_path(path), state_path(path)):
+        for read in read_together(path):
             files.inputs.add(os.path.realpath(read))
 
 

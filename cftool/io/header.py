@@ -65,10 +65,11 @@ _KEY_CLASSNAMES = "cftool.classnames"
 _KEY_TEMPLATE = "cftool.template"
 _KEY_METHOD = "cftool.method"
 _KEY_CONFIG = "cftool.config"
+_KEY_RUN = "cftool.run"
 _RESERVED_KEYS = frozenset(
     {
         _KEY_FORMAT, _KEY_KIND, _KEY_BASE, _KEY_BASE_SHA256, _KEY_BASE_ARCH, _KEY_BASE_PREPROCESS, _KEY_TASK,
-        _KEY_CLASSNAMES, _KEY_TEMPLATE, _KEY_METHOD, _KEY_CONFIG,
+        _KEY_CLASSNAMES, _KEY_TEMPLATE, _KEY_METHOD, _KEY_CONFIG, _KEY_RUN,
     }
 )  # fmt: skip
 
@@ -128,6 +129,10 @@ class Header:
     method: str | None = None
     config: dict | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    # The fine-tune a task's files come from (the content hash of the tensors it trained), recorded in its checkpoint
+    # and its prototypes and carried by what is made from the checkpoint (deltas, unified sets, experts): a
+    # checkpoint's files of two different runs are not a pair. Files made before it was recorded have none.
+    run: str | None = None
 
     def to_metadata(self) -> dict[str, str]:
         if self.kind not in KINDS:
@@ -154,6 +159,8 @@ class Header:
             metadata[_KEY_METHOD] = self.method
         if self.config is not None:
             metadata[_KEY_CONFIG] = json.dumps(self.config, ensure_ascii=False, sort_keys=True)
+        if self.run is not None:
+            metadata[_KEY_RUN] = self.run
         metadata.update(self.extra)
         return metadata
 
@@ -206,6 +213,7 @@ class Header:
             method=md.get(_KEY_METHOD),
             config=config,
             extra={k: v for k, v in md.items() if k not in _RESERVED_KEYS},
+            run=md.get(_KEY_RUN),
         )
 
 

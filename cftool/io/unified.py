@@ -8,7 +8,8 @@ Tensors, in this order for every floating tensor ``NAME`` of the model:
 
 and last ``rescalers``, float32 ``[n_tasks]``: every task's ``λ_I``. Besides the usual ``cftool.*`` keys (kind
 ``unified``, base, base_sha256, method ``condu``, config), the metadata key ``cftool.tasks`` holds the JSON list,
-in task order, of ``{"task", "classnames", "template"}``. Masks are named by task index, not task name, so that any
+in task order, of ``{"task", "classnames", "template"}`` (and ``"run"``, the fine-tune the task's delta came from,
+where its checkpoint recorded one). Masks are named by task index, not task name, so that any
 task name is allowed. Reading keeps to what one step needs: some rows of ``u`` and of one task's mask.
 """
 
@@ -43,9 +44,11 @@ class TaskEntry:
     task: str
     classnames: list[str] | None = None
     template: str | None = None
+    run: str | None = None  # `Header.run` of the task's delta
 
     def to_json(self) -> dict:
-        return {"task": self.task, "classnames": self.classnames, "template": self.template}
+        entry = {"task": self.task, "classnames": self.classnames, "template": self.template}
+        return entry if self.run is None else {**entry, "run": self.run}
 
 
 def tasks_metadata(tasks: Sequence[TaskEntry]) -> dict[str, str]:
@@ -88,10 +91,11 @@ def parse_tasks(path: Path, text: str | None) -> list[TaskEntry]:
             and isinstance(entry.get("task"), str)
             and (classnames is None or (isinstance(classnames, list) and all(isinstance(c, str) for c in classnames)))
             and isinstance(entry.get("template"), str | None)
+            and isinstance(entry.get("run"), str | None)
         )
         if not valid:
-            raise _damaged(path, f"{TASKS_KEY} has an entry that is not {{task, classnames, template}}")
-        tasks.append(TaskEntry(entry["task"], classnames, entry.get("template")))
+            raise _damaged(path, f"{TASKS_KEY} has an entry that is not {{task, classnames, template, run}}")
+        tasks.append(TaskEntry(entry["task"], classnames, entry.get("template"), entry.get("run")))
     names = [task.task for task in tasks]
     if len(set(names)) != len(names):
         raise _damaged(path, f"{TASKS_KEY} names a task twice")
@@ -125,10 +129,8 @@ class UnifiedSet:
             if info is None or name not in expected or info.dtype != "U8" or info.shape != (expected[name],):
                 what = "missing" if info is None else "unexpected" if name not in expected else "of the wrong size"
                 raise _damaged(self.path, f"mask {name!r} is {what}")
-        self.rescalers = reader[RESCALERS]
+        self.rescalers = reader[RESCALERS]  # refused there if one is not finite
         self._last_rows: tuple[tuple[str, int, int], torch.Tensor] | None = None
-        if not torch.isfinite(self.rescalers).all():
-            raise _damaged(self.path, "a rescaler is not finite")
 
     @property
     def task_names(self) -> list[str]:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from cftool.errors import CftoolError
-from cftool.io.checkpoint import CheckpointWriter, Header, refuse_existing, refuse_input_as_output
+from cftool.io.checkpoint import CheckpointWriter, Header, check_outputs, refuse_non_finite
 from cftool.io.unified import UnifiedSet
 from cftool.merge.delta import check_base_fits, check_same_base
 from cftool.merge.methods import work_dtype
@@ -23,7 +22,6 @@ from cftool.merge.stream import (
     Progress,
     no_progress,
     plan_tensors,
-    refuse_non_finite,
     refuse_overflow,
     write_part,
 )
@@ -55,11 +53,8 @@ def decouple(
 ) -> list[Path]:
     """Write each task's expert to its output: a `delta`, or with ``base`` a `model`."""
     indices = [unified.task_index(task) for task in tasks]
-    for output in outputs:
-        refuse_input_as_output(output, [unified.path])
-        refuse_existing(output, overwrite)
-    if len(set(map(str, outputs))) != len(outputs):
-        raise CftoolError("two experts would be written to the same file; name one output per task")
+    experts = {f"expert {task!r}": output for task, output in zip(tasks, outputs, strict=True)}
+    check_outputs(experts, [unified.path], overwrite)
     delta_layout = {name: (info.torch_dtype, info.shape) for name, info in unified.delta.items()}
     if base is not None:
         check_same_base(unified.path, unified.header, base)
@@ -101,6 +96,7 @@ def _expert_header(unified: UnifiedSet, index: int, base: BaseModel | None) -> H
         "task": task.task,
         "classnames": task.classnames,
         "template": task.template,
+        "run": task.run,
         "method": unified.header.method,
         "config": {"decoupled_from": unified.path.name, "rescaler": float(unified.rescalers[index])},
     }

@@ -16,13 +16,12 @@ from cftool.io.checkpoint import (
     CheckpointReader,
     CheckpointWriter,
     Header,
+    check_outputs,
     check_shapes,
-    refuse_existing,
-    refuse_input_as_output,
 )
 from cftool.merge.lora import merged_lora_state
-from cftool.merge.methods import check_scale, work_dtype
-from cftool.merge.stream import BaseModel, refuse_non_finite, refuse_overflow
+from cftool.merge.methods import check_scale, refuse_scale_overflow, work_dtype
+from cftool.merge.stream import BaseModel, refuse_overflow
 
 # What a checkpoint of a kind that has no delta holds instead, for the refusal.
 _NOT_WEIGHTS = {
@@ -71,8 +70,7 @@ def make_delta(
         )
     if header.kind not in ("model", "lora"):
         raise CftoolError(f"{source.path}: expected a 'model' or 'lora' checkpoint, found {header.kind!r}")
-    refuse_input_as_output(output, [source.path])
-    refuse_existing(output, overwrite)
+    check_outputs({"-o": output}, [source.path], overwrite)
     check_same_base(source.path, header, base)
     if header.kind == "model":
         check_shapes(source.path, source.tensors, {name: shape for name, (_, shape) in base.layout.items()})
@@ -91,8 +89,6 @@ def make_delta(
     with CheckpointWriter(output, layout, out_header, overwrite=overwrite) as writer:
         for name in floating:
             theta, theta0 = tuned(name), base[name]
-            if not torch.isfinite(theta).all():
-                raise CftoolError(f"{source.path}: tensor {name!r} holds NaN or Inf values; it has no usable delta")
             work = work_dtype(torch.promote_types(theta.dtype, theta0.dtype))
             step = (theta.to(work) - theta0.to(work)).to(layout[name][0])
             refuse_overflow(step, output, name, "write the delta in a wider --dtype")
@@ -102,7 +98,13 @@ def make_delta(
 
 def _carried(header: Header) -> dict:
     """What a delta carries over from its checkpoint, and a model from its delta."""
-    return {"task": header.task, "classnames": header.classnames, "template": header.template, "method": header.method}
+    return {
+        "task": header.task,
+        "classnames": header.classnames,
+        "template": header.template,
+        "method": header.method,
+        "run": header.run,
+    }
 
 
 def _dtype_of(source: CheckpointReader, name: str, base: BaseModel) -> torch.dtype:
@@ -128,8 +130,9 @@ def apply_delta(
 ) -> Path:
     """``θ_0 + scale · δ`` as a `model` file, in the base's dtypes; tensors the delta lacks are the base's."""
     check_scale("--scale", scale)
-    refuse_input_as_output(output, [delta.path])
-    refuse_existing(output, overwrite)
+    check_outputs({"-o": output}, [delta.path], overwrite)
+    floating = [dtype for dtype, _ in base.layout.values() if dtype.is_floating_point]
+    refuse_scale_overflow("--scale", scale, floating, output)
     check_same_base(delta.path, delta.header, base)
     check_base_fits(delta.path, {name: (info.torch_dtype, info.shape) for name, info in delta.tensors.items()}, base)
     header = delta.header
@@ -139,7 +142,6 @@ def apply_delta(
             theta0 = base[name]
             if name in delta:
                 step = delta[name]
-                refuse_non_finite(step, delta.path, name)
                 work = work_dtype(torch.promote_types(theta0.dtype, step.dtype))
                 theta0 = (theta0.to(work) + scale * step.to(work)).to(base_dtype)
                 refuse_overflow(theta0, output, name, f"use a --scale smaller in magnitude than {scale}")

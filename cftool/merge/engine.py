@@ -25,12 +25,13 @@ from cftool.io.checkpoint import (
     CheckpointReader,
     CheckpointWriter,
     Header,
+    check_outputs,
     open_checkpoint,
-    refuse_existing,
-    refuse_input_as_output,
+    refuse_non_finite,
 )
 from cftool.io.unified import RESCALERS, TaskEntry, UnifiedSet, mask_name, tasks_metadata, unified_layout
 from cftool.merge.decouple import expert_rows
+from cftool.merge.methods import refuse_scale_overflow
 from cftool.merge.registry import Chunk, MergeMethod
 from cftool.merge.stream import (
     DEFAULT_CHUNK_ELEMENTS,
@@ -39,7 +40,6 @@ from cftool.merge.stream import (
     TensorPlan,
     no_progress,
     plan_tensors,
-    refuse_non_finite,
     refuse_overflow,
     write_part,
 )
@@ -66,7 +66,7 @@ class DeltaFile(TaskInput):
         self.source = reader.path
         header = reader.header
         task = header.task or _stem(reader.path)
-        self.task = TaskEntry(task, header.classnames, header.template)
+        self.task = TaskEntry(task, header.classnames, header.template, header.run)
         self.base, self.base_sha256, self.base_arch = header.base, header.base_sha256, header.base_arch
         self.layout = {name: (info.torch_dtype, info.shape) for name, info in reader.tensors.items()}
 
@@ -254,11 +254,12 @@ def unify(
 ) -> UnifyResult:
     """Merge the inputs' deltas with ``method`` into ``output``: a unified set for a method with triggers (ConDU),
     else a `delta`. ``chunk_elements=None`` merges whole tensors (the fully loaded baseline)."""
-    refuse_input_as_output(output, sorted({task.source for task in inputs}))
-    refuse_existing(output, overwrite)
+    check_outputs({"-o": output}, sorted({task.source for task in inputs}), overwrite)  # before the passes
     check_compatible(inputs)
     first = inputs[0]
     plan = plan_tensors(first.layout, chunk_elements)
+    if getattr(options, "scale", None) is not None:
+        refuse_scale_overflow("--lambda", options.scale, {tensor.dtype for tensor in plan}, output)
     n_chunks = sum(len(tensor.rows) for tensor in plan)
 
     values: dict[str, Any] = {}

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import CheckpointReader
+from cftool.io.checkpoint import CheckpointReader, finite
+from cftool.merge.methods import fits_float32
 
 
 def merge_lora(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> torch.Tensor:
@@ -25,8 +24,10 @@ def lora_config(ckpt: CheckpointReader) -> tuple[int, float, list[str]]:
     rank, alpha, targets = config["rank"], config["alpha"], config["targets"]
     if not (isinstance(rank, int) and not isinstance(rank, bool) and rank > 0):
         raise CftoolError(f"{ckpt.path}: cftool.config rank is {rank!r}, not a positive integer; re-create the file")
-    if not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and math.isfinite(alpha)):
-        raise CftoolError(f"{ckpt.path}: cftool.config alpha is {alpha!r}, not a finite number; re-create the file")
+    if not (isinstance(alpha, int | float) and not isinstance(alpha, bool) and fits_float32(alpha)):
+        raise CftoolError(
+            f"{ckpt.path}: cftool.config alpha is {alpha!r}, not a finite number float32 holds; re-create the file"
+        )
     if not (isinstance(targets, list) and all(isinstance(name, str) for name in targets)):
         raise CftoolError(f"{ckpt.path}: cftool.config targets is not a list of weight names; re-create the file")
     for name in targets:
@@ -56,4 +57,9 @@ def merged_lora_state(state: dict[str, torch.Tensor], ckpt: CheckpointReader) ->
                 f"weight is {list(merged[name].shape)}; check --zs"
             )
         merged[name] = merge_lora(merged[name], ckpt[f"{name}.lora_A"], ckpt[f"{name}.lora_B"], scale)
+        if not finite(merged[name]):  # factors, each finite as read, can still merge into Inf
+            raise CftoolError(
+                f"{ckpt.path}: the factors of {name!r} merge into values beyond {merged[name].dtype} (Inf); "
+                "re-create the file"
+            )
     return merged

@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import math
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +54,22 @@ def check_scale(flag: str, scale: float) -> None:
     """A scale multiplies every entry: NaN or Inf would write a model of NaN and Inf."""
     if not math.isfinite(scale):
         raise CftoolError(f"{flag} {scale}: the scale must be a finite number, e.g. 0.3")
+
+
+def fits_float32(value: float) -> bool:
+    """Whether a number that multiplies float32 values is one: a larger one is Inf there, whatever it multiplies."""
+    return math.isfinite(value) and abs(value) <= torch.finfo(torch.float32).max
+
+
+def refuse_scale_overflow(flag: str, scale: float, dtypes: Iterable[torch.dtype], output: Path) -> None:
+    """Checked before any work, once the output is known: a scale that the dtype the work is done in cannot hold is
+    Inf there, and makes every entry it multiplies Inf (or NaN, times 0)."""
+    for dtype in dtypes:
+        if abs(scale) > torch.finfo(work_dtype(dtype)).max:
+            raise CftoolError(
+                f"{output}: {flag} {scale:g} would overflow {work_dtype(dtype)} to Inf; "
+                f"make {flag} smaller in magnitude"
+            )
 
 
 def _per_task(values: list[torch.Tensor]) -> torch.Tensor:

@@ -11,7 +11,7 @@ from typing import Protocol
 import torch
 
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import CheckpointWriter, Header
+from cftool.io.checkpoint import CheckpointWriter, Header, finite
 
 # 2^18 elements (1 MiB of float32) per input and slice: the slices of eleven inputs and the method's temporaries
 # stay within the CPU's caches, which makes streaming faster than working on whole tensors, not only smaller.
@@ -86,23 +86,6 @@ def write_part(writer: CheckpointWriter, tensor: TensorPlan, name: str, start: i
         writer.write_rows(name, start, rows)
     else:
         writer.write(name, rows)
-
-
-def finite(rows: torch.Tensor) -> bool:
-    """No NaN or Inf in ``rows``. A sum is finite unless some entry is NaN or ±Inf (or it overflows, which the
-    exact check then rules out), and costs a tenth of ``isfinite``'s bool tensor."""
-    return bool(torch.isfinite(rows.sum(dtype=torch.float32 if rows.dtype != torch.float64 else None))) or bool(
-        torch.isfinite(rows).all()
-    )
-
-
-def refuse_non_finite(rows: torch.Tensor, source: Path, name: str) -> None:
-    """Checked on the slices as they are read: a NaN or Inf would spread into every output it is merged into."""
-    if not finite(rows):
-        raise CftoolError(
-            f"{source}: tensor {name!r} holds NaN or Inf values; "
-            "re-create it from a finite checkpoint (`cftool inspect --check` finds them)"
-        )
 
 
 def refuse_overflow(rows: torch.Tensor, output: Path, name: str, remedy: str) -> None:

@@ -23,14 +23,24 @@ from cftool.data import DatasetSpec, TaskData, load_task
 from cftool.data.augment import training_transform
 from cftool.errors import CftoolError
 from cftool.evaluate import evaluate_zero_shot, zero_shot_head
-from cftool.io.checkpoint import Header, check_writable, open_checkpoint, refuse_existing, save_checkpoint
+from cftool.io.checkpoint import (
+    Header,
+    check_outputs,
+    check_writable,
+    check_writable_folder,
+    open_checkpoint,
+    refuse_existing,
+    save_checkpoint,
+    tensors_sha256,
+)
 from cftool.io.command_files import prototypes_path, state_path
+from cftool.merge.methods import fits_float32
 from cftool.train.features import image_features
 from cftool.train.loop import Progress, Ranks, TrainOptions, no_progress, train
 from cftool.train.methods import METHODS, Method, build_method, zero_shot_class_features
 from cftool.train.objectives import CrossEntropy, MergeTune, MergeTuneOptions, Objective, ZeroShotPoint
 from cftool.train.prototypes import class_prototypes
-from cftool.zoo import ZooModel, load_model
+from cftool.zoo import ZooModel, load_model, parse_model_spec
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +62,11 @@ class FinetuneJob:
     workers: int = 0
     eval_batch_size: int = 256
     evaluate: bool = False  # also measure test accuracy of the result
+
+    def __post_init__(self) -> None:
+        alpha = self.method_options.get("alpha")
+        if alpha is not None and not fits_float32(alpha):  # LoRA's alpha/rank scales every update of the weights
+            raise CftoolError(f"--alpha must be a finite number (at most 3.4e38, float32's largest), got {alpha}")
 
 
 @dataclass(frozen=True)
@@ -98,12 +113,18 @@ def finetune(
 ) -> FinetuneResult:
     if job.method not in METHODS:
         raise CftoolError(f"unknown method {job.method!r}; choose one of {', '.join(METHODS)}")
-    refuse_existing(job.output, job.force)
+    # Found now, not after training.
+    inputs = [] if continuation is None else [continuation.checkpoint]
+    zs_file = parse_model_spec(job.zs).weights_file
+    if zs_file is not None:
+        inputs.append(zs_file)
+    check_outputs({"-o": job.output}, inputs, job.force)
     # The prototypes are written first and the checkpoint last, so prototypes without their checkpoint are what a
     # killed run left behind: they are replaced without --force.
-    refuse_existing(prototypes_path(job.output), job.force or not job.output.exists())
-    for path in (job.output, prototypes_path(job.output), state_path(job.output)):
-        check_writable(path)  # found now, not after training
+    check_outputs({"its prototypes": prototypes_path(job.output)}, inputs, job.force or not job.output.exists())
+    check_writable(state_path(job.output))
+    if job.cache_dir is not None:  # the training images' features are stored there once encoded
+        check_writable_folder(job.cache_dir, "--cache-dir")
     with distributed(job.device) as (ranks, device):
         return _finetune(job, ranks, device, progress if ranks.is_main else no_progress, continuation)
 
@@ -173,6 +194,7 @@ def _finetune(
         result.test_accuracy = test.accuracy
     # Not zoo.base_header: continuing a `model` checkpoint loaded its weights into the zoo model, whose hash is then
     # no longer the base's.
+    trained = method.export()
     header = Header(
         method.kind,
         zoo.spec.canonical,
@@ -184,17 +206,19 @@ def _finetune(
         template=method.template,
         method=objective.name if continuation else method.name,
         config=config,
+        run=tensors_sha256(trained),  # the pair's mark: what the run trained, so that a rerun marks the same
     )
     prototypes_header = replace(header, kind="prototypes", template=None)
     # An old pair goes checkpoint first: killed from here on, the run leaves its new prototypes alone (which the next
-    # run replaces), never new prototypes beside the old checkpoint, which routing would take for a pair.
-    refuse_existing(job.output, job.force)  # again, now that every input has been read: never remove one
-    job.output.unlink(missing_ok=True)  # only there with --force, checked above
+    # run replaces), never new prototypes beside the old checkpoint, which routing would take for a pair. Checked
+    # again, with every input read since known: an input is never removed.
+    refuse_existing(job.output, job.force)
+    job.output.unlink(missing_ok=True)
     result.prototypes = save_checkpoint(
         prototypes_path(job.output), {"prototypes": prototypes}, prototypes_header, overwrite=True  # checked above
     )
     try:
-        result.output = save_checkpoint(job.output, method.export(), header, overwrite=job.force)
+        result.output = save_checkpoint(job.output, trained, header, overwrite=job.force)
     except BaseException:
         result.prototypes.unlink(missing_ok=True)  # a pair or nothing
         raise

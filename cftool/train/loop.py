@@ -29,6 +29,7 @@ from cftool.data.augment import check_augmentation
 from cftool.data.specs import check_seed
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import atomic_output, torch_save
+from cftool.merge.methods import fits_float32
 from cftool.train.objectives import Objective
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -72,10 +73,12 @@ class TrainOptions:
             raise CftoolError("--iterations / --epochs must be positive (and finite)")
         if self.batch_size < 1 or self.warmup < 0:
             raise CftoolError(f"--batch-size must be ≥ 1 and --warmup ≥ 0, got {self.batch_size} and {self.warmup}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise CftoolError(f"--lr must be a finite positive number, got {self.lr}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise CftoolError(f"--weight-decay must be a finite number ≥ 0, got {self.weight_decay}")
+        # Each multiplies float32 parameters or gradients: one larger than float32 holds is Inf there.
+        largest = "at most 3.4e38, float32's largest"
+        if not (fits_float32(self.lr) and self.lr > 0):
+            raise CftoolError(f"--lr must be a finite positive number ({largest}), got {self.lr}")
+        if not (fits_float32(self.weight_decay) and self.weight_decay >= 0):
+            raise CftoolError(f"--weight-decay must be a finite number ≥ 0 ({largest}), got {self.weight_decay}")
         check_seed(self.seed)
         if self.optimizer not in OPTIMIZERS:
             raise CftoolError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")

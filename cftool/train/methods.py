@@ -28,6 +28,7 @@ from cftool.errors import CftoolError
 from cftool.evaluate import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, check_shapes
 from cftool.merge.lora import merged_lora_state
+from cftool.merge.methods import fits_float32
 from cftool.train.lora import attach_lora, lora_parameter_names
 from cftool.train.text import (
     CONTEXT_PLACEHOLDER,
@@ -50,6 +51,17 @@ RANDOM_CONTEXT_STD = 0.02
 Solution = dict[str, torch.Tensor]
 # A prompt's config key for the share of the zero-shot head mixed into its class features (`cftool interpolate`).
 ZERO_SHOT_WEIGHT = "zero_shot_weight"
+
+
+def zero_shot_weight(ckpt: CheckpointReader) -> float:
+    """The share of the zero-shot head a prompt records (0 if none), a number float32 holds: it weighs a head."""
+    weight = (ckpt.header.config or {}).get(ZERO_SHOT_WEIGHT, 0.0)
+    if not (isinstance(weight, int | float) and not isinstance(weight, bool) and fits_float32(weight)):
+        raise CftoolError(
+            f"{ckpt.path}: cftool.config {ZERO_SHOT_WEIGHT} is {weight!r}, not a finite number; re-create the file "
+            "with `cftool interpolate`"
+        )
+    return float(weight)
 
 
 def tower_of(parameter_name: str) -> str | None:
@@ -278,13 +290,13 @@ class CoOp(Method):
         check_shapes(ckpt.path, ckpt.tensors, {"ctx": (*found[:-1], width) if len(found) in (2, 3) else (0, width)})
         config = ckpt.header.config or {}
         prompt = cls(zoo, ckpt.header.classnames or [], [], ctx_init=config.get("ctx_init", COOP_INIT), ctx=ckpt["ctx"])
-        zero_shot_weight = float(config.get(ZERO_SHOT_WEIGHT, 0.0))
-        if not zero_shot_weight:
+        zero_shot_share = zero_shot_weight(ckpt)
+        if not zero_shot_share:
             return prompt.eval_head
 
         def mixed_with_zero_shot(zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
             ends = prompt.eval_head(zoo, classnames, templates), zero_shot_head(zoo, classnames, templates)
-            return F.normalize(torch.lerp(*ends, zero_shot_weight), dim=0)
+            return F.normalize(torch.lerp(*ends, zero_shot_share), dim=0)
 
         return mixed_with_zero_shot
 

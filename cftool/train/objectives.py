@@ -6,7 +6,6 @@ so that under DDP a single wrapped module runs the whole objective and every ter
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cftool.errors import CftoolError
+from cftool.merge.methods import fits_float32
 from cftool.train.methods import Method, Solution
 
 ZS_REGULARISERS = ("param", "feature")
@@ -67,8 +67,10 @@ class MergeTuneOptions:
 
     def __post_init__(self):
         for flag, value in (("--lambda-lmc", self.lambda_lmc), ("--lambda-zs", self.lambda_zs)):
-            if not (math.isfinite(value) and value >= 0):
-                raise CftoolError(f"{flag} must be a finite number ≥ 0, got {value}")
+            if not (fits_float32(value) and value >= 0):  # it weighs a float32 loss
+                raise CftoolError(
+                    f"{flag} must be a finite number ≥ 0 (at most 3.4e38, float32's largest), got {value}"
+                )
         if self.zs_reg not in ZS_REGULARISERS:
             raise CftoolError(f"--zs-reg must be one of {', '.join(ZS_REGULARISERS)}, got {self.zs_reg!r}")
         if not self.lmc_samples or not all(0 < alpha <= 1 for alpha in self.lmc_samples):
