@@ -18,6 +18,7 @@ from cftool.cli.continue_ import continue_command
 from cftool.cli.evaluate import eval_command
 from cftool.cli.files import export_command, import_command, inspect_command
 from cftool.cli.finetune import finetune_command
+from cftool.cli.recipes import recipes_command
 from cftool.cli.interpolate import interpolate_command
 from cftool.cli.merge import decouple_command, delta_command, unify_command
 from cftool.cli.route import route_command
@@ -44,6 +45,7 @@ app.command("interpolate")(interpolate_command)
 app.command("inspect")(inspect_command)
 app.command("import")(import_command)
 app.command("export")(export_command)
+app.command("recipes")(recipes_command)
 
 
 def _version(value: bool) -> None:

@@ -57,10 +57,21 @@ def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | No
         raise typer.BadParameter(f"{value} is not valid YAML{where}") from err
     if not isinstance(data, dict):
         raise typer.BadParameter(f"{value} must be a mapping of option names to values")
-    # A key is an option's long flag without dashes (`batch-size`, `json`) or its parameter name (`batch_size`).
+    keys = _set_defaults(ctx, str(value), data, keep=set())
+    ctx.meta[_CONFIG_KEYS] = keys  # a recipe read after this file leaves these alone
+    return value
+
+
+_CONFIG_KEYS = "cftool.config_keys"
+_RECIPE = "cftool.recipe"
+
+
+def _set_defaults(ctx: typer.Context, source: str, data: dict, keep: set[str]) -> set[str]:
+    """Make ``data``'s keys the command's defaults, except the parameters in ``keep``; returns the parameters set.
+    A key is an option's long flag without dashes (`batch-size`, `json`) or its parameter name (`batch_size`)."""
     param_of_key = {}
     for param in ctx.command.params:
-        if param.name == "config":
+        if param.name in ("config", "recipe"):
             continue
         for flag in [*param.opts, param.name]:
             if not flag.startswith("-") or flag.startswith("--"):
@@ -69,10 +80,46 @@ def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | No
     unknown = sorted(set(config) - set(param_of_key))
     if unknown:
         valid = ", ".join(sorted({k.replace("_", "-") for k in param_of_key}))
-        raise typer.BadParameter(f"{value}: unknown key(s) {', '.join(unknown)}; valid keys: {valid}")
-    defaults = {param_of_key[key]: item for key, item in config.items()}
+        raise typer.BadParameter(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {valid}")
+    defaults = {param_of_key[key]: item for key, item in config.items() if param_of_key[key] not in keep}
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return set(defaults)
+
+
+def load_recipe_option(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
+    """Eager `--recipe` callback: the recipe's options become the command's defaults, beneath `--config`'s."""
+    if value is None:
+        return None
+    from cftool.recipes import load_recipe
+
+    try:
+        recipe = load_recipe(value)
+    except CftoolError as err:
+        raise typer.BadParameter(str(err).removeprefix("--recipe ")) from err
+    if recipe.command != ctx.command.name:
+        raise typer.BadParameter(f"{value} is a recipe for `cftool {recipe.command}`, not `cftool {ctx.command.name}`")
+    _set_defaults(ctx, f"recipe {value}", recipe.options, keep=ctx.meta.get(_CONFIG_KEYS, set()))
+    ctx.meta[_RECIPE] = recipe
     return value
+
+
+def recipe_lr(ctx: typer.Context, data: str | None, lr: float | None) -> float | None:
+    """``lr``, or the learning rate the recipe gives ``data``'s dataset where ``lr`` is the recipe's own (the
+    official scripts give some MTIL datasets their own rate: Aircraft and MNIST in ZSCL's)."""
+    recipe = ctx.meta.get(_RECIPE)
+    source = ctx.get_parameter_source("lr")
+    from_recipe = source is not None and source.name == "DEFAULT_MAP" and "lr" not in ctx.meta.get(_CONFIG_KEYS, ())
+    if recipe is None or data is None or not from_recipe or not data.startswith("mtil:"):
+        return lr
+    from cftool.data.mtil_datasets import mtil_name
+
+    return recipe.lr_for(mtil_name(data.removeprefix("mtil:")) or "") or lr
+
+
+def used_recipe(ctx: typer.Context) -> str | None:
+    """The name of the recipe the running command was given, to record in what it writes."""
+    recipe = ctx.meta.get(_RECIPE)
+    return recipe.name if recipe else None
 
 
 ConfigOption = Annotated[
@@ -83,6 +130,17 @@ ConfigOption = Annotated[
         is_eager=True,
         callback=load_config,
         dir_okay=False,
+    ),
+]
+RecipeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--recipe",
+        help="An official paper recipe as this command's defaults (--config and flags on the line win): "
+        "zscl-mtil, zscl-mtil-few-shot, condu-mtil-lora (finetune), mergetune-coop (continue). "
+        "`cftool recipes` lists them with their sources.",
+        is_eager=True,
+        callback=load_recipe_option,
     ),
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]

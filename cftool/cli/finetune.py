@@ -16,13 +16,16 @@ from cftool.cli.common import (
     DeviceOption,
     ForceOption,
     JsonOption,
+    RecipeOption,
     SeedOption,
     WorkersOption,
     console,
     emit_json,
     progress_bar,
+    recipe_lr,
     resolve_device,
     seed_everything,
+    used_recipe,
 )
 from cftool.errors import CftoolError
 
@@ -52,6 +55,7 @@ AugmentOption = Annotated[
 
 
 def finetune_command(
+    ctx: typer.Context,
     zs: Annotated[str, typer.Option("--zs", help="Base model: tiny, ViT-B/16, NAME:TAG, hf-hub:ORG/NAME or a file.")],
     data: Annotated[str, typer.Option("--data", help="Training task: toy:TASK, folder:PATH, coop:NAME or mtil:NAME.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (prototypes go beside it).")],
@@ -99,6 +103,7 @@ def finetune_command(
     force: ForceOption = False,
     json_output: JsonOption = False,
     config: ConfigOption = None,
+    recipe: RecipeOption = None,
 ) -> None:
     """Fine-tune a zero-shot model on a task; writes the checkpoint and, beside it, the task's prototypes.
 
@@ -124,7 +129,7 @@ def finetune_command(
         iterations=iterations,
         epochs=epochs,
         batch_size=batch_size,
-        lr=lr if lr is not None else method_cls.default_lr,
+        lr=recipe_lr(ctx, data, lr) if lr is not None else method_cls.default_lr,
         optimizer=optimizer or method_cls.default_optimizer,
         weight_decay=weight_decay,
         warmup=warmup,
@@ -150,6 +155,7 @@ def finetune_command(
         cache_dir=cache_dir,
         workers=workers,
         evaluate=evaluate,
+        recipe=used_recipe(ctx),
     )
     with progress_bar() as progress:
         result = finetune(job, training_reporter(progress))

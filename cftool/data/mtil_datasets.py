@@ -1094,10 +1094,15 @@ def _normalised(name: str) -> str:
     return re.sub(r"[\s_-]", "", name).lower()
 
 
+def mtil_name(name: str) -> str | None:
+    """ZSCL's name of the MTIL dataset ``name`` (any case, or an alias such as Cars or Food101); None if unknown."""
+    by_name = {_normalised(key): key for key in MTIL_ORDER} | MTIL_ALIASES
+    return by_name.get(_normalised(name))
+
+
 def mtil_source(name: str, data_root: Path) -> ImageSource:
     """The MTIL dataset ``name`` (ZSCL's name, any case, or an alias such as Cars or Food101) under ``data_root``."""
-    by_name = {_normalised(key): key for key in MTIL_ORDER} | MTIL_ALIASES
-    key = by_name.get(_normalised(name))
+    key = mtil_name(name)
     if key is None:
         raise CftoolError(
             f"mtil:{name}: unknown MTIL dataset; known: {', '.join(MTIL_ORDER)} "

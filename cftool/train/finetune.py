@@ -62,6 +62,7 @@ class FinetuneJob:
     workers: int = 0
     eval_batch_size: int = 256
     evaluate: bool = False  # also measure test accuracy of the result
+    recipe: str | None = None  # the official recipe (`--recipe`) the options came from, recorded
 
     def __post_init__(self) -> None:
         alpha = self.method_options.get("alpha")
@@ -305,5 +306,6 @@ def _config(
         "zs": zoo.spec.canonical,
         "templates": task.templates,
         "feature_cache": _uses_feature_cache(job, method),
+        **({"recipe": job.recipe} if job.recipe else {}),
         **continued,
     }
