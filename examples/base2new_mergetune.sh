@@ -25,8 +25,9 @@ for seed in $seeds; do
         # CoOp on 16 shots of each base class (tiny's logit scale needs lr 0.05 where CLIP's CoOp uses 2e-3).
         [ -f "$run/coop.safetensors" ] || cftool finetune --zs tiny --data "toy:$task" --classes base --shots 16 \
             --method coop --epochs 50 --lr 0.05 --seed "$seed" -o "$run/coop.safetensors"
-        # MergeTune: everything (data, classes, recipe) comes from the prompt's metadata.
-        [ -f "$run/coop.mergetune.safetensors" ] || cftool continue "$run/coop.safetensors" --zs tiny
+        # MergeTune: everything (data, classes, recipe) comes from the prompt's metadata; --inherit-recipe keeps
+        # CoOp's recipe, with which RESULTS.md's numbers were made (the default is now MergeTune's own recipe).
+        [ -f "$run/coop.mergetune.safetensors" ] || cftool continue "$run/coop.safetensors" --zs tiny --inherit-recipe
         # The ensemble baseline: zero-shot and CoOp text features mixed at the α best on the base training images.
         if [ ! -f "$run/ensemble.safetensors" ]; then
             alpha=$(cftool eval --path zs "$run/coop.safetensors" --data "toy:$task" --classes base --split train \

@@ -11,7 +11,7 @@ export COLUMNS=${COLUMNS:-160}
 
 [ -f "$out/coop.safetensors" ] || cftool finetune --zs tiny --data "toy:$task" --classes base --shots 16 \
     --method coop --epochs 50 --lr 0.05 -o "$out/coop.safetensors"
-[ -f "$out/coop.mergetune.safetensors" ] || cftool continue "$out/coop.safetensors" --zs tiny
+[ -f "$out/coop.mergetune.safetensors" ] || cftool continue "$out/coop.safetensors" --zs tiny --inherit-recipe  # CoOp's recipe, as in RESULTS.md
 
 mkdir -p "$pictures"
 coop="$out/coop.safetensors"

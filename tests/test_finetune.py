@@ -361,7 +361,7 @@ def test_epochs_count_steps_of_the_global_batch_and_the_schedule_warms_up_then_d
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["steps"] == 5  # ceil(2 epochs × 20 images / 8)
     options = TrainOptions(iterations=10, lr=1.0, warmup=2)
-    rates = [learning_rate(options, step, 10) for step in range(10)]
+    rates = [learning_rate(options, step, 10, n_images=20) for step in range(10)]
     assert rates[:3] == [0.5, 1.0, 1.0]  # linear warm-up over 2 steps, then the cosine starts at the peak
     assert all(later < earlier for earlier, later in pairwise(rates[2:])) and rates[-1] < 0.05
 

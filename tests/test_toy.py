@@ -70,13 +70,14 @@ def test_train_and_test_images_are_disjoint(name):
     task = TOY_TASKS[name]
     train = {pixels_digest(task.example("train", i)[0]) for i in range(100)}
     test = {pixels_digest(task.example("test", i)[0]) for i in range(100)}
-    assert not train & test
+    val = {pixels_digest(task.example("val", i)[0]) for i in range(100)}
+    assert not train & test and not val & (train | test)
 
 
 def test_bad_split_or_index_is_refused():
     task = TOY_TASKS["mnist"]
     with pytest.raises(ValueError):
-        task.example("val", 0)
+        task.example("dev", 0)
     with pytest.raises(IndexError):
         task.label("test", task.n_test)
     with pytest.raises(IndexError):

@@ -18,7 +18,15 @@ from cftool.cli.common import (
     progress_bar,
     resolve_device,
 )
-from cftool.cli.finetune import AugmentOption, print_result, result_summary, training_reporter
+from cftool.cli.finetune import (
+    AugmentOption,
+    DropLastHelp,
+    ScheduleHelp,
+    SelectHelp,
+    print_result,
+    result_summary,
+    training_reporter,
+)
 
 # MergeTuneOptions' defaults, spelled out so that `--help` does not import torch (a test keeps them equal).
 DEFAULT_LAMBDA_LMC = 1.0
@@ -71,6 +79,20 @@ def continue_command(
         float | None, typer.Option("--weight-decay", help="Weight decay (default: as recorded).")
     ] = None,
     warmup: Annotated[int | None, typer.Option("--warmup", min=0, help="Warm-up steps (default: as recorded).")] = None,
+    schedule: Annotated[str | None, typer.Option("--schedule", help=ScheduleHelp + " (default: the recipe's).")] = None,
+    warmup_epochs: Annotated[
+        int | None, typer.Option("--warmup-epochs", min=0, help="cosine-epoch: constant-lr epochs first.")
+    ] = None,
+    warmup_lr: Annotated[float | None, typer.Option("--warmup-lr", help="cosine-epoch: the warm-up lr.")] = None,
+    drop_last: Annotated[bool | None, typer.Option("--drop-last/--no-drop-last", help=DropLastHelp)] = None,
+    select: Annotated[str | None, typer.Option("--select", help=SelectHelp + " (default: the recipe's).")] = None,
+    inherit_recipe: Annotated[
+        bool,
+        typer.Option(
+            "--inherit-recipe",
+            help="A CoOp prompt: train with the recipe it records instead of MergeTune's continuation recipe.",
+        ),
+    ] = False,
     label_smoothing: Annotated[
         float | None, typer.Option("--label-smoothing", help="Label smoothing (default: as recorded).")
     ] = None,
@@ -105,7 +127,9 @@ def continue_command(
     """MergeTune: continue training a fine-tuned checkpoint so that it regains zero-shot knowledge.
 
     Training data, class names, templates, method and recipe come from the checkpoint's metadata; flags (and
-    --config keys) override them, and options left unset keep the recorded value. The output has the input's kind
+    --config keys) override them, and options left unset keep the recorded value. A CoOp prompt is trained with
+    MergeTune's continuation recipe instead (100 epochs, batch 128, SGD 2e-3, weight decay 5e-4, one warm-up epoch at
+    1e-5, cosine per epoch, fp16, drop-last, best-val selection), unless --inherit-recipe. The output has the input's kind
     and is written beside it unless -o says otherwise; the input is never overwritten. Under `torchrun
     --nproc_per_node=N` it trains with DDP. Ctrl-C saves the trainer state; --resume continues it.
 
@@ -125,7 +149,8 @@ def continue_command(
         for name, value in {
             "iterations": iterations, "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
             "weight_decay": weight_decay, "warmup": warmup, "label_smoothing": label_smoothing,
-            "precision": precision, "seed": seed, "augment": augment,
+            "precision": precision, "seed": seed, "augment": augment, "schedule": schedule,
+            "warmup_epochs": warmup_epochs, "warmup_lr": warmup_lr, "drop_last": drop_last, "select": select,
         }.items()
         if value is not None
     }  # fmt: skip
@@ -150,6 +175,7 @@ def continue_command(
         cache_dir=cache_dir,
         workers=workers,
         evaluate=evaluate,
+        inherit_recipe=inherit_recipe,
     )
     with progress_bar() as progress:
         result = continue_training(job, training_reporter(progress))

@@ -43,6 +43,18 @@ DEFAULT_TOWERS = "image,text"
 # The names of cftool.data.augment.AUGMENTATIONS, spelled out so that `--help` does not import torch (a test keeps
 # them equal). `continue` takes the option too, where unset means the one the checkpoint records.
 AUGMENTATION_NAMES = ("none", "coop", "zscl")
+# cftool.train.loop's SCHEDULES and SELECTIONS, spelled out for the same reason (a test keeps them equal).
+SCHEDULE_NAMES = ("cosine-step", "cosine-epoch")
+SELECTION_NAMES = ("last", "best-val")
+ScheduleHelp = (
+    "cosine-step (one cosine over the steps, after --warmup linear steps) or cosine-epoch (Dassl's: the lr changes once "
+    "per epoch, after --warmup-epochs epochs at --warmup-lr)"
+)
+SelectHelp = (
+    "Which epoch's parameters to write: last, or best-val (after each epoch, accuracy on the validation split — "
+    "min(shots, 4) images per class of a few-shot task, drawn as CoOp does — and the first best epoch is kept)"
+)
+DropLastHelp = "Leave out each epoch's last partial batch, as Dassl's training loader does."
 AugmentOption = Annotated[
     str | None,
     typer.Option(
@@ -69,6 +81,13 @@ def finetune_command(
     optimizer: Annotated[str | None, typer.Option("--optimizer", help="sgd or adamw (default: per method).")] = None,
     weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay.")] = 0.0,
     warmup: Annotated[int, typer.Option("--warmup", min=0, help="Linear warm-up steps before cosine decay.")] = 0,
+    schedule: Annotated[str, typer.Option("--schedule", help=ScheduleHelp)] = "cosine-step",
+    warmup_epochs: Annotated[
+        int, typer.Option("--warmup-epochs", min=0, help="cosine-epoch: epochs at the constant --warmup-lr first.")
+    ] = 0,
+    warmup_lr: Annotated[float, typer.Option("--warmup-lr", help="cosine-epoch: the warm-up epochs' lr.")] = 1e-5,
+    drop_last: Annotated[bool, typer.Option("--drop-last/--no-drop-last", help=DropLastHelp)] = False,
+    select: Annotated[str, typer.Option("--select", help=SelectHelp)] = "last",
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing in [0, 1).")] = 0.0,
     precision: Annotated[
         str, typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.")
@@ -137,6 +156,11 @@ def finetune_command(
         seed=seed,
         precision=precision,
         augment=augment or default_augmentation(data),
+        schedule=schedule,
+        warmup_epochs=warmup_epochs,
+        warmup_lr=warmup_lr,
+        drop_last=drop_last,
+        select=select,
     )
     seed_everything(seed)
     job = FinetuneJob(
@@ -207,6 +231,7 @@ def result_summary(result: FinetuneResult) -> dict[str, Any]:
         "final_loss": result.losses[-1] if result.losses else None,
         "images_per_second": result.images_per_second,
         "test_accuracy": result.test_accuracy,
+        "selection": result.selection,
     }
 
 
@@ -216,5 +241,8 @@ def print_result(result: FinetuneResult) -> None:
         f"{result.task}: {result.steps} steps, {losses}{result.images_per_second:,.0f} img/s; "
         f"wrote {result.output} ({result.kind}) and {result.prototypes}"
     )
+    if result.selection is not None:
+        chosen = result.selection
+        console.print(f"kept epoch {chosen['epoch']}: best validation accuracy {chosen['val_accuracy']:.1f} %")
     if result.test_accuracy is not None:
         console.print(f"test accuracy on {result.task}: {result.test_accuracy:.1f} %")

@@ -26,9 +26,9 @@ class ToySource:
         self.templates = list(task.templates)
 
     def _size(self, split: str) -> int:
-        sizes = {"train": self.task.n_train, "test": self.task.n_test}
+        sizes = {"train": self.task.n_train, "val": self.task.n_test, "test": self.task.n_test}
         if split not in sizes:
-            raise ValueError(f"toy tasks have train and test splits, not '{split}'")
+            raise ValueError(f"toy tasks have train, val and test splits, not '{split}'")
         return sizes[split]
 
     def labels(self, split: str) -> list[int]:

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cftool.data.validation import few_shot_val_positions
 from cftool.errors import CftoolError
 
 CLASS_SUBSETS = ("all", "base", "novel")
@@ -171,7 +172,11 @@ class TaskData:
         except ValueError as err:
             raise CftoolError(f"{self.spec.source}: {err}") from err
         relabel = {cid: i for i, cid in enumerate(self.class_ids)}
-        items = [(index, relabel[label]) for index, label in enumerate(source_labels) if label in relabel]
+        kept = range(len(source_labels))
+        if split == "val" and self.spec.shots is not None:  # drawn over all classes, then the subset, as CoOp does
+            train_labels = self.source.labels("train")
+            kept = sorted(few_shot_val_positions(train_labels, source_labels, self.spec.shots, self.spec.seed))
+        items = [(index, relabel[source_labels[index]]) for index in kept if source_labels[index] in relabel]
         if not items:  # an accuracy over no images is NaN, and training on none learns nothing
             classes = "" if self.spec.classes == "all" else f" of its {self.spec.classes} classes"
             raise CftoolError(f"{self.spec.source}: the {split} split has no images{classes}; check the dataset")

@@ -23,7 +23,8 @@ from cftool.data.toyworld import (
     Scene, count_scene, pair_scene, render, single_scene, stable_seed,
 )
 
-SPLITS = ("train", "test")
+# val: as many images as test, rendered from seeds of their own (for --select best-val).
+SPLITS = ("train", "val", "test")
 SceneSampler = Callable[[int, np.random.Generator], Scene]
 
 
@@ -43,7 +44,7 @@ class ToyTask:
     def _check(self, split: str, index: int) -> None:
         if split not in SPLITS:
             raise ValueError(f"toy:{self.name} has splits {SPLITS}, not {split!r}")
-        size = self.n_train if split == "train" else self.n_test
+        size = self.n_train if split == "train" else self.n_test  # val has test's size
         if not 0 <= index < size:
             raise IndexError(f"toy:{self.name} {split} index {index} out of range [0, {size})")
 

@@ -1,7 +1,8 @@
 """`continue` end to end: MergeTune continued fine-tuning of an already fine-tuned checkpoint (DESIGN §5.1).
 
 Everything a fresh fine-tune was given (method and its options, training data, class names, templates, recipe) is
-read from the checkpoint's metadata; the caller's overrides win. The run is `finetune`'s own path, started from the
+read from the checkpoint's metadata; the caller's overrides win. A CoOp prompt is continued with MergeTune's own
+recipe instead of CoOp's (``MERGETUNE_COOP_RECIPE``), unless ``inherit_recipe`` asks for the recorded one. The run is `finetune`'s own path, started from the
 checkpoint's solution with MergeTune's objective, so resume, the feature cache, DDP and the written files (the
 checkpoint, of the input's kind, and its prototypes) behave exactly as there.
 """
@@ -33,6 +34,29 @@ METHOD_OPTION_KEYS = {
     "full": ("towers",),
 }
 TRAIN_OPTION_KEYS = tuple(f.name for f in fields(TrainOptions))
+# How MergeTune continues a CoOp prompt (the official run: mergetune/scripts/coop_LMC/base2new_train_coop.sh with
+# configs/trainers/KgCoOp_COOP_LMC/vit_b16_ep100_ctxv1.yaml): batch 128 (:3), SGD at 2e-3 (:16-17) with Dassl's
+# momentum 0.9 and weight decay 5e-4 (Dassl.ProGrad.pytorch/dassl/config/defaults.py:151-152), 100 epochs (:18) of a
+# cosine stepped once per epoch after one epoch at the constant 1e-5 (:19-22, see loop._epoch_cosine), fp16 autocast
+# with a gradient scaler (TRAINER.COOP.PREC "amp", mergetune/train.py:104; kgcoop_coop_LMC.py:483, 501-532), the
+# training loader's last partial batch dropped (dassl/data/data_manager.py:49), plain cross-entropy, and the epoch of
+# the best base-class validation accuracy kept (mergetune/train.py:165). The training transform (random resized crop
+# and flip, :13) is --augment coop, which a prompt fine-tuned on coop: data records already.
+MERGETUNE_COOP_RECIPE: dict[str, Any] = {
+    "epochs": 100,
+    "batch_size": 128,
+    "optimizer": "sgd",
+    "lr": 2e-3,
+    "weight_decay": 5e-4,
+    "schedule": "cosine-epoch",
+    "warmup": 0,
+    "warmup_epochs": 1,
+    "warmup_lr": 1e-5,
+    "precision": "fp16",
+    "drop_last": True,
+    "label_smoothing": 0.0,
+    "select": "best-val",
+}
 
 
 def default_output(source: Path) -> Path:
@@ -58,6 +82,7 @@ class ContinueJob:
     cache_dir: Path | None = None
     workers: int = 0
     evaluate: bool = False
+    inherit_recipe: bool = False  # a CoOp prompt: train with its recorded recipe, not MergeTune's
 
     @property
     def output_path(self) -> Path:
@@ -81,7 +106,7 @@ def plan(job: ContinueJob) -> tuple[FinetuneJob, Continuation]:
         method = trainable_method(ckpt)
         config = ckpt.header.config or {}
         data = replace(_data_spec(ckpt, config, job.data), **job.data_overrides)
-        train_options = _recipe(job, config, method.default_lr, method.default_optimizer)
+        train_options, recipe = _recipe(job, config, method.default_lr, method.default_optimizer)
         method_options = _method_options(ckpt, method.name, config, job.mergetune)
         data_root = job.data_root or (Path(config["data_root"]) if config.get("data_root") else None)
     finetune_job = FinetuneJob(
@@ -101,14 +126,24 @@ def plan(job: ContinueJob) -> tuple[FinetuneJob, Continuation]:
         workers=job.workers,
         evaluate=job.evaluate,
     )
-    continuation = Continuation(job.source, file_sha256(job.source), job.mergetune, recorded_data=job.data is None)
+    continuation = Continuation(
+        job.source, file_sha256(job.source), job.mergetune, recorded_data=job.data is None, recipe=recipe
+    )
     return finetune_job, continuation
 
 
-def _recipe(job: ContinueJob, config: dict[str, Any], default_lr: float, default_optimizer: str) -> TrainOptions:
-    """The source's training options (its config records every field, one of iterations/epochs as None), with
-    the overrides on top; a length given on the command line replaces the recorded one, whichever unit it is in."""
+def _recipe(
+    job: ContinueJob, config: dict[str, Any], default_lr: float, default_optimizer: str
+) -> tuple[TrainOptions, str]:
+    """The source's training options (its config records every field, one of iterations/epochs as None), or for a
+    CoOp prompt MergeTune's continuation recipe over them, with the overrides on top; a length given on the command
+    line replaces the recorded one, whichever unit it is in. Also the recipe's name, which the output records."""
     recipe = {key: config[key] for key in TRAIN_OPTION_KEYS if config.get(key) is not None}
+    name = "source"
+    # A CoOp prompt fine-tuned by cftool (not already a continuation, whose config records the recipe it ran with).
+    if config.get("method") == "coop" and "objective" not in config and not job.inherit_recipe:
+        recipe.pop("iterations", None)
+        recipe, name = {**recipe, **MERGETUNE_COOP_RECIPE}, "mergetune-coop"
     if {"iterations", "epochs"} & job.train_overrides.keys():
         recipe.pop("iterations", None)
         recipe.pop("epochs", None)
@@ -117,7 +152,7 @@ def _recipe(job: ContinueJob, config: dict[str, Any], default_lr: float, default
         raise CftoolError(
             f"{job.source}: its metadata records no training length (was it imported?); pass --epochs or --iterations"
         )
-    return TrainOptions(**recipe)
+    return TrainOptions(**recipe), name
 
 
 def _check_continuable(ckpt: CheckpointReader) -> None:

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cftool.data import DatasetSpec, TaskData, load_task
+from cftool.data import DatasetSpec, TaskData, TaskSplit, load_task
 from cftool.data.augment import training_transform
+from cftool.data.validation import val_shots
 from cftool.errors import CftoolError
-from cftool.evaluate import evaluate_zero_shot, zero_shot_head
+from cftool.evaluate import encode_images, evaluate_zero_shot, zero_shot_head
 from cftool.io.checkpoint import (
     Header,
     check_outputs,
@@ -35,6 +36,7 @@ from cftool.io.checkpoint import (
 )
 from cftool.io.command_files import prototypes_path, state_path
 from cftool.merge.methods import fits_float32
+from cftool.metrics import top1_accuracy
 from cftool.train.features import image_features
 from cftool.train.loop import Progress, Ranks, TrainOptions, no_progress, train
 from cftool.train.methods import METHODS, Method, build_method, zero_shot_class_features
@@ -78,6 +80,60 @@ class Continuation:
     checkpoint_sha256: str
     options: MergeTuneOptions
     recorded_data: bool = True  # the data spec comes from the checkpoint's metadata, not from --data
+    recipe: str = "source"  # the training options' origin: the source's, or mergetune-coop (continued.py)
+
+
+class BestValidation:
+    """``--select best-val``: after each epoch, the validation accuracy of the current parameters; the run ends on
+    those of the first epoch whose accuracy beat every earlier one. That is Dassl's rule: ``is_best = curr_result >
+    self.best_result`` (a strict ``>``, so a later tie does not replace the earlier epoch), ``model-best.pth.tar``
+    saved then and loaded for testing (Dassl.ProGrad.pytorch/dassl/engine/trainer.py:476-485,
+    mergetune/trainers/kgcoop_coop_LMC.py:591-598, mergetune/train.py:165)."""
+
+    def __init__(self, method: Method, zoo: ZooModel, task: TaskData, val: TaskSplit, batch_size: int, workers: int):
+        self.method, self.zoo, self.task, self.val = method, zoo, task, val
+        self.batch_size, self.workers = batch_size, workers
+        self.trainable = method.trainable_parameters()
+        # A frozen image tower gives the same val features every epoch: encoded once.
+        self._features = self._encode() if method.image_tower_frozen else None
+        self.best_accuracy, self.best_epoch = float("-inf"), -1
+        self.best: dict[str, torch.Tensor] = {}
+
+    def _encode(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_images(self.zoo, self.val, self.batch_size, self.workers)
+
+    def accuracy(self) -> float:
+        features, labels = self._features if self._features is not None else self._encode()
+        head = self.method.eval_head(self.zoo, self.task.classnames, self.task.templates)
+        return top1_accuracy(features @ head, labels)
+
+    def __call__(self, epoch: int) -> None:
+        accuracy = self.accuracy()
+        if accuracy > self.best_accuracy:
+            self.best_accuracy, self.best_epoch = accuracy, epoch
+            self.best = {name: parameter.detach().cpu().clone() for name, parameter in self.trainable.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"accuracy": self.best_accuracy, "epoch": self.best_epoch, "parameters": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        parameters = state["parameters"]
+        if parameters.keys() != self.trainable.keys():
+            raise ValueError("other parameters than this run trains")
+        self.best_accuracy, self.best_epoch, self.best = float(state["accuracy"]), int(state["epoch"]), parameters
+
+    def restore(self) -> dict[str, Any]:
+        """Put the selected epoch's parameters back; returns the selection as the output's metadata records it."""
+        with torch.no_grad():
+            for name, parameter in self.trainable.items():
+                parameter.copy_(self.best[name])
+        return {
+            "rule": "best-val",
+            "epoch": self.best_epoch + 1,  # counted from 1, as Dassl's checkpoints and logs count epochs
+            "val_accuracy": self.best_accuracy,
+            "val_images": len(self.val),
+            "val_shots": val_shots(self.task.spec.shots),
+        }
 
 
 @dataclass
@@ -90,6 +146,7 @@ class FinetuneResult:
     losses: list[float]
     images_per_second: float
     test_accuracy: float | None
+    selection: dict[str, Any] | None = None  # --select best-val: the epoch kept and its validation accuracy
 
 
 @contextmanager
@@ -168,6 +225,9 @@ def _finetune(
     if ranks.is_main:
         prototypes = class_prototypes(features, labels, zero_shot_head(zoo, task.classnames, task.templates))
     objective = _objective(job, method, zoo, task, continuation)
+    selection = None
+    if job.train.select == "best-val" and ranks.is_main:  # rank 0 alone writes, so it alone selects
+        selection = BestValidation(method, zoo, task, _validation_split(task, zoo), job.eval_batch_size, job.workers)
 
     config = _config(job, method, task, zoo, continuation)
     fingerprint = {**config, "base": zoo.spec.canonical, "base_sha256": base_sha256, "classnames": task.classnames}
@@ -185,10 +245,14 @@ def _finetune(
         fingerprint=fingerprint,
         workers=job.workers,
         progress=progress,
+        after_epoch=selection,
     )
     result = FinetuneResult(None, None, method.kind, task.name, log.steps, log.losses, log.images_per_second, None)
     if not ranks.is_main:
         return result
+    if selection is not None:
+        result.selection = selection.restore()
+        config = {**config, "selection": result.selection}
     if job.evaluate:
         bar = progress("evaluate test split", len(task.split("test")))
         [test] = evaluate_zero_shot(zoo, [task], "test", job.eval_batch_size, job.workers, bar, method.eval_head)
@@ -225,6 +289,15 @@ def _finetune(
         raise
     state_path(job.output).unlink(missing_ok=True)
     return result
+
+
+def _validation_split(task: TaskData, zoo: ZooModel) -> TaskSplit:
+    try:
+        return task.split("val", zoo.preprocess)
+    except CftoolError as err:
+        raise CftoolError(
+            f"--select best-val needs a validation split: {err}; use --select last for this data"
+        ) from None
 
 
 def _uses_feature_cache(job: FinetuneJob, method: Method) -> bool:
@@ -295,6 +368,7 @@ def _config(
         continued = {
             "objective": "mergetune",
             "mergetune": continuation.options.to_dict(),
+            "recipe": continuation.recipe,
             "continued_from": {"file": continuation.checkpoint.name, "sha256": continuation.checkpoint_sha256},
         }
     return {

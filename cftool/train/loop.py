@@ -1,8 +1,10 @@
 """The one training loop every method shares: deterministic batches, cosine schedule with warm-up, mixed precision,
-DDP, and trainer-state checkpoints that make an interrupted run resume to the same result.
+DDP, a hook after each epoch (checkpoint selection), and trainer-state checkpoints that make an interrupted run resume
+to the same result.
 
 Batches are a pure function of (seed, step): step ``s`` takes the next ``batch_size`` indices of a stream of
-per-epoch permutations. A resumed run therefore sees exactly the batches the uninterrupted one would, and under
+per-epoch permutations (or, with ``drop_last``, the next full batch of the current epoch's permutation, as Dassl's
+training loader does). A resumed run therefore sees exactly the batches the uninterrupted one would, and under
 DDP each rank takes its slice of the same global batch. Each image of a batch is loaded with a seed of its own, also
 a function of (seed, step), so that random augmentation is as reproducible as the batches, whatever the number of
 processes and data-loading workers.
@@ -17,7 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -34,6 +36,10 @@ from cftool.train.objectives import Objective
 
 OPTIMIZERS = ("sgd", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# cosine-step: one cosine over the optimiser steps (after --warmup linear steps); cosine-epoch: Dassl's, the lr changes
+# once per epoch (after --warmup-epochs epochs at the constant --warmup-lr).
+SCHEDULES = ("cosine-step", "cosine-epoch")
+SELECTIONS = ("last", "best-val")  # which epoch's parameters a run writes
 SGD_MOMENTUM = 0.9
 
 # (phase description, total) -> advance(n, **fields); how the loop reports progress without knowing about rich.
@@ -42,6 +48,17 @@ Progress = Callable[[str, int], Callable[..., None]]
 
 def no_progress(description: str, total: int) -> Callable[..., None]:
     return lambda n=1, **fields: None
+
+
+class EpochHook(Protocol):
+    """Called after the last step of each epoch (and after the run's last step); its state travels with the trainer
+    state, so that a resumed run selects as the uninterrupted one would."""
+
+    def __call__(self, epoch: int) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class TrainingInterrupted(CftoolError):
@@ -63,6 +80,11 @@ class TrainOptions:
     seed: int = 0
     precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
     augment: str = "none"  # the training images' transform (cftool.data.augment); none = the eval preprocessing
+    schedule: str = "cosine-step"  # see SCHEDULES
+    warmup_epochs: int = 0  # cosine-epoch: epochs at the constant warmup_lr before the cosine
+    warmup_lr: float = 1e-5
+    drop_last: bool = False  # each epoch's last partial batch is left out (unless the epoch is smaller than a batch)
+    select: str = "last"  # see SELECTIONS; best-val needs a validation split
 
     def __post_init__(self):
         if (self.iterations is None) == (self.epochs is None):
@@ -87,28 +109,73 @@ class TrainOptions:
         if not 0 <= self.label_smoothing < 1:
             raise CftoolError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         check_augmentation(self.augment)
+        if self.schedule not in SCHEDULES:
+            raise CftoolError(f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.select not in SELECTIONS:
+            raise CftoolError(f"--select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        if self.warmup_epochs < 0 or not (fits_float32(self.warmup_lr) and self.warmup_lr > 0):
+            raise CftoolError(
+                f"--warmup-epochs must be ≥ 0 and --warmup-lr a finite positive number, got {self.warmup_epochs} "
+                f"and {self.warmup_lr}"
+            )
+        if self.schedule == "cosine-epoch" and self.warmup:
+            raise CftoolError(
+                "--warmup counts steps of --schedule cosine-step; cosine-epoch warms up with --warmup-epochs"
+            )
+        if self.schedule == "cosine-step" and self.warmup_epochs:
+            raise CftoolError("--warmup-epochs applies to --schedule cosine-epoch; cosine-step warms up with --warmup")
+
+    def steps_per_epoch(self, n_images: int) -> float:
+        """Optimiser steps in one pass over the images: whole batches with ``drop_last`` (one batch of them all when
+        they are fewer than a batch: Dassl drops only when ``len(data) >= batch_size``, dassl/data/data_manager.py:49),
+        else a fraction where the last batch runs on into the next epoch."""
+        if self.drop_last:
+            return max(1, n_images // self.batch_size)
+        return n_images / self.batch_size
 
     def total_steps(self, n_images: int) -> int:
         if self.iterations is not None:
             return self.iterations
-        return math.ceil(self.epochs * n_images / self.batch_size)
+        return math.ceil(self.epochs * self.steps_per_epoch(n_images))
+
+    def epoch_of(self, step: int, n_images: int) -> int:
+        """The epoch (from 0) that optimiser step ``step`` belongs to; without ``drop_last``, the one its batch starts
+        in."""
+        if self.drop_last:
+            return step // int(self.steps_per_epoch(n_images))
+        return step * self.batch_size // n_images
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def learning_rate(options: TrainOptions, step: int, total: int) -> float:
+def learning_rate(options: TrainOptions, step: int, total: int, n_images: int) -> float:
+    if options.schedule == "cosine-epoch":
+        return _epoch_cosine(options, options.epoch_of(step, n_images), options.epoch_of(total - 1, n_images) + 1)
     if step < options.warmup:
         return options.lr * (step + 1) / options.warmup
     progress = (step - options.warmup) / max(1, total - options.warmup)
     return options.lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class BatchPlan:
-    """Global batch ``step`` = positions [step·B, (step+1)·B) of the concatenated per-epoch permutations."""
+def _epoch_cosine(options: TrainOptions, epoch: int, epochs: int) -> float:
+    """The lr Dassl's scheduler gives epoch ``epoch`` of ``epochs``: it is stepped once after each epoch
+    (trainers/kgcoop_coop_LMC.py:570-572), and its ConstantWarmupScheduler holds ``warmup_lr`` for the first
+    ``warmup_epochs`` epochs, then hands over to a CosineAnnealingLR(T_max = all the epochs, warm-up included) that
+    stood still meanwhile (WARMUP_RECOUNT True: dassl/optim/lr_scheduler.py:27-54, 141-149; dassl/config/defaults.py
+    :181). So epoch W runs at the peak and epoch e ≥ W at lr·(1 + cos(π(e − W)/epochs))/2: the cosine never reaches 0.
+    """
+    if epoch < options.warmup_epochs:
+        return options.warmup_lr
+    return options.lr * 0.5 * (1 + math.cos(math.pi * (epoch - options.warmup_epochs) / epochs))
 
-    def __init__(self, n_images: int, batch_size: int, seed: int):
-        self.n_images, self.batch_size, self.seed = n_images, batch_size, seed
+
+class BatchPlan:
+    """Global batch ``step`` = positions [step·B, (step+1)·B) of the concatenated per-epoch permutations; with
+    ``drop_last``, batch ``j`` of its epoch's permutation, each epoch's remainder left out."""
+
+    def __init__(self, n_images: int, batch_size: int, seed: int, drop_last: bool = False):
+        self.n_images, self.batch_size, self.seed, self.drop_last = n_images, batch_size, seed, drop_last
         self._generator = torch.Generator().manual_seed(seed)
         self._permutations: list[torch.Tensor] = []
 
@@ -118,6 +185,12 @@ class BatchPlan:
         return self._permutations[epoch]
 
     def global_batch(self, step: int) -> torch.Tensor:
+        if self.drop_last:
+            if self.n_images < self.batch_size:  # Dassl keeps a training set smaller than a batch whole
+                return self._permutation(step)
+            per_epoch = self.n_images // self.batch_size
+            epoch, position = divmod(step, per_epoch)
+            return self._permutation(epoch)[position * self.batch_size : (position + 1) * self.batch_size]
         first = step * self.batch_size
         first_epoch, last_epoch = first // self.n_images, (first + self.batch_size - 1) // self.n_images
         stream = torch.cat([self._permutation(epoch) for epoch in range(first_epoch, last_epoch + 1)])
@@ -128,7 +201,8 @@ class BatchPlan:
         """A seed for each image of global batch ``step``, for the random transforms it is loaded with."""
         # SeedSequence takes non-negative entropy; --seed may be negative.
         draws = np.random.SeedSequence(self.seed % 2**64, spawn_key=(step,))
-        return torch.from_numpy(draws.generate_state(self.batch_size).astype(np.int64))
+        size = min(self.batch_size, self.n_images) if self.drop_last else self.batch_size
+        return torch.from_numpy(draws.generate_state(size).astype(np.int64))
 
 
 @dataclass(frozen=True)
@@ -175,6 +249,7 @@ def train(
     fingerprint: dict[str, Any] | None = None,
     workers: int = 0,
     progress: Progress = no_progress,
+    after_epoch: EpochHook | None = None,
 ) -> TrainLog:
     """Minimise ``objective`` over its method's trainable parameters on ``inputs`` (cached normalised image features,
     or a dataset of preprocessed images).
@@ -190,13 +265,16 @@ def train(
             f"so that every process takes the same share of each batch"
         )
     total = options.total_steps(len(labels))
-    plan = BatchPlan(len(labels), options.batch_size, options.seed)
+    n_images = len(labels)
+    plan = BatchPlan(n_images, options.batch_size, options.seed, options.drop_last)
     trainable = method.trainable_parameters()
     optimizer = _optimizer(list(trainable.values()), options)
     scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
     start = 0
     if resume:
-        start = _load_state(_require(state_file), trainable, optimizer, scaler, fingerprint or {}, device, total)
+        start = _load_state(
+            _require(state_file), trainable, optimizer, scaler, fingerprint or {}, device, total, after_epoch
+        )
     if ranks.world_size > 1:
         # The whole objective is the wrapped module, so the gradients of all its terms are synchronised.
         loss_of = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
@@ -212,7 +290,7 @@ def train(
         for step, (batch_inputs, batch_labels) in zip(range(start, total), batches, strict=True):
             batch_inputs, batch_labels = batch_inputs.to(device), batch_labels.to(device)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(options, step, total)
+                group["lr"] = learning_rate(options, step, total, n_images)
             with precision_context(device, options.precision):
                 if method.image_tower_frozen and not cached:
                     with torch.no_grad():
@@ -233,9 +311,12 @@ def train(
             log.images_per_second = images_seen / (time.perf_counter() - began)
             advance(1, loss=mean_loss, speed=log.images_per_second)
             done = step + 1
+            epoch = options.epoch_of(step, n_images)
+            if after_epoch is not None and (done == total or options.epoch_of(done, n_images) > epoch):
+                after_epoch(epoch)
             if state_file is not None and ranks.is_main and done < total:
                 if stop or (checkpoint_every and done % checkpoint_every == 0):
-                    _save_state(state_file, done, trainable, optimizer, scaler, fingerprint or {})
+                    _save_state(state_file, done, trainable, optimizer, scaler, fingerprint or {}, after_epoch)
             if stop and done < total:
                 where = f"trainer state saved to {state_file}; " if state_file is not None else ""
                 raise TrainingInterrupted(f"interrupted after step {done} of {total}: {where}rerun with --resume")
@@ -329,6 +410,7 @@ def _save_state(
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
     fingerprint: dict[str, Any],
+    after_epoch: EpochHook | None,
 ) -> None:
     state = {
         "step": step,
@@ -336,6 +418,7 @@ def _save_state(
         "trainable": {name: p.detach().cpu() for name, p in trainable.items()},
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
+        "after_epoch": after_epoch.state_dict() if after_epoch is not None else {},
     }
     with atomic_output(path, overwrite=True) as temp:
         torch_save(state, temp)
@@ -349,6 +432,7 @@ def _load_state(
     fingerprint: dict[str, Any],
     device: torch.device,
     total: int,
+    after_epoch: EpochHook | None,
 ) -> int:
     """Restore a trainer state, checked entry by entry: it is a file on disk that may have been edited or damaged."""
     try:
@@ -380,6 +464,14 @@ def _load_state(
     with torch.no_grad():
         for name, parameter in trainable.items():
             parameter.copy_(state["trainable"][name])
+    if after_epoch is not None:
+        saved = state.get("after_epoch")
+        try:
+            after_epoch.load_state_dict(saved if isinstance(saved, dict) else {})
+        except (KeyError, ValueError, TypeError) as err:
+            raise CftoolError(
+                f"{path}: trainer state's checkpoint selection does not fit this run ({err}); delete it"
+            ) from None
     return state["step"]
 
 
