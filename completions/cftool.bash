@@ -2,11 +2,11 @@
 _cftool() {
     local cur=${COMP_WORDS[COMP_CWORD]} opts=""
     if [[ $COMP_CWORD -eq 1 ]]; then
-        COMPREPLY=($(compgen -W "finetune continue delta unify decouple route eval interpolate inspect import export --help --version" -- "$cur"))
+        COMPREPLY=($(compgen -W "finetune continue delta unify decouple route eval interpolate inspect import export recipes --help --version" -- "$cur"))
         return
     fi
     case "${COMP_WORDS[1]}" in
-        finetune) opts='--zs --data -o --output --method --classes --shots --iterations --epochs --batch-size --lr --optimizer --weight-decay --warmup --schedule --warmup-epochs --warmup-lr --drop-last --no-drop-last --select --label-smoothing --precision --augment --n-ctx --ctx-init --rank --alpha --towers --feature-cache --no-feature-cache --cache-dir --checkpoint-every --resume --eval --data-root --workers --device --seed --force --json --config --help' ;;
+        finetune) opts='--zs --data -o --output --method --classes --shots --iterations --epochs --batch-size --lr --optimizer --weight-decay --warmup --schedule --warmup-epochs --warmup-lr --drop-last --no-drop-last --select --label-smoothing --precision --augment --n-ctx --ctx-init --rank --alpha --towers --feature-cache --no-feature-cache --cache-dir --checkpoint-every --resume --eval --data-root --workers --device --seed --force --json --config --recipe --help' ;;
         continue) opts='--zs -o --output --lambda-lmc --lambda-zs --zs-reg --lmc-samples --data --classes --shots --iterations --epochs --batch-size --lr --optimizer --weight-decay --warmup --schedule --warmup-epochs --warmup-lr --drop-last --no-drop-last --select --inherit-recipe --label-smoothing --precision --augment --seed --feature-cache --no-feature-cache --cache-dir --checkpoint-every --resume --eval --data-root --workers --device --force --json --config --help' ;;
         delta) opts='-o --output --zs --dtype --scale --force --json --config --help' ;;
         unify) opts='-o --output --method --into --replace --keep --trim --lambda --p --seed --force --json --config --help' ;;
@@ -17,6 +17,7 @@ _cftool() {
         inspect) opts='--check --json --config --help' ;;
         import) opts='-o --output --zs --format --task --prototypes-dir --dtype --force --device --config --help' ;;
         export) opts='-o --output --zs --dtype --force --config --help' ;;
+        recipes) opts='--help' ;;
     esac
     if [[ $cur == -* ]]; then
         COMPREPLY=($(compgen -W "$opts" -- "$cur"))
