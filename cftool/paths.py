@@ -2,7 +2,10 @@
 
 A point at α is ``(1 − α)·A + α·B`` in the kind's path space, the same space MergeTune's objective uses:
 
-* ``prompt``: class text features, renormalised (a prompt scores any class names, so a path does too);
+* ``prompt``: class text features (a prompt scores any class names, so a path does too), each point normalised;
+  between two prompts the text encoder's unnormalised outputs are interpolated, as MergeTune's path does
+  (trainers/kgcoop_coop_LMC.py:512-517, normalised at :405); with the zero-shot model at an end (a mean of unit
+  template features, with no unnormalised counterpart) or a prompt mixed with the zero-shot head, unit features;
 * ``head``: head weights (the zero-shot end is the zero-shot head, unit rows);
 * ``model`` and ``lora``: the weights (a LoRA's merged weights; the zero-shot end is the base).
 
@@ -29,7 +32,7 @@ from cftool.merge.methods import refuse_scale_overflow
 from cftool.merge.stream import refuse_overflow
 from cftool.protocols import ZERO_SHOT, FeatureCache, halves_of
 from cftool.train.adapters import apply_checkpoint
-from cftool.train.methods import METHODS, ZERO_SHOT_WEIGHT, zero_shot_class_features, zero_shot_weight
+from cftool.train.methods import METHODS, ZERO_SHOT_WEIGHT, CoOp, zero_shot_class_features, zero_shot_weight
 from cftool.zoo import ZooModel
 
 WEIGHT_KINDS = ("model", "lora")
@@ -109,7 +112,8 @@ def evaluate_path(
     """Loss (cross-entropy at the model's logit scale) and top-1 accuracy at each α, for each task."""
     if kind in WEIGHT_KINDS:
         return _weights_path(zoo, a, b, tasks, alphas, split, cache)
-    heads = [_head_of(zoo, end) for end in (a, b)]
+    unnormalised = kind == "prompt" and _both_plain_prompts(a, b)
+    heads = [_head_of(zoo, end, unnormalised) for end in (a, b)]
     curves = []
     for task in tasks:
         features, labels = cache.get(task, split, base_weights=True)
@@ -160,10 +164,23 @@ def mix_heads(a: torch.Tensor, b: torch.Tensor, alpha: float, renormalise: bool)
     return F.normalize(mixed, dim=0) if renormalise else mixed
 
 
-def _head_of(zoo: ZooModel, end: Endpoint) -> HeadFn:
+def _both_plain_prompts(a: Endpoint, b: Endpoint) -> bool:
+    """Both ends are prompt files holding only a context (none mixed with the zero-shot head by `interpolate`)."""
+    if a.path is None or b.path is None:
+        return False
+    for end in (a, b):
+        with open_checkpoint(end.path) as ckpt:
+            if zero_shot_weight(ckpt):
+                return False
+    return True
+
+
+def _head_of(zoo: ZooModel, end: Endpoint, unnormalised_prompt: bool = False) -> HeadFn:
     if end.path is None:
         return zero_shot_head
     with open_checkpoint(end.path) as ckpt:
+        if unnormalised_prompt:
+            return CoOp.of_checkpoint(zoo, ckpt).unnormalised_head
         return apply_checkpoint(zoo, ckpt)
 
 

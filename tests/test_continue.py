@@ -80,7 +80,7 @@ def test_the_objective_of_a_head_equals_design_5_1_by_hand():
     assert torch.allclose(by_feature(features, labels), expected_feature, atol=1e-5)
 
 
-def test_the_objective_of_a_prompt_interpolates_class_features_and_uses_the_zero_shot_head():
+def test_the_objective_of_a_prompt_interpolates_unnormalised_class_features_and_uses_the_zero_shot_head():
     zoo = load_model("tiny")
     method = CoOp(zoo, CLASSES, TEMPLATES)
     zero_shot_head = zero_shot_class_features(zoo, CLASSES, TEMPLATES)
@@ -89,19 +89,20 @@ def test_the_objective_of_a_prompt_interpolates_class_features_and_uses_the_zero
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         method.ctx.add_(0.2 * torch.randn(method.ctx.shape, generator=generator))
-        fine_tuned = method.class_features(method.tokens)
+        fine_tuned = method.unnormalised_class_features(method.tokens)
     options = MergeTuneOptions(lambda_lmc=1.5, lambda_zs=3.0, zs_reg="feature", lmc_samples=(0.5, 1.0))
     objective = MergeTune(method, zero_shot, options)
     param_objective = MergeTune(method, zero_shot, replace(options, zs_reg="param"))
     with torch.no_grad():
         method.ctx.add_(0.2 * torch.randn(method.ctx.shape, generator=generator))
-        current = method.class_features(method.tokens)
+        current_raw = method.unnormalised_class_features(method.tokens)
+        current = F.normalize(current_raw, dim=-1)
 
     features = F.normalize(torch.randn(5, current.shape[1], generator=generator), dim=-1)
     labels = torch.tensor([0, 1, 2, 2, 1])
     scale = zoo.model.logit_scale.exp().item()
     task = _cross_entropy(scale, features, current, labels)
-    midpoint = _cross_entropy(scale, features, F.normalize((fine_tuned + current) / 2, dim=-1), labels)
+    midpoint = _cross_entropy(scale, features, F.normalize((fine_tuned + current_raw) / 2, dim=-1), labels)
     cosine = F.cosine_similarity(current, zero_shot_head, dim=-1).mean()
     path = 1.5 * (midpoint + task) / 2
     with torch.no_grad():
@@ -139,8 +140,8 @@ def test_weight_methods_score_a_path_point_as_a_model_holding_those_weights(meth
 
 def test_lmc_samples_accept_a_list_or_a_count():
     assert parse_lmc_samples("0.5,1.0") == (0.5, 1.0)
-    assert parse_lmc_samples("4") == (0.25, 0.5, 0.75, 1.0)
-    assert MergeTuneOptions().lmc_samples == tuple(round(0.1 * i, 1) for i in range(1, 11))
+    assert parse_lmc_samples("4") == (0.1, 0.35, 0.6, 0.85)  # the reference's NUM_SAMPLES = 4
+    assert MergeTuneOptions().lmc_samples == (0.1, 0.3, 0.5, 0.7, 0.9)
     for bad in ("0", "a,b", "1.5"):
         with pytest.raises(Exception, match="lmc-samples"):
             MergeTuneOptions(lmc_samples=parse_lmc_samples(bad))
@@ -150,9 +151,9 @@ def test_the_cli_defaults_are_the_library_defaults():
     from cftool.cli import continue_
 
     defaults = MergeTuneOptions()
-    assert (continue_.DEFAULT_LAMBDA_LMC, continue_.DEFAULT_LAMBDA_ZS, continue_.DEFAULT_ZS_REG) == (
-        defaults.lambda_lmc, defaults.lambda_zs, defaults.zs_reg,
-    )  # fmt: skip
+    assert (
+        continue_.DEFAULT_LAMBDA_LMC, continue_.DEFAULT_LAMBDA_ZS, continue_.DEFAULT_ZS_REG, continue_.DEFAULT_ZS_LOSS
+    ) == (defaults.lambda_lmc, defaults.lambda_zs, defaults.zs_reg, defaults.zs_loss)  # fmt: skip
     assert parse_lmc_samples(continue_.DEFAULT_LMC_SAMPLES) == defaults.lmc_samples
 
 
@@ -170,7 +171,8 @@ def test_the_users_spelling_needs_no_data_flags_and_round_trips_through_eval(cli
         source_header = ckpt.header
     assert header.method == "mergetune" and header.config["method"] == "coop"
     assert header.config["mergetune"] == {
-        "lambda_lmc": 1.0, "lambda_zs": 1.0, "zs_reg": "feature", "lmc_samples": [0.5, 1.0],
+        "lambda_lmc": 1.0, "lambda_zs": 1.0, "zs_reg": "feature", "lmc_samples": [0.5, 1.0], "zs_loss": "cosine",
+        "anchor_templates": source_header.config["templates"],
     }  # fmt: skip
     import hashlib
 

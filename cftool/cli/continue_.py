@@ -32,7 +32,8 @@ from cftool.cli.finetune import (
 DEFAULT_LAMBDA_LMC = 1.0
 DEFAULT_LAMBDA_ZS = 10.0
 DEFAULT_ZS_REG = "feature"
-DEFAULT_LMC_SAMPLES = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1.0"
+DEFAULT_ZS_LOSS = "cosine"
+DEFAULT_LMC_SAMPLES = "0.1,0.3,0.5,0.7,0.9"
 
 
 def continue_command(
@@ -52,10 +53,20 @@ def continue_command(
     ] = DEFAULT_LAMBDA_ZS,
     zs_reg: Annotated[
         str,
-        typer.Option("--zs-reg", help="param: ‖w − ŵ1‖²; feature: 1 − mean cosine of class text features."),
+        typer.Option("--zs-reg", help="param: ‖w − ŵ1‖²; feature: compare class text features (--zs-loss)."),
     ] = DEFAULT_ZS_REG,
+    zs_loss: Annotated[
+        str,
+        typer.Option(
+            "--zs-loss", help="With --zs-reg feature: cosine (1 − mean cosine) or l2 (mean L2 distance), as KgCoOp."
+        ),
+    ] = DEFAULT_ZS_LOSS,
     lmc_samples: Annotated[
-        str, typer.Option("--lmc-samples", help="α values of the path, comma-separated, or a count N (1/N … 1).")
+        str,
+        typer.Option(
+            "--lmc-samples",
+            help="α values of the path, comma-separated, or the reference's count N (0.1, 0.1 + 1/N, … ≤ 1).",
+        ),
     ] = DEFAULT_LMC_SAMPLES,
     data: Annotated[
         str | None, typer.Option("--data", help="Train on other data than the checkpoint records: toy:TASK, ...")
@@ -157,7 +168,7 @@ def continue_command(
     data_overrides = {name: value for name, value in {"classes": classes, "shots": shots}.items() if value is not None}
     if data_overrides:
         DatasetSpec("check", **data_overrides)  # validates the values before any work
-    options = MergeTuneOptions(lambda_lmc, lambda_zs, zs_reg, parse_lmc_samples(lmc_samples))
+    options = MergeTuneOptions(lambda_lmc, lambda_zs, zs_reg, parse_lmc_samples(lmc_samples), zs_loss)
     job = ContinueJob(
         source=source,
         zs=zs,

@@ -6,7 +6,8 @@ Nine datasets come from CoOp's fixed ``split_zhou_<Name>.json``: ``train``/``val
 ``classnames.txt`` (its val images are both the val and the test split), FGVCAircraft from the dataset's own
 ``variants.txt`` and ``images_variant_<split>.txt``. Class names are what reaches CoOp's prompt: its
 PromptLearner (and zero-shot CLIP) read every ``_`` in a class name as a space; templates are CoOp's
-CUSTOM_TEMPLATES (``trainers/zsclip.py``).
+CUSTOM_TEMPLATES (``trainers/zsclip.py``). MergeTune's zero-shot anchor (``anchor_templates``) is KgCoOp's
+template instead, as MergeTune's CoOp continuation builds it.
 """
 
 from __future__ import annotations
@@ -57,6 +58,11 @@ CUSTOM_TEMPLATES = {
     "ImageNetR": "a photo of a {}.",
 }
 
+# The template of the zero-shot text features MergeTune's CoOp continuation is pulled towards: KgCoOp's table
+# (MergeTune's trainers/kgcoop_coop_LMC.py:52-68, read at :149-157; the same in trainers/kgcoop.py:37-54). It is
+# CoOp's except for DescribableTextures, where evaluation (zsclip.py:17) reads "{} texture.".
+KGCOOP_TEMPLATES = {**CUSTOM_TEMPLATES, "DescribableTextures": "a photo of a {}, a type of texture."}
+
 # Short names users type. Lookup ignores case, `_`, `-` and spaces, so CoOp's config names (`oxford_pets`,
 # `fgvc_aircraft`, `imagenet_a`) and the canonical names need no entry here.
 ALIASES = {
@@ -87,6 +93,7 @@ class CoopSource:
         self.name = name
         self.classnames = [prompt_classname(raw) for raw in raw_classnames]
         self.templates = (CUSTOM_TEMPLATES[name],)
+        self.anchor_templates = (KGCOOP_TEMPLATES[name],)
         self._split_readers = split_readers
         self._items: dict[str, list[Item]] = {}
 

@@ -34,7 +34,8 @@ SPLITS = ("train", "val", "test")
 
 
 class ImageSource(Protocol):
-    """What a reader provides: a label space, prompt templates, and images by (split, index)."""
+    """What a reader provides: a label space, prompt templates, and images by (split, index). A reader may also
+    name ``anchor_templates``, the templates of MergeTune's zero-shot anchor (``TaskData.anchor_templates``)."""
 
     name: str
     classnames: Sequence[str]
@@ -165,6 +166,12 @@ class TaskData:
     @property
     def templates(self) -> list[str]:
         return list(self.source.templates)
+
+    @property
+    def anchor_templates(self) -> list[str]:
+        """The templates of MergeTune's zero-shot anchor (the class text features its feature surrogate compares
+        with): a source's own ``anchor_templates`` where it names them (`coop:` data: KgCoOp's), else its templates."""
+        return list(getattr(self.source, "anchor_templates", self.source.templates))
 
     def split(self, split: str, transform: Callable | None = None) -> TaskSplit:
         try:

@@ -349,7 +349,7 @@ def _objective(
     freshly built method (and the base weights, before the checkpoint replaces them) as the zero-shot point."""
     if continuation is None:
         return CrossEntropy(method, job.train.label_smoothing)
-    zero_shot = ZeroShotPoint.of(method, zero_shot_class_features(zoo, task.classnames, task.templates))
+    zero_shot = ZeroShotPoint.of(method, zero_shot_class_features(zoo, task.classnames, task.anchor_templates))
     with open_checkpoint(continuation.checkpoint) as ckpt:
         method.load_trained(ckpt)
     try:
@@ -367,7 +367,7 @@ def _config(
     if continuation is not None:
         continued = {
             "objective": "mergetune",
-            "mergetune": continuation.options.to_dict(),
+            "mergetune": {**continuation.options.to_dict(), "anchor_templates": task.anchor_templates},
             "recipe": continuation.recipe,
             "continued_from": {"file": continuation.checkpoint.name, "sha256": continuation.checkpoint_sha256},
         }

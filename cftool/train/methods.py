@@ -5,8 +5,9 @@ features (frozen image tower) or images to logits, ``export`` of what it learned
 ``eval_head`` (a ``HeadFn``) so that any label space can be evaluated with it.
 
 For MergeTune (DESIGN §5.1) a method also names its *solution*, the point that linear paths between two
-solutions run through: the class text features of a prompt, the weight of a head, the changed weights of LoRA and
-full fine-tuning. ``logits_at`` scores with any such point, so a path costs one matrix product per point for
+solutions run through: the unnormalised class text features of a prompt (the text encoder's outputs, normalised only
+after interpolating, as MergeTune's code does), the weight of a head, the changed weights of LoRA and full
+fine-tuning. ``logits_at`` scores with any such point, so a path costs one matrix product per point for
 prompts and heads (image features of the frozen tower are reused) and one forward pass per point for weights.
 
 A freshly built method is the zero-shot model (the hand-written context, the zero-shot head, LoRA's B = 0, the base
@@ -212,8 +213,10 @@ def check_prompts_fit(tokenizer: Callable, classnames: Sequence[str], n_ctx: int
 
 
 class CoOp(Method):
-    """Learned context vectors before each class name; both encoders frozen. Its solution is the class text
-    features, so paths between prompts are paths of class features (renormalised), as in MergeTune's code."""
+    """Learned context vectors before each class name; both encoders frozen. Its solution is the text encoder's
+    unnormalised class features, so a path between prompts interpolates those and normalises each point afterwards,
+    as MergeTune's code does (trainers/kgcoop_coop_LMC.py:512-517 interpolates the TextEncoder outputs of the two
+    prompts' contexts; :405 normalises the point before scoring)."""
 
     name, kind, default_optimizer, default_lr = "coop", "prompt", "sgd", 2e-3
 
@@ -259,10 +262,13 @@ class CoOp(Method):
         return self.tokenizer(context_prompts(classnames, self.n_ctx)).to(self.device)
 
     def class_features(self, tokens: torch.Tensor) -> torch.Tensor:
-        return F.normalize(encode_text_with_context(self.model, tokens, self.ctx), dim=-1)
+        return F.normalize(self.unnormalised_class_features(tokens), dim=-1)
+
+    def unnormalised_class_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        return encode_text_with_context(self.model, tokens, self.ctx)
 
     def solution(self) -> Solution:
-        return {"class_features": self.class_features(self.tokens)}
+        return {"class_features": self.unnormalised_class_features(self.tokens)}
 
     def logits_at(self, inputs: torch.Tensor, solution: Solution) -> torch.Tensor:
         return self.model.logit_scale.exp() * inputs @ self.class_text_features(solution).T
@@ -283,13 +289,18 @@ class CoOp(Method):
         _copy_into({"ctx": self.ctx}, ckpt, {"ctx": "ctx"})
 
     @classmethod
-    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
+    def of_checkpoint(cls, zoo: ZooModel, ckpt: CheckpointReader) -> CoOp:
+        """The prompt a checkpoint holds (its context alone: a share of the zero-shot head is ``apply``'s)."""
         width = zoo.model.token_embedding.weight.shape[1]
         found = ckpt.tensors["ctx"].shape if "ctx" in ckpt else ()
         # A shared context [n_ctx, width], or a class-specific one [n_classes, n_ctx, width].
         check_shapes(ckpt.path, ckpt.tensors, {"ctx": (*found[:-1], width) if len(found) in (2, 3) else (0, width)})
         config = ckpt.header.config or {}
-        prompt = cls(zoo, ckpt.header.classnames or [], [], ctx_init=config.get("ctx_init", COOP_INIT), ctx=ckpt["ctx"])
+        return cls(zoo, ckpt.header.classnames or [], [], ctx_init=config.get("ctx_init", COOP_INIT), ctx=ckpt["ctx"])
+
+    @classmethod
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
+        prompt = cls.of_checkpoint(zoo, ckpt)
         zero_shot_share = zero_shot_weight(ckpt)
         if not zero_shot_share:
             return prompt.eval_head
@@ -304,6 +315,11 @@ class CoOp(Method):
     def eval_head(self, zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
         # A prompt generalises to any class names: that is what base-to-novel measures.
         return self.class_features(self._tokens(classnames)).float().T.cpu()
+
+    @torch.no_grad()
+    def unnormalised_head(self, zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
+        """``eval_head`` before normalising: the path space of prompts (a ``HeadFn`` too)."""
+        return self.unnormalised_class_features(self._tokens(classnames)).float().T.cpu()
 
     def export(self) -> dict[str, torch.Tensor]:
         return {"ctx": self.ctx.detach().cpu().contiguous()}

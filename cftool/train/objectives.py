@@ -6,6 +6,7 @@ so that under DDP a single wrapped module runs the whole objective and every ter
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -18,7 +19,13 @@ from cftool.merge.methods import fits_float32
 from cftool.train.methods import Method, Solution
 
 ZS_REGULARISERS = ("param", "feature")
-DEFAULT_LMC_SAMPLES = tuple(round(0.1 * i, 1) for i in range(1, 11))
+# How the feature surrogate compares class text features: KgCoOp's LOSS_TYPE (MergeTune's
+# trainers/kgcoop_coop_LMC.py:385-393; train.py:106 defaults to cosine, and the README's CoOp run passes cosine).
+ZS_LOSSES = ("cosine", "l2")
+# The reference's NUM_SAMPLES (train.py:108, scripts/coop_LMC/base2new_train_coop.sh: 5) and where its grid starts
+# and stops: ``np.arange(0.1, 1.01, 1 / NUM_SAMPLES)`` (trainers/kgcoop_coop_LMC.py:509 and :538).
+REFERENCE_LMC_COUNT = 5
+_GRID_START, _GRID_STOP = 0.1, 1.01
 
 
 class Objective(nn.Module):
@@ -42,14 +49,26 @@ class CrossEntropy(Objective):
         return self.cross_entropy(self.method(inputs), labels)
 
 
+def reference_lmc_samples(count: int) -> tuple[float, ...]:
+    """The reference's α grid for NUM_SAMPLES = ``count``: ``np.arange(0.1, 1.01, 1/count)``, i.e. 0.1, 0.1 + 1/N,
+    … while below 1.01 (5 → 0.1, 0.3, 0.5, 0.7, 0.9: α = 1, the current model, is not a path sample; 10 → 0.1 … 1.0).
+    numpy's length ``ceil((stop − start) / step)`` and values ``start + k·step``, rounded to 6 places."""
+    step = 1.0 / count
+    return tuple(round(_GRID_START + k * step, 6) for k in range(math.ceil((_GRID_STOP - _GRID_START) / step)))
+
+
+DEFAULT_LMC_SAMPLES = reference_lmc_samples(REFERENCE_LMC_COUNT)
+
+
 def parse_lmc_samples(text: str) -> tuple[float, ...]:
-    """``--lmc-samples``: a comma-separated list of α in (0, 1], or a count N meaning 1/N, 2/N, …, 1."""
+    """``--lmc-samples``: a comma-separated list of α in (0, 1], or a count N, the reference's NUM_SAMPLES
+    (``reference_lmc_samples``)."""
     try:
         if "," not in text and "." not in text:
             count = int(text)
             if count < 1:
                 raise ValueError
-            return tuple(round(i / count, 6) for i in range(1, count + 1))
+            return reference_lmc_samples(count)
         samples = tuple(float(item) for item in text.split(",") if item.strip())
     except ValueError:
         raise CftoolError(
@@ -64,6 +83,7 @@ class MergeTuneOptions:
     lambda_zs: float = 10.0
     zs_reg: str = "feature"
     lmc_samples: tuple[float, ...] = DEFAULT_LMC_SAMPLES
+    zs_loss: str = "cosine"  # the feature surrogate's comparison (ZS_LOSSES); the parameter surrogate has its own
 
     def __post_init__(self):
         for flag, value in (("--lambda-lmc", self.lambda_lmc), ("--lambda-zs", self.lambda_zs)):
@@ -73,6 +93,13 @@ class MergeTuneOptions:
                 )
         if self.zs_reg not in ZS_REGULARISERS:
             raise CftoolError(f"--zs-reg must be one of {', '.join(ZS_REGULARISERS)}, got {self.zs_reg!r}")
+        if self.zs_loss not in ZS_LOSSES:
+            raise CftoolError(f"--zs-loss must be one of {', '.join(ZS_LOSSES)}, got {self.zs_loss!r}")
+        if self.zs_reg == "param" and self.zs_loss != "cosine":
+            raise CftoolError(
+                f"--zs-loss {self.zs_loss} compares class text features, but --zs-reg param measures ‖w − ŵ1‖²; "
+                "use --zs-reg feature with it"
+            )
         if not self.lmc_samples or not all(0 < alpha <= 1 for alpha in self.lmc_samples):
             raise CftoolError(f"--lmc-samples must be α values in (0, 1], got {list(self.lmc_samples)}")
 
@@ -83,7 +110,8 @@ class MergeTuneOptions:
 @dataclass(frozen=True)
 class ZeroShotPoint:
     """MergeTune's zero-shot counterpart ŵ1: the parameter point of a freshly built method (the hand-written context,
-    the zero-shot head, LoRA = 0, the base weights) and the zero-shot class text features."""
+    the zero-shot head, LoRA = 0, the base weights) and the zero-shot class text features of the task's anchor
+    templates (``TaskData.anchor_templates``: KgCoOp's template for `coop:` data, as the reference builds them)."""
 
     parameters: Solution
     class_features: torch.Tensor  # [n_classes, embed_dim], normalised
@@ -96,13 +124,16 @@ class ZeroShotPoint:
 
 
 class MergeTune(Objective):
-    """DESIGN §5.1: ``CE(f_w) + λ_lmc · mean_α CE(f_{(1−α)·ŵ2 + α·w}) + λ_zs · R(w, ŵ1)``.
+    """DESIGN §5.1: ``CE(f_w) + λ_lmc · mean_α CE(f_{(1−α)·ŵ2 + α·w}) + λ_zs · R(w, ŵ1)``, the loss of MergeTune's
+    ``forward_backward`` (trainers/kgcoop_coop_LMC.py:534-552: W · score + W_LMC · the mean path loss).
 
     ŵ2 is the method's solution when the objective is built (the fine-tuned checkpoint, where training starts);
-    the path points are interpolated in the method's path space (class features, head weights or weights). The
-    α = 1 point is the current model, whose loss is the first term already. ``R`` is ``‖w − ŵ1‖²`` over the
-    method's parameter point (``param``) or ``1 − mean_c cos(t_c(w), t_c(ŵ1))`` over class text features
-    (``feature``).
+    the path points are interpolated in the method's path space (a prompt's unnormalised class text features,
+    normalised after interpolating as the reference does at :517 and :405; head weights; or weights). An α = 1
+    point is the current model, whose loss is the first term already. ``R`` is ``‖w − ŵ1‖²`` over the method's
+    parameter point (``param``) or, over the normalised class text features ``t̂_c`` (``feature``), KgCoOp's
+    ``1 − mean_c cos(t̂_c(w), t̂_c(ŵ1))`` (``cosine``) or ``mean_c ‖t̂_c(w) − t̂_c(ŵ1)‖₂``, unsquared (``l2``)
+    (:385-393).
     """
 
     name = "mergetune"
@@ -135,5 +166,7 @@ class MergeTune(Objective):
         if self.options.zs_reg == "param":
             point = self.method.parameter_point(current)
             return sum(((point[name] - self.zero_shot.parameters[name]) ** 2).sum() for name in point)
-        features = self.method.class_text_features(current)
-        return 1 - F.cosine_similarity(features, self.zero_shot.class_features, dim=-1).mean()
+        features, anchor = self.method.class_text_features(current), self.zero_shot.class_features
+        if self.options.zs_loss == "l2":
+            return torch.linalg.vector_norm(features - anchor, dim=-1).mean()
+        return 1 - F.cosine_similarity(features, anchor, dim=-1).mean()
