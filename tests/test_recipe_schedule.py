@@ -13,7 +13,7 @@ import torch
 from cftool.data import DatasetSpec, load_task
 from cftool.data.validation import few_shot_val_positions
 from cftool.io.checkpoint import open_checkpoint
-from cftool.train.continued import MERGETUNE_COOP_RECIPE
+from cftool.train.continued import mergetune_coop_recipe
 from cftool.train.finetune import BestValidation
 from cftool.train.loop import BatchPlan, TrainOptions, learning_rate
 from test_finetune import DATA, torch_threads
@@ -169,7 +169,7 @@ def test_continue_of_a_coop_prompt_records_mergetunes_recipe_and_flags_win(cli, 
     with open_checkpoint(source.with_name("coop.mergetune.safetensors")) as ckpt:
         config = ckpt.header.config
     assert config["recipe"] == "mergetune-coop" and config["mergetune"]["lmc_samples"]
-    expected = {**MERGETUNE_COOP_RECIPE, "epochs": 2, "precision": "fp32"}  # the flags win
+    expected = {**mergetune_coop_recipe(), "epochs": 2, "precision": "fp32"}  # the flags win
     assert {key: config[key] for key in expected} == expected
     assert config["selection"]["rule"] == "best-val"
     inherited = cli("continue", source, "--zs", "tiny", "--inherit-recipe", "-o", tmp_path / "inherited.safetensors")

@@ -73,3 +73,23 @@ def test_recipes_lists_and_prints(cli):
     assert listing.code == 0 and all(name in listing.stderr for name in recipe_names())
     printed = cli("recipes", "zscl-mtil-few-shot")
     assert printed.code == 0 and yaml.safe_load(printed.stdout)["options"]["shots"] == 5
+
+
+def test_continue_takes_the_mergetune_recipe_on_any_kind_and_records_it(cli, tmp_path):
+    head = tmp_path / "head.safetensors"
+    assert cli("finetune", "--zs", "tiny", "--data", "toy:food", "--shots", "4", "--method", "head", "--iterations", "1", "-o", head).code == 0  # fmt: skip
+    output = tmp_path / "head.mt.safetensors"
+    assert cli("continue", head, "--recipe", "mergetune-coop", "--epochs", "2", "-o", output).code == 0
+    config = recorded_config(output)
+    assert config["recipe"] == "mergetune-coop"
+    assert (config["batch_size"], config["weight_decay"], config["schedule"], config["select"]) == (
+        128, 5e-4, "cosine-epoch", "best-val"
+    )  # fmt: skip
+    assert config["mergetune"]["lmc_samples"] == pytest.approx([0.1, 0.3, 0.5, 0.7, 0.9])
+    assert config["epochs"] == 2  # the command line wins
+
+
+def test_a_recipe_of_another_command_is_refused(cli, tmp_path):
+    output = tmp_path / "x.safetensors"
+    message = one_line_error(cli("finetune", "--recipe", "mergetune-coop", "--data", "toy:food", *SHORT, "-o", output))
+    assert "cftool continue" in message

@@ -116,12 +116,6 @@ def recipe_lr(ctx: typer.Context, data: str | None, lr: float | None) -> float |
     return recipe.lr_for(mtil_name(data.removeprefix("mtil:")) or "") or lr
 
 
-def used_recipe(ctx: typer.Context) -> str | None:
-    """The name of the recipe the running command was given, to record in what it writes."""
-    recipe = ctx.meta.get(_RECIPE)
-    return recipe.name if recipe else None
-
-
 ConfigOption = Annotated[
     Path | None,
     typer.Option(

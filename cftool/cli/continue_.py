@@ -13,6 +13,7 @@ from cftool.cli.common import (
     DeviceOption,
     ForceOption,
     JsonOption,
+    RecipeOption,
     WorkersOption,
     emit_json,
     progress_bar,
@@ -134,6 +135,7 @@ def continue_command(
     force: ForceOption = False,
     json_output: JsonOption = False,
     config: ConfigOption = None,
+    recipe: RecipeOption = None,
 ) -> None:
     """MergeTune: continue training a fine-tuned checkpoint so that it regains zero-shot knowledge.
 
@@ -187,6 +189,7 @@ def continue_command(
         workers=workers,
         evaluate=evaluate,
         inherit_recipe=inherit_recipe,
+        recipe=recipe,
     )
     with progress_bar() as progress:
         result = continue_training(job, training_reporter(progress))

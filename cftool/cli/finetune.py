@@ -25,7 +25,6 @@ from cftool.cli.common import (
     recipe_lr,
     resolve_device,
     seed_everything,
-    used_recipe,
 )
 from cftool.errors import CftoolError
 
@@ -179,7 +178,7 @@ def finetune_command(
         cache_dir=cache_dir,
         workers=workers,
         evaluate=evaluate,
-        recipe=used_recipe(ctx),
+        recipe=recipe,
     )
     with progress_bar() as progress:
         result = finetune(job, training_reporter(progress))

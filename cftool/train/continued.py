@@ -2,8 +2,8 @@
 
 Everything a fresh fine-tune was given (method and its options, training data, class names, templates, recipe) is
 read from the checkpoint's metadata; the caller's overrides win. A CoOp prompt is continued with MergeTune's own
-recipe instead of CoOp's (``MERGETUNE_COOP_RECIPE``), unless ``inherit_recipe`` asks for the recorded one. The run is `finetune`'s own path, started from the
-checkpoint's solution with MergeTune's objective, so resume, the feature cache, DDP and the written files (the
+recipe instead of CoOp's (`mergetune_coop_recipe`), unless ``inherit_recipe`` asks for the recorded one. The run is
+`finetune`'s own path, started from the checkpoint's solution with MergeTune's objective, so resume, the feature cache, DDP and the written files (the
 checkpoint, of the input's kind, and its prototypes) behave exactly as there.
 """
 
@@ -19,6 +19,7 @@ from cftool.data import DatasetSpec
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, file_sha256, open_checkpoint
 from cftool.io.command_files import SUFFIX, beside
+from cftool.recipes import load_recipe
 from cftool.train.adapters import trainable_method
 from cftool.train.finetune import Continuation, FinetuneJob, FinetuneResult, finetune
 from cftool.train.loop import Progress, TrainOptions, no_progress
@@ -34,29 +35,16 @@ METHOD_OPTION_KEYS = {
     "full": ("towers",),
 }
 TRAIN_OPTION_KEYS = tuple(f.name for f in fields(TrainOptions))
-# How MergeTune continues a CoOp prompt (the official run: mergetune/scripts/coop_LMC/base2new_train_coop.sh with
-# configs/trainers/KgCoOp_COOP_LMC/vit_b16_ep100_ctxv1.yaml): batch 128 (:3), SGD at 2e-3 (:16-17) with Dassl's
-# momentum 0.9 and weight decay 5e-4 (Dassl.ProGrad.pytorch/dassl/config/defaults.py:151-152), 100 epochs (:18) of a
-# cosine stepped once per epoch after one epoch at the constant 1e-5 (:19-22, see loop._epoch_cosine), fp16 autocast
-# with a gradient scaler (TRAINER.COOP.PREC "amp", mergetune/train.py:104; kgcoop_coop_LMC.py:483, 501-532), the
-# training loader's last partial batch dropped (dassl/data/data_manager.py:49), plain cross-entropy, and the epoch of
-# the best base-class validation accuracy kept (mergetune/train.py:165). The training transform (random resized crop
-# and flip, :13) is --augment coop, which a prompt fine-tuned on coop: data records already.
-MERGETUNE_COOP_RECIPE: dict[str, Any] = {
-    "epochs": 100,
-    "batch_size": 128,
-    "optimizer": "sgd",
-    "lr": 2e-3,
-    "weight_decay": 5e-4,
-    "schedule": "cosine-epoch",
-    "warmup": 0,
-    "warmup_epochs": 1,
-    "warmup_lr": 1e-5,
-    "precision": "fp16",
-    "drop_last": True,
-    "label_smoothing": 0.0,
-    "select": "best-val",
-}
+
+
+def mergetune_coop_recipe() -> dict[str, Any]:
+    """How MergeTune continues a CoOp prompt: the training options of the `mergetune-coop` recipe, whose file cites
+    the official lines of each value. The training transform (random resized crop and flip) is --augment coop, which
+    a prompt fine-tuned on coop: data records already."""
+    options = load_recipe("mergetune-coop").options
+    return {
+        key: value for key, value in ((k.replace("-", "_"), v) for k, v in options.items()) if key in TRAIN_OPTION_KEYS
+    }
 
 
 def default_output(source: Path) -> Path:
@@ -83,6 +71,7 @@ class ContinueJob:
     workers: int = 0
     evaluate: bool = False
     inherit_recipe: bool = False  # a CoOp prompt: train with its recorded recipe, not MergeTune's
+    recipe: str | None = None  # the official recipe (`--recipe`) the overrides came from, recorded instead
 
     @property
     def output_path(self) -> Path:
@@ -139,11 +128,11 @@ def _recipe(
     CoOp prompt MergeTune's continuation recipe over them, with the overrides on top; a length given on the command
     line replaces the recorded one, whichever unit it is in. Also the recipe's name, which the output records."""
     recipe = {key: config[key] for key in TRAIN_OPTION_KEYS if config.get(key) is not None}
-    name = "source"
+    name = job.recipe or "source"
     # A CoOp prompt fine-tuned by cftool (not already a continuation, whose config records the recipe it ran with).
     if config.get("method") == "coop" and "objective" not in config and not job.inherit_recipe:
         recipe.pop("iterations", None)
-        recipe, name = {**recipe, **MERGETUNE_COOP_RECIPE}, "mergetune-coop"
+        recipe, name = {**recipe, **mergetune_coop_recipe()}, job.recipe or "mergetune-coop"
     if {"iterations", "epochs"} & job.train_overrides.keys():
         recipe.pop("iterations", None)
         recipe.pop("epochs", None)
