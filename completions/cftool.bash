@@ -6,7 +6,7 @@ _cftool() {
         return
     fi
     case "${COMP_WORDS[1]}" in
-        finetune) opts='--zs --data -o --output --method --classes --shots --iterations --epochs --batch-size --lr --optimizer --weight-decay --warmup --schedule --warmup-epochs --warmup-lr --drop-last --no-drop-last --select --label-smoothing --precision --augment --n-ctx --ctx-init --rank --alpha --towers --feature-cache --no-feature-cache --cache-dir --checkpoint-every --resume --eval --data-root --workers --device --seed --force --json --config --recipe --help' ;;
+        finetune) opts='--zs --data -o --output --method --classes --shots --iterations --epochs --batch-size --lr --optimizer --weight-decay --warmup --schedule --warmup-epochs --warmup-lr --drop-last --no-drop-last --select --label-smoothing --precision --augment --n-ctx --ctx-init --rank --alpha --lora-targets --lora-init --towers --feature-cache --no-feature-cache --cache-dir --checkpoint-every --resume --eval --data-root --workers --device --seed --force --json --config --recipe --help' ;;
         continue) opts='--zs -o --output --lambda-lmc --lambda-zs --zs-reg --zs-loss --lmc-samples --data --classes --shots --iterations --epochs --batch-size --lr --optimizer --weight-decay --warmup --schedule --warmup-epochs --warmup-lr --drop-last --no-drop-last --select --inherit-recipe --label-smoothing --precision --augment --seed --feature-cache --no-feature-cache --cache-dir --checkpoint-every --resume --eval --data-root --workers --device --force --json --config --recipe --help' ;;
         delta) opts='-o --output --zs --dtype --scale --force --json --config --help' ;;
         unify) opts='-o --output --method --into --replace --keep --trim --lambda --p --seed --force --json --config --help' ;;
@@ -15,7 +15,7 @@ _cftool() {
         eval) opts='--zs --data --benchmark --classes --path --steps --plot --sessions --task-agnostic --label-space --prototypes --top-k --cache-dir --heatmap --split --data-root -o --output --force --batch-size --workers --device --seed --json --config --help' ;;
         interpolate) opts='--alpha -o --output --zs --device --force --config --help' ;;
         inspect) opts='--check --json --config --help' ;;
-        import) opts='-o --output --zs --format --task --prototypes-dir --dtype --force --device --config --help' ;;
+        import) opts='-o --output --zs --format --task --prototypes-dir --dtype --lora-base --force --device --config --help' ;;
         export) opts='-o --output --zs --dtype --force --config --help' ;;
         recipes) opts='--help' ;;
     esac

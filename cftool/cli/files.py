@@ -110,6 +110,14 @@ def import_command(
         str | None,
         typer.Option("--dtype", help="open_clip: fp32, fp16 or bf16 for the weights (default: the file's)."),
     ] = None,
+    lora_base: Annotated[
+        Path | None,
+        typer.Option(
+            "--lora-base",
+            help="condu, a ConDU-LoRA session: the state dict of the run's pretrained.pth, whose LoRA factors the "
+            "session's factor deltas are relative to.",
+        ),
+    ] = None,
     force: ForceOption = False,
     device: DeviceOption = "cpu",
     config: ConfigOption = None,
@@ -121,6 +129,13 @@ def import_command(
     -o coop.safetensors
 
     Example: cftool import condu/session_10 --zs ViT-B/16 -o unified.st
+
+    A ConDU-LoRA session (its unified.pth holds lora_A/lora_B factors) becomes a condu-lora set in factor space; its
+    deltas are relative to the LoRA factors of the run's pretrained.pth, a pickled model that cftool does not
+    unpickle: save its state dict in a trusted Python and pass it as --lora-base.
+
+    Example: cftool import checkpoint/full_lora/session_10 --zs ViT-B/16 --lora-base pretrained-state.pth
+    -o unified-lora.st
     """
     from cftool.io.checkpoint import check_outputs
 
@@ -131,8 +146,11 @@ def import_command(
         raise CftoolError(f"--format {source_format!r}: expected auto, open_clip, coop or condu")
     inputs = [file for file in source.iterdir() if file.is_file()] if source.is_dir() else [source]
     inputs += [Path(zs)] if Path(zs).is_file() else []
+    if lora_base is not None and fmt != "condu":
+        raise CftoolError("--lora-base applies to a ConDU-LoRA session folder (--format condu)")
     if fmt == "condu":
-        _import_condu_session(source, zs, output, prototypes_dir, task, force, inputs)
+        inputs += [lora_base] if lora_base is not None else []
+        _import_condu_session(source, zs, output, prototypes_dir, task, force, inputs, lora_base)
         return
     check_outputs({"-o": output}, inputs, force)  # before any work
     from cftool.zoo import load_model
@@ -185,7 +203,14 @@ def export_command(
 
 
 def _import_condu_session(
-    folder: Path, zs: str, output: Path, prototypes_dir: Path | None, task: str | None, force: bool, inputs: list[Path]
+    folder: Path,
+    zs: str,
+    output: Path,
+    prototypes_dir: Path | None,
+    task: str | None,
+    force: bool,
+    inputs: list[Path],
+    lora_base: Path | None,
 ) -> None:
     from cftool.io.checkpoint import check_outputs
     from cftool.io.convert import import_condu_session
@@ -205,7 +230,7 @@ def _import_condu_session(
     }
     check_outputs({"-o": output, **prototype_files}, inputs, force)  # before the unified delta is read
     with open_base(zs) as base:
-        written = import_condu_session(folder, base, output, prototypes_dir, force)
+        written = import_condu_session(folder, base, output, prototypes_dir, force, lora_base)
     console.print(f"wrote {written[0]} (ConDU session → unified)" + "".join(f", {path}" for path in written[1:]))
 
 

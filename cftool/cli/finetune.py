@@ -35,8 +35,16 @@ if TYPE_CHECKING:
 METHOD_NAMES = ("coop", "head", "lora", "full")
 
 # Which method each method-specific option belongs to, so that a misplaced option is refused, not ignored.
-METHOD_OPTIONS = {"n_ctx": ("coop",), "rank": ("lora",), "alpha": ("lora",), "towers": ("lora", "full")}
-LORA_DEFAULTS = {"rank": 8, "alpha": 16.0}
+METHOD_OPTIONS = {
+    "n_ctx": ("coop",),
+    "rank": ("lora",),
+    "alpha": ("lora",),
+    "lora_targets": ("lora",),
+    "lora_init": ("lora",),
+    "towers": ("lora", "full"),
+}
+# cftool.train.lora's defaults and choices, spelled out so that `--help` does not import torch (a test keeps them equal).
+LORA_DEFAULTS = {"rank": 8, "alpha": 16.0, "lora_targets": "attention+mlp", "lora_init": "zero-b"}
 DEFAULT_TOWERS = "image,text"
 
 # The names of cftool.data.augment.AUGMENTATIONS, spelled out so that `--help` does not import torch (a test keeps
@@ -97,7 +105,26 @@ def finetune_command(
         str, typer.Option("--ctx-init", help="coop: words the context starts from, or 'random'.")
     ] = "a photo of a",
     rank: Annotated[int | None, typer.Option("--rank", min=1, help="lora: rank (default 8).")] = None,
-    alpha: Annotated[float | None, typer.Option("--alpha", help="lora: scale alpha/rank (default alpha 16).")] = None,
+    alpha: Annotated[
+        float | None,
+        typer.Option("--alpha", help="lora: scale alpha/rank (default alpha 16; ConDU's 1/√rank is alpha √rank)."),
+    ] = None,
+    lora_targets: Annotated[
+        str | None,
+        typer.Option(
+            "--lora-targets",
+            help="lora: attention+mlp (default: attention and MLP projections) or mlp (the MLP's c_fc and c_proj "
+            "only, as ConDU-LoRA).",
+        ),
+    ] = None,
+    lora_init: Annotated[
+        str | None,
+        typer.Option(
+            "--lora-init",
+            help="lora: zero-b (default: A Kaiming, B = 0, starts at the base) or condu (A and B randn·0.01, as "
+            "ConDU-LoRA).",
+        ),
+    ] = None,
     towers: Annotated[
         str | None, typer.Option("--towers", help="lora, full: towers to train, image, text or image,text (default).")
     ] = None,
@@ -130,6 +157,9 @@ def finetune_command(
 
     Example: cftool finetune --zs tiny --data toy:flowers --classes base --shots 16 --method coop --epochs 50 --lr 0.05
     -o coop.safetensors
+
+    Example (ConDU-LoRA's LoRA): cftool finetune --zs ViT-B/16 --data mtil:DTD --method lora --lora-targets mlp
+    --lora-init condu --rank 64 --alpha 8 --lr 2e-3 --iterations 1000 -o dtd-lora.safetensors
     """
     from cftool.data import DatasetSpec
     from cftool.data.augment import default_augmentation
@@ -137,7 +167,14 @@ def finetune_command(
 
     if method not in METHODS:
         raise CftoolError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
-    given = {"n_ctx": n_ctx, "rank": rank, "alpha": alpha, "towers": towers}
+    given = {
+        "n_ctx": n_ctx,
+        "rank": rank,
+        "alpha": alpha,
+        "lora_targets": lora_targets,
+        "lora_init": lora_init,
+        "towers": towers,
+    }
     misplaced = [name for name, value in given.items() if value is not None and method not in METHOD_OPTIONS[name]]
     if misplaced:
         flag, methods = "--" + misplaced[0].replace("_", "-"), " or ".join(METHOD_OPTIONS[misplaced[0]])
@@ -168,7 +205,7 @@ def finetune_command(
         method=method,
         output=output,
         train=train_options,
-        method_options=_method_options(method, n_ctx, ctx_init, rank, alpha, towers),
+        method_options=_method_options(method, n_ctx, ctx_init, towers, given),
         device=resolve_device(device),
         data_root=data_root,
         force=force,
@@ -190,7 +227,7 @@ def finetune_command(
 
 
 def _method_options(
-    method: str, n_ctx: int | None, ctx_init: str, rank: int | None, alpha: float | None, towers: str | None
+    method: str, n_ctx: int | None, ctx_init: str, towers: str | None, given: dict[str, Any]
 ) -> dict[str, Any]:
     if method == "coop":
         return {"n_ctx": n_ctx, "ctx_init": ctx_init}
@@ -198,11 +235,9 @@ def _method_options(
         return {}
     tower_list = {"towers": tuple(t.strip() for t in (towers or DEFAULT_TOWERS).split(",") if t.strip())}
     if method == "lora":
-        return {
-            "rank": LORA_DEFAULTS["rank"] if rank is None else rank,
-            "alpha": LORA_DEFAULTS["alpha"] if alpha is None else alpha,  # 0 is a value (a LoRA that adds nothing)
-            **tower_list,
-        }
+        # 0 is a value of --alpha (a LoRA that adds nothing): only None takes the default.
+        lora = {key: default if given[key] is None else given[key] for key, default in LORA_DEFAULTS.items()}
+        return {**lora, **tower_list}
     return tower_list
 
 

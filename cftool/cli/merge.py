@@ -20,8 +20,7 @@ if TYPE_CHECKING:
     from cftool.merge.engine import UnifyResult
 
 # Spelled out so that `--help` needs no import of the methods (a test checks it against the registry).
-METHOD_NAMES = ("condu", "ties", "task-arithmetic", "dare", "mean")
-AS_KINDS = ("delta", "model")
+METHOD_NAMES = ("condu", "condu-lora", "ties", "task-arithmetic", "dare", "mean")
 
 
 def _reporter(progress):
@@ -96,7 +95,10 @@ def delta_command(
 
 
 def unify_command(
-    deltas: Annotated[list[Path], typer.Argument(help="Delta files, one per task (e.g. deltas/*.safetensors).")],
+    deltas: Annotated[
+        list[Path],
+        typer.Argument(help="Delta files, one per task (e.g. deltas/*.safetensors); condu-lora: lora checkpoints."),
+    ],
     output: OutputOption,
     method: Annotated[str, typer.Option("--method", help=f"One of {', '.join(METHOD_NAMES)}.")] = "condu",
     into: Annotated[
@@ -128,27 +130,37 @@ def unify_command(
     Streams tensors: memory is a few tensor slices per input, never whole models. `--method condu` writes a
     `unified` file that `decouple` rebuilds each task's expert from; the other methods write one `delta`.
 
+    LoRA, two ways: `--method condu-lora` takes the tasks' `lora` checkpoints and unifies their factors A and B
+    (the reference ConDU-LoRA: its experts decouple back into lora factors); `--method condu` over `cftool delta`
+    of lora checkpoints unifies the merged updates ΔW = scale·B·A instead (cftool's own, weight space).
+
     Example: cftool unify deltas/*.safetensors -o unified.st
 
     Example: cftool unify --into session1.st deltas/cars.safetensors -o session2.st
+
+    Example: cftool unify --method condu-lora lora/food.safetensors lora/cars.safetensors -o unified-lora.st
     """
     from contextlib import ExitStack
 
-    from cftool.merge.engine import continual_inputs, open_deltas, open_previous, unify
+    from cftool.merge.engine import continual_inputs, open_deltas, open_loras, open_previous, unify
     from cftool.merge.registry import get_method
 
     merge = get_method(method)
     options = merge.make_options(keep=keep, trim=trim, scale=scale, p=p, seed=seed)
-    if into is not None and method != "condu":
-        raise CftoolError(f"--into continues a ConDU unified set; it needs --method condu, not {method}")
+    if into is not None and not merge.writes_triggers:
+        raise CftoolError(f"--into continues a ConDU unified set; it needs --method condu or condu-lora, not {method}")
     if replace and into is None:
         raise CftoolError("--replace applies with --into PREVIOUS")
     with ExitStack() as stack:
-        inputs = open_deltas(deltas, stack)
-        if into is not None:
-            inputs = continual_inputs(open_previous(into, stack), inputs, replace)
+        previous = open_previous(into, stack) if into is not None else None
+        factor_base = previous.factor_bases() if previous is not None else {}
+        inputs = open_loras(deltas, stack, factor_base) if merge.inputs == "lora" else open_deltas(deltas, stack)
+        if previous is not None:
+            inputs = continual_inputs(previous, inputs, replace)
         with progress_bar() as progress:
-            result = unify(inputs, merge, options, output, overwrite=force, progress=_reporter(progress))
+            result = unify(
+                inputs, merge, options, output, overwrite=force, progress=_reporter(progress), factor_base=factor_base
+            )
     _print_unify(result)
     if json_output:
         emit_json(result.to_json())
@@ -176,14 +188,22 @@ def decouple_command(
     task: Annotated[str | None, typer.Option("--task", help="The task whose expert to rebuild.")] = None,
     all_tasks: Annotated[bool, typer.Option("--all", help="Rebuild every task's expert.")] = False,
     as_kind: Annotated[
-        str, typer.Option("--as", help="delta (δ̃ = λ·M⊙u) or model (θ0 + δ̃, for eval and export).")
-    ] = "delta",
+        str | None,
+        typer.Option(
+            "--as",
+            help="delta (δ̃ = λ·M⊙u; the default) or model (θ0 + δ̃, for eval and export); a condu-lora set: lora "
+            "(its factors; the default) or model.",
+        ),
+    ] = None,
     zs: ZsOption = None,
     force: ForceOption = False,
     json_output: JsonOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Rebuild task experts from a unified set: δ̃ = λ·M⊙u, or with --as model the full weights θ0 + δ̃.
+
+    A condu-lora set rebuilds each factor so (plus the factors its deltas are relative to, for an imported ConDU
+    session): --as lora writes the expert's factors as a `lora` checkpoint, --as model the weights W + scale·B̃·Ã.
 
     Reads only the unified delta and the chosen tasks' masks, tensor by tensor. --as model needs the base (--zs,
     default: the one the set records); --as delta needs none.
@@ -195,17 +215,22 @@ def decouple_command(
     from contextlib import ExitStack
 
     from cftool.io.unified import open_unified
-    from cftool.merge.decouple import decouple
+    from cftool.merge.decouple import decouple, factor_space
     from cftool.zoo.base import open_base, recorded_base
 
-    if as_kind not in AS_KINDS:
-        raise CftoolError(f"--as {as_kind!r}: expected delta or model")
     if (task is None) == (not all_tasks):
         raise CftoolError("give --task NAME (one expert) or --all (every task's, into the folder -o names)")
-    if zs is not None and as_kind == "delta":
-        raise CftoolError("--zs is used with --as model; a delta needs no base")
     with ExitStack() as stack:
         unified_set = stack.enter_context(open_unified(unified))
+        own_kind = "lora" if factor_space(unified_set) is not None else "delta"
+        as_kind = as_kind or own_kind
+        if as_kind not in (own_kind, "model"):
+            raise CftoolError(
+                f"--as {as_kind!r}: the experts of {unified} are written as {own_kind} or model"
+                + (" (`cftool delta` of a lora expert gives its ΔW delta)" if own_kind == "lora" else "")
+            )
+        if zs is not None and as_kind != "model":
+            raise CftoolError(f"--zs is used with --as model; a {as_kind} needs no base")
         tasks = unified_set.task_names if all_tasks else [task]
         if all_tasks:
             outputs = [output / f"{_file_name(name, unified)}.safetensors" for name in tasks]

@@ -6,7 +6,11 @@ Tensors, in this order for every floating tensor ``NAME`` of the model:
   ``mask/I/NAME``     task ``I``'s mask ``M_I`` of that tensor, bit-packed (``cftool.io.bitpack``: 1 bit per
                       element, a flat uint8 tensor)
 
-and last ``rescalers``, float32 ``[n_tasks]``: every task's ``λ_I``. Besides the usual ``cftool.*`` keys (kind
+and last ``rescalers``, float32 ``[n_tasks]``: every task's ``λ_I``. A set unified in LoRA factor space
+(``unify --method condu-lora``, ConDU-LoRA) holds factors ``TARGET.lora_A`` [rank, in] and ``TARGET.lora_B`` [out, rank]
+as its tensors, records ``{"rank", "alpha", "targets"}`` under the key ``lora`` of its config, and, where its deltas
+are relative to factors other than zero (an imported ConDU session: the factors of its ``pretrained.pth``), holds
+those as ``lora_base/NAME`` before the rescalers. Besides the usual ``cftool.*`` keys (kind
 ``unified``, base, base_sha256, method ``condu``, config), the metadata key ``cftool.tasks`` holds the JSON list,
 in task order, of ``{"task", "classnames", "template"}`` (and ``"run"``, the fine-tune the task's delta came from,
 where its checkpoint recorded one). Masks are named by task index, not task name, so that any
@@ -31,6 +35,8 @@ from cftool.io.checkpoint import CheckpointReader, TensorInfo, open_checkpoint
 TASKS_KEY = "cftool.tasks"
 RESCALERS = "rescalers"
 _MASK_PREFIX = "mask/"
+FACTOR_BASE_PREFIX = "lora_base/"
+LORA_KEY = "lora"  # of a factor-space set's config
 
 
 def mask_name(index: int, name: str) -> str:
@@ -56,16 +62,25 @@ def tasks_metadata(tasks: Sequence[TaskEntry]) -> dict[str, str]:
     return {TASKS_KEY: json.dumps([task.to_json() for task in tasks], ensure_ascii=False)}
 
 
+def factor_base_name(name: str) -> str:
+    return f"{FACTOR_BASE_PREFIX}{name}"
+
+
 def unified_layout(
-    delta_layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]], n_tasks: int
+    delta_layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+    n_tasks: int,
+    factor_base: Mapping[str, torch.Tensor] | None = None,
 ) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
     """The tensors of a unified file for deltas of this layout: each tensor's masks right after it (decoupling
-    reads them together), the rescalers last (they are known only once every tensor has been merged)."""
+    reads them together), the factors the deltas are relative to (if any), the rescalers last (they are known only
+    once every tensor has been merged)."""
     layout: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
     for name, (dtype, shape) in delta_layout.items():
         layout[name] = (dtype, tuple(shape))
         for index in range(n_tasks):
             layout[mask_name(index, name)] = (torch.uint8, (packed_length(shape),))
+    for name, tensor in (factor_base or {}).items():
+        layout[factor_base_name(name)] = (tensor.dtype, tuple(tensor.shape))
     layout[RESCALERS] = (torch.float32, (n_tasks,))
     return layout
 
@@ -112,9 +127,20 @@ class UnifiedSet:
         self.tasks = parse_tasks(self.path, reader.header.extra.get(TASKS_KEY))
         n_tasks = len(self.tasks)
         masks = {name for name in reader.tensors if name.startswith(_MASK_PREFIX)}
+        bases = {name for name in reader.tensors if name.startswith(FACTOR_BASE_PREFIX)}
         self.delta: dict[str, TensorInfo] = {
-            name: info for name, info in reader.tensors.items() if name not in masks and name != RESCALERS
+            name: info
+            for name, info in reader.tensors.items()
+            if name not in masks and name not in bases and name != RESCALERS
         }
+        lora = (self.header.config or {}).get(LORA_KEY)
+        if lora is not None and not isinstance(lora, dict):
+            raise _damaged(self.path, f"config {LORA_KEY!r} is not {{rank, alpha, targets}}")
+        self.lora_config: dict | None = lora  # a factor-space set's rank, alpha and targets; None: weight space
+        for name in bases:
+            factor = name.removeprefix(FACTOR_BASE_PREFIX)
+            if lora is None or factor not in self.delta or reader.tensors[name].shape != self.delta[factor].shape:
+                raise _damaged(self.path, f"{name!r} is not the base of one of its LoRA factors")
         rescalers = reader.tensors.get(RESCALERS)
         if rescalers is None or rescalers.dtype != "F32" or rescalers.shape != (n_tasks,):
             found = f"{rescalers.dtype} {list(rescalers.shape)}" if rescalers else "none"
@@ -168,6 +194,14 @@ class UnifiedSet:
             raise ValueError(f"rows from {start} of {name!r} do not begin at a byte of its packed mask")
         packed = self.reader.read_rows(packed_name, first // 8, (last + 7) // 8)
         return unpack_bits(packed, (stop - start, *shape[1:]), self.path)
+
+    def factor_base(self, name: str) -> torch.Tensor | None:
+        """The factors the deltas of ``name`` are relative to (None: zero, as in every set cftool unifies)."""
+        base = factor_base_name(name)
+        return self.reader[base] if base in self.reader.tensors else None
+
+    def factor_bases(self) -> dict[str, torch.Tensor]:
+        return {name: base for name in self.delta if (base := self.factor_base(name)) is not None}
 
     def mask_counts(self, index: int) -> Iterator[tuple[str, int, int]]:
         """(tensor name, set bits, elements) of task ``index``'s mask, one tensor at a time."""

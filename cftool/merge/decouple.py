@@ -2,6 +2,11 @@
 
 Rebuilding reads only ``u`` and the chosen tasks' masks, some rows of one tensor at a time; with a base, the
 expert is written as a full `model` file (``θ̃_i = θ_0 + δ̃_i``) that `eval` and `export` take as it is.
+
+A set unified in LoRA factor space (ConDU-LoRA) rebuilds each factor the same way and adds it to the factors the
+deltas are relative to, ``P + λ_i · M_i ⊙ u`` (P = 0 unless imported), as ConDU does (``src/main.py:72-74``:
+``unified · mask · rescaler`` added to ``pretrained.pth``'s state, factors included): its expert is a `lora`
+checkpoint, or with a base the `model` ``W + scale · B̃ Ã``.
 """
 
 from __future__ import annotations
@@ -12,9 +17,11 @@ from pathlib import Path
 
 import torch
 
-from cftool.io.checkpoint import CheckpointWriter, Header, check_outputs, refuse_non_finite
+from cftool.errors import CftoolError
+from cftool.io.checkpoint import CheckpointWriter, Header, check_outputs, refuse_non_finite, save_checkpoint
 from cftool.io.unified import UnifiedSet
 from cftool.merge.delta import check_base_fits, check_same_base
+from cftool.merge.lora import LoRAShape, lora_shape, merged_factors
 from cftool.merge.methods import work_dtype
 from cftool.merge.stream import (
     DEFAULT_CHUNK_ELEMENTS,
@@ -42,6 +49,32 @@ def expert_tensors(unified: UnifiedSet, index: int) -> Iterator[tuple[str, torch
         yield name, expert_rows(unified, index, name, 0, info.shape[0] if info.shape else 1)
 
 
+def factor_space(unified: UnifiedSet) -> LoRAShape | None:
+    """The rank, alpha and targets of a set unified in LoRA factor space; None for a set of weight deltas."""
+    if unified.lora_config is None:
+        return None
+    shape = lora_shape(unified.path, unified.lora_config, {name: info.shape for name, info in unified.delta.items()})
+    extra = sorted(set(unified.delta) - set(shape.factor_names()))
+    if extra:
+        raise CftoolError(
+            f"{unified.path}: damaged unified file ({extra[0]!r} is not a factor of its LoRA targets); "
+            "re-create it with `cftool unify --method condu-lora`"
+        )
+    return shape
+
+
+def expert_factors(unified: UnifiedSet, index: int) -> dict[str, torch.Tensor]:
+    """Task ``index``'s LoRA factors of a factor-space set: ``P + λ_i · M_i ⊙ u`` for every factor."""
+    factors = {}
+    for name, step in expert_tensors(unified, index):
+        base = unified.factor_base(name)
+        if base is not None:
+            work = work_dtype(torch.promote_types(base.dtype, step.dtype))
+            step = (base.to(work) + step.to(work)).to(step.dtype)
+        factors[name] = step
+    return factors
+
+
 def decouple(
     unified: UnifiedSet,
     tasks: Sequence[str],
@@ -55,6 +88,9 @@ def decouple(
     indices = [unified.task_index(task) for task in tasks]
     experts = {f"expert {task!r}": output for task, output in zip(tasks, outputs, strict=True)}
     check_outputs(experts, [unified.path], overwrite)
+    shape = factor_space(unified)
+    if shape is not None:
+        return _decouple_factors(unified, shape, indices, outputs, base, overwrite, progress)
     delta_layout = {name: (info.torch_dtype, info.shape) for name, info in unified.delta.items()}
     if base is not None:
         check_same_base(unified.path, unified.header, base)
@@ -90,7 +126,38 @@ def decouple(
     return list(outputs)
 
 
-def _expert_header(unified: UnifiedSet, index: int, base: BaseModel | None) -> Header:
+def _decouple_factors(
+    unified: UnifiedSet,
+    shape: LoRAShape,
+    indices: Sequence[int],
+    outputs: Sequence[Path],
+    base: BaseModel | None,
+    overwrite: bool,
+    progress: Progress,
+) -> list[Path]:
+    """Each task's expert of a factor-space set: its factors as a `lora` file, or with ``base`` the `model` they make.
+    Factors are LoRA-sized, so each task's are rebuilt whole."""
+    if base is not None:
+        check_same_base(unified.path, unified.header, base)
+    advance = progress(f"decouple {len(indices)} task(s)", len(indices))
+    for index, output in zip(indices, outputs, strict=True):
+        factors = expert_factors(unified, index)
+        if base is None:
+            header = _expert_header(unified, index, None, kind="lora", config=shape.to_json())
+            save_checkpoint(output, factors, header, overwrite=overwrite)
+        else:
+            targets = {name: base[name] for name in shape.targets if name in base.layout}
+            merged = merged_factors(targets, unified.path, shape, factors.__getitem__)
+            with CheckpointWriter(output, base.layout, _expert_header(unified, index, base), overwrite) as writer:
+                for name in base.layout:
+                    writer.write(name, merged[name] if name in merged else base[name])
+        advance()
+    return list(outputs)
+
+
+def _expert_header(
+    unified: UnifiedSet, index: int, base: BaseModel | None, kind: str = "delta", config: dict | None = None
+) -> Header:
     task = unified.tasks[index]
     fields = {
         "task": task.task,
@@ -98,8 +165,12 @@ def _expert_header(unified: UnifiedSet, index: int, base: BaseModel | None) -> H
         "template": task.template,
         "run": task.run,
         "method": unified.header.method,
-        "config": {"decoupled_from": unified.path.name, "rescaler": float(unified.rescalers[index])},
+        "config": {
+            **(config or {}),
+            "decoupled_from": unified.path.name,
+            "rescaler": float(unified.rescalers[index]),
+        },
     }
     if base is not None:
         return base.header("model", **fields)
-    return Header("delta", unified.header.base, unified.header.base_sha256, unified.header.base_arch, **fields)
+    return Header(kind, unified.header.base, unified.header.base_sha256, unified.header.base_arch, **fields)

@@ -29,8 +29,18 @@ from cftool.io.checkpoint import (
     open_checkpoint,
     refuse_non_finite,
 )
-from cftool.io.unified import RESCALERS, TaskEntry, UnifiedSet, mask_name, tasks_metadata, unified_layout
-from cftool.merge.decouple import expert_rows
+from cftool.io.unified import (
+    LORA_KEY,
+    RESCALERS,
+    TaskEntry,
+    UnifiedSet,
+    factor_base_name,
+    mask_name,
+    tasks_metadata,
+    unified_layout,
+)
+from cftool.merge.decouple import expert_rows, factor_space
+from cftool.merge.lora import LoRAShape, lora_config
 from cftool.merge.methods import refuse_scale_overflow
 from cftool.merge.registry import Chunk, MergeMethod
 from cftool.merge.stream import (
@@ -54,10 +64,34 @@ class TaskInput(ABC):
     base_sha256: str
     base_arch: dict | None
     layout: Layout
+    lora: LoRAShape | None = None  # the rank, alpha and targets of factor deltas (ConDU-LoRA); None: weight deltas
 
     @abstractmethod
     def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows ``start:stop`` of tensor ``name`` (the whole tensor if it is 0-d)."""
+
+
+class LoRAFactorsFile(TaskInput):
+    """A `lora` checkpoint's factors as a task delta in factor space (ConDU-LoRA): each factor minus the factors
+    ``P`` the set is relative to (none: zero; a continual session on an imported ConDU set: its ``pretrained.pth``'s
+    factors), as ConDU's delta of a LoRA model is its state minus ``pretrained.pth``'s (``src/delta_models.py:17-24``).
+    """
+
+    def __init__(self, reader: CheckpointReader, factor_base: Mapping[str, torch.Tensor]):
+        self.reader, self.factor_base = reader, factor_base
+        self.source = reader.path
+        header = reader.header
+        task = header.task or _stem(reader.path)
+        self.task = TaskEntry(task, header.classnames, header.template, header.run)
+        self.base, self.base_sha256, self.base_arch = header.base, header.base_sha256, header.base_arch
+        rank, alpha, targets = lora_config(reader)
+        self.lora = LoRAShape(rank, alpha, tuple(targets))
+        self.layout = {name: (torch.float32, reader.tensors[name].shape) for name in self.lora.factor_names()}
+
+    def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        rows = self.reader.read_rows(name, start, stop).to(torch.float32)
+        base = self.factor_base.get(name)
+        return rows if base is None else rows - base[start:stop].to(torch.float32)
 
 
 class DeltaFile(TaskInput):
@@ -84,6 +118,7 @@ class DecoupledExpert(TaskInput):
         self.base, self.base_sha256 = unified.header.base, unified.header.base_sha256
         self.base_arch = unified.header.base_arch
         self.layout = {name: (info.torch_dtype, info.shape) for name, info in unified.delta.items()}
+        self.lora = factor_space(unified)
 
     def rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         return expert_rows(self.unified, self.index, name, start, stop)
@@ -118,6 +153,20 @@ def open_deltas(paths: Sequence[Path], stack: ExitStack) -> list[DeltaFile]:
                 "make one with `cftool delta FILE --zs BASE -o DELTA`"
             )
         inputs.append(DeltaFile(reader))
+    return inputs
+
+
+def open_loras(paths: Sequence[Path], stack: ExitStack, factor_base: Mapping[str, torch.Tensor]) -> list[TaskInput]:
+    """Open `lora` checkpoints as factor deltas relative to ``factor_base`` (empty: zero); anything else is refused."""
+    inputs: list[TaskInput] = []
+    for path in paths:
+        reader = stack.enter_context(open_checkpoint(path))
+        if reader.header.kind != "lora":
+            raise CftoolError(
+                f"{path}: --method condu-lora unifies LoRA factors and expects a 'lora' checkpoint, found "
+                f"{reader.header.kind!r}; use --method condu for deltas"
+            )
+        inputs.append(LoRAFactorsFile(reader, factor_base))
     return inputs
 
 
@@ -175,6 +224,11 @@ def check_compatible(inputs: Sequence[TaskInput]) -> None:
                 f"{first.source} for base {first.base!r} (weights sha256 {_short(first.base_sha256)}); "
                 "unify deltas of one base model"
             )
+        if other.lora != first.lora:
+            raise CftoolError(
+                f"{other.source}: its LoRA ({_describe_lora(other.lora)}) differs from that of {first.source} "
+                f"({_describe_lora(first.lora)}); unify LoRA factors of one rank, alpha and set of targets"
+            )
         difference = _layout_difference(first.layout, other.layout)
         if difference:
             raise CftoolError(
@@ -187,6 +241,12 @@ def check_compatible(inputs: Sequence[TaskInput]) -> None:
                 "unify one delta per task"
             )
         seen[other.task.task] = other
+
+
+def _describe_lora(lora: LoRAShape | None) -> str:
+    if lora is None:
+        return "none: weight deltas"
+    return f"rank {lora.rank}, alpha {lora.alpha:g}, {len(lora.targets)} targets"
 
 
 def _layout_difference(expected: Layout, found: Layout) -> str:
@@ -251,12 +311,20 @@ def unify(
     overwrite: bool = False,
     chunk_elements: int | None = DEFAULT_CHUNK_ELEMENTS,
     progress: Progress = no_progress,
+    factor_base: Mapping[str, torch.Tensor] | None = None,
 ) -> UnifyResult:
     """Merge the inputs' deltas with ``method`` into ``output``: a unified set for a method with triggers (ConDU),
-    else a `delta`. ``chunk_elements=None`` merges whole tensors (the fully loaded baseline)."""
+    else a `delta`. ``chunk_elements=None`` merges whole tensors (the fully loaded baseline). Factor deltas
+    (ConDU-LoRA) record their LoRA in the set, with ``factor_base``, the factors they are relative to, if any."""
     check_outputs({"-o": output}, sorted({task.source for task in inputs}), overwrite)  # before the passes
     check_compatible(inputs)
     first = inputs[0]
+    if (first.lora is not None) != (method.inputs == "lora") or (first.lora is not None and not method.writes_triggers):
+        raise CftoolError(
+            f"{first.source}: --method {method.name} merges {method.inputs} inputs, not "
+            f"{'LoRA factors' if first.lora else 'weight deltas'}; use --method "
+            f"{'condu-lora' if first.lora else 'condu'} (or `cftool delta` the lora checkpoints: ΔW-space)"
+        )
     plan = plan_tensors(first.layout, chunk_elements)
     if getattr(options, "scale", None) is not None:
         refuse_scale_overflow("--lambda", options.scale, {tensor.dtype for tensor in plan}, output)
@@ -285,8 +353,10 @@ def unify(
         "tasks": [task.task for task in tasks],
         "sources": [task.source.name for task in inputs],
     }
+    if first.lora is not None:
+        config[LORA_KEY] = first.lora.to_json()
     if method.writes_triggers:
-        layout = unified_layout(delta_layout, len(inputs))
+        layout = unified_layout(delta_layout, len(inputs), factor_base)
         extra = tasks_metadata(tasks)
         header = Header(
             "unified", first.base, first.base_sha256, first.base_arch, method=method.name, config=config, extra=extra
@@ -309,6 +379,8 @@ def unify(
                 write_part(writer, tensor, mask_name(index, chunk.name), chunk.first_element // 8, pack_bits(mask))
             for key, value in merged.sums.items():
                 sums[key] = sums[key] + value if key in sums else value
+        for name, tensor in (factor_base or {}).items():
+            writer.write(factor_base_name(name), tensor)
         rescalers = None
         if method.writes_triggers:
             rescalers = method.rescalers(sums)

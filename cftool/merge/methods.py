@@ -124,6 +124,20 @@ def condu(chunk: Chunk, options: CondUOptions, statistics: Mapping[str, Any]) ->
     )
 
 
+# ConDU-LoRA: the same unify, over LoRA factors (ConDU src/main.py:82-85: DeltaModel(pretrained, current) over the
+# state dict of the LoRA model, whose only trained tensors are lora_A and lora_B, then unify_delta_models as for full
+# weights; src/delta_models.py:86-126). Every factor is a tensor of the model, so sign, masks, the unified maximum
+# and the rescalers' two sums run over the factors, and λ_i scales A and B alike.
+merge_method(
+    "condu-lora",
+    reference="DESIGN §5.2 over LoRA factors (§5.4 ConDU-LoRA); github.com/zhangzicong518/ConDU clip/model_lora.py, "
+    "src/main.py, src/delta_models.py",
+    options=CondUOptions,
+    rescalers=condu_rescalers,
+    inputs="lora",
+)(condu)
+
+
 # TIES ----------------------------------------------------------------------------------------------------------
 
 TRIMS = ("global", "per-tensor")

@@ -75,6 +75,7 @@ class MergeMethod:
     options: type  # a frozen dataclass of the method's options, with defaults, validated when built
     statistics: tuple[tuple[str, StatisticFactory], ...] = ()
     rescalers: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None  # set: writes a unified set
+    inputs: str = "delta"  # what it merges: `delta` files, or the factors of `lora` checkpoints (factor space)
 
     @property
     def writes_triggers(self) -> bool:
@@ -106,13 +107,14 @@ def merge_method(
     options: type,
     statistics: tuple[tuple[str, StatisticFactory], ...] = (),
     rescalers: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
+    inputs: str = "delta",
 ) -> Callable[[MethodFunction], MethodFunction]:
     """Register ``function`` as the `unify --method NAME` method."""
 
     def register(function: MethodFunction) -> MethodFunction:
         if name in METHODS:
             raise ValueError(f"merge method {name!r} is registered twice")
-        METHODS[name] = MergeMethod(name, function, reference, options, statistics, rescalers)
+        METHODS[name] = MergeMethod(name, function, reference, options, statistics, rescalers, inputs)
         return function
 
     return register

@@ -21,8 +21,9 @@ from cftool.evaluate import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, TensorInfo, check_shapes, open_checkpoint
 from cftool.io.header import read_cftool_header
 from cftool.io.unified import UnifiedSet
-from cftool.merge.decouple import expert_tensors
+from cftool.merge.decouple import expert_factors, expert_tensors, factor_space
 from cftool.merge.delta import added_delta
+from cftool.merge.lora import merged_factors
 from cftool.train.methods import METHODS, Method
 from cftool.zoo import ZooModel
 
@@ -59,7 +60,8 @@ class DeltaAdapter:
 
 
 class UnifiedAdapter:
-    """One task's expert of a ConDU unified set, ``θ0 + λ_i · M_i ⊙ u``, rebuilt by decouple's own rule."""
+    """One task's expert of a ConDU unified set, ``θ0 + λ_i · M_i ⊙ u`` (in LoRA factor space: ``W + scale · B̃ Ã``
+    with ``B̃, Ã = P + λ_i · M_i ⊙ u``), rebuilt by decouple's own rule."""
 
     kind, changes_weights = "unified", True
 
@@ -71,7 +73,12 @@ class UnifiedAdapter:
                 f"{ckpt.path}: a unified set holds one expert per task ({', '.join(unified.task_names)}); "
                 "name the task whose expert to use"
             )
-        _load_delta(zoo, ckpt.path, unified.delta, expert_tensors(unified, unified.task_index(task)))
+        index, shape = unified.task_index(task), factor_space(unified)
+        if shape is None:
+            _load_delta(zoo, ckpt.path, unified.delta, expert_tensors(unified, index))
+        else:  # ConDU-LoRA: the expert's factors merged into the weights they adapt
+            factors = expert_factors(unified, index)
+            zoo.load_state_dict(merged_factors(zoo.model.state_dict(), ckpt.path, shape, factors.__getitem__), ckpt.path)
         return zero_shot_head
 
 

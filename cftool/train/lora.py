@@ -3,6 +3,17 @@
 In transformer towers it adapts every residual block; in a ResNet image tower (``ModifiedResNet``, as in RN50 and
 `tiny`) the attention pool is the only attention, so it adapts that pool's projections and leaves convolutions alone.
 
+Two choices the reference ConDU-LoRA makes differently from cftool's defaults are options here:
+
+* which weights (``--lora-targets``): ``attention+mlp`` (default) or ``mlp``, the two MLP layers ``c_fc`` and
+  ``c_proj`` of every transformer block only, as ConDU's ``LoRALinear`` replaces them (ConDU
+  ``clip/model_lora.py:187-189``; its ResNet attention pool holds factors too, ``:73-76``, but reads the plain
+  weights in its forward, ``:86-95``, so they never train: ``mlp`` leaves a ResNet tower alone);
+* how the factors start (``--lora-init``): ``zero-b`` (default; A Kaiming-uniform, B = 0, so training starts at the
+  base weights) or ``condu``, both factors ``randn · 0.01`` (``clip/model_lora.py:15-16``, A ``[in, rank]`` and B
+  ``[rank, out]`` there, stored transposed here).
+
+ConDU's scale is ``1/√rank`` (``clip/model_lora.py:17``): ``--alpha √rank`` gives it (rank 64: ``--alpha 8``).
 A parametrisation rather than wrapped layers because ``nn.MultiheadAttention`` reads ``in_proj_weight`` directly;
 the same ``merge_lora`` computes the weight in training and when a `lora` checkpoint is merged into full weights.
 """
@@ -15,31 +26,56 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from cftool.errors import CftoolError
 from cftool.merge.lora import merge_lora
 
-LORA_TARGETS = (
-    # per transformer block: the fused q/k/v and output projections of attention, and the two MLP layers
-    "attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight",
-    # a ResNet tower's attention pool
+# Weight-name endings by group: a transformer block's fused q/k/v and output projections of attention and a ResNet
+# tower's attention pool; a transformer block's two MLP layers.
+ATTENTION_TARGETS = (
+    "attn.in_proj_weight", "attn.out_proj.weight",
     "attnpool.q_proj.weight", "attnpool.k_proj.weight", "attnpool.v_proj.weight", "attnpool.c_proj.weight",
-)
+)  # fmt: skip
+MLP_TARGETS = ("mlp.c_fc.weight", "mlp.c_proj.weight")
+TARGET_GROUPS = {"attention+mlp": ATTENTION_TARGETS + MLP_TARGETS, "mlp": MLP_TARGETS}
+DEFAULT_TARGETS = "attention+mlp"
+INITS = ("zero-b", "condu")
+DEFAULT_INIT = "zero-b"
+CONDU_INIT_STD = 0.01  # ConDU clip/model_lora.py:15-16
 TOWER_PREFIXES = {"image": "visual.", "text": "transformer.resblocks."}
 
 
-def lora_parameter_names(model: nn.Module, towers: tuple[str, ...]) -> list[str]:
-    """open_clip parameter names that LoRA adapts in ``towers``, in the model's order."""
+def check_lora_options(targets: str, init: str) -> None:
+    if targets not in TARGET_GROUPS:
+        raise CftoolError(f"--lora-targets {targets!r}: expected {' or '.join(TARGET_GROUPS)}")
+    if init not in INITS:
+        raise CftoolError(f"--lora-init {init!r}: expected {' or '.join(INITS)}")
+
+
+def lora_parameter_names(model: nn.Module, towers: tuple[str, ...], targets: str = DEFAULT_TARGETS) -> list[str]:
+    """open_clip parameter names that LoRA adapts in ``towers`` (``targets``: a key of TARGET_GROUPS), in the
+    model's order."""
+    check_lora_options(targets, DEFAULT_INIT)
     prefixes = tuple(TOWER_PREFIXES[tower] for tower in towers)
-    return [name for name, _ in model.named_parameters() if name.startswith(prefixes) and name.endswith(LORA_TARGETS)]
+    endings = TARGET_GROUPS[targets]
+    return [name for name, _ in model.named_parameters() if name.startswith(prefixes) and name.endswith(endings)]
 
 
 class LoRAFactors(nn.Module):
-    """The trainable pair of one weight: A [rank, in] Kaiming-initialised, B [out, rank] zero, so training starts
-    exactly at the base weights."""
+    """The trainable pair of one weight: A [rank, in] and B [out, rank], started as ``init`` (one of INITS) says
+    (module doc)."""
 
-    def __init__(self, weight: torch.Tensor, rank: int, scale: float):
+    def __init__(self, weight: torch.Tensor, rank: int, scale: float, init: str = DEFAULT_INIT):
         super().__init__()
         out_features, in_features = weight.shape
         self.scale = scale
+        if init == "condu":
+            # Drawn in the reference's shapes and order (A [in, rank], then B [rank, out]), on the CPU so that a seed
+            # gives the same factors on every device.
+            a = torch.randn(in_features, rank) * CONDU_INIT_STD
+            b = torch.randn(rank, out_features) * CONDU_INIT_STD
+            self.lora_A = nn.Parameter(a.T.contiguous().to(weight.device))
+            self.lora_B = nn.Parameter(b.T.contiguous().to(weight.device))
+            return
         self.lora_A = nn.Parameter(torch.empty(rank, in_features, device=weight.device, dtype=torch.float32))
         self.lora_B = nn.Parameter(torch.zeros(out_features, rank, device=weight.device, dtype=torch.float32))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -48,12 +84,14 @@ class LoRAFactors(nn.Module):
         return merge_lora(weight, self.lora_A, self.lora_B, self.scale)
 
 
-def attach_lora(model: nn.Module, names: list[str], rank: int, scale: float) -> dict[str, LoRAFactors]:
+def attach_lora(
+    model: nn.Module, names: list[str], rank: int, scale: float, init: str = DEFAULT_INIT
+) -> dict[str, LoRAFactors]:
     """Parametrise each named weight of ``model`` in place; returns the factors by parameter name."""
     factors = {}
     for name in names:
         module_path, _, tensor_name = name.rpartition(".")
         module = model.get_submodule(module_path)
-        factors[name] = LoRAFactors(getattr(module, tensor_name), rank, scale)
+        factors[name] = LoRAFactors(getattr(module, tensor_name), rank, scale, init)
         parametrize.register_parametrization(module, tensor_name, factors[name])
     return factors

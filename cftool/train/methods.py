@@ -30,7 +30,13 @@ from cftool.evaluate import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, check_shapes
 from cftool.merge.lora import merged_lora_state
 from cftool.merge.methods import fits_float32
-from cftool.train.lora import attach_lora, lora_parameter_names
+from cftool.train.lora import (
+    DEFAULT_INIT,
+    DEFAULT_TARGETS,
+    attach_lora,
+    check_lora_options,
+    lora_parameter_names,
+)
 from cftool.train.text import (
     CONTEXT_PLACEHOLDER,
     class_text_head,
@@ -404,6 +410,14 @@ def _clip_features(
     return out[0], out[1]
 
 
+def checked_towers(towers: Sequence[str]) -> tuple[str, ...]:
+    """``towers`` in the model's order, each image or text."""
+    unknown = sorted(set(towers) - set(TOWERS))
+    if unknown or not towers:
+        raise CftoolError(f"--towers must name image, text or both (comma-separated), got {','.join(towers)!r}")
+    return tuple(t for t in TOWERS if t in towers)
+
+
 class _TowerMethod(Method):
     """Methods that change encoder weights: classes are scored by the (possibly trained) text tower over the task's
     templates, as the zero-shot head does. Their solution is the changed weights themselves."""
@@ -412,10 +426,7 @@ class _TowerMethod(Method):
 
     def __init__(self, zoo: ZooModel, classnames: Sequence[str], templates: Sequence[str], towers: Sequence[str]):
         super().__init__(zoo, classnames, templates)
-        unknown = sorted(set(towers) - set(TOWERS))
-        if unknown or not towers:
-            raise CftoolError(f"--towers must name image, text or both (comma-separated), got {','.join(towers)!r}")
-        self.towers = tuple(t for t in TOWERS if t in towers)
+        self.towers = checked_towers(towers)
         self.register_buffer("tokens", template_tokens(zoo.tokenizer, self.classnames, self.templates).to(self.device))
         self.frozen_head: torch.Tensor | None = None
         if "text" not in self.towers:
@@ -465,7 +476,11 @@ def _attribute(model: nn.Module, name: str) -> torch.Tensor:
 
 class LoRA(_TowerMethod):
     """Its solution is the merged weight ``W + (alpha / rank) · B A`` of every adapted tensor, so paths and the
-    distance to zero-shot are those of the model's weights, not of the factors."""
+    distance to zero-shot are those of the model's weights, not of the factors.
+
+    ``lora_targets`` and ``lora_init`` choose the adapted weights and the factors' start (``cftool.train.lora``);
+    ConDU-LoRA's are ``mlp`` and ``condu`` with rank 64 and alpha 8 (scale 1/√64). A tower that holds none of the
+    targets (a ResNet image tower under ``mlp``) is left frozen, so its image features are encoded once."""
 
     name, kind, default_optimizer, default_lr = "lora", "lora", "adamw", 1e-3
 
@@ -477,11 +492,21 @@ class LoRA(_TowerMethod):
         rank: int = 8,
         alpha: float = 16.0,
         towers: Sequence[str] = TOWERS,
+        lora_targets: str = DEFAULT_TARGETS,
+        lora_init: str = DEFAULT_INIT,
     ):
-        super().__init__(zoo, classnames, templates, towers)
-        self.rank, self.alpha = rank, alpha
-        self.targets = lora_parameter_names(self.model, self.towers)
-        self.factors = attach_lora(self.model, self.targets, rank, alpha / rank)
+        check_lora_options(lora_targets, lora_init)
+        targets = lora_parameter_names(zoo.model, checked_towers(towers), lora_targets)
+        if not targets:
+            raise CftoolError(
+                f"--lora-targets {lora_targets} finds no weight to adapt in --towers {','.join(towers)} of this model "
+                "(a ResNet image tower has no MLP); choose other towers or targets"
+            )
+        adapted = [tower for tower in towers if any(tower_of(name) == tower for name in targets)]
+        super().__init__(zoo, classnames, templates, adapted)
+        self.rank, self.alpha, self.lora_targets, self.lora_init = rank, alpha, lora_targets, lora_init
+        self.targets = targets
+        self.factors = attach_lora(self.model, self.targets, rank, alpha / rank, lora_init)
 
     def solution(self) -> Solution:
         # Reading a parametrised weight computes it from the base weight and the factors.
@@ -521,7 +546,14 @@ class LoRA(_TowerMethod):
         return tensors
 
     def options(self) -> dict[str, Any]:
-        return {"rank": self.rank, "alpha": self.alpha, "towers": list(self.towers), "targets": self.targets}
+        return {
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "towers": list(self.towers),
+            "lora_targets": self.lora_targets,
+            "lora_init": self.lora_init,
+            "targets": self.targets,
+        }
 
 
 class Full(_TowerMethod):
