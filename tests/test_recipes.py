@@ -93,3 +93,17 @@ def test_a_recipe_of_another_command_is_refused(cli, tmp_path):
     output = tmp_path / "x.safetensors"
     message = one_line_error(cli("finetune", "--recipe", "mergetune-coop", "--data", "toy:food", *SHORT, "-o", output))
     assert "cftool continue" in message
+
+
+@pytest.mark.parametrize("name", [name for name in recipe_names() if load_recipe(name).command == "finetune"])
+def test_every_finetune_recipe_trains_with_its_options_recorded(cli, tmp_path, name):
+    output = tmp_path / f"{name}.safetensors"
+    assert cli("finetune", "--recipe", name, "--data", "toy:food", *SHORT, "-o", output).code == 0
+    config = recorded_config(output)
+    overridden = {"zs", "iterations", "batch-size", "precision"}
+    if load_recipe(name).options.get("lora-targets") == "mlp":
+        overridden.add("towers")  # tiny's image tower is a ResNet: no MLP blocks to adapt, so it stays frozen
+    for key, value in load_recipe(name).options.items():
+        if key not in overridden:
+            recorded = config["data"]["shots"] if key == "shots" else config[key.replace("-", "_")]
+            assert (list(recorded) if key == "towers" else recorded) == (value.split(",") if key == "towers" else value), key
