@@ -15,13 +15,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Zero-shot on both toy benchmarks, then CoOp on the base classes of `flowers` (base accuracy rises, novel falls)
-# and MergeTune continued from it (novel comes back): zero-shot, CoOp and CoOp + MergeTune side by side.
+# and MergeTune continued from it with MergeTune's recipe, its lr scaled for tiny as CoOp's (novel comes back):
+# zero-shot, CoOp and CoOp + MergeTune side by side.
 demo: install
 	$(BIN)/cftool eval --zs tiny --benchmark mtil-tiny
 	$(BIN)/cftool eval --zs tiny --benchmark base2new-tiny
 	$(BIN)/cftool finetune --zs tiny --data toy:flowers --classes base --shots 16 --method coop --epochs 50 \
 		--lr 0.05 --force -o $(DEMO_OUT)/coop-flowers-base.safetensors
-	$(BIN)/cftool continue $(DEMO_OUT)/coop-flowers-base.safetensors --zs tiny --force
+	$(BIN)/cftool continue $(DEMO_OUT)/coop-flowers-base.safetensors --zs tiny --lr 0.05 --force
 	$(BIN)/cftool eval zs $(DEMO_OUT)/coop-flowers-base.safetensors $(DEMO_OUT)/coop-flowers-base.mergetune.safetensors \
 		--data toy:flowers --classes base,novel
 
