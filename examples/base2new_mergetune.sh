@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The base-to-novel study of MergeTune on base2new-tiny: zero-shot, CoOp, CoOp + MergeTune and the weight-space
-# ensemble of CoOp with zero-shot, over every task and three seeds, ending with one table averaged over the seeds.
+# The base-to-novel study of MergeTune on base2new-tiny: zero-shot, CoOp, CoOp + MergeTune (with its own recipe, and
+# with CoOp's) and the weight-space ensemble of CoOp with zero-shot, over every task and three seeds, ending with one
+# table averaged over the seeds.
 #
 #   examples/base2new_mergetune.sh [OUT]            # all ten tasks, seeds 0 1 2 (about 20 minutes on 2 CPU cores)
 #   TASKS="flowers mnist" SEEDS="0" examples/base2new_mergetune.sh /tmp/b2n    # a smaller run
@@ -25,9 +26,12 @@ for seed in $seeds; do
         # CoOp on 16 shots of each base class (tiny's logit scale needs lr 0.05 where CLIP's CoOp uses 2e-3).
         [ -f "$run/coop.safetensors" ] || cftool finetune --zs tiny --data "toy:$task" --classes base --shots 16 \
             --method coop --epochs 50 --lr 0.05 --seed "$seed" -o "$run/coop.safetensors"
-        # MergeTune: everything (data, classes, recipe) comes from the prompt's metadata; --inherit-recipe keeps
-        # CoOp's recipe, with which RESULTS.md's numbers were made (the default is now MergeTune's own recipe).
-        [ -f "$run/coop.mergetune.safetensors" ] || cftool continue "$run/coop.safetensors" --zs tiny --inherit-recipe
+        # MergeTune: data and classes come from the prompt's metadata. Its own recipe (the default for a CoOp prompt:
+        # 100 epochs, batch 128, SGD, one warm-up epoch, best-val), the lr scaled for tiny as CoOp's above...
+        [ -f "$run/coop.mergetune.safetensors" ] || cftool continue "$run/coop.safetensors" --zs tiny --lr 0.05
+        # ...and CoOp's recipe, which the prompt records (the earlier study in RESULTS.md).
+        [ -f "$run/coop.mergetune-coop-recipe.safetensors" ] || cftool continue "$run/coop.safetensors" --zs tiny \
+            --inherit-recipe -o "$run/coop.mergetune-coop-recipe.safetensors"
         # The ensemble baseline: zero-shot and CoOp text features mixed at the α best on the base training images.
         if [ ! -f "$run/ensemble.safetensors" ]; then
             alpha=$(cftool eval --path zs "$run/coop.safetensors" --data "toy:$task" --classes base --split train \
@@ -40,5 +44,5 @@ done
 spec=$(printf -- '--data toy:%s ' $tasks)
 # shellcheck disable=SC2086  # one --data flag per task
 cftool eval zs "$out/seed{seed}/{task}/coop.safetensors" "$out/seed{seed}/{task}/coop.mergetune.safetensors" \
-    "$out/seed{seed}/{task}/ensemble.safetensors" $spec --classes base,novel --zs tiny -o "$out/table.json" --force
+    "$out/seed{seed}/{task}/coop.mergetune-coop-recipe.safetensors" "$out/seed{seed}/{task}/ensemble.safetensors" $spec --classes base,novel --zs tiny -o "$out/table.json" --force
 echo "checkpoints in $out, the table as JSON in $out/table.json"
