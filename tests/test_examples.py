@@ -33,8 +33,6 @@ def test_example_runs(script, tmp_path):
 CONFIGS = {
     "eval.yaml": ("eval", ["--zs", "tiny"]),
     "finetune.yaml": ("finetune", ["--epochs", "0.1"]),
-    "zscl_mtil_full.yaml": ("finetune", ["--zs", "tiny", "--data", "toy:mnist", "--shots", "2", "--iterations", "1",
-                                         "--batch-size", "4", "--warmup", "0"]),
 }  # fmt: skip
 
 
