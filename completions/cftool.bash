@@ -6,7 +6,7 @@ _cftool() {
         return
     fi
     case "${COMP_WORDS[1]}" in
-        finetune) opts='--zs --data -o --output --method --classes --shots --iterations --epochs --batch-size --lr --optimizer --weight-decay --warmup --label-smoothing --precision --augment --n-ctx --ctx-init --rank --alpha --towers --feature-cache --no-feature-cache --cache-dir --checkpoint-every --resume --eval --data-root --workers --device --seed --force --json --config --help' ;;
+        finetune) opts='--zs --data -o --output --method --classes --shots --iterations --epochs --batch-size --lr --optimizer --weight-decay --warmup --label-smoothing --precision --augment --n-ctx --ctx-init --rank --alpha --towers --train-templates --feature-cache --no-feature-cache --cache-dir --checkpoint-every --resume --eval --data-root --workers --device --seed --force --json --config --help' ;;
         continue) opts='--zs -o --output --lambda-lmc --lambda-zs --zs-reg --lmc-samples --data --classes --shots --iterations --epochs --batch-size --lr --optimizer --weight-decay --warmup --label-smoothing --precision --augment --seed --feature-cache --no-feature-cache --cache-dir --checkpoint-every --resume --eval --data-root --workers --device --force --json --config --help' ;;
         delta) opts='-o --output --zs --dtype --scale --force --json --config --help' ;;
         unify) opts='-o --output --method --into --replace --keep --trim --lambda --p --seed --force --json --config --help' ;;

@@ -33,7 +33,13 @@ if TYPE_CHECKING:
 METHOD_NAMES = ("coop", "head", "lora", "full")
 
 # Which method each method-specific option belongs to, so that a misplaced option is refused, not ignored.
-METHOD_OPTIONS = {"n_ctx": ("coop",), "rank": ("lora",), "alpha": ("lora",), "towers": ("lora", "full")}
+METHOD_OPTIONS = {
+    "n_ctx": ("coop",),
+    "rank": ("lora",),
+    "alpha": ("lora",),
+    "towers": ("lora", "full"),
+    "train_templates": ("lora", "full"),
+}
 LORA_DEFAULTS = {"rank": 8, "alpha": 16.0}
 DEFAULT_TOWERS = "image,text"
 
@@ -79,6 +85,14 @@ def finetune_command(
     towers: Annotated[
         str | None, typer.Option("--towers", help="lora, full: towers to train, image, text or image,text (default).")
     ] = None,
+    train_templates: Annotated[
+        str | None,
+        typer.Option(
+            "--train-templates",
+            help="lora, full: the training loss's class text features from the first template (ZSCL's MTIL training) "
+            "or the mean of all; evaluation always uses all. Default: first for mtil:NAME, else all.",
+        ),
+    ] = None,
     feature_cache: Annotated[
         bool, typer.Option("--feature-cache/--no-feature-cache", help="Frozen image tower: encode images once.")
     ] = True,
@@ -111,10 +125,11 @@ def finetune_command(
     from cftool.data import DatasetSpec
     from cftool.data.augment import default_augmentation
     from cftool.train import METHODS, FinetuneJob, TrainOptions, finetune
+    from cftool.train.methods import default_train_templates
 
     if method not in METHODS:
         raise CftoolError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
-    given = {"n_ctx": n_ctx, "rank": rank, "alpha": alpha, "towers": towers}
+    given = {"n_ctx": n_ctx, "rank": rank, "alpha": alpha, "towers": towers, "train_templates": train_templates}
     misplaced = [name for name, value in given.items() if value is not None and method not in METHOD_OPTIONS[name]]
     if misplaced:
         flag, methods = "--" + misplaced[0].replace("_", "-"), " or ".join(METHOD_OPTIONS[misplaced[0]])
@@ -140,7 +155,9 @@ def finetune_command(
         method=method,
         output=output,
         train=train_options,
-        method_options=_method_options(method, n_ctx, ctx_init, rank, alpha, towers),
+        method_options=_method_options(
+            method, n_ctx, ctx_init, rank, alpha, towers, train_templates or default_train_templates(data)
+        ),
         device=resolve_device(device),
         data_root=data_root,
         force=force,
@@ -161,13 +178,22 @@ def finetune_command(
 
 
 def _method_options(
-    method: str, n_ctx: int | None, ctx_init: str, rank: int | None, alpha: float | None, towers: str | None
+    method: str,
+    n_ctx: int | None,
+    ctx_init: str,
+    rank: int | None,
+    alpha: float | None,
+    towers: str | None,
+    train_templates: str,
 ) -> dict[str, Any]:
     if method == "coop":
         return {"n_ctx": n_ctx, "ctx_init": ctx_init}
     if method == "head":
         return {}
-    tower_list = {"towers": tuple(t.strip() for t in (towers or DEFAULT_TOWERS).split(",") if t.strip())}
+    tower_list = {
+        "towers": tuple(t.strip() for t in (towers or DEFAULT_TOWERS).split(",") if t.strip()),
+        "train_templates": train_templates,
+    }
     if method == "lora":
         return {
             "rank": LORA_DEFAULTS["rank"] if rank is None else rank,

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from cftool.data import DatasetSpec, TaskData, load_task
 from cftool.data.augment import training_transform
 from cftool.errors import CftoolError
-from cftool.evaluate import evaluate_zero_shot, zero_shot_head
+from cftool.evaluate import evaluate_zero_shot
 from cftool.io.checkpoint import (
     Header,
     check_outputs,
@@ -39,7 +39,7 @@ from cftool.train.features import image_features
 from cftool.train.loop import Progress, Ranks, TrainOptions, no_progress, train
 from cftool.train.methods import METHODS, Method, build_method, zero_shot_class_features
 from cftool.train.objectives import CrossEntropy, MergeTune, MergeTuneOptions, Objective, ZeroShotPoint
-from cftool.train.prototypes import class_prototypes
+from cftool.train.prototypes import task_prototypes
 from cftool.zoo import ZooModel, load_model, parse_model_spec
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def _finetune(
             "(the feature cache applies to unaugmented images)"
         )
     features = prototypes = None
-    if cached or ranks.is_main:  # rank 0 needs them for the prototypes in any case
+    if cached:
         features, _ = image_features(
             zoo,
             train_split,
@@ -164,8 +164,12 @@ def _finetune(
             job.workers,
             progress("encode training images", len(train_split)),
         )
-    if ranks.is_main:
-        prototypes = class_prototypes(features, labels, zero_shot_head(zoo, task.classnames, task.templates))
+    if ranks.is_main:  # ConDU's prototypes: the whole training split through the training transform
+        bar = progress("prototypes", len(task.full_training_split()))
+        eval_features = None if features is None else (features, labels)
+        prototypes = task_prototypes(
+            zoo, task, job.train.augment, job.cache_dir, job.eval_batch_size, job.workers, bar, eval_features
+        )
     objective = _objective(job, method, zoo, task, continuation)
 
     config = _config(job, method, task, zoo, continuation)
@@ -275,7 +279,7 @@ def _objective(
     freshly built method (and the base weights, before the checkpoint replaces them) as the zero-shot point."""
     if continuation is None:
         return CrossEntropy(method, job.train.label_smoothing)
-    zero_shot = ZeroShotPoint.of(method, zero_shot_class_features(zoo, task.classnames, task.templates))
+    zero_shot = ZeroShotPoint.of(method, zero_shot_class_features(zoo, task.classnames, method.training_templates))
     with open_checkpoint(continuation.checkpoint) as ckpt:
         method.load_trained(ckpt)
     try:

@@ -49,6 +49,17 @@ RANDOM_CONTEXT_STD = 0.02
 
 # A method's point on MergeTune's paths (see the module docstring), by tensor name.
 Solution = dict[str, torch.Tensor]
+# Which of a task's templates the text head of a tower method's training loss is built from: ZSCL's MTIL training
+# (mtil/src/models/finetune.py:103 and :215, ConDU's src/models/finetune.py:112 and :151) encodes one prompt per class,
+# ``dataset.template``, which is ``templates[0]`` (mtil/src/datasets/collections.py:61-64); evaluation averages all.
+TRAIN_TEMPLATES = ("all", "first")
+# What each protocol's reference trains with when --train-templates is not given (`mtil:` data: ZSCL's first template).
+PROTOCOL_TRAIN_TEMPLATES = {"mtil": "first"}
+
+
+def default_train_templates(source: str) -> str:
+    """The training templates of the reference protocol a `--data` source belongs to (``mtil:…``), else all."""
+    return PROTOCOL_TRAIN_TEMPLATES.get(source.partition(":")[0], "all")
 # A prompt's config key for the share of the zero-shot head mixed into its class features (`cftool interpolate`).
 ZERO_SHOT_WEIGHT = "zero_shot_weight"
 
@@ -161,6 +172,11 @@ class Method(nn.Module):
     def template(self) -> str:
         """The prompt template recorded as ``cftool.template``."""
         return self.templates[0]
+
+    @property
+    def training_templates(self) -> list[str]:
+        """The templates the training loss's class text features are built from."""
+        return self.templates
 
 
 def _lerp(start: Solution, end: Solution, alpha: float) -> Solution:
@@ -390,20 +406,39 @@ def _clip_features(
 
 class _TowerMethod(Method):
     """Methods that change encoder weights: classes are scored by the (possibly trained) text tower over the task's
-    templates, as the zero-shot head does. Their solution is the changed weights themselves."""
+    templates, as the zero-shot head does (``train_templates="first"``: over the first only, as ZSCL trains; see
+    ``TRAIN_TEMPLATES``). Their solution is the changed weights themselves."""
 
     changes_weights = True
 
-    def __init__(self, zoo: ZooModel, classnames: Sequence[str], templates: Sequence[str], towers: Sequence[str]):
+    def __init__(
+        self,
+        zoo: ZooModel,
+        classnames: Sequence[str],
+        templates: Sequence[str],
+        towers: Sequence[str],
+        train_templates: str = "all",
+    ):
         super().__init__(zoo, classnames, templates)
         unknown = sorted(set(towers) - set(TOWERS))
         if unknown or not towers:
             raise CftoolError(f"--towers must name image, text or both (comma-separated), got {','.join(towers)!r}")
+        if train_templates not in TRAIN_TEMPLATES:
+            raise CftoolError(f"--train-templates must be one of {', '.join(TRAIN_TEMPLATES)}, got {train_templates!r}")
         self.towers = tuple(t for t in TOWERS if t in towers)
-        self.register_buffer("tokens", template_tokens(zoo.tokenizer, self.classnames, self.templates).to(self.device))
+        self.train_templates = train_templates
+        tokens = template_tokens(zoo.tokenizer, self.classnames, self.training_templates)
+        self.register_buffer("tokens", tokens.to(self.device))
         self.frozen_head: torch.Tensor | None = None
         if "text" not in self.towers:
-            self.frozen_head = zero_shot_class_features(zoo, self.classnames, self.templates).to(self.device)
+            self.frozen_head = zero_shot_class_features(zoo, self.classnames, self.training_templates).to(self.device)
+
+    @property
+    def training_templates(self) -> list[str]:
+        return self.templates[:1] if self.train_templates == "first" else self.templates
+
+    def options(self) -> dict[str, Any]:
+        return {"towers": list(self.towers), "train_templates": self.train_templates}
 
     @property
     def image_tower_frozen(self) -> bool:
@@ -461,8 +496,9 @@ class LoRA(_TowerMethod):
         rank: int = 8,
         alpha: float = 16.0,
         towers: Sequence[str] = TOWERS,
+        train_templates: str = "all",
     ):
-        super().__init__(zoo, classnames, templates, towers)
+        super().__init__(zoo, classnames, templates, towers, train_templates)
         self.rank, self.alpha = rank, alpha
         self.targets = lora_parameter_names(self.model, self.towers)
         self.factors = attach_lora(self.model, self.targets, rank, alpha / rank)
@@ -505,7 +541,7 @@ class LoRA(_TowerMethod):
         return tensors
 
     def options(self) -> dict[str, Any]:
-        return {"rank": self.rank, "alpha": self.alpha, "towers": list(self.towers), "targets": self.targets}
+        return {"rank": self.rank, "alpha": self.alpha, "targets": self.targets, **super().options()}
 
 
 class Full(_TowerMethod):
@@ -514,9 +550,14 @@ class Full(_TowerMethod):
     name, kind, default_optimizer, default_lr = "full", "model", "adamw", 1e-5
 
     def __init__(
-        self, zoo: ZooModel, classnames: Sequence[str], templates: Sequence[str], towers: Sequence[str] = TOWERS
+        self,
+        zoo: ZooModel,
+        classnames: Sequence[str],
+        templates: Sequence[str],
+        towers: Sequence[str] = TOWERS,
+        train_templates: str = "all",
     ):
-        super().__init__(zoo, classnames, templates, towers)
+        super().__init__(zoo, classnames, templates, towers, train_templates)
         for name, parameter in self.model.named_parameters():
             parameter.requires_grad_(tower_of(name) in self.towers)
 
@@ -533,9 +574,6 @@ class Full(_TowerMethod):
 
     def export(self) -> dict[str, torch.Tensor]:
         return {name: t.detach().cpu().contiguous() for name, t in self.model.state_dict().items()}
-
-    def options(self) -> dict[str, Any]:
-        return {"towers": list(self.towers)}
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (CoOp, LinearHead, LoRA, Full)}
