@@ -60,6 +60,8 @@ PROTOCOL_TRAIN_TEMPLATES = {"mtil": "first"}
 def default_train_templates(source: str) -> str:
     """The training templates of the reference protocol a `--data` source belongs to (``mtil:…``), else all."""
     return PROTOCOL_TRAIN_TEMPLATES.get(source.partition(":")[0], "all")
+
+
 # A prompt's config key for the share of the zero-shot head mixed into its class features (`cftool interpolate`).
 ZERO_SHOT_WEIGHT = "zero_shot_weight"
 
