@@ -160,7 +160,7 @@ def test_the_anchor_templates_are_kgcoops_for_every_dataset():
     assert {name for name in kgcoop if kgcoop[name] != CUSTOM_TEMPLATES[name]} == {"DescribableTextures"}
     task = TaskData(DatasetSpec("coop:dtd"), CoopSource("DescribableTextures", CLASSES, {}), [0, 1, 2])
     assert task.templates == ["{} texture."]  # evaluation: zsclip.py:17
-    assert task.anchor_templates == [DTD_ANCHOR]
+    assert task.anchor_templates(task.templates) == [DTD_ANCHOR]
 
 
 def test_continue_on_dtd_anchors_on_kgcoops_template_and_records_the_reference_path_samples(cli, tmp_path, monkeypatch):

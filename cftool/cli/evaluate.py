@@ -51,8 +51,8 @@ def eval_command(
         str | None,
         typer.Option(
             "--benchmark",
-            help="mtil-tiny, base2new-tiny (embedded, model tiny), or mtil, base2new (real data under --data-root, "
-            "$CFTOOL_DATA_ROOT or ./data; model ViT-B/16 unless --zs).",
+            help="mtil-tiny, base2new-tiny (embedded, model tiny), or mtil, mtil-order2 (ZSCL's order II), base2new "
+            "(real data under --data-root, $CFTOOL_DATA_ROOT or ./data; model ViT-B/16 unless --zs).",
         ),
     ] = None,
     classes: Annotated[

@@ -42,6 +42,7 @@ METHOD_OPTIONS = {
     "lora_targets": ("lora",),
     "lora_init": ("lora",),
     "towers": ("lora", "full"),
+    "train_templates": ("lora", "full"),
 }
 # cftool.train.lora's defaults and choices, spelled out so that `--help` does not import torch (a test keeps them equal).
 LORA_DEFAULTS = {"rank": 8, "alpha": 16.0, "lora_targets": "attention+mlp", "lora_init": "zero-b"}
@@ -128,6 +129,14 @@ def finetune_command(
     towers: Annotated[
         str | None, typer.Option("--towers", help="lora, full: towers to train, image, text or image,text (default).")
     ] = None,
+    train_templates: Annotated[
+        str | None,
+        typer.Option(
+            "--train-templates",
+            help="lora, full: the training loss's class text features from the first template (ZSCL's MTIL training) "
+            "or the mean of all; evaluation always uses all. Default: first for mtil:NAME, else all.",
+        ),
+    ] = None,
     feature_cache: Annotated[
         bool, typer.Option("--feature-cache/--no-feature-cache", help="Frozen image tower: encode images once.")
     ] = True,
@@ -164,6 +173,7 @@ def finetune_command(
     from cftool.data import DatasetSpec
     from cftool.data.augment import default_augmentation
     from cftool.train import METHODS, FinetuneJob, TrainOptions, finetune
+    from cftool.train.methods import default_train_templates
 
     if method not in METHODS:
         raise CftoolError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
@@ -174,6 +184,7 @@ def finetune_command(
         "lora_targets": lora_targets,
         "lora_init": lora_init,
         "towers": towers,
+        "train_templates": train_templates,
     }
     misplaced = [name for name, value in given.items() if value is not None and method not in METHOD_OPTIONS[name]]
     if misplaced:
@@ -205,7 +216,9 @@ def finetune_command(
         method=method,
         output=output,
         train=train_options,
-        method_options=_method_options(method, n_ctx, ctx_init, towers, given),
+        method_options=_method_options(
+            method, n_ctx, ctx_init, towers, train_templates or default_train_templates(data), given
+        ),
         device=resolve_device(device),
         data_root=data_root,
         force=force,
@@ -227,13 +240,16 @@ def finetune_command(
 
 
 def _method_options(
-    method: str, n_ctx: int | None, ctx_init: str, towers: str | None, given: dict[str, Any]
+    method: str, n_ctx: int | None, ctx_init: str, towers: str | None, train_templates: str, given: dict[str, Any]
 ) -> dict[str, Any]:
     if method == "coop":
         return {"n_ctx": n_ctx, "ctx_init": ctx_init}
     if method == "head":
         return {}
-    tower_list = {"towers": tuple(t.strip() for t in (towers or DEFAULT_TOWERS).split(",") if t.strip())}
+    tower_list = {
+        "towers": tuple(t.strip() for t in (towers or DEFAULT_TOWERS).split(",") if t.strip()),
+        "train_templates": train_templates,
+    }
     if method == "lora":
         # 0 is a value of --alpha (a LoRA that adds nothing): only None takes the default.
         lora = {key: default if given[key] is None else given[key] for key, default in LORA_DEFAULTS.items()}

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from cftool.data.coop import COOP_BASE2NEW_ORDER
-from cftool.data.mtil_datasets import MTIL_ORDER
+from cftool.data.mtil_datasets import MTIL_ORDER, MTIL_ORDER_II
 from cftool.data.specs import DatasetSpec
 from cftool.data.toy import HELDOUT_TASK, TOY_TASKS, ToyTask
 from cftool.errors import CftoolError
@@ -77,6 +77,9 @@ def _benchmarks() -> dict[str, Benchmark]:
         "mtil-tiny": Benchmark("mtil-tiny", mtil_tiny, TINY),
         "base2new-tiny": Benchmark("base2new-tiny", base2new_tiny, TINY, base2new=True),
         "mtil": Benchmark("mtil", tuple(DatasetSpec(f"mtil:{name}") for name in MTIL_ORDER), PAPER_BACKBONE),
+        "mtil-order2": Benchmark(
+            "mtil-order2", tuple(DatasetSpec(f"mtil:{name}") for name in MTIL_ORDER_II), PAPER_BACKBONE
+        ),
         "base2new": Benchmark(
             "base2new", tuple(DatasetSpec(f"coop:{name}") for name in COOP_BASE2NEW_ORDER), PAPER_BACKBONE, True
         ),

@@ -79,6 +79,21 @@ MTIL_ORDER: tuple[str, ...] = (
     "StanfordCars",
     "SUN397",
 )
+# ZSCL's second order (MTIL order II; mtil/scripts/ZSCL_minus.sh:8). Its per-task lrs (ZSCL_minus.sh:9) are the
+# datasets' own in either order: 5e-5 for Aircraft and MNIST, 1e-5 for the others (scripts/ZSCL.sh:9).
+MTIL_ORDER_II: tuple[str, ...] = (
+    "StanfordCars",
+    "Food",
+    "MNIST",
+    "OxfordPet",
+    "Flowers",
+    "SUN397",
+    "Aircraft",
+    "Caltech101",
+    "DTD",
+    "EuroSAT",
+    "CIFAR100",
+)
 MTIL_SPLITS = ("train", "test")
 
 # Other spellings people use for these datasets, compared after _normalised().

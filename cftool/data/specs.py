@@ -18,9 +18,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from cftool.data.validation import few_shot_val_positions
 from cftool.errors import CftoolError
@@ -167,11 +168,11 @@ class TaskData:
     def templates(self) -> list[str]:
         return list(self.source.templates)
 
-    @property
-    def anchor_templates(self) -> list[str]:
+    def anchor_templates(self, training_templates: Sequence[str]) -> list[str]:
         """The templates of MergeTune's zero-shot anchor (the class text features its feature surrogate compares
-        with): a source's own ``anchor_templates`` where it names them (`coop:` data: KgCoOp's), else its templates."""
-        return list(getattr(self.source, "anchor_templates", self.source.templates))
+        with): a source's own ``anchor_templates`` where it names them (`coop:` data: KgCoOp's), else the templates the
+        training loss builds its class features from, so that the surrogate compares like with like."""
+        return list(getattr(self.source, "anchor_templates", training_templates))
 
     def split(self, split: str, transform: Callable | None = None) -> TaskSplit:
         try:
@@ -187,16 +188,43 @@ class TaskData:
         if not items:  # an accuracy over no images is NaN, and training on none learns nothing
             classes = "" if self.spec.classes == "all" else f" of its {self.spec.classes} classes"
             raise CftoolError(f"{self.spec.source}: the {split} split has no images{classes}; check the dataset")
+        fixed_draws = None
         if split == "train" and self.spec.shots is not None:
-            items = _few_shot(items, self.spec.shots, self.spec.seed)
-        return TaskSplit(self.source, split, items, transform)
+            protocol = self.spec.source.partition(":")[0]
+            draw = FEW_SHOT_DRAWS.get(protocol, _few_shot)
+            items = draw(items, self.spec.shots, self.spec.seed)
+            if protocol in FIXED_SHOT_PROTOCOLS:
+                fixed_draws = (self.spec.seed, SHOTS_STREAM)
+        return TaskSplit(self.source, split, items, transform, fixed_draws)
+
+    def full_training_split(self, transform: Callable | None = None, draw_stream: int | None = None) -> TaskSplit:
+        """Every training image of the task's classes, whatever ``shots`` says; with ``draw_stream``, each image is
+        transformed with a seed of its own, a function of (``seed``, stream, image), so a random transform draws the
+        same view at every read."""
+        whole = TaskData(replace(self.spec, shots=None), self.source, self.class_ids).split("train", transform)
+        if draw_stream is not None:
+            whole.fixed_draws = (self.spec.seed, draw_stream)
+        return whole
 
 
 class TaskSplit(Dataset):
-    """(image, task label) pairs of one split; ``transform`` (the model's preprocess) applies to each image."""
+    """(image, task label) pairs of one split; ``transform`` (the model's preprocess) applies to each image.
 
-    def __init__(self, source: ImageSource, split: str, items: list[tuple[int, int]], transform: Callable | None):
+    ``fixed_draws`` = (seed, stream): each image is transformed under torch's CPU generator seeded by (seed, stream,
+    image index), so a random augmentation draws one view of each image and that view is read at every epoch, as the
+    reference's few-shot MTIL trains on images augmented once (see ``FIXED_SHOT_PROTOCOLS``).
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        split: str,
+        items: list[tuple[int, int]],
+        transform: Callable | None,
+        fixed_draws: tuple[int, int] | None = None,
+    ):
         self.source, self.split, self.items, self.transform = source, split, items, transform
+        self.fixed_draws = fixed_draws
 
     def __len__(self) -> int:
         return len(self.items)
@@ -204,7 +232,16 @@ class TaskSplit(Dataset):
     def __getitem__(self, i: int):
         index, label = self.items[i]
         image = self.source.image(self.split, index)
-        return (self.transform(image) if self.transform else image), label
+        if self.transform is None:
+            return image, label
+        if self.fixed_draws is None:
+            return self.transform(image), label
+        seed, stream = self.fixed_draws
+        # SeedSequence takes non-negative entropy; --seed may be negative.
+        draw_seed = np.random.SeedSequence(seed % 2**64, spawn_key=(stream, index)).generate_state(1)[0]
+        with torch.random.fork_rng(devices=[]):  # the CPU generator only, restored afterwards
+            torch.default_generator.manual_seed(int(draw_seed))
+            return self.transform(image), label
 
     @property
     def labels(self) -> list[int]:
@@ -214,6 +251,30 @@ class TaskSplit(Dataset):
         """Identifies exactly these (image, label) pairs, so cached features are reused for nothing else."""
         images = self.source.fingerprint(self.split, [index for index, _ in self.items])
         return hashlib.sha256(json.dumps([images, self.labels]).encode()).hexdigest()
+
+
+# Streams of fixed draws (TaskSplit.fixed_draws): the few-shot images, and the prototypes' view of the training split.
+SHOTS_STREAM, PROTOTYPES_STREAM = 0, 1
+
+
+def _first_shots_of_shuffled_loader(items: list[tuple[int, int]], shots: int, seed: int) -> list[tuple[int, int]]:
+    """ConDU's few-shot MTIL draw (ConDU_Ascend/src/models/few_shot_finetune.py:39-52): the first ``shots`` images of
+    each class in the order a shuffling DataLoader visits the training split, grouped by class in the order the
+    classes first appear.
+
+    The reference's loader (src/datasets/collections.py:41-46) shuffles with torch's global generator, seeded with 42
+    (src/args.py:21, src/main.py:26) but then drawn from by the model construction of two ``clip.load`` calls
+    (few_shot_finetune.py:18, :34): its exact order cannot be rebuilt outside that process. Here the loader's own
+    generator is seeded with ``seed``: DataLoader(shuffle=True, generator=Generator().manual_seed(seed)).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    loader = DataLoader(range(len(items)), batch_size=len(items), shuffle=True, generator=generator)
+    chosen: dict[int, list[tuple[int, int]]] = {}
+    for position in next(iter(loader)).tolist():
+        members = chosen.setdefault(items[position][1], [])
+        if len(members) < shots:
+            members.append(items[position])
+    return [item for members in chosen.values() for item in members]
 
 
 def _few_shot(items: list[tuple[int, int]], shots: int, seed: int) -> list[tuple[int, int]]:
@@ -228,6 +289,13 @@ def _few_shot(items: list[tuple[int, int]], shots: int, seed: int) -> list[tuple
         order = torch.randperm(len(members), generator=generator)[:shots]
         chosen.extend(members[i] for i in sorted(order.tolist()))
     return chosen
+
+
+# Each protocol's few-shot draw (`--shots`); CoOp's per-class draw for the others.
+FEW_SHOT_DRAWS = {"mtil": _first_shots_of_shuffled_loader}
+# Protocols whose few-shot images are augmented once and then kept (few_shot_finetune.py:39-58 stacks the augmented
+# tensors into a TensorDataset and trains on those).
+FIXED_SHOT_PROTOCOLS = ("mtil",)
 
 
 def class_subset(n_classes: int, classes: str) -> list[int]:

@@ -31,8 +31,8 @@ CONTINUABLE_KINDS = ("prompt", "head", "lora", "model")
 METHOD_OPTION_KEYS = {
     "coop": ("n_ctx", "ctx_init"),
     "head": (),
-    "lora": ("rank", "alpha", "towers", "lora_targets", "lora_init"),
-    "full": ("towers",),
+    "lora": ("rank", "alpha", "towers", "lora_targets", "lora_init", "train_templates"),
+    "full": ("towers", "train_templates"),
 }
 TRAIN_OPTION_KEYS = tuple(f.name for f in fields(TrainOptions))
 

@@ -23,7 +23,7 @@ from cftool.data import DatasetSpec, TaskData, TaskSplit, load_task
 from cftool.data.augment import training_transform
 from cftool.data.validation import val_shots
 from cftool.errors import CftoolError
-from cftool.evaluate import encode_images, evaluate_zero_shot, zero_shot_head
+from cftool.evaluate import encode_images, evaluate_zero_shot
 from cftool.io.checkpoint import (
     Header,
     check_outputs,
@@ -41,7 +41,7 @@ from cftool.train.features import image_features
 from cftool.train.loop import Progress, Ranks, TrainOptions, no_progress, train
 from cftool.train.methods import METHODS, Method, build_method, zero_shot_class_features
 from cftool.train.objectives import CrossEntropy, MergeTune, MergeTuneOptions, Objective, ZeroShotPoint
-from cftool.train.prototypes import class_prototypes
+from cftool.train.prototypes import task_prototypes
 from cftool.zoo import ZooModel, load_model, parse_model_spec
 
 logger = logging.getLogger(__name__)
@@ -213,7 +213,7 @@ def _finetune(
             "(the feature cache applies to unaugmented images)"
         )
     features = prototypes = None
-    if cached or ranks.is_main:  # rank 0 needs them for the prototypes in any case
+    if cached:
         features, _ = image_features(
             zoo,
             train_split,
@@ -222,8 +222,12 @@ def _finetune(
             job.workers,
             progress("encode training images", len(train_split)),
         )
-    if ranks.is_main:
-        prototypes = class_prototypes(features, labels, zero_shot_head(zoo, task.classnames, task.templates))
+    if ranks.is_main:  # ConDU's prototypes: the whole training split through the training transform
+        bar = progress("prototypes", len(task.full_training_split()))
+        eval_features = None if features is None else (features, labels)
+        prototypes = task_prototypes(
+            zoo, task, job.train.augment, job.cache_dir, job.eval_batch_size, job.workers, bar, eval_features
+        )
     objective = _objective(job, method, zoo, task, continuation)
     selection = None
     if job.train.select == "best-val" and ranks.is_main:  # rank 0 alone writes, so it alone selects
@@ -349,7 +353,8 @@ def _objective(
     freshly built method (and the base weights, before the checkpoint replaces them) as the zero-shot point."""
     if continuation is None:
         return CrossEntropy(method, job.train.label_smoothing)
-    zero_shot = ZeroShotPoint.of(method, zero_shot_class_features(zoo, task.classnames, task.anchor_templates))
+    anchor = task.anchor_templates(method.training_templates)
+    zero_shot = ZeroShotPoint.of(method, zero_shot_class_features(zoo, task.classnames, anchor))
     with open_checkpoint(continuation.checkpoint) as ckpt:
         method.load_trained(ckpt)
     try:
@@ -367,7 +372,7 @@ def _config(
     if continuation is not None:
         continued = {
             "objective": "mergetune",
-            "mergetune": {**continuation.options.to_dict(), "anchor_templates": task.anchor_templates},
+            "mergetune": {**continuation.options.to_dict(), "anchor_templates": task.anchor_templates(method.training_templates)},
             "recipe": continuation.recipe,
             "continued_from": {"file": continuation.checkpoint.name, "sha256": continuation.checkpoint_sha256},
         }

@@ -56,6 +56,19 @@ RANDOM_CONTEXT_STD = 0.02
 
 # A method's point on MergeTune's paths (see the module docstring), by tensor name.
 Solution = dict[str, torch.Tensor]
+# Which of a task's templates the text head of a tower method's training loss is built from: ZSCL's MTIL training
+# (mtil/src/models/finetune.py:103 and :215, ConDU's src/models/finetune.py:112 and :151) encodes one prompt per class,
+# ``dataset.template``, which is ``templates[0]`` (mtil/src/datasets/collections.py:61-64); evaluation averages all.
+TRAIN_TEMPLATES = ("all", "first")
+# What each protocol's reference trains with when --train-templates is not given (`mtil:` data: ZSCL's first template).
+PROTOCOL_TRAIN_TEMPLATES = {"mtil": "first"}
+
+
+def default_train_templates(source: str) -> str:
+    """The training templates of the reference protocol a `--data` source belongs to (``mtil:…``), else all."""
+    return PROTOCOL_TRAIN_TEMPLATES.get(source.partition(":")[0], "all")
+
+
 # A prompt's config key for the share of the zero-shot head mixed into its class features (`cftool interpolate`).
 ZERO_SHOT_WEIGHT = "zero_shot_weight"
 
@@ -168,6 +181,11 @@ class Method(nn.Module):
     def template(self) -> str:
         """The prompt template recorded as ``cftool.template``."""
         return self.templates[0]
+
+    @property
+    def training_templates(self) -> list[str]:
+        """The templates the training loss's class text features are built from."""
+        return self.templates
 
 
 def _lerp(start: Solution, end: Solution, alpha: float) -> Solution:
@@ -420,17 +438,36 @@ def checked_towers(towers: Sequence[str]) -> tuple[str, ...]:
 
 class _TowerMethod(Method):
     """Methods that change encoder weights: classes are scored by the (possibly trained) text tower over the task's
-    templates, as the zero-shot head does. Their solution is the changed weights themselves."""
+    templates, as the zero-shot head does (``train_templates="first"``: over the first only, as ZSCL trains; see
+    ``TRAIN_TEMPLATES``). Their solution is the changed weights themselves."""
 
     changes_weights = True
 
-    def __init__(self, zoo: ZooModel, classnames: Sequence[str], templates: Sequence[str], towers: Sequence[str]):
+    def __init__(
+        self,
+        zoo: ZooModel,
+        classnames: Sequence[str],
+        templates: Sequence[str],
+        towers: Sequence[str],
+        train_templates: str = "all",
+    ):
         super().__init__(zoo, classnames, templates)
+        if train_templates not in TRAIN_TEMPLATES:
+            raise CftoolError(f"--train-templates must be one of {', '.join(TRAIN_TEMPLATES)}, got {train_templates!r}")
         self.towers = checked_towers(towers)
-        self.register_buffer("tokens", template_tokens(zoo.tokenizer, self.classnames, self.templates).to(self.device))
+        self.train_templates = train_templates
+        tokens = template_tokens(zoo.tokenizer, self.classnames, self.training_templates)
+        self.register_buffer("tokens", tokens.to(self.device))
         self.frozen_head: torch.Tensor | None = None
         if "text" not in self.towers:
-            self.frozen_head = zero_shot_class_features(zoo, self.classnames, self.templates).to(self.device)
+            self.frozen_head = zero_shot_class_features(zoo, self.classnames, self.training_templates).to(self.device)
+
+    @property
+    def training_templates(self) -> list[str]:
+        return self.templates[:1] if self.train_templates == "first" else self.templates
+
+    def options(self) -> dict[str, Any]:
+        return {"towers": list(self.towers), "train_templates": self.train_templates}
 
     @property
     def image_tower_frozen(self) -> bool:
@@ -494,6 +531,7 @@ class LoRA(_TowerMethod):
         towers: Sequence[str] = TOWERS,
         lora_targets: str = DEFAULT_TARGETS,
         lora_init: str = DEFAULT_INIT,
+        train_templates: str = "all",
     ):
         check_lora_options(lora_targets, lora_init)
         targets = lora_parameter_names(zoo.model, checked_towers(towers), lora_targets)
@@ -503,7 +541,7 @@ class LoRA(_TowerMethod):
                 "(a ResNet image tower has no MLP); choose other towers or targets"
             )
         adapted = [tower for tower in towers if any(tower_of(name) == tower for name in targets)]
-        super().__init__(zoo, classnames, templates, adapted)
+        super().__init__(zoo, classnames, templates, adapted, train_templates)
         self.rank, self.alpha, self.lora_targets, self.lora_init = rank, alpha, lora_targets, lora_init
         self.targets = targets
         self.factors = attach_lora(self.model, self.targets, rank, alpha / rank, lora_init)
@@ -549,10 +587,10 @@ class LoRA(_TowerMethod):
         return {
             "rank": self.rank,
             "alpha": self.alpha,
-            "towers": list(self.towers),
             "lora_targets": self.lora_targets,
             "lora_init": self.lora_init,
             "targets": self.targets,
+            **super().options(),
         }
 
 
@@ -562,9 +600,14 @@ class Full(_TowerMethod):
     name, kind, default_optimizer, default_lr = "full", "model", "adamw", 1e-5
 
     def __init__(
-        self, zoo: ZooModel, classnames: Sequence[str], templates: Sequence[str], towers: Sequence[str] = TOWERS
+        self,
+        zoo: ZooModel,
+        classnames: Sequence[str],
+        templates: Sequence[str],
+        towers: Sequence[str] = TOWERS,
+        train_templates: str = "all",
     ):
-        super().__init__(zoo, classnames, templates, towers)
+        super().__init__(zoo, classnames, templates, towers, train_templates)
         for name, parameter in self.model.named_parameters():
             parameter.requires_grad_(tower_of(name) in self.towers)
 
@@ -581,9 +624,6 @@ class Full(_TowerMethod):
 
     def export(self) -> dict[str, torch.Tensor]:
         return {name: t.detach().cpu().contiguous() for name, t in self.model.state_dict().items()}
-
-    def options(self) -> dict[str, Any]:
-        return {"towers": list(self.towers)}
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (CoOp, LinearHead, LoRA, Full)}
