@@ -8,6 +8,9 @@
 #     --few-shot N          N training images per class (MTIL's few-shot variant uses 5)
 #     --task-agnostic       no task id: every cell of ConDU's sessions is answered by routing
 #     --label-space union   with --task-agnostic: classify among every task's classes, not each task's own
+#     --train-templates T   first (ZSCL's training head, one prompt per class) or all (default)
+#     --condu-lora          with --method lora: ConDU's LoRA (MLP only, rank 64, both factors drawn, scale 1/sqrt(r))
+#                           merged in factor space (unify --method condu-lora), as the reference does
 #   TASKS="aircraft caltech101 cifar100" ITERATIONS=20 examples/condu_mtil_tiny.sh /tmp/mtil   # a smaller run
 #
 # Methods, each a sequence of one checkpoint per session (session t has learned the first t tasks):
@@ -18,7 +21,7 @@
 #   ConDU         `unify --into` the previous session's unified set with the new task's delta.
 # The full run takes about an hour on 2 CPU cores; every file already in OUT is reused.
 set -euo pipefail
-method=full towers=image,text shots="" agnostic="" space=own
+method=full towers=image,text shots="" agnostic="" space=own templates=all condu_lora=""
 while [ $# -gt 0 ]; do
     case $1 in
         --method) method=$2; shift 2 ;;
@@ -26,13 +29,16 @@ while [ $# -gt 0 ]; do
         --few-shot) shots=$2; shift 2 ;;
         --task-agnostic) agnostic=--task-agnostic; shift ;;
         --label-space) space=$2; shift 2 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        --train-templates) templates=$2; shift 2 ;;
+        --condu-lora) condu_lora=1; shift ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         -*) echo "condu_mtil_tiny.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) break ;;
     esac
 done
 case $method in full|lora) ;; *) echo "condu_mtil_tiny.sh: --method is full or lora, not $method" >&2; exit 2 ;; esac
-out=${1:-runs/condu-mtil-$method${shots:+-${shots}shot}$([ "$towers" = image,text ] || echo "-$towers")}
+if [ -n "$condu_lora" ] && [ "$method" != lora ]; then echo "condu_mtil_tiny.sh: --condu-lora needs --method lora" >&2; exit 2; fi
+out=${1:-runs/condu-mtil-$method${condu_lora:+-condu}${shots:+-${shots}shot}$([ "$towers" = image,text ] || echo "-$towers")}
 mtil_order="aircraft caltech101 cifar100 dtd eurosat flowers food mnist oxfordpet cars sun397"
 tasks=(${TASKS:-$mtil_order})
 iterations=${ITERATIONS:-150}
@@ -40,7 +46,9 @@ lr=${LR:-1e-4}
 seed=${SEED:-0}
 export COLUMNS=${COLUMNS:-220}   # the final table is wide; keep it unwrapped when written to a file
 # The testbed's recipe: short, on all of a task's images (or N shots), and it still forgets (RESULTS.md).
-recipe=(--method "$method" --towers "$towers" --iterations "$iterations" --lr "$lr" --batch-size 32 --seed "$seed")
+recipe=(--method "$method" --towers "$towers" --iterations "$iterations" --lr "$lr" --batch-size 32 --seed "$seed"
+    --train-templates "$templates")
+[ -n "$condu_lora" ] && recipe+=(--lora-targets mlp --lora-init condu --rank 64 --alpha 8)
 [ -n "$shots" ] && recipe+=(--shots "$shots")
 mkdir -p "$out"/{individual,deltas,condu,sequential,task-arith}
 
@@ -56,10 +64,13 @@ for t in "${!tasks[@]}"; do
     # ConDU: decouple the experts held so far, add the new delta, unify again (no old delta is kept).
     condu="$out/condu/session$session.st"
     if [ ! -f "$condu" ]; then
+        # ConDU's LoRA merges the LoRA factors themselves; otherwise the weight deltas are merged.
+        merge=(--method condu "$out/deltas/$task.safetensors")
+        [ -n "$condu_lora" ] && merge=(--method condu-lora "$ft")
         if [ "$session" = 1 ]; then
-            cftool unify "$out/deltas/$task.safetensors" -o "$condu"
+            cftool unify "${merge[@]}" -o "$condu"
         else
-            cftool unify --into "$out/condu/session$t.st" "$out/deltas/$task.safetensors" -o "$condu"
+            cftool unify --into "$out/condu/session$t.st" "${merge[@]}" -o "$condu"
         fi
     fi
 
