@@ -93,7 +93,7 @@ class _Scripted(BestValidation):
         self.accuracies = iter(accuracies)
         self.parameter = torch.nn.Parameter(torch.zeros(1))
         self.trainable = {"p": self.parameter}
-        self.val, self.task = [None] * 5, SimpleNamespace(spec=SimpleNamespace(shots=16))
+        self.val, self.task = [None] * 5, SimpleNamespace(spec=DatasetSpec("toy:mnist", shots=16))
         self.best_accuracy, self.best_epoch, self.best = float("-inf"), -1, {}
 
     def accuracy(self):
@@ -172,11 +172,21 @@ def test_continue_of_a_coop_prompt_records_mergetunes_recipe_and_flags_win(cli, 
     expected = {**mergetune_coop_recipe(), "epochs": 2, "precision": "fp32"}  # the flags win
     assert {key: config[key] for key in expected} == expected
     assert config["selection"]["rule"] == "best-val"
+    # MergeTune validates on the whole validation split (its dataset files keep it once CoOp has run)
+    assert config["data"]["val_images"] == "all" and config["selection"]["val_shots"] is None
     inherited = cli("continue", source, "--zs", "tiny", "--inherit-recipe", "-o", tmp_path / "inherited.safetensors")
     assert inherited.code == 0, inherited.stderr
     with open_checkpoint(tmp_path / "inherited.safetensors") as ckpt:
         config = ckpt.header.config
     assert config["recipe"] == "source" and (config["batch_size"], config["iterations"]) == (20, 2)
+
+
+def test_val_images_all_is_the_whole_split_and_few_shot_coops_draw():
+    spec = DatasetSpec("toy:mnist", classes="base", shots=8, seed=1)
+    whole = load_task(DatasetSpec("toy:mnist", classes="base"), None).split("val")
+    drawn = load_task(spec, None).split("val")
+    kept = load_task(DatasetSpec(**{**json.loads(spec.to_json()), "val_images": "all"}), None).split("val")
+    assert len(kept) == len(whole) and len(drawn) == 4 * len(load_task(spec, None).classnames) < len(whole)
 
 
 def test_the_cli_names_are_the_librarys():

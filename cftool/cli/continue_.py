@@ -24,6 +24,7 @@ from cftool.cli.finetune import (
     DropLastHelp,
     ScheduleHelp,
     SelectHelp,
+    ValImagesHelp,
     print_result,
     result_summary,
     training_reporter,
@@ -98,6 +99,9 @@ def continue_command(
     warmup_lr: Annotated[float | None, typer.Option("--warmup-lr", help="cosine-epoch: the warm-up lr.")] = None,
     drop_last: Annotated[bool | None, typer.Option("--drop-last/--no-drop-last", help=DropLastHelp)] = None,
     select: Annotated[str | None, typer.Option("--select", help=SelectHelp + " (default: the recipe's).")] = None,
+    val_images: Annotated[
+        str | None, typer.Option("--val-images", help=ValImagesHelp + " (default: the recipe's).")
+    ] = None,
     inherit_recipe: Annotated[
         bool,
         typer.Option(
@@ -167,7 +171,7 @@ def continue_command(
         }.items()
         if value is not None
     }  # fmt: skip
-    data_overrides = {name: value for name, value in {"classes": classes, "shots": shots}.items() if value is not None}
+    data_overrides = {name: value for name, value in {"classes": classes, "shots": shots, "val_images": val_images}.items() if value is not None}
     if data_overrides:
         DatasetSpec("check", **data_overrides)  # validates the values before any work
     options = MergeTuneOptions(lambda_lmc, lambda_zs, zs_reg, parse_lmc_samples(lmc_samples), zs_loss)

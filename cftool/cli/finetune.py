@@ -59,8 +59,12 @@ ScheduleHelp = (
     "per epoch, after --warmup-epochs epochs at --warmup-lr)"
 )
 SelectHelp = (
-    "Which epoch's parameters to write: last, or best-val (after each epoch, accuracy on the validation split — "
-    "min(shots, 4) images per class of a few-shot task, drawn as CoOp does — and the first best epoch is kept)"
+    "Which epoch's parameters to write: last, or best-val (after each epoch, accuracy on the validation split, and "
+    "the first best epoch is kept)"
+)
+ValImagesHelp = (
+    "best-val on a few-shot task: few-shot (min(shots, 4) images per class, drawn as CoOp does) or all (the whole "
+    "split, as MergeTune validates)"
 )
 DropLastHelp = "Leave out each epoch's last partial batch, as Dassl's training loader does."
 AugmentOption = Annotated[
@@ -96,6 +100,7 @@ def finetune_command(
     warmup_lr: Annotated[float, typer.Option("--warmup-lr", help="cosine-epoch: the warm-up epochs' lr.")] = 1e-5,
     drop_last: Annotated[bool, typer.Option("--drop-last/--no-drop-last", help=DropLastHelp)] = False,
     select: Annotated[str, typer.Option("--select", help=SelectHelp)] = "last",
+    val_images: Annotated[str, typer.Option("--val-images", help=ValImagesHelp)] = "few-shot",
     label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing in [0, 1).")] = 0.0,
     precision: Annotated[
         str, typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.")
@@ -212,7 +217,7 @@ def finetune_command(
     seed_everything(seed)
     job = FinetuneJob(
         zs=zs,
-        data=DatasetSpec(data, classes=classes, shots=shots, seed=seed),
+        data=DatasetSpec(data, classes=classes, shots=shots, seed=seed, val_images=val_images),
         method=method,
         output=output,
         train=train_options,

@@ -27,6 +27,9 @@ from cftool.data.validation import few_shot_val_positions
 from cftool.errors import CftoolError
 
 CLASS_SUBSETS = ("all", "base", "novel")
+# Which validation images a few-shot run selects its checkpoint on: CoOp's draw of min(shots, 4) per class
+# (cftool.data.validation), or the whole split, as MergeTune's dataset files keep it once CoOp has run.
+VAL_IMAGES = ("few-shot", "all")
 DATA_ROOT_ENV = "CFTOOL_DATA_ROOT"
 DEFAULT_DATA_ROOT = Path("data")
 # How a user points cftool at real datasets, for the messages that find them missing.
@@ -129,6 +132,7 @@ class DatasetSpec:
     classes: str = "all"  # all | base | novel (first ceil(n/2) classes are base, as in CoOp)
     shots: int | None = None  # training images per class, sampled with `seed`
     seed: int = 0
+    val_images: str = "few-shot"  # see VAL_IMAGES
 
     def __post_init__(self):
         if self.classes not in CLASS_SUBSETS:
@@ -136,6 +140,8 @@ class DatasetSpec:
         if self.shots is not None and self.shots < 1:
             raise CftoolError(f"--shots must be a positive number of images per class, got {self.shots}")
         check_seed(self.seed)
+        if self.val_images not in VAL_IMAGES:
+            raise CftoolError(f"--val-images must be one of {', '.join(VAL_IMAGES)}, got {self.val_images!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -181,7 +187,8 @@ class TaskData:
             raise CftoolError(f"{self.spec.source}: {err}") from err
         relabel = {cid: i for i, cid in enumerate(self.class_ids)}
         kept = range(len(source_labels))
-        if split == "val" and self.spec.shots is not None:  # drawn over all classes, then the subset, as CoOp does
+        if split == "val" and self.spec.shots is not None and self.spec.val_images == "few-shot":
+            # drawn over all classes, then the subset, as CoOp does
             train_labels = self.source.labels("train")
             kept = sorted(few_shot_val_positions(train_labels, source_labels, self.spec.shots, self.spec.seed))
         items = [(index, relabel[source_labels[index]]) for index in kept if source_labels[index] in relabel]

@@ -96,6 +96,8 @@ def plan(job: ContinueJob) -> tuple[FinetuneJob, Continuation]:
         config = ckpt.header.config or {}
         data = replace(_data_spec(ckpt, config, job.data), **job.data_overrides)
         train_options, recipe = _recipe(job, config, method.default_lr, method.default_optimizer)
+        if recipe == "mergetune-coop" and "val_images" not in job.data_overrides:
+            data = replace(data, val_images=load_recipe(recipe).options["val-images"])
         method_options = _method_options(ckpt, method.name, config, job.mergetune)
         data_root = job.data_root or (Path(config["data_root"]) if config.get("data_root") else None)
     finetune_job = FinetuneJob(

@@ -132,7 +132,7 @@ class BestValidation:
             "epoch": self.best_epoch + 1,  # counted from 1, as Dassl's checkpoints and logs count epochs
             "val_accuracy": self.best_accuracy,
             "val_images": len(self.val),
-            "val_shots": val_shots(self.task.spec.shots),
+            "val_shots": val_shots(self.task.spec.shots) if self.task.spec.val_images == "few-shot" else None,
         }
 
 
