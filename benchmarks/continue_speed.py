@@ -1,8 +1,9 @@
 """Step time of `continue` (MergeTune, default options) against `finetune --method coop` on the same data and batch.
 
 Both train a prompt on cached image features in one process: CoOp first, then MergeTune continued from it for the
-same number of steps. MergeTune's path points are class-feature interpolations, so a step should cost about one
-CoOp step (one text-encoder pass) plus one batched product over the ten points. Both are run ``--repeats`` times,
+same number of steps with the same batch (CoOp's recipe, `--inherit-recipe`: MergeTune's own recipe changes the
+batch and the length). MergeTune's path points are class-feature interpolations, so a step should cost about one
+CoOp step (one text-encoder pass) plus one batched product over the path points. Both are run ``--repeats`` times,
 alternately, and each keeps its best training-loop images/s (the run least disturbed by anything else on the
 machine); prints them and the ratio (continue step time) / (coop step time). Target ≤ 1.3.
 
@@ -44,7 +45,9 @@ def main() -> None:
         coop_file = Path(folder) / "coop.safetensors"
         for _ in range(args.repeats):
             coop = finetune(FinetuneJob("tiny", data, "coop", coop_file, options, {"n_ctx": None}, force=True))
-            continued = continue_training(ContinueJob(coop_file, "tiny", mergetune, force=True))
+            continued = continue_training(
+                ContinueJob(coop_file, "tiny", mergetune, force=True, inherit_recipe=True)
+            )
             speeds["coop"].append(coop.images_per_second)
             speeds["continue"].append(continued.images_per_second)
     best = {name: max(values) for name, values in speeds.items()}
