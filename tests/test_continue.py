@@ -177,7 +177,8 @@ def test_the_users_spelling_needs_no_data_flags_and_round_trips_through_eval(cli
     import hashlib
 
     assert header.config["continued_from"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
-    assert header.config["data"] == source_header.config["data"]  # the same training images, from the metadata
+    # The same training images, from the metadata; MergeTune's recipe validates on the whole validation split.
+    assert header.config["data"] == {**source_header.config["data"], "val_images": "all"}
     assert (header.base_sha256, header.classnames) == (source_header.base_sha256, source_header.classnames)
     assert open_checkpoint(output.with_name("coop.mergetune.prototypes.safetensors")).header.kind == "prototypes"
 
