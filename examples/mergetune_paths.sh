@@ -2,7 +2,7 @@
 # The three pictures MergeTune argues with, on one task's base and novel classes: the linear paths
 # zero-shot → CoOp, zero-shot → CoOp + MergeTune and CoOp → CoOp + MergeTune (loss and accuracy against α).
 #
-#   examples/mergetune_paths.sh [OUT] [PICTURES]     # PICTURES defaults to OUT; needs `pip install cftool[plot]`
+#   examples/mergetune_paths.sh [OUT] [PICTURES]     # PICTURES defaults to OUT; needs `pip install 'cftool-clip[plot]'`
 set -euo pipefail
 out=${1:-runs/paths}
 pictures=${2:-$out}

@@ -142,7 +142,7 @@ def test_plot_without_matplotlib_says_how_to_install_it(cli, runs, tmp_path, mon
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     line = one_line_error(cli("eval", "--path", "zs", runs / "seed0/mnist/coop.safetensors", "--data", "toy:mnist",
                               "--plot", tmp_path / "p.png"))  # fmt: skip
-    assert "pip install 'cftool[plot]'" in line
+    assert "pip install 'cftool-clip[plot]'" in line
     assert not (tmp_path / "p.png").exists()
 
 
