@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from cftool.cli import main
 from cftool.io.checkpoint import Header, open_checkpoint, save_checkpoint
+from cftool.io.command_files import metrics_path
 from cftool.train import TrainingInterrupted, state_path
 from cftool.train.continued import ContinueJob, continue_training
 from cftool.train.methods import CoOp, Full, LinearHead, LoRA, zero_shot_class_features
@@ -198,6 +199,12 @@ def test_every_kind_continues_into_its_own_kind_and_evaluates(cli, fine_tuned, t
         assert continued.header.base_sha256 == source.header.base_sha256 == load_model("tiny").weights_sha256
         changed = [name for name in source.tensors if not torch.equal(continued[name], source[name])]
     assert changed, "continuing changed nothing"
+    # Each step's row names MergeTune's terms; the loss is their sum weighted by λ_lmc = 1 (default), λ_zs = 1.
+    rows = [json.loads(line) for line in metrics_path(output).read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    for row in rows:
+        assert {"ce", "lmc", "zs", "loss", "lr", "images_per_second", "elapsed_s"} <= row.keys()
+        assert row["loss"] == pytest.approx(row["ce"] + row["lmc"] + row["zs"], rel=1e-5)
     evaluated = cli("eval", output, "--data", "toy:mnist", "--classes", "base", "--json")
     assert (
         json.loads(evaluated.stdout)["models"][0]["results"][0]["accuracy"]

@@ -209,3 +209,17 @@ def test_prompts_on_one_dataset_share_one_encoding_of_its_images_in_memory_and_t
     calls.clear()
     evaluate(cli, runs / "full.safetensors", *args[1:])
     assert sum(calls) == 2 * n_images  # a full fine-tune has its own image tower: its images are encoded again
+
+
+def test_eval_logged_to_a_file_prints_a_line_every_log_every_batches(cli, toy_folders):
+    data = f"folder:{toy_folders['food']}"  # 6 test images per class
+    result = cli("eval", "--zs", "tiny", "--data", data, "--batch-size", "4", "--log-every", "3", "--json")
+    assert result.code == 0, result.stderr
+    images = json.loads(result.stdout)["models"][0]["results"][0]["num_images"]
+    lines = result.stderr.splitlines()
+    assert "" not in lines and "\x1b" not in result.stderr  # no blank line, no bar
+    progress = [line for line in lines if line.startswith("encode images: ")]
+    batches = -(-images // 4)
+    expected = [f"encode images: {min(4 * k, images)} images" for k in range(3, batches + 1, 3)]
+    assert len(expected) >= 3 and [line.split(",")[0] for line in progress] == expected
+    assert all(" img/s, elapsed " in line for line in progress)

@@ -18,9 +18,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from cftool.cli import main
+from cftool.cli.common import rate
 from cftool.data import DatasetSpec, load_task
 from cftool.evaluate import evaluate_zero_shot
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
+from cftool.io.command_files import metrics_path
 from cftool.train import FinetuneJob, TrainingInterrupted, TrainOptions, class_prototypes, finetune, state_path
 from cftool.train.loop import BatchPlan, Ranks, learning_rate
 from cftool.train.lora import lora_parameter_names
@@ -240,6 +242,12 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(cli, trained, interrupt
     assert resumed.keys() == straight.keys()
     for name in straight:
         assert torch.equal(resumed[name], straight[name]), name
+    # The steps before the interruption travelled in the trainer state: the metrics are the whole run's.
+    resumed_rows, straight_rows = (
+        [json.loads(line) for line in metrics_path(path).read_text().splitlines()]
+        for path in (interrupted_run, trained["lora"][0])
+    )
+    assert [(row["step"], row["loss"]) for row in resumed_rows] == [(row["step"], row["loss"]) for row in straight_rows]
 
 
 def test_resume_refuses_other_classes_another_base_or_changed_options(cli, tmp_path, interrupted_run):
@@ -270,6 +278,7 @@ def test_resume_refuses_other_classes_another_base_or_changed_options(cli, tmp_p
         (lambda state: {**state, "step": 99}, "at step 99, outside this run's 0..12"),
         (lambda state: {**state, "trainable": {n: t[:1] for n, t in state["trainable"].items()}}, "not have the shape"),
         (lambda state: {**state, "optimizer": {"state": {}, "param_groups": []}}, "optimizer state does not fit"),
+        (lambda state: {**state, "metrics": state["metrics"][:2]}, "metrics are not one row per step"),
     ],
 )
 def test_a_hand_edited_trainer_state_is_refused_in_one_line(cli, interrupted_run, edit, message):
@@ -475,3 +484,43 @@ def test_a_tampered_feature_cache_is_recomputed_not_trusted(cli, tmp_path, tampe
     finetune_cli(cli, tmp_path / "second.safetensors", "coop", "--cache-dir", cache)
     assert torch.equal(tensors(tmp_path / "first.safetensors")["ctx"], tensors(tmp_path / "second.safetensors")["ctx"])
     assert torch.equal(load_file(cache_file)["features"], honest["features"])  # replaced by the true features
+
+
+def test_a_run_logged_to_a_file_prints_progress_lines_and_writes_one_metrics_row_per_step(cli, tmp_path):
+    output = tmp_path / "logged.safetensors"
+    args = [*DATA, "--batch-size", "20", "--iterations", "200", *METHOD_FLAGS["coop"], "-o", output, "--json"]
+    result = cli("finetune", *args)  # stderr captured: not a terminal, as under `2> log`, nohup or sbatch
+    assert result.code == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert "" not in lines and "\x1b" not in result.stderr  # no blank line, no bar
+    progress = [line for line in lines[:-1] if line.startswith("train coop (cross-entropy): step ")]
+    assert [line.split(",")[0].split()[-1] for line in progress] == ["50/200", "100/200", "150/200", "200/200"]
+    assert all(" img/s, " in line for line in progress) and "ETA" in progress[0]
+    assert lines[-1].startswith("mnist: 200 steps, loss ")
+
+    summary = json.loads(result.stdout)
+    rows = [json.loads(line) for line in Path(summary["metrics"]).read_text().splitlines()]
+    assert Path(summary["metrics"]) == tmp_path / "logged.metrics.jsonl"
+    assert [row["step"] for row in rows] == list(range(1, 201))
+    assert rows[0].keys() == {"step", "epoch", "lr", "ce", "loss", "images_per_second", "elapsed_s"}
+    assert [row["epoch"] for row in rows] == list(range(1, 201))  # one batch is the whole training set
+    assert rows[0]["lr"] == 0.05 and rows[-1]["lr"] < 1e-5  # the cosine from its peak to (almost) zero
+    assert all(row["ce"] == row["loss"] for row in rows)
+    assert (rows[0]["loss"], rows[-1]["loss"]) == (summary["first_loss"], summary["final_loss"])
+    assert all(row["images_per_second"] > 0 for row in rows)
+    assert all(a["elapsed_s"] < b["elapsed_s"] for a, b in pairwise(rows))
+
+    assert "--force" in one_line_error(cli("finetune", *args))  # a complete run's files are kept...
+    output.unlink()  # ...but metrics a killed run left without their checkpoint do not block the rerun
+    assert cli("finetune", *args, "--log-every", "100").code == 0
+
+
+def test_a_one_step_run_reads_as_one_step(cli, tmp_path):
+    output = tmp_path / "one.safetensors"
+    result = cli("finetune", *DATA, "--iterations", "1", *METHOD_FLAGS["coop"], "-o", output, "--json")
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    [line] = result.stderr.splitlines()
+    speed = rate(summary["images_per_second"])
+    assert line.startswith(f"mnist: 1 step, loss {summary['first_loss']:.4f}, {speed} img/s;")
+    assert [rate(x) for x in (0.4123, 41.23, 2585.4)] == ["0.412", "41.2", "2,585"]  # a ViT-B/16 step on a CPU: not 0

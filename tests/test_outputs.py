@@ -171,5 +171,5 @@ def test_a_run_killed_between_its_two_files_never_leaves_new_prototypes_beside_a
     monkeypatch.setattr(module, "save_checkpoint", killed_before_the_checkpoint)
     new_task = [arg if arg != "toy:mnist" else "toy:food" for arg in DATA]
     assert cli("finetune", *new_task, "-o", output, "--force").code == 130
-    # the new prototypes (food), without the old checkpoint (mnist)
-    assert on_disk_when_killed == ["f.prototypes.safetensors", "food"]
+    # the new metrics and prototypes (food), without the old checkpoint (mnist)
+    assert on_disk_when_killed == ["f.metrics.jsonl", "f.prototypes.safetensors", "food"]

@@ -8,11 +8,13 @@ from typing import Annotated
 import typer
 
 from cftool.cli.common import (
+    DEFAULT_LOG_EVERY,
     ConfigOption,
     DataRootOption,
     DeviceOption,
     ForceOption,
     JsonOption,
+    LogEveryOption,
     RecipeOption,
     WorkersOption,
     emit_json,
@@ -133,6 +135,7 @@ def continue_command(
         bool, typer.Option("--resume", help="Continue from the trainer state beside the output.")
     ] = False,
     evaluate: Annotated[bool, typer.Option("--eval", help="Also report test accuracy of the result.")] = False,
+    log_every: LogEveryOption = DEFAULT_LOG_EVERY,
     data_root: DataRootOption = None,
     workers: WorkersOption = 0,
     device: DeviceOption = "auto",
@@ -195,7 +198,7 @@ def continue_command(
         inherit_recipe=inherit_recipe,
         recipe=recipe,
     )
-    with progress_bar() as progress:
+    with progress_bar(log_every) as progress:
         result = continue_training(job, training_reporter(progress))
     if result.output is None:  # a DDP rank other than 0
         return

@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from cftool.cli.common import (
+    DEFAULT_LOG_EVERY,
     DEFAULT_TOP_K,
     BatchSizeOption,
     ConfigOption,
@@ -18,6 +19,7 @@ from cftool.cli.common import (
     DeviceOption,
     ForceOption,
     JsonOption,
+    LogEveryOption,
     SeedOption,
     WorkersOption,
     console,
@@ -112,6 +114,7 @@ def eval_command(
         Path | None, typer.Option("--heatmap", help="--sessions: also draw each method's matrix into this PNG.")
     ] = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate on.")] = "test",
+    log_every: LogEveryOption = DEFAULT_LOG_EVERY,
     data_root: DataRootOption = None,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Also write the JSON report to this file.")
@@ -203,17 +206,19 @@ def eval_command(
         raise CftoolError("name the model with --zs (e.g. --zs tiny), or give checkpoint files to evaluate")
     zoo = load_model(zs, torch_device)
     base_sha256 = zoo.weights_sha256  # before any checkpoint's weights replace the base's
-    with progress_bar() as progress:
+    with progress_bar(log_every) as progress:
         if sessions:
             from cftool.mtil import mtil_report
 
             def begin(description: str, total: int | None):
-                bar = progress.add_task(description, total=total)
+                bar = progress.add_task(
+                    description, total=total, unit="images" if description == "encode images" else ""
+                )
                 return lambda n=1: progress.advance(bar, n)
 
             payload = mtil_report(zoo, checkpoints or [], sessions, tasks, split, mtil_options, cache_folder, begin)
         else:
-            bar = progress.add_task("encode images", total=None)
+            bar = progress.add_task("encode images", total=None, unit="images")
             cache = FeatureCache(zoo, batch_size, workers, partial(progress.advance, bar), cache_dir)
             if path is not None:
                 payload = path_report(zoo, *path, tasks, base2new, steps, split, cache, base_sha256)

@@ -10,18 +10,21 @@ import typer
 from rich.progress import Progress
 
 from cftool.cli.common import (
+    DEFAULT_LOG_EVERY,
     BatchSizeOption,
     ConfigOption,
     DataRootOption,
     DeviceOption,
     ForceOption,
     JsonOption,
+    LogEveryOption,
     RecipeOption,
     SeedOption,
     WorkersOption,
     console,
     emit_json,
     progress_bar,
+    rate,
     recipe_lr,
     resolve_device,
     seed_everything,
@@ -155,6 +158,7 @@ def finetune_command(
         bool, typer.Option("--resume", help="Continue from the trainer state beside the output.")
     ] = False,
     evaluate: Annotated[bool, typer.Option("--eval", help="Also report test accuracy of the result.")] = False,
+    log_every: LogEveryOption = DEFAULT_LOG_EVERY,
     data_root: DataRootOption = None,
     workers: WorkersOption = 0,
     device: DeviceOption = "auto",
@@ -235,7 +239,7 @@ def finetune_command(
         evaluate=evaluate,
         recipe=recipe,
     )
-    with progress_bar() as progress:
+    with progress_bar(log_every) as progress:
         result = finetune(job, training_reporter(progress))
     if result.output is None:  # a DDP rank other than 0
         return
@@ -263,12 +267,18 @@ def _method_options(
 
 
 def training_reporter(progress: Progress) -> Callable[[str, int], Callable[..., None]]:
+    """The library's progress callback on ``progress``: the training phase advances by steps with their loss and
+    images per second, the others (encoding, prototypes, evaluation) by images."""
+
     def begin(description: str, total: int) -> Callable[..., None]:
-        task = progress.add_task(description, total=total)
+        task = progress.add_task(description, total=total, unit="images")
 
         def advance(n: int = 1, loss: float | None = None, speed: float | None = None) -> None:
-            status = f"{description}  loss {loss:.4f}  {speed:,.0f} img/s" if loss is not None else description
-            progress.update(task, advance=n, description=status)
+            if loss is None:
+                progress.update(task, advance=n)
+                return
+            status = f"{description}  loss {loss:.4f}  {rate(speed)} img/s"
+            progress.update(task, advance=n, description=status, unit="step", loss=loss, speed=speed)
 
         return advance
 
@@ -285,16 +295,23 @@ def result_summary(result: FinetuneResult) -> dict[str, Any]:
         "first_loss": result.losses[0] if result.losses else None,
         "final_loss": result.losses[-1] if result.losses else None,
         "images_per_second": result.images_per_second,
+        "metrics": str(result.metrics),
         "test_accuracy": result.test_accuracy,
         "selection": result.selection,
     }
 
 
 def print_result(result: FinetuneResult) -> None:
-    losses = f"loss {result.losses[0]:.4f} → {result.losses[-1]:.4f}, " if result.losses else ""
+    done = [f"{result.steps} step{'s' if result.steps != 1 else ''}"]
+    if len(result.losses) == 1:
+        done.append(f"loss {result.losses[0]:.4f}")
+    elif result.losses:
+        done.append(f"loss {result.losses[0]:.4f} → {result.losses[-1]:.4f}")
+    if result.images_per_second is not None:  # None: this process ran no step (a finished run resumed)
+        done.append(f"{rate(result.images_per_second)} img/s")
     console.print(
-        f"{result.task}: {result.steps} steps, {losses}{result.images_per_second:,.0f} img/s; "
-        f"wrote {result.output} ({result.kind}) and {result.prototypes}"
+        f"{result.task}: {', '.join(done)}; wrote {result.output} ({result.kind}), {result.prototypes} and "
+        f"{result.metrics}"
     )
     if result.selection is not None:
         chosen = result.selection

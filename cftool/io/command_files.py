@@ -36,6 +36,11 @@ def state_path(checkpoint: Path) -> Path:
     return beside(checkpoint, ".state.pt")
 
 
+def metrics_path(checkpoint: Path) -> Path:
+    """The per-step metrics of the training run that wrote ``checkpoint`` (JSON Lines)."""
+    return beside(checkpoint, ".metrics.jsonl")
+
+
 def read_together(path: Path) -> tuple[Path, Path, Path]:
     """``path`` and its companions: what a command that reads ``path`` may read, and so must not replace."""
     return path, prototypes_path(path), state_path(path)

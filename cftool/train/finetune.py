@@ -26,6 +26,7 @@ from cftool.errors import CftoolError
 from cftool.evaluate import encode_images, evaluate_zero_shot
 from cftool.io.checkpoint import (
     Header,
+    atomic_output,
     check_outputs,
     check_writable,
     check_writable_folder,
@@ -34,7 +35,7 @@ from cftool.io.checkpoint import (
     save_checkpoint,
     tensors_sha256,
 )
-from cftool.io.command_files import prototypes_path, state_path
+from cftool.io.command_files import metrics_path, prototypes_path, state_path
 from cftool.merge.methods import fits_float32
 from cftool.metrics import top1_accuracy
 from cftool.train.features import image_features
@@ -144,9 +145,10 @@ class FinetuneResult:
     task: str
     steps: int
     losses: list[float]
-    images_per_second: float
+    images_per_second: float | None  # None when this process ran no step (a resumed run that had finished)
     test_accuracy: float | None
     selection: dict[str, Any] | None = None  # --select best-val: the epoch kept and its validation accuracy
+    metrics: Path | None = None  # the per-step metrics written beside the output
 
 
 @contextmanager
@@ -177,9 +179,10 @@ def finetune(
     if zs_file is not None:
         inputs.append(zs_file)
     check_outputs({"-o": job.output}, inputs, job.force)
-    # The prototypes are written first and the checkpoint last, so prototypes without their checkpoint are what a
-    # killed run left behind: they are replaced without --force.
-    check_outputs({"its prototypes": prototypes_path(job.output)}, inputs, job.force or not job.output.exists())
+    # The prototypes and metrics are written first and the checkpoint last, so companions without their checkpoint are
+    # what a killed run left behind: they are replaced without --force.
+    companions = {"its prototypes": prototypes_path(job.output), "its metrics": metrics_path(job.output)}
+    check_outputs(companions, inputs, job.force or not job.output.exists())
     check_writable(state_path(job.output))
     if job.cache_dir is not None:  # the training images' features are stored there once encoded
         check_writable_folder(job.cache_dir, "--cache-dir")
@@ -283,6 +286,7 @@ def _finetune(
     # again, with every input read since known: an input is never removed.
     refuse_existing(job.output, job.force)
     job.output.unlink(missing_ok=True)
+    result.metrics = _write_metrics(metrics_path(job.output), log.metrics)  # replaced as the prototypes are
     result.prototypes = save_checkpoint(
         prototypes_path(job.output), {"prototypes": prototypes}, prototypes_header, overwrite=True  # checked above
     )
@@ -290,9 +294,17 @@ def _finetune(
         result.output = save_checkpoint(job.output, trained, header, overwrite=job.force)
     except BaseException:
         result.prototypes.unlink(missing_ok=True)  # a pair or nothing
+        result.metrics.unlink(missing_ok=True)
         raise
     state_path(job.output).unlink(missing_ok=True)
     return result
+
+
+def _write_metrics(path: Path, rows: list[dict[str, float]]) -> Path:
+    """The run's metrics as JSON Lines, one object per optimisation step (`TrainLog.metrics`), written atomically."""
+    with atomic_output(path, overwrite=True) as temp:  # checked before training, like the prototypes
+        temp.write_text("".join(json.dumps(row, allow_nan=False) + "\n" for row in rows), encoding="utf-8")
+    return path
 
 
 def _validation_split(task: TaskData, zoo: ZooModel) -> TaskSplit:

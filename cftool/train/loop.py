@@ -225,7 +225,11 @@ class TrainLog:
     steps: int
     start_step: int
     losses: list[float] = field(default_factory=list)  # loss over the global batch, per step run in this process
-    images_per_second: float = 0.0
+    images_per_second: float | None = None  # over the steps run in this process; None when it ran none
+    # One row per optimisation step from the first (a resumed run's earlier steps come with its trainer state): the
+    # step (from 1), its epoch (from 1), lr, each term of the objective by name, the loss, the step's images per second
+    # and the seconds since training began.
+    metrics: list[dict[str, float]] = field(default_factory=list)
 
 
 def precision_context(device: torch.device, precision: str):
@@ -270,9 +274,9 @@ def train(
     trainable = method.trainable_parameters()
     optimizer = _optimizer(list(trainable.values()), options)
     scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
-    start = 0
+    start, metrics = 0, []
     if resume:
-        start = _load_state(
+        start, metrics = _load_state(
             _require(state_file), trainable, optimizer, scaler, fingerprint or {}, device, total, after_epoch
         )
     if ranks.world_size > 1:
@@ -280,17 +284,19 @@ def train(
         loss_of = DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     else:
         loss_of = objective
-    log = TrainLog(steps=total, start_step=start)
+    log = TrainLog(steps=total, start_step=start, metrics=metrics)
     advance = progress(f"train {method.name} ({objective.name})", total)
     advance(start)
     cached = isinstance(inputs, torch.Tensor)
     batches = _batches(inputs, labels, plan, ranks, range(start, total), workers)
     images_seen, began = 0, time.perf_counter()
+    step_began, elapsed_before = began, metrics[-1].get("elapsed_s", 0.0) if metrics else 0.0
     with _interrupt_deferred() as interrupted:
         for step, (batch_inputs, batch_labels) in zip(range(start, total), batches, strict=True):
             batch_inputs, batch_labels = batch_inputs.to(device), batch_labels.to(device)
+            lr = learning_rate(options, step, total, n_images)
             for group in optimizer.param_groups:
-                group["lr"] = learning_rate(options, step, total, n_images)
+                group["lr"] = lr
             with precision_context(device, options.precision):
                 if method.image_tower_frozen and not cached:
                     with torch.no_grad():
@@ -300,23 +306,38 @@ def train(
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-            mean_loss, stop = _all_ranks(loss.detach(), interrupted(), ranks)
+            terms, stop = _all_ranks({**objective.terms, "loss": loss.detach()}, interrupted(), ranks)
+            mean_loss = terms["loss"]
             if not math.isfinite(mean_loss):  # every rank sees the same mean, so all stop here together
                 raise CftoolError(
                     f"the loss became {mean_loss} at step {step + 1} of {total}: training diverged and nothing was "
                     "written; lower --lr (or raise --warmup) and rerun"
                 )
             log.losses.append(mean_loss)
-            images_seen += len(batch_labels) * ranks.world_size
-            log.images_per_second = images_seen / (time.perf_counter() - began)
-            advance(1, loss=mean_loss, speed=log.images_per_second)
+            batch_images, now = len(batch_labels) * ranks.world_size, time.perf_counter()
+            images_seen += batch_images
+            log.images_per_second = images_seen / (now - began)
             done = step + 1
             epoch = options.epoch_of(step, n_images)
+            log.metrics.append(
+                {
+                    "step": done,
+                    "epoch": epoch + 1,
+                    "lr": lr,
+                    **terms,
+                    "images_per_second": batch_images / (now - step_began),
+                    "elapsed_s": elapsed_before + now - began,
+                }
+            )
+            step_began = now
+            advance(1, loss=mean_loss, speed=log.images_per_second)
             if after_epoch is not None and (done == total or options.epoch_of(done, n_images) > epoch):
                 after_epoch(epoch)
             if state_file is not None and ranks.is_main and done < total:
                 if stop or (checkpoint_every and done % checkpoint_every == 0):
-                    _save_state(state_file, done, trainable, optimizer, scaler, fingerprint or {}, after_epoch)
+                    _save_state(
+                        state_file, done, trainable, optimizer, scaler, fingerprint or {}, after_epoch, log.metrics
+                    )
             if stop and done < total:
                 where = f"trainer state saved to {state_file}; " if state_file is not None else ""
                 raise TrainingInterrupted(f"interrupted after step {done} of {total}: {where}rerun with --resume")
@@ -365,14 +386,15 @@ class _SeededDraws(Dataset):
             return self.dataset[index]
 
 
-def _all_ranks(loss: torch.Tensor, stop: bool, ranks: Ranks) -> tuple[float, bool]:
-    """The loss over the global batch, and whether any rank was asked to stop: Ctrl-C reaches every rank, but not
-    at the same step, so all stop after the step any of them saw it in."""
-    if ranks.world_size == 1:
-        return loss.item(), stop
-    values = torch.stack([loss.float(), torch.tensor(float(stop), device=loss.device)])
-    dist.all_reduce(values)
-    return values[0].item() / ranks.world_size, bool(values[1].item())
+def _all_ranks(losses: dict[str, torch.Tensor], stop: bool, ranks: Ranks) -> tuple[dict[str, float], bool]:
+    """Each loss (term) over the global batch, and whether any rank was asked to stop: Ctrl-C reaches every rank, but
+    not at the same step, so all stop after the step any of them saw it in."""
+    device = losses["loss"].device
+    values = torch.stack([*(value.float() for value in losses.values()), torch.tensor(float(stop), device=device)])
+    if ranks.world_size > 1:
+        dist.all_reduce(values)
+    *means, stopped = (values / ranks.world_size).tolist()
+    return dict(zip(losses, means, strict=True)), stopped > 0
 
 
 @contextmanager
@@ -411,6 +433,7 @@ def _save_state(
     scaler: torch.amp.GradScaler,
     fingerprint: dict[str, Any],
     after_epoch: EpochHook | None,
+    metrics: list[dict[str, float]],
 ) -> None:
     state = {
         "step": step,
@@ -419,6 +442,7 @@ def _save_state(
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "after_epoch": after_epoch.state_dict() if after_epoch is not None else {},
+        "metrics": metrics,
     }
     with atomic_output(path, overwrite=True) as temp:
         torch_save(state, temp)
@@ -433,8 +457,9 @@ def _load_state(
     device: torch.device,
     total: int,
     after_epoch: EpochHook | None,
-) -> int:
-    """Restore a trainer state, checked entry by entry: it is a file on disk that may have been edited or damaged."""
+) -> tuple[int, list[dict[str, float]]]:
+    """Restore a trainer state, checked entry by entry: it is a file on disk that may have been edited or damaged.
+    Returns its step and the metrics of the steps before it."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # a pickle that is not plain tensors, or a damaged file
@@ -455,6 +480,13 @@ def _load_state(
             )
     if not 0 <= state["step"] <= total:
         raise CftoolError(f"{path}: trainer state is at step {state['step']}, outside this run's 0..{total}; delete it")
+    metrics = state.get("metrics", [])  # a state saved before metrics were kept has none
+    if not (
+        isinstance(metrics, list) and len(metrics) in (0, state["step"]) and all(isinstance(m, dict) for m in metrics)
+    ):
+        raise CftoolError(
+            f"{path}: trainer state's metrics are not one row per step before step {state['step']}; delete it"
+        )
     _check_optimizer_state(path, state["optimizer"], optimizer, trainable)
     try:
         optimizer.load_state_dict(state["optimizer"])
@@ -472,7 +504,7 @@ def _load_state(
             raise CftoolError(
                 f"{path}: trainer state's checkpoint selection does not fit this run ({err}); delete it"
             ) from None
-    return state["step"]
+    return state["step"], metrics
 
 
 def _check_optimizer_state(

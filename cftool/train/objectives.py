@@ -29,7 +29,10 @@ _GRID_START, _GRID_STOP = 0.1, 1.01
 
 
 class Objective(nn.Module):
-    """A loss over a batch of the method's inputs (image features of a frozen tower, or images) and labels."""
+    """A loss over a batch of the method's inputs (image features of a frozen tower, or images) and labels.
+
+    ``terms`` holds, after each forward, every term of the last loss by name, unweighted and detached (for the run's
+    metrics: a curve per term); the loss is their sum weighted as the objective's docstring says."""
 
     name: str
 
@@ -37,6 +40,7 @@ class Objective(nn.Module):
         super().__init__()
         self.method = method
         self.label_smoothing = label_smoothing
+        self.terms: dict[str, torch.Tensor] = {}
 
     def cross_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
@@ -46,7 +50,9 @@ class CrossEntropy(Objective):
     name = "cross-entropy"
 
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.cross_entropy(self.method(inputs), labels)
+        loss = self.cross_entropy(self.method(inputs), labels)
+        self.terms = {"ce": loss.detach()}
+        return loss
 
 
 def reference_lmc_samples(count: int) -> tuple[float, ...]:
@@ -157,9 +163,13 @@ class MergeTune(Objective):
         path = self.method.path_logits(inputs, self.fine_tuned, current, self.options.lmc_samples, logits)
         # Every point scores the same batch, so the mean over all of them is the mean over α of each point's loss.
         path_loss = self.cross_entropy(path.flatten(0, 1), labels.repeat(len(self.options.lmc_samples)))
-        loss = self.cross_entropy(logits, labels) + self.options.lambda_lmc * path_loss
+        ce = self.cross_entropy(logits, labels)
+        loss = ce + self.options.lambda_lmc * path_loss
+        self.terms = {"ce": ce.detach(), "lmc": path_loss.detach()}
         if self.options.lambda_zs:
-            loss = loss + self.options.lambda_zs * self.zero_shot_distance(current)
+            distance = self.zero_shot_distance(current)
+            loss = loss + self.options.lambda_zs * distance
+            self.terms["zs"] = distance.detach()
         return loss
 
     def zero_shot_distance(self, current: Solution) -> torch.Tensor:
