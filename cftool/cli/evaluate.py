@@ -398,9 +398,11 @@ def _recorded_data_hint(names: list[str]) -> str:
             header = read_cftool_header(name)
         except CftoolError:  # not a file, or not one of ours: the evaluation itself says so once data is given
             continue
-        recorded = (header.config or {}).get("data")
+        config = header.config or {}
+        recorded, root = config.get("data"), config.get("data_root")
         if isinstance(recorded, dict) and isinstance(recorded.get("source"), str):
-            trained = f"--data {recorded['source']}"
+            # The root its coop:/mtil: data was read under, which a new shell has no variable for.
+            trained = f"--data {recorded['source']}" + (f" --data-root {root}" if isinstance(root, str) else "")
             classes = recorded.get("classes", "all")
             if classes == "all":
                 return f"; {name} was trained on {trained}: add {trained}"

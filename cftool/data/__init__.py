@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from cftool.data.benchmarks import BENCHMARKS, Benchmark, get_benchmark, toy_source
@@ -28,13 +29,17 @@ __all__ = [
     "TaskData",
     "TaskSplit",
     "class_subset",
+    "find_data",
     "get_benchmark",
     "load_task",
     "parse_source",
+    "recorded_data",
     "resolve_data_root",
 ]
 
 SPEC_FORMS = "toy:TASK, folder:PATH, coop:NAME or mtil:NAME"
+# The kinds of spec whose NAME is read under a data root (the others name their images themselves).
+ROOTED_KINDS = ("coop", "mtil")
 
 
 def resolve_data_root(data_root: Path | None) -> Path:
@@ -43,6 +48,43 @@ def resolve_data_root(data_root: Path | None) -> Path:
         return data_root
     from_env = os.environ.get(DATA_ROOT_ENV, "").strip()
     return Path(from_env) if from_env else DEFAULT_DATA_ROOT
+
+
+def recorded_data(spec: DatasetSpec, data_root: Path | None) -> tuple[DatasetSpec, str | None]:
+    """What a trained file records of its data, so that it is found again from any folder and shell: the spec (a
+    ``folder:`` path made absolute) and the absolute data root a ``coop:``/``mtil:`` spec was read under."""
+    kind, _, rest = spec.source.partition(":")
+    if kind == "folder":
+        return replace(spec, source=f"folder:{Path(rest).absolute()}"), None
+    if kind in ROOTED_KINDS:
+        return spec, os.path.abspath(resolve_data_root(data_root))  # '..' taken out, symbolic links kept
+    return spec, None
+
+
+def find_data(spec: DatasetSpec, data_root: Path | None, recorded_root: str | None) -> Path | None:
+    """The data root that holds ``spec``'s data, checked before any model is loaded (the spec resolves and its
+    training images are there): ``--data-root`` or ``$CFTOOL_DATA_ROOT`` when given, else the root a file recorded
+    while it still holds the data, else ./data. A one-line error names every root tried."""
+    if spec.source.partition(":")[0] not in ROOTED_KINDS:
+        roots = [data_root]
+    elif data_root is not None or os.environ.get(DATA_ROOT_ENV, "").strip():
+        roots = [resolve_data_root(data_root)]
+    else:
+        roots = list(dict.fromkeys([*([Path(recorded_root)] if recorded_root else []), DEFAULT_DATA_ROOT]))
+    errors = []
+    for root in roots:
+        try:
+            load_task(spec, root).split("train").fingerprint()  # stats every training image
+            return root
+        except CftoolError as err:
+            errors.append(err)
+    if len(roots) == 1:
+        raise errors[0]
+    reason = str(errors[0]).removeprefix(f"{spec.source}: ")
+    raise CftoolError(
+        f"{spec.source}: neither under the data root it was trained from, {recorded_root}, nor under "
+        f"{DEFAULT_DATA_ROOT.absolute()} ({reason})"
+    )
 
 
 def parse_source(source: str, data_root: Path | None) -> ImageSource:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from cftool.data import DatasetSpec
+from cftool.data import DatasetSpec, find_data
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, file_sha256, open_checkpoint
 from cftool.io.command_files import SUFFIX, beside
@@ -23,8 +23,9 @@ from cftool.recipes import load_recipe
 from cftool.train.adapters import trainable_method
 from cftool.train.finetune import Continuation, FinetuneJob, FinetuneResult, finetune
 from cftool.train.loop import Progress, TrainOptions, no_progress
-from cftool.train.methods import COOP_INIT, RANDOM_INIT, ZERO_SHOT_WEIGHT
+from cftool.train.methods import COOP_INIT, RANDOM_INIT, ZERO_SHOT_WEIGHT, Method
 from cftool.train.objectives import MergeTuneOptions
+from cftool.zoo.base import TINY_ARCH, arch_of
 
 CONTINUABLE_KINDS = ("prompt", "head", "lora", "model")
 # The options of each method that its checkpoint's config records and a rebuild needs.
@@ -95,11 +96,11 @@ def plan(job: ContinueJob) -> tuple[FinetuneJob, Continuation]:
         method = trainable_method(ckpt)
         config = ckpt.header.config or {}
         data = replace(_data_spec(ckpt, config, job.data), **job.data_overrides)
-        train_options, recipe = _recipe(job, config, method.default_lr, method.default_optimizer)
+        train_options, recipe = _recipe(job, config, method)
         if recipe == "mergetune-coop" and "val_images" not in job.data_overrides:
             data = replace(data, val_images=load_recipe(recipe).options["val-images"])
         method_options = _method_options(ckpt, method.name, config, job.mergetune)
-        data_root = job.data_root or (Path(config["data_root"]) if config.get("data_root") else None)
+    data_root = _data_root(job, data, config.get("data_root"))
     finetune_job = FinetuneJob(
         zs=job.zs,
         data=data,
@@ -123,22 +124,21 @@ def plan(job: ContinueJob) -> tuple[FinetuneJob, Continuation]:
     return finetune_job, continuation
 
 
-def _recipe(
-    job: ContinueJob, config: dict[str, Any], default_lr: float, default_optimizer: str
-) -> tuple[TrainOptions, str]:
+def _recipe(job: ContinueJob, config: dict[str, Any], method: type[Method]) -> tuple[TrainOptions, str]:
     """The source's training options (its config records every field, one of iterations/epochs as None), or for a
     CoOp prompt MergeTune's continuation recipe over them, with the overrides on top; a length given on the command
     line replaces the recorded one, whichever unit it is in. Also the recipe's name, which the output records."""
     recipe = {key: config[key] for key in TRAIN_OPTION_KEYS if config.get(key) is not None}
     name = job.recipe or "source"
-    # A CoOp prompt fine-tuned by cftool (not already a continuation, whose config records the recipe it ran with).
-    if config.get("method") == "coop" and "objective" not in config and not job.inherit_recipe:
+    # A CoOp prompt fine-tuned by cftool or imported (not already a continuation, whose config records the recipe it
+    # ran with).
+    if method.name == "coop" and "objective" not in config and not job.inherit_recipe:
         recipe.pop("iterations", None)
         recipe, name = {**recipe, **mergetune_coop_recipe()}, job.recipe or "mergetune-coop"
     if {"iterations", "epochs"} & job.train_overrides.keys():
         recipe.pop("iterations", None)
         recipe.pop("epochs", None)
-    recipe = {"lr": default_lr, "optimizer": default_optimizer, **recipe, **job.train_overrides}
+    recipe = {"lr": method.default_lr, "optimizer": method.default_optimizer, **recipe, **job.train_overrides}
     if "iterations" not in recipe and "epochs" not in recipe:
         raise CftoolError(
             f"{job.source}: its metadata records no training length (was it imported?); pass --epochs or --iterations"
@@ -169,15 +169,31 @@ def _data_spec(ckpt: CheckpointReader, config: dict[str, Any], data: str | None)
         base = DatasetSpec(**recorded) if isinstance(recorded, dict) else DatasetSpec(data)
         return replace(base, source=data)
     if not isinstance(recorded, dict):
+        # The embedded tiny model knows the toy world; a real base, real data such as CoOp's.
+        example = "toy:flowers" if arch_of(ckpt.header.base) == TINY_ARCH else "coop:OxfordFlowers"
         raise CftoolError(
             f"{ckpt.path}: its metadata names no training data (was it imported?); pass --data TASK "
-            "(e.g. --data toy:flowers --classes base)"
+            f"(e.g. --data {example} --classes base)"
         )
     try:
         return DatasetSpec(**recorded)
     except TypeError:
         raise CftoolError(
             f"{ckpt.path}: its recorded training data {recorded} is not a dataset spec; pass --data"
+        ) from None
+
+
+def _data_root(job: ContinueJob, data: DatasetSpec, recorded_root: str | None) -> Path | None:
+    """The data root that holds the training data, found before the model loads: the flag's or the variable's, else
+    the one the source recorded while it still holds the data."""
+    try:
+        return find_data(data, job.data_root, recorded_root)
+    except CftoolError as err:
+        if job.data is not None:
+            raise
+        raise CftoolError(
+            f"{job.source}: cannot read the training data its metadata records ({err}); pass --data "
+            "(and --data-root) to train on data that is here"
         ) from None
 
 
@@ -188,11 +204,14 @@ def _method_options(
     if "towers" in options:
         options["towers"] = tuple(options["towers"])
     if method == "coop":
-        options["n_ctx"] = ckpt.tensors["ctx"].shape[0] if "ctx" in ckpt else options.get("n_ctx")
-        options.setdefault("ctx_init", COOP_INIT)
+        if "ctx" in ckpt:  # the prompt's own shape: [n_ctx, width], or [n_classes, n_ctx, width] (CoOp's CSC)
+            shape = ckpt.tensors["ctx"].shape
+            options.update(n_ctx=shape[-2], class_specific=len(shape) == 3)
+        # A file imported before imports recorded its start: from the words if it has their length, as CoOp's does.
+        words = len(COOP_INIT.split())
+        options.setdefault("ctx_init", COOP_INIT if options.get("n_ctx", words) == words else RANDOM_INIT)
         if options["ctx_init"] == RANDOM_INIT and mergetune.zs_reg == "param":
             # The parameter-space zero-shot counterpart of a prompt is the hand-written context (DESIGN §5.1).
-            words = len(COOP_INIT.split())
             if options["n_ctx"] != words:
                 raise CftoolError(
                     f"{ckpt.path}: the prompt has {options['n_ctx']} context vectors from a random start, and the "

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from cftool.data import DatasetSpec, TaskData, TaskSplit, load_task
+from cftool.data import DatasetSpec, TaskData, TaskSplit, load_task, recorded_data
 from cftool.data.augment import training_transform
 from cftool.data.validation import val_shots
 from cftool.errors import CftoolError
@@ -194,9 +194,9 @@ def _finetune(
     job: FinetuneJob, ranks: Ranks, device: torch.device, progress: Progress, continuation: Continuation | None
 ) -> FinetuneResult:
     torch.manual_seed(job.train.seed)  # everything random from here on (initialisations included) follows --seed
+    task = _load_training_task(job, continuation)  # data that is not there fails before the model loads
     zoo = load_model(job.zs, device)
     base_sha256 = zoo.weights_sha256  # hashed now: the methods change the model's weights (or their names) in place
-    task = _load_training_task(job, continuation)
     train_split = task.split("train", zoo.preprocess)  # what the prototypes (and a feature cache) see
     labels = torch.tensor(train_split.labels, dtype=torch.long)
     _check_every_class_has_images(task, labels)
@@ -388,12 +388,13 @@ def _config(
             "recipe": continuation.recipe,
             "continued_from": {"file": continuation.checkpoint.name, "sha256": continuation.checkpoint_sha256},
         }
+    data, data_root = recorded_data(job.data, job.data_root)
     return {
         "method": method.name,
         **method.options(),
         **job.train.to_dict(),
-        "data": json.loads(job.data.to_json()),
-        "data_root": str(job.data_root) if job.data_root else None,
+        "data": json.loads(data.to_json()),
+        "data_root": data_root,
         "zs": zoo.spec.canonical,
         "templates": task.templates,
         "feature_cache": _uses_feature_cache(job, method),

@@ -53,6 +53,8 @@ COOP_INIT = "a photo of a"
 RANDOM_INIT = "random"
 # CoOp initialises a random context from N(0, 0.02²).
 RANDOM_CONTEXT_STD = 0.02
+# The mean cosine between a trained context and the embeddings of COOP_INIT above which it started from those words.
+WORD_START_COSINE = 0.5
 
 # A method's point on MergeTune's paths (see the module docstring), by tensor name.
 Solution = dict[str, torch.Tensor]
@@ -252,25 +254,43 @@ class CoOp(Method):
         n_ctx: int | None = None,
         ctx_init: str = COOP_INIT,
         ctx: torch.Tensor | None = None,
+        class_specific: bool = False,
     ):
         super().__init__(zoo, classnames, templates)
         width = self.model.token_embedding.weight.shape[1]
         if ctx is None:
-            ctx = self._initial_context(zoo, n_ctx, ctx_init, width)
+            ctx = self._initial_context(zoo, n_ctx, ctx_init, width, class_specific)
         self.ctx_init = ctx_init
         self.ctx = nn.Parameter(ctx.float().to(self.device))
         self.register_buffer("tokens", self._tokens(self.classnames), persistent=False)
 
-    def _initial_context(self, zoo: ZooModel, n_ctx: int | None, ctx_init: str, width: int) -> torch.Tensor:
+    def _initial_context(
+        self, zoo: ZooModel, n_ctx: int | None, ctx_init: str, width: int, class_specific: bool
+    ) -> torch.Tensor:
+        """[n_ctx, width], or with ``class_specific`` (CoOp's CSC) [n_classes, n_ctx, width]: one context per class,
+        each drawn on its own or starting at the words."""
+        per_class = (len(self.classnames),) if class_specific else ()
         if ctx_init == RANDOM_INIT:
-            return torch.randn(n_ctx or len(COOP_INIT.split()), width) * RANDOM_CONTEXT_STD
+            return torch.randn(*per_class, n_ctx or len(COOP_INIT.split()), width) * RANDOM_CONTEXT_STD
         ctx = embedded_context(self.model, zoo.tokenizer, ctx_init)
         if n_ctx is not None and n_ctx != len(ctx):
             raise CftoolError(
                 f"--n-ctx {n_ctx} does not match --ctx-init {ctx_init!r}, which is {len(ctx)} tokens; "
                 f"drop --n-ctx or use --ctx-init random"
             )
-        return ctx
+        return ctx.expand(*per_class, *ctx.shape).clone()  # a tensor of its own: the steps update it in place
+
+    @staticmethod
+    def inferred_init(zoo: ZooModel, ctx: torch.Tensor) -> str:
+        """How a context trained elsewhere (a CoOp/KgCoOp file, which does not say) most likely started: from the
+        hand-written words when it has their length and each vector still points the way its word's embedding does
+        (CoOp's CTX_INIT), else at random (CoOp's default of 16 vectors; its CSC always starts at random).
+        A random start of N(0, 0.02²) has a cosine of about ±1/√width with any embedding, far below the threshold."""
+        words = embedded_context(zoo.model, zoo.tokenizer, COOP_INIT).cpu()
+        if ctx.shape[-2] != len(words):
+            return RANDOM_INIT
+        cosine = F.cosine_similarity(ctx.detach().float().cpu().reshape(-1, *words.shape), words, dim=-1)
+        return COOP_INIT if float(cosine.mean()) > WORD_START_COSINE else RANDOM_INIT
 
     @property
     def n_ctx(self) -> int:
@@ -349,7 +369,12 @@ class CoOp(Method):
         return {"ctx": self.ctx.detach().cpu().contiguous()}
 
     def options(self) -> dict[str, Any]:
-        return {"n_ctx": self.n_ctx, "ctx_init": self.ctx_init, "class_token_position": "end"}
+        return {
+            "n_ctx": self.n_ctx,
+            "ctx_init": self.ctx_init,
+            "class_specific": self.ctx.dim() == 3,
+            "class_token_position": "end",
+        }
 
     @property
     def template(self) -> str:

@@ -11,6 +11,7 @@ from cftool.errors import CftoolError
 from cftool.io.checkpoint import check_shapes, save_checkpoint
 from cftool.io.convert import as_dtype
 from cftool.io.foreign import read_coop_prompt, read_state_dict, refuse_non_finite
+from cftool.train.methods import CoOp
 from cftool.zoo.base import openai_extras_removed
 from cftool.zoo.models import ZooModel
 
@@ -45,7 +46,13 @@ def import_coop_prompt(source: Path, zoo: ZooModel, output: Path, task: str | No
             f"{zoo.model.context_length}-token context of {zoo.spec.canonical}; pass the --zs they were trained with"
         )
     _check_saved_token_embeddings(source, zoo, info["token_prefix"], info["token_suffix"])
-    config = {"n_ctx": ctx.shape[-2], "class_specific": info["class_specific"], "imported_from": source.name}
+    # What continuing it needs and the file does not say: its shape, and where its training started (inferred).
+    config = {
+        "n_ctx": ctx.shape[-2],
+        "class_specific": info["class_specific"],
+        "ctx_init": CoOp.inferred_init(zoo, ctx),
+        "imported_from": source.name,
+    }
     if info.get("epoch") is not None:
         config["epoch"] = info["epoch"]
     header = zoo.base_header("prompt", task=task, method="coop", config=config)
