@@ -166,7 +166,7 @@ def _prototypes(plain: Plain, features, labels, n_classes: int):
 
 def plain_train(job: dict) -> None:
     """`finetune` (continued: MergeTune's loss) of a prompt, LoRA factors or every weight, then its prototypes."""
-    torch = __import__("torch")
+    import torch
     from safetensors.torch import load_file, save_file
 
     torch.manual_seed(job["seed"])

@@ -246,3 +246,22 @@ def test_delta_reads_a_hub_base_without_building_a_model(cli, tmp_path, monkeypa
     assert builds == [] and set(open_clip_devices) == {"meta"}
     with open_checkpoint(model_file) as exported:
         assert exported.header.base_sha256 == built.weights_sha256
+
+
+def test_an_architecture_that_cannot_be_built_on_the_meta_device_is_read_through_a_real_build(tmp_path, monkeypatch):
+    """timm's towers read values while they initialise, which meta tensors do not have."""
+    from cftool.zoo.base import architecture
+    from cftool.zoo.models import parse_model_spec, published_weights
+
+    tiny = load_model("tiny")
+    folder = tmp_path / "hub-model"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": architecture("cftool-tiny")}))
+    save_file(dict(tiny.model.state_dict()), folder / "open_clip_model.safetensors")
+
+    def fails_on_meta(*args, **kwargs):
+        raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+
+    monkeypatch.setattr(open_clip, "create_model", fails_on_meta)
+    state, _, _ = published_weights(parse_model_spec(f"local-dir:{folder}"))
+    _assert_same_state(state, tiny.model.state_dict())
