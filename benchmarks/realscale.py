@@ -419,7 +419,7 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
             row["plain"] = forked(args.threads, timed, "plain", {**common, **plain_job})
             row["time_ratio"] = row["plain"]["seconds"] / row["cftool"]["seconds"]
         runs.append(row)
-        print(f"  {name}: {row['cftool']['seconds']:.1f} s", file=sys.stderr)
+        print(json.dumps(row), file=sys.stderr, flush=True)  # each row as it is measured: a long run shows progress
 
     compare("eval", ["eval", "--zs", zs, "--data", f"folder:{data['A']}", *device],
             {"plain": "eval", "data": str(data["A"])}, test_images["A"])  # fmt: skip
