@@ -335,6 +335,10 @@ PLAIN = {"eval": plain_eval, "train": plain_train, "delta": plain_delta, "unify"
 # ---------------------------------------------------------------------------------------------------- measuring
 
 
+class Died(Exception):
+    """A measured process was killed (by the kernel's OOM killer, most often): a row of the report, not its end."""
+
+
 def forked(threads: int, function, *args):
     """``function(*args)`` in a forked process, its output kept out of the report (shown where it fails).
 
@@ -349,7 +353,8 @@ def forked(threads: int, function, *args):
         try:
             result = receive.recv()
         except EOFError:
-            result = {"error": "the process died"}
+            process.join()
+            raise Died(f"killed by signal {-process.exitcode}" if process.exitcode < 0 else "died") from None
         process.join()
         if "error" in result:
             log.seek(0)
@@ -410,13 +415,16 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
     out.mkdir()
 
     def compare(name: str, cftool_args: list, plain_job: dict | None, images: int | None) -> None:
-        row = {
-            "command": name,
-            "images": images,
-            "cftool": forked(args.threads, timed, "cftool", list(map(str, cftool_args))),
-        }
+        row = {"command": name, "images": images}
+        sides = {"cftool": ("cftool", list(map(str, cftool_args)))}
         if plain_job is not None:
-            row["plain"] = forked(args.threads, timed, "plain", {**common, **plain_job})
+            sides["plain"] = ("plain", {**common, **plain_job})
+        for side, (kind, payload) in sides.items():
+            try:
+                row[side] = forked(args.threads, timed, kind, payload)
+            except Died as death:
+                row[side] = {"died": str(death)}
+        if all("seconds" in row.get(side, {}) for side in ("cftool", "plain")):
             row["time_ratio"] = row["plain"]["seconds"] / row["cftool"]["seconds"]
         runs.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)  # each row as it is measured: a long run shows progress
@@ -480,6 +488,10 @@ def table(report: dict) -> str:
     ]
     for row in report["runs"]:
         ours, plain = row["cftool"], row.get("plain")
+        if "died" in ours or (plain and "died" in plain):
+            died = [f"{side} {row[side]['died']}" for side in ("cftool", "plain") if "died" in row.get(side, {})]
+            lines.append(f"| {row['command']} | " + "; ".join(died) + " | | | | | | |")
+            continue
         per_image = (lambda r: f"{1000 * r['seconds'] / row['images']:.0f}") if row["images"] else (lambda r: "–")
         cells = [row["command"], f"{ours['seconds']:.2f}", f"{plain['seconds']:.2f}" if plain else "–",
                  f"{row['time_ratio']:.2f}" if plain else "–", per_image(ours), per_image(plain) if plain else "–",
