@@ -53,21 +53,11 @@ def cli(capsys):
 def toy_folders(tmp_path_factory):
     """Small image folders (folder:PATH, train/ and test/) of three toy tasks, named after them: 3 training and 6
     test images per class, so that protocols over several tasks and sessions run in seconds."""
-    from cftool.data import load_task
+    from cftool.data.toy import write_toy_folder
 
     root = tmp_path_factory.mktemp("toy-folders")
     folders = {}
     for name in ("food", "mnist", "cars"):
-        task = load_task(f"toy:{name}")
-        for split, per_class in (("train", 3), ("test", 6)):
-            counts = dict.fromkeys(range(len(task.classnames)), 0)
-            for index, label in enumerate(task.source.labels(split)):
-                if counts[label] < per_class:
-                    folder = root / name / split / task.classnames[label]
-                    folder.mkdir(parents=True, exist_ok=True)
-                    task.source.image(split, index).save(folder / f"{index}.png")
-                    counts[label] += 1
-                if min(counts.values()) == per_class:
-                    break
+        write_toy_folder(name, root / name, {"train": 3, "test": 6})
         folders[name] = root / name
     return folders

@@ -279,9 +279,10 @@ def _zs_weights_file(tmp_path, state, payload):
 
 
 def _delta_base(tmp_path, state, payload):
-    from cftool.zoo.convert import export_zoo_model
+    from cftool.zoo.convert import export_base
 
-    model_file = export_zoo_model(load_model("tiny"), tmp_path / "finetuned.safetensors", overwrite=False)
+    with open_base("tiny") as base:
+        model_file = export_base(base, tmp_path / "finetuned.safetensors", overwrite=False)
     torch.save({**state, "evil": payload}, tmp_path / "weights.pt")
     out = tmp_path / "delta.safetensors"
     return ["delta", model_file, "--zs", f"cftool-tiny:{tmp_path / 'weights.pt'}", "-o", out], out
@@ -429,7 +430,6 @@ def test_a_hub_model_whose_config_is_cached_but_not_its_weights_says_so(tmp_path
 
 def test_tiny_without_its_shipped_weights_is_an_error_not_a_random_model(tmp_path, monkeypatch):
     missing = tmp_path / "tiny.safetensors"
-    monkeypatch.setattr("cftool.zoo.models.TINY_WEIGHTS", missing)
     monkeypatch.setattr("cftool.zoo.base.TINY_WEIGHTS", missing)
     for load in (load_model, open_base):
         with pytest.raises(CftoolError, match="its weights .* are missing") as error:

@@ -124,3 +124,25 @@ def test_startup_measures_help_completion_and_inspect_against_python_and_what_th
     for case in report["cases"].values():
         assert case["ratio_to_python"] == pytest.approx(case["seconds"] / report["python_pass_seconds"], rel=0.05, abs=0.2)
         assert not case["imports_open_clip"] and not case["imports_torch"]
+
+
+def test_realscale_compares_every_command_with_a_plain_open_clip_loop(tmp_path):
+    out = tmp_path / "realscale.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "realscale.py"), "--shrink", "--threads", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=600, check=True,
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    assert report["arch"] == "cftool-tiny" and (report["iterations"], report["batch_size"]) == (2, 8)
+    rows = {row["command"]: row for row in report["runs"]}
+    assert list(rows) == [
+        "eval", "finetune --method coop", "finetune --method lora", "finetune --method full", "continue (coop)",
+        "continue (lora)", "continue (full)", "delta", "delta (lora)", "unify", "route",
+    ]  # fmt: skip
+    assert rows["finetune --method lora"]["images"] == 16 and rows["eval"]["images"] == 12  # 6 classes × 2
+    for name, row in rows.items():
+        assert row["cftool"]["seconds"] > 0 and row["cftool"]["peak_rss_gb"] > 0.1, name
+        if name != "delta (lora)":
+            assert row["time_ratio"] == pytest.approx(row["plain"]["seconds"] / row["cftool"]["seconds"]), name
+    assert report["min_time_ratio"] == min(row["time_ratio"] for row in rows.values() if "time_ratio" in row)
+    assert "| continue (lora) |" in result.stdout and "ratio (plain/cftool time)" in result.stdout

@@ -192,3 +192,76 @@ def test_a_model_file_of_a_hub_base_is_rebuilt_offline_from_what_it_records(tmp_
     on_the_hub = accuracy("hf-hub:me/tiny-clip", hub)
     assert accuracy(model_file, tmp_path / "no-hub") == on_the_hub
     assert on_the_hub != accuracy("tiny", tmp_path / "no-hub")  # the hub's normalisation, not tiny's, is applied
+
+
+def _assert_same_state(read: dict, built: dict) -> None:
+    assert list(read) == list(built)
+    for name, tensor in built.items():
+        assert read[name].dtype == tensor.dtype and torch.equal(read[name], tensor), name
+
+
+def test_a_tags_weights_are_read_without_building_and_equal_the_built_models(vit, monkeypatch):
+    from cftool.zoo.models import parse_model_spec, published_weights
+
+    folder, _ = vit
+    monkeypatch.setattr("cftool.zoo.models.cached_tag_weights", lambda cfg: folder / "ViT-B-16.pt")  # OpenAI's fp16
+    zoo = load_model("ViT-B-16:openai")
+    state, architecture, preprocess = published_weights(parse_model_spec("ViT-B-16:openai"))
+    _assert_same_state(state, zoo.model.state_dict())
+    assert architecture == zoo.architecture and architecture["quick_gelu"] is True and preprocess is None
+
+
+def test_delta_reads_a_hub_base_without_building_a_model(cli, tmp_path, monkeypatch):
+    """Published weights get open_clip's adjustments (a 1-element logit_scale, a stale position-id buffer), read
+    through a storage-less (meta) model, never the built one."""
+    from cftool.zoo import models
+    from cftool.zoo.base import architecture
+
+    tiny = load_model("tiny")
+    published = {name: tensor.half() for name, tensor in tiny.model.state_dict().items()}
+    published["logit_scale"] = published["logit_scale"].reshape(1)
+    published["text.transformer.embeddings.position_ids"] = torch.arange(8)
+    folder = tmp_path / "hub-model"
+    folder.mkdir()
+    config = {"model_cfg": architecture("cftool-tiny"), "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.5] * 3}}
+    (folder / "open_clip_config.json").write_text(json.dumps(config))
+    save_file(published, folder / "open_clip_model.safetensors")
+    spec = f"local-dir:{folder}"
+    built = load_model(spec)
+    model_file = tmp_path / "base.safetensors"
+    assert cli("export", "--zs", spec, "-o", model_file).code == 0
+
+    builds, open_clip_devices = [], []
+    create_model = open_clip.create_model
+    monkeypatch.setattr(models, "_create", lambda *args, **kwargs: builds.append(args))
+    monkeypatch.setattr(
+        open_clip, "create_model", lambda *a, **kw: open_clip_devices.append(kw.get("device")) or create_model(*a, **kw)
+    )
+    with open_base(spec) as base:
+        _assert_same_state(dict(base), built.model.state_dict())
+        assert base.sha256 == built.weights_sha256 and base.preprocess == built.hub_preprocess
+        assert base.preprocess["mean"] == [0.5] * 3
+    result = cli("delta", model_file, "--zs", spec, "-o", tmp_path / "delta.safetensors")
+    assert result.code == 0, result.stderr
+    assert builds == [] and set(open_clip_devices) == {"meta"}
+    with open_checkpoint(model_file) as exported:
+        assert exported.header.base_sha256 == built.weights_sha256
+
+
+def test_an_architecture_that_cannot_be_built_on_the_meta_device_is_read_through_a_real_build(tmp_path, monkeypatch):
+    """timm's towers read values while they initialise, which meta tensors do not have."""
+    from cftool.zoo.base import architecture
+    from cftool.zoo.models import parse_model_spec, published_weights
+
+    tiny = load_model("tiny")
+    folder = tmp_path / "hub-model"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": architecture("cftool-tiny")}))
+    save_file(dict(tiny.model.state_dict()), folder / "open_clip_model.safetensors")
+
+    def fails_on_meta(*args, **kwargs):
+        raise RuntimeError("Tensor.item() cannot be called on meta tensors")
+
+    monkeypatch.setattr(open_clip, "create_model", fails_on_meta)
+    state, _, _ = published_weights(parse_model_spec(f"local-dir:{folder}"))
+    _assert_same_state(state, tiny.model.state_dict())

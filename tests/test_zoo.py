@@ -75,9 +75,11 @@ def test_architecture_with_local_weights_file(tiny, tmp_path):
 
 
 def test_a_cftool_model_file_is_a_spec(tiny, tmp_path):
-    from cftool.zoo.convert import export_zoo_model
+    from cftool.zoo.base import open_base
+    from cftool.zoo.convert import export_base
 
-    path = export_zoo_model(tiny, tmp_path / "base.safetensors", overwrite=False)
+    with open_base("tiny") as base:
+        path = export_base(base, tmp_path / "base.safetensors", overwrite=False)
     spec = parse_model_spec(str(path))
     assert spec.arch == "cftool-tiny"
     assert load_model(spec).weights_sha256 == tiny.weights_sha256

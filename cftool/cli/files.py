@@ -153,14 +153,17 @@ def import_command(
         _import_condu_session(source, zs, output, prototypes_dir, task, force, inputs, lora_base)
         return
     check_outputs({"-o": output}, inputs, force)  # before any work
-    from cftool.zoo import load_model
-    from cftool.zoo.convert import import_coop_prompt, import_full_model
-
-    zoo = load_model(zs, resolve_device(device))
     if fmt == "coop":
-        written = import_coop_prompt(source, zoo, output, task=task, overwrite=force)
+        from cftool.zoo import load_model
+        from cftool.zoo.convert import import_coop_prompt
+
+        written = import_coop_prompt(source, load_model(zs, resolve_device(device)), output, task=task, overwrite=force)
     else:
-        written = import_full_model(source, zoo, output, task=task, overwrite=force, dtype=torch_dtype(dtype))
+        from cftool.zoo.base import open_base
+        from cftool.zoo.convert import import_full_model
+
+        with open_base(zs) as base:
+            written = import_full_model(source, base, output, task=task, overwrite=force, dtype=torch_dtype(dtype))
     console.print(f"wrote {written} ({fmt} → cftool)")
 
 
@@ -195,10 +198,11 @@ def export_command(
 
         written = export_plain(source, output, overwrite=force, dtype=wanted_dtype)
     else:
-        from cftool.zoo import load_model
-        from cftool.zoo.convert import export_zoo_model
+        from cftool.zoo.base import open_base
+        from cftool.zoo.convert import export_base
 
-        written = export_zoo_model(load_model(zs), output, overwrite=force, dtype=wanted_dtype)
+        with open_base(zs) as base:
+            written = export_base(base, output, overwrite=force, dtype=wanted_dtype)
     console.print(f"wrote {written}")
 
 

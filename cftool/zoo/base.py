@@ -4,8 +4,9 @@
 tensor is converted as loading it into the model does (the model holds float32; BatchNorm's
 ``num_batches_tracked`` counters are int64 even where a file stores them as floats, as the shipped fp16 `tiny`
 file does), so that the hash of these weights is the ``ZooModel.weights_sha256`` that every file made from the
-model records. Pretrained tags and ``hf-hub:`` specs are built by open_clip, imported only then. Tensors are read
-one at a time where the file allows it (safetensors), so a base costs one tensor of memory, not a model.
+model records. Pretrained tags and ``hf-hub:``/``local-dir:`` specs import open_clip for its loader's adjustments,
+which need the model's layout: it is built on the meta device, without storage. Tensors are read one at a time where
+the file allows it (safetensors), so a base costs one tensor of memory, not a model.
 
 A base is its weights and its architecture: open_clip's model config, read here from the config files without
 importing open_clip, with the activation made explicit, since OpenAI's weights need QuickGELU and the same tensors
@@ -244,11 +245,23 @@ def weights_file_canonical(arch: str, path: Path) -> str:
     return f"{arch}:{path.resolve()}"
 
 
+def installed_tiny_weights() -> Path:
+    """The shipped weights of `tiny`, refused in one line where an incomplete install lacks them."""
+    if not TINY_WEIGHTS.is_file():
+        raise CftoolError(
+            f"--zs tiny: its weights {TINY_WEIGHTS} are missing (an incomplete install), and a randomly "
+            f"initialised model is no base; reinstall cftool, or pretrain them: "
+            f"python -m cftool.zoo.pretrain_tiny -o {TINY_WEIGHTS}"
+        )
+    return TINY_WEIGHTS
+
+
 def open_base(spec: str) -> BaseWeights:
-    """The weights a `--zs` spec names; only pretrained tags and ``hf-hub:`` specs import open_clip."""
+    """The weights a `--zs` spec names, never building the model; only pretrained tags and ``hf-hub:``/``local-dir:``
+    specs import open_clip, for the adjustments its loader makes to published weights."""
     spec = spec.strip()
-    if spec == TINY and TINY_WEIGHTS.is_file():
-        return _from_weights_file(TINY_ARCH, TINY, TINY_WEIGHTS)
+    if spec == TINY:
+        return _from_weights_file(TINY_ARCH, TINY, installed_tiny_weights())
     name, colon, tag = spec.partition(":")
     if spec and not is_named_schema(spec):
         if colon and tag and names_weights_file(tag):
@@ -262,9 +275,8 @@ def open_base(spec: str) -> BaseWeights:
             with open_checkpoint(path, kind="model") as ckpt:
                 arch = arch_of(ckpt.header.base)
             return _from_weights_file(arch, weights_file_canonical(arch, path), path)
-    from cftool.zoo.models import load_model
+    from cftool.zoo.models import parse_model_spec, published_weights
 
-    zoo = load_model(spec)
-    return _from_state_dict(
-        zoo.spec.canonical, zoo.model.state_dict(), zoo.architecture, zoo.weights_sha256, zoo.hub_preprocess
-    )
+    parsed = parse_model_spec(spec)  # refuses, in one line, any spec that is neither a tag nor a hub model
+    state, arch_config, preprocess = published_weights(parsed)
+    return _from_state_dict(parsed.canonical, state, arch_config, preprocess=preprocess)

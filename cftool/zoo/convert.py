@@ -12,21 +12,21 @@ from cftool.io.checkpoint import check_shapes, save_checkpoint
 from cftool.io.convert import as_dtype
 from cftool.io.foreign import read_coop_prompt, read_state_dict, refuse_non_finite
 from cftool.train.methods import CoOp
-from cftool.zoo.base import openai_extras_removed
+from cftool.zoo.base import BaseWeights, openai_extras_removed
 from cftool.zoo.models import ZooModel
 
 
 def import_full_model(
-    source: Path, zoo: ZooModel, output: Path, task: str | None, overwrite: bool, dtype: torch.dtype | None = None
+    source: Path, base: BaseWeights, output: Path, task: str | None, overwrite: bool, dtype: torch.dtype | None = None
 ) -> Path:
-    """An open_clip/OpenAI state dict fine-tuned from ``zoo`` → a `model` file (names and shapes checked), in the
+    """An open_clip/OpenAI state dict fine-tuned from ``base`` → a `model` file (names and shapes checked), in the
     file's dtypes unless ``dtype`` names one."""
     state_dict, _ = openai_extras_removed(read_state_dict(source))
     refuse_non_finite(source, state_dict)
     state_dict = {name: as_dtype(tensor, dtype) for name, tensor in state_dict.items()}
-    expected = {name: tuple(t.shape) for name, t in zoo.model.state_dict().items()}
+    expected = {name: shape for name, (_, shape) in base.layout.items()}
     check_shapes(source, {name: tuple(t.shape) for name, t in state_dict.items()}, expected)
-    header = zoo.base_header("model", task=task, method="import", config={"imported_from": source.name})
+    header = base.header("model", task=task, method="import", config={"imported_from": source.name})
     return save_checkpoint(output, {name: state_dict[name] for name in expected}, header, overwrite=overwrite)
 
 
@@ -80,7 +80,7 @@ def _check_saved_token_embeddings(
             )
 
 
-def export_zoo_model(zoo: ZooModel, output: Path, overwrite: bool, dtype: torch.dtype | None = None) -> Path:
-    """A zoo model's weights as a `model` file, so a base can be materialised, hashed and shared."""
-    state = {name: as_dtype(tensor, dtype) for name, tensor in zoo.model.state_dict().items()}
-    return save_checkpoint(output, state, zoo.base_header("model"), overwrite=overwrite)
+def export_base(base: BaseWeights, output: Path, overwrite: bool, dtype: torch.dtype | None = None) -> Path:
+    """A base's weights as a `model` file, so a base can be materialised, hashed and shared."""
+    state = {name: as_dtype(tensor, dtype) for name, tensor in base.items()}
+    return save_checkpoint(output, state, base.header("model"), overwrite=overwrite)

@@ -36,9 +36,9 @@ from cftool.zoo.base import (
     MODEL_CONFIGS,
     TINY,
     TINY_ARCH,
-    TINY_WEIGHTS,
     arch_of,
     architecture,
+    installed_tiny_weights,
     is_cftool_file,
     is_named_schema,
     model_file_architecture,
@@ -167,9 +167,7 @@ class ZooModel:
     def hub_preprocess(self) -> dict | None:
         """The preprocessing config files record where only a hub's config says it (``hf-hub:`` and ``local-dir:``
         bases), so that a `model` file of such a base is rebuilt without the hub; None for the other bases."""
-        if not is_named_schema(self.spec.arch):
-            return None
-        return json.loads(json.dumps(open_clip.get_model_preprocess_cfg(self.model)))  # tuples as JSON has them
+        return _hub_preprocess(self.spec, self.model)
 
     def base_header(self, kind: str, **fields) -> Header:
         return Header(
@@ -202,10 +200,8 @@ def load_model(spec: str | ModelSpec, device: str | torch.device = "cpu") -> Zoo
         else:
             zoo = _create(spec, arch_config, **_tag_preprocess(spec))
         zoo.load_state_dict(state, spec.weights_file)
-    elif is_named_schema(spec.arch):
-        zoo = _create_named(spec)
     else:
-        zoo = _create_tagged(spec)
+        zoo = _create_published(spec)
     zoo.model.to(device).eval()
     return zoo
 
@@ -221,7 +217,21 @@ def _tag_preprocess(spec: ModelSpec) -> dict:
     }
 
 
-def _create_tagged(spec: ModelSpec) -> ZooModel:
+@dataclass(frozen=True)
+class _Published:
+    """Where a pretrained tag's or a hub model's weights are, read as data, and how open_clip builds their model."""
+
+    weights: Path
+    state: dict[str, torch.Tensor]  # as the file holds them, OpenAI's extra entries removed
+    arch_config: dict | None
+    build: dict  # _create's keyword arguments: model_name, built_from and the preprocessing overrides
+
+
+def _published(spec: ModelSpec) -> _Published:
+    return _published_named(spec) if is_named_schema(spec.arch) else _published_tagged(spec)
+
+
+def _published_tagged(spec: ModelSpec) -> _Published:
     """``ARCH:TAG``: with the tag's activation (open_clip itself only warns when OpenAI's tags meet a GELU
     config), from the cache when it holds the weights, else downloaded once the host answers."""
     pretrained_cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag)
@@ -232,12 +242,10 @@ def _create_tagged(spec: ModelSpec) -> ZooModel:
         weights = download_tag_weights(pretrained_cfg, what)
     state, openai_format = openai_extras_removed(read_state_dict(weights))
     arch_config = architecture(spec.arch, quick_gelu=bool(pretrained_cfg.get("quick_gelu")) or openai_format)
-    zoo = _create(spec, arch_config, **_tag_preprocess(spec))
-    zoo.load_state_dict(_as_open_clip_adjusts(zoo.model, state), weights)
-    return zoo
+    return _Published(weights, state, arch_config, _tag_preprocess(spec))
 
 
-def _create_named(spec: ModelSpec) -> ZooModel:
+def _published_named(spec: ModelSpec) -> _Published:
     """``hf-hub:`` (its cached snapshot, downloaded first where the cache lacks it) and ``local-dir:``, each read as a
     folder holding ``open_clip_config.json`` and the weights."""
     name = spec.arch
@@ -256,9 +264,50 @@ def _create_named(spec: ModelSpec) -> ZooModel:
     weights = weights or local_dir_weights(folder)
     state, openai_format = openai_extras_removed(read_state_dict(weights))
     local = f"{LOCAL_DIR_PREFIX}{folder}"
-    zoo = _create(spec, architecture(local, quick_gelu=openai_format), model_name=local, built_from=config_file)
-    zoo.load_state_dict(_as_open_clip_adjusts(zoo.model, state), weights)
+    build = {"model_name": local, "built_from": config_file}
+    return _Published(weights, state, architecture(local, quick_gelu=openai_format), build)
+
+
+def _create_published(spec: ModelSpec) -> ZooModel:
+    published = _published(spec)
+    zoo = _create(spec, published.arch_config, **published.build)
+    zoo.load_state_dict(_as_open_clip_adjusts(zoo.model, published.state), published.weights)
     return zoo
+
+
+def published_weights(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], dict | None, dict | None]:
+    """A pretrained tag's or a hub model's weights exactly as ``load_model`` holds them (adjusted, checked, in the
+    model's dtypes and order), with their architecture and hub preprocessing, for the commands that only move tensors.
+
+    open_clip's adjustments and the strict check need the model's layout, not its values, so the model is built on
+    the meta device, which allocates and initialises nothing."""
+    published = _published(spec)
+    skeleton = _skeleton(spec, published)
+    state = _as_open_clip_adjusts(skeleton, published.state)
+    expected = skeleton.state_dict()
+    check_shapes(
+        published.weights,
+        {name: tuple(t.shape) for name, t in state.items()},
+        {name: tuple(t.shape) for name, t in expected.items()},
+    )
+    weights = {name: state[name].to(t.dtype) for name, t in expected.items()}  # as load_state_dict copies them
+    return weights, published.arch_config, _hub_preprocess(spec, skeleton)
+
+
+def _skeleton(spec: ModelSpec, published: _Published) -> torch.nn.Module:
+    """The model without storage; built for real where its initialisation reads values, which meta tensors do not
+    have (timm's towers read their drop-path rates)."""
+    try:
+        with torch.device("meta"), _open_clip_logging_silenced():
+            return open_clip.create_model(
+                published.build.get("model_name", spec.arch),
+                pretrained=None,
+                load_weights=False,
+                force_quick_gelu=_quick_gelu(published.arch_config),
+                device="meta",
+            )
+    except Exception:  # any failure the real build would meet is reported by it, in one line
+        return _create(spec, published.arch_config, **published.build).model
 
 
 def _as_open_clip_adjusts(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -305,7 +354,7 @@ def _create(
     """open_clip's model (no weights loaded: cftool loads them), transforms and tokenizer; ``built_from`` is the config
     file to blame where the build fails."""
     model_name = model_name or spec.arch
-    quick_gelu = bool(arch_config and arch_config["quick_gelu"])
+    quick_gelu = _quick_gelu(arch_config)
     blamed = built_from or f"--zs {spec.canonical}"
     try:
         with _open_clip_logging_silenced():
@@ -324,6 +373,16 @@ def _create(
     return ZooModel(spec, model, preprocess, tokenizer, arch_config)
 
 
+def _quick_gelu(arch_config: dict | None) -> bool:
+    return bool(arch_config and arch_config["quick_gelu"])
+
+
+def _hub_preprocess(spec: ModelSpec, model: torch.nn.Module) -> dict | None:
+    if not is_named_schema(spec.arch):
+        return None
+    return json.loads(json.dumps(open_clip.get_model_preprocess_cfg(model)))  # tuples as JSON has them
+
+
 def _exception_line(err: BaseException) -> str:
     return " ".join(f"{type(err).__name__}: {err}".split())[:200]
 
@@ -340,14 +399,9 @@ def _open_clip_logging_silenced():
 
 
 def _create_tiny(spec: ModelSpec) -> ZooModel:
-    if not TINY_WEIGHTS.is_file():
-        raise CftoolError(
-            f"--zs tiny: its weights {TINY_WEIGHTS} are missing (an incomplete install), and a randomly "
-            f"initialised model is no base; reinstall cftool, or pretrain them: "
-            f"python -m cftool.zoo.pretrain_tiny -o {TINY_WEIGHTS}"
-        )
+    weights = installed_tiny_weights()
     zoo = _create(spec, architecture(TINY_ARCH))
-    zoo.load_state_dict(_read_weights(TINY_ARCH, TINY_WEIGHTS)[0], TINY_WEIGHTS)
+    zoo.load_state_dict(_read_weights(TINY_ARCH, weights)[0], weights)
     return zoo
 
 
