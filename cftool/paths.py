@@ -27,7 +27,7 @@ from cftool.data import TaskData
 from cftool.errors import CftoolError
 from cftool.evaluate import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, save_checkpoint
-from cftool.merge.lora import lora_config, merged_lora_state
+from cftool.merge.lora import combined_factors, lora_config, merged_lora_state
 from cftool.merge.methods import refuse_scale_overflow
 from cftool.merge.stream import refuse_overflow
 from cftool.protocols import ZERO_SHOT, FeatureCache, halves_of
@@ -318,10 +318,7 @@ def _interpolated_lora(readers: list[CheckpointReader | None], weights: tuple[fl
     configs = [lora_config(r) for r, _ in present]
     if len({alpha / rank for rank, alpha, _ in configs}) > 1 or len({tuple(t) for _, _, t in configs}) > 1:
         raise CftoolError("interpolate: the two LoRA checkpoints adapt different weights or use different scales")
-    tensors = {}
-    for name in configs[0][2]:
-        tensors[f"{name}.lora_A"] = torch.cat([r[f"{name}.lora_A"] for r, _ in present], dim=0)
-        tensors[f"{name}.lora_B"] = torch.cat([w * r[f"{name}.lora_B"] for r, w in present], dim=1)
+    tensors = combined_factors(configs[0][2], [(w, r.__getitem__) for r, w in present])
     rank = sum(rank for rank, _, _ in configs)
     scale = configs[0][1] / configs[0][0]
     return tensors, {"rank": rank, "alpha": scale * rank}

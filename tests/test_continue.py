@@ -17,10 +17,12 @@ import torch.nn.functional as F
 from cftool.cli import main
 from cftool.io.checkpoint import Header, open_checkpoint, save_checkpoint
 from cftool.io.command_files import metrics_path
+from cftool.merge.lora import merge_lora
 from cftool.train import TrainingInterrupted, state_path
 from cftool.train.continued import ContinueJob, continue_training
 from cftool.train.methods import CoOp, Full, LinearHead, LoRA, zero_shot_class_features
 from cftool.train.objectives import MergeTune, MergeTuneOptions, ZeroShotPoint, parse_lmc_samples
+from cftool.train.text import mean_per_class
 from cftool.zoo import load_model
 from test_finetune import DATA, KINDS, METHOD_FLAGS, _interrupt_at, one_line_error, torch_threads
 
@@ -112,9 +114,23 @@ def test_the_objective_of_a_prompt_interpolates_unnormalised_class_features_and_
         assert torch.allclose(param_objective(features, labels), task + path + 3.0 * distance, atol=1e-5)
 
 
+def _point_weights(method, point):
+    """The model weights a path point stands for: a LoRA point's factors merged into the base weights."""
+    if not isinstance(method, LoRA):
+        return point
+    base = load_model("tiny").model.state_dict()
+    scale = method.alpha / method.rank
+    return {
+        name: merge_lora(
+            base[name].to(point[f"{name}.lora_A"].dtype), point[f"{name}.lora_A"], point[f"{name}.lora_B"], scale
+        )
+        for name in method.targets
+    }
+
+
 @pytest.mark.parametrize("method_class", [LoRA, Full])
 def test_weight_methods_score_a_path_point_as_a_model_holding_those_weights(method_class):
-    """logits_at(interpolated weights) is the model with those weights, and sends gradients to the trained tensors."""
+    """logits_at(a path point) is the model with the point's weights, and sends gradients to the trained tensors."""
     options = {"towers": ("image", "text")} | ({"rank": 2} if method_class is LoRA else {})
     method = method_class(load_model("tiny"), CLASSES, TEMPLATES, **options)
     generator = torch.Generator().manual_seed(2)
@@ -126,17 +142,72 @@ def test_weight_methods_score_a_path_point_as_a_model_holding_those_weights(meth
         for parameter in method.trainable_parameters().values():
             parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
     images = torch.randn(2, 3, 64, 64, generator=generator)
-    point = {name: torch.lerp(start[name], weight, 0.3) for name, weight in method.solution().items()}
+    point = method.path_point(start, method.solution(), 0.3)
     logits = method.logits_at(images, point)
     logits.sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in method.trainable_parameters().values())
 
     reference = Full(load_model("tiny"), CLASSES, TEMPLATES)
     state = reference.model.state_dict()
-    state.update({name: weight.detach() for name, weight in point.items()})
+    state.update({name: weight.detach() for name, weight in _point_weights(method, point).items()})
     reference.model.load_state_dict(state)
     with torch.no_grad():
         assert torch.allclose(logits, reference(images), atol=1e-4)
+
+
+@pytest.mark.parametrize("zs_reg", ["param", "feature"])
+def test_a_lora_continuation_computed_from_factors_equals_it_on_materialised_weights(zs_reg):
+    """MergeTune on a LoRA scores path points and measures the distance to zero-shot from factors, never merging
+    every layer's weights at once; its loss and gradients are those of the same objective over the merged weights
+    ``W + s·B A`` themselves (interpolated, scored by the plain model, ‖W − W_zs‖²)."""
+    zoo = load_model("tiny")
+    zoo.model.double()
+    method = LoRA(zoo, CLASSES, TEMPLATES, rank=2, lora_init="condu").double()  # condu: the zero-shot B is not 0
+    zero_shot = ZeroShotPoint.of(method, zero_shot_class_features(zoo, CLASSES, TEMPLATES).double())
+    generator = torch.Generator().manual_seed(4)
+
+    def step_factors():
+        with torch.no_grad():
+            for parameter in method.trainable_parameters().values():
+                parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+
+    step_factors()
+    options = MergeTuneOptions(lambda_lmc=1.5, lambda_zs=3.0, zs_reg=zs_reg, lmc_samples=(0.3, 0.8, 1.0))
+    objective = MergeTune(method, zero_shot, options)  # ŵ2: the factors now
+    start = _point_weights(method, objective.fine_tuned)
+    step_factors()
+    images = torch.randn(3, 3, 64, 64, generator=generator, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 1])
+    factors = method.trainable_parameters()
+    loss = objective(images, labels)
+    gradients = torch.autograd.grad(loss, list(factors.values()))
+
+    plain = load_model("tiny").model.double()
+    scale = plain.logit_scale.exp()
+    tokens = method.tokens
+    current = _point_weights(method, method.solution())
+
+    def logits(weights):
+        image_features, text_features, _ = torch.func.functional_call(plain, weights, (images, tokens))
+        return scale * image_features @ mean_per_class(text_features, len(CLASSES)).T
+
+    path = [
+        F.cross_entropy(logits({n: torch.lerp(start[n], current[n], a) for n in current}), labels) for a in (0.3, 0.8)
+    ]
+    expected = (
+        F.cross_entropy(logits(current), labels)
+        + 1.5 * (path[0] + path[1] + F.cross_entropy(logits(current), labels)) / 3
+    )
+    if zs_reg == "param":
+        zs_weights = _point_weights(method, zero_shot.parameters)
+        expected = expected + 3.0 * sum(((current[n] - zs_weights[n]) ** 2).sum() for n in current)
+    else:
+        text = mean_per_class(torch.func.functional_call(plain, current, (None, tokens))[1], len(CLASSES))
+        expected = expected + 3.0 * (1 - F.cosine_similarity(text, zero_shot.class_features, dim=-1).mean())
+    expected_gradients = torch.autograd.grad(expected, list(factors.values()))
+    assert abs(loss.item() - expected.item()) < 1e-6 * abs(expected.item())  # the objective's losses are float32
+    for name, got, want in zip(factors, gradients, expected_gradients, strict=True):
+        assert torch.allclose(got, want, atol=1e-6, rtol=0), name
 
 
 def test_lmc_samples_accept_a_list_or_a_count():

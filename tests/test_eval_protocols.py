@@ -223,3 +223,32 @@ def test_eval_logged_to_a_file_prints_a_line_every_log_every_batches(cli, toy_fo
     expected = [f"encode images: {min(4 * k, images)} images" for k in range(3, batches + 1, 3)]
     assert len(expected) >= 3 and [line.split(",")[0] for line in progress] == expected
     assert all(" img/s, elapsed " in line for line in progress)
+
+
+def test_heads_of_many_prompts_are_encoded_in_bounded_passes_equal_to_one_batch(monkeypatch):
+    """The zero-shot head (which route's heads, the union's and MergeTune's anchor are made of) and the prototypes'
+    template means never pass more than PROMPTS_PER_PASS prompts through the text tower at once, and equal the
+    head open_clip makes of every class × template prompt in one batch."""
+    import open_clip
+    import torch
+
+    import cftool.evaluate
+    from cftool.evaluate import zero_shot_head
+    from cftool.train.methods import zero_shot_class_features
+    from cftool.train.prototypes import template_means
+    from cftool.zoo import load_model
+
+    zoo = load_model("tiny")
+    classnames = ["circle", "square", "triangle", "star", "cross", "ring", "heart"]
+    templates = ["a photo of a {}.", "a drawing of a {}.", "{}"]
+    with torch.no_grad():
+        one_batch = open_clip.build_zero_shot_classifier(zoo.model, zoo.tokenizer, classnames, templates, None)
+        tokens = zoo.tokenizer([t.format(name) for name in classnames for t in templates])
+        means = zoo.model.encode_text(tokens, normalize=True).reshape(len(classnames), len(templates), -1).mean(1).T
+    passes, encode_text = [], zoo.model.encode_text
+    monkeypatch.setattr(zoo.model, "encode_text", lambda t, **kw: passes.append(len(t)) or encode_text(t, **kw))
+    monkeypatch.setattr(cftool.evaluate, "PROMPTS_PER_PASS", 4)
+    assert (zero_shot_head(zoo, classnames, templates) - one_batch).abs().max() <= 1e-6
+    assert (zero_shot_class_features(zoo, classnames, templates) - one_batch.T).abs().max() <= 1e-6
+    assert (template_means(zoo, classnames, templates) - means).abs().max() <= 1e-6
+    assert max(passes) == 4 and sum(passes) == 3 * len(classnames) * len(templates)

@@ -3,7 +3,7 @@ factor-space unified set's experts (ConDU-LoRA), merge through the same ``merged
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,18 @@ def merge_lora(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor,
 
 
 FACTORS = ("lora_A", "lora_B")
+
+
+def combined_factors(
+    targets: Sequence[str], terms: Sequence[tuple[float, Callable[[str], torch.Tensor]]]
+) -> dict[str, torch.Tensor]:
+    """The factors of ``Σ w_i · s·B_i A_i`` as one LoRA at the same scale ``s``, exactly: each term's factors
+    (``factor(NAME)`` gives ``{target}.lora_A`` or ``_B``) side by side, rank ``Σ r_i``, its B scaled by ``w_i``."""
+    combined = {}
+    for name in targets:
+        combined[f"{name}.lora_A"] = torch.cat([factor(f"{name}.lora_A") for _, factor in terms], dim=0)
+        combined[f"{name}.lora_B"] = torch.cat([weight * factor(f"{name}.lora_B") for weight, factor in terms], dim=1)
+    return combined
 
 
 @dataclass(frozen=True)

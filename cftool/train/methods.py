@@ -6,8 +6,8 @@ features (frozen image tower) or images to logits, ``export`` of what it learned
 
 For MergeTune (DESIGN §5.1) a method also names its *solution*, the point that linear paths between two
 solutions run through: the unnormalised class text features of a prompt (the text encoder's outputs, normalised only
-after interpolating, as MergeTune's code does), the weight of a head, the changed weights of LoRA and full
-fine-tuning. ``logits_at`` scores with any such point, so a path costs one matrix product per point for
+after interpolating, as MergeTune's code does), the weight of a head, the changed weights of full fine-tuning
+and the factors that make LoRA's. ``logits_at`` scores with any such point, so a path costs one matrix product per point for
 prompts and heads (image features of the frozen tower are reused) and one forward pass per point for weights.
 
 A freshly built method is the zero-shot model (the hand-written context, the zero-shot head, LoRA's B = 0, the base
@@ -28,7 +28,7 @@ from torch.func import functional_call
 from cftool.errors import CftoolError
 from cftool.evaluate import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, check_shapes
-from cftool.merge.lora import merged_lora_state
+from cftool.merge.lora import FACTORS, combined_factors, merged_lora_state
 from cftool.merge.methods import fits_float32
 from cftool.train.lora import (
     DEFAULT_INIT,
@@ -147,13 +147,24 @@ class Method(nn.Module):
         """Logits [n_alphas, batch, n_classes] at the points ``(1 − α)·start + α·end`` of a path; ``end_logits`` are
         those at α = 1, which need not be computed again. One forward pass per other point."""
         return torch.stack(
-            [end_logits if alpha == 1 else self.logits_at(inputs, _lerp(start, end, alpha)) for alpha in alphas]
+            [
+                end_logits if alpha == 1 else self.logits_at(inputs, self.path_point(start, end, alpha))
+                for alpha in alphas
+            ]
         )
+
+    def path_point(self, start: Solution, end: Solution, alpha: float) -> Solution:
+        """The point ``(1 − α)·start + α·end`` of the path space."""
+        return {name: torch.lerp(start[name], end[name], alpha) for name in end}
 
     def parameter_point(self, solution: Solution) -> Solution:
         """What MergeTune's parameter-space surrogate measures the distance of: the solution itself, except for a
         prompt, whose parameters are its context vectors."""
         return solution
+
+    def squared_distance(self, point: Solution, other: Solution) -> torch.Tensor:
+        """``‖point − other‖²`` of two parameter points (the parameter-space surrogate)."""
+        return sum(((point[name] - other[name]) ** 2).sum() for name in point)
 
     def class_text_features(self, solution: Solution) -> torch.Tensor:
         """[n_classes, embed_dim] normalised class text features at ``solution`` (the feature-space surrogate)."""
@@ -188,10 +199,6 @@ class Method(nn.Module):
     def training_templates(self) -> list[str]:
         """The templates the training loss's class text features are built from."""
         return self.templates
-
-
-def _lerp(start: Solution, end: Solution, alpha: float) -> Solution:
-    return {name: torch.lerp(start[name], end[name], alpha) for name in end}
 
 
 def _class_weight_path_logits(
@@ -464,7 +471,8 @@ def checked_towers(towers: Sequence[str]) -> tuple[str, ...]:
 class _TowerMethod(Method):
     """Methods that change encoder weights: classes are scored by the (possibly trained) text tower over the task's
     templates, as the zero-shot head does (``train_templates="first"``: over the first only, as ZSCL trains; see
-    ``TRAIN_TEMPLATES``). Their solution is the changed weights themselves."""
+    ``TRAIN_TEMPLATES``). Their solution is the changed weights
+    (LoRA's: the factors that make them)."""
 
     changes_weights = True
 
@@ -531,14 +539,12 @@ class _TowerMethod(Method):
         return zero_shot_head(zoo, classnames, templates)
 
 
-def _attribute(model: nn.Module, name: str) -> torch.Tensor:
-    module_path, _, tensor_name = name.rpartition(".")
-    return getattr(model.get_submodule(module_path), tensor_name)
-
-
 class LoRA(_TowerMethod):
-    """Its solution is the merged weight ``W + (alpha / rank) · B A`` of every adapted tensor, so paths and the
-    distance to zero-shot are those of the model's weights, not of the factors.
+    """Its solution is its factors (``{target}.lora_A`` and ``.lora_B`` of every adapted weight, as exported), which
+    stand for the merged weights ``W + (alpha / rank) · B A``: paths and the distance to zero-shot are those of the
+    model's weights, computed from factors, so that a point's merged weights exist only inside the forward of the
+    layer that uses them (the parametrisation merges each weight there, as in fine-tuning), never for every layer at
+    once. A point ``(1 − α)·W2 + α·W`` of the weight path is itself a LoRA: both ends' factors side by side.
 
     ``lora_targets`` and ``lora_init`` choose the adapted weights and the factors' start (``cftool.train.lora``);
     ConDU-LoRA's are ``mlp`` and ``condu`` with rank 64 and alpha 8 (scale 1/√64). A tower that holds none of the
@@ -572,20 +578,30 @@ class LoRA(_TowerMethod):
         self.factors = attach_lora(self.model, self.targets, rank, alpha / rank, lora_init)
 
     def solution(self) -> Solution:
-        # Reading a parametrised weight computes it from the base weight and the factors.
-        return {name: _attribute(self.model, name) for name in self.targets}
+        return {f"{name}.{part}": getattr(factors, part) for name, factors in self.factors.items() for part in FACTORS}
+
+    def path_point(self, start: Solution, end: Solution, alpha: float) -> Solution:
+        return combined_factors(self.targets, [(1 - alpha, start.__getitem__), (alpha, end.__getitem__)])
+
+    def squared_distance(self, point: Solution, other: Solution) -> torch.Tensor:
+        """``‖W(point) − W(other)‖²`` over the adapted weights, from factors: the difference ``s·(B A − B' A')`` is
+        the LoRA ``[B, −B'] [A; A']``, whose squared norm ``s²·Σ (BᵀB) ⊙ (A Aᵀ)`` needs only rank × rank products
+        (in float64, where the difference of two nearby points would otherwise cancel away)."""
+        difference = combined_factors(self.targets, [(1.0, point.__getitem__), (-1.0, other.__getitem__)])
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for name in self.targets:
+            a, b = difference[f"{name}.lora_A"].double(), difference[f"{name}.lora_B"].double()
+            total = total + ((b.T @ b) * (a @ a.T)).sum()
+        return ((self.alpha / self.rank) ** 2 * total).to(next(iter(point.values())).dtype)
 
     def _as_parameters(self, solution: Solution) -> Solution:
-        # A parametrised weight cannot be substituted (torch would call the parametrisation's right inverse, without
-        # gradients); its base weight can. Substituting ``solution − B A·s`` for it makes the parametrisation, which
-        # adds the current ``B A·s`` back, compute exactly ``solution``, with gradients to the factors.
+        # The parametrisation merges ``W + s·B A`` inside each layer's forward from whatever factors it holds, so a
+        # point's factors (of any rank) are substituted for the trained ones.
         substitutes = {}
-        for name, weight in solution.items():
+        for key, factor in solution.items():
+            name, _, part = key.rpartition(".")
             module_path, _, tensor_name = name.rpartition(".")
-            original = self.model.get_submodule(module_path).parametrizations[tensor_name].original
-            substitutes[f"{module_path}.parametrizations.{tensor_name}.original"] = weight - (
-                _attribute(self.model, name) - original
-            )
+            substitutes[f"{module_path}.parametrizations.{tensor_name}.0.{part}"] = factor
         return substitutes
 
     def load_trained(self, ckpt: CheckpointReader) -> None:

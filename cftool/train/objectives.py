@@ -174,8 +174,7 @@ class MergeTune(Objective):
 
     def zero_shot_distance(self, current: Solution) -> torch.Tensor:
         if self.options.zs_reg == "param":
-            point = self.method.parameter_point(current)
-            return sum(((point[name] - self.zero_shot.parameters[name]) ** 2).sum() for name in point)
+            return self.method.squared_distance(self.method.parameter_point(current), self.zero_shot.parameters)
         features, anchor = self.method.class_text_features(current), self.zero_shot.class_features
         if self.options.zs_loss == "l2":
             return torch.linalg.vector_norm(features - anchor, dim=-1).mean()

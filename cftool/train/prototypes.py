@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from cftool.data import TaskData
 from cftool.data.augment import training_transform
 from cftool.data.specs import PROTOTYPES_STREAM
-from cftool.evaluate import autocast, encode_images
+from cftool.evaluate import encode_images, template_features
 from cftool.train.features import image_features
-from cftool.train.text import template_tokens
 from cftool.zoo import ZooModel
 
 
@@ -39,22 +38,10 @@ def class_prototypes(image_features: torch.Tensor, labels: torch.Tensor, text_me
     return F.normalize((image_means + text_means.T.float()) / 2, dim=-1)
 
 
-# Prompts per text-encoder pass: a dataset's classes × templates (CIFAR100's 100 × 18) at once would hold every
-# activation of the text tower for all of them.
-PROMPTS_PER_PASS = 512
-
-
-@torch.inference_mode()
 def template_means(zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
     """[embed_dim, n_classes]: each class's normalised template text features, averaged and not normalised again
     (the zero-shot head before its last normalisation)."""
-    device = next(zoo.model.parameters()).device
-    tokens = template_tokens(zoo.tokenizer, classnames, templates).to(device)
-    with autocast(device):
-        features = torch.cat(
-            [zoo.model.encode_text(part, normalize=True).float() for part in tokens.split(PROMPTS_PER_PASS)]
-        )
-    return features.reshape(len(classnames), len(templates), -1).mean(dim=1).T.cpu()
+    return template_features(zoo, classnames, templates).mean(dim=1).T.cpu()
 
 
 def task_prototypes(
