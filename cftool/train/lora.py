@@ -16,11 +16,20 @@ Two choices the reference ConDU-LoRA makes differently from cftool's defaults ar
 ConDU's scale is ``1/√rank`` (``clip/model_lora.py:17``): ``--alpha √rank`` gives it (rank 64: ``--alpha 8``).
 A parametrisation rather than wrapped layers because ``nn.MultiheadAttention`` reads ``in_proj_weight`` directly;
 the same ``merge_lora`` computes the weight in training and when a `lora` checkpoint is merged into full weights.
+
+A layer that multiplies by its merged weight keeps that weight for the backward pass, so a forward through the model
+would hold every adapted layer's merged weight at once (ViT-B/16, both towers: about 0.5 GB per forward, and
+MergeTune runs one per path point). Under ``merged_weights_recomputed`` autograd keeps the recipe instead (the base
+weight and the factors, which live anyway) and merges again in backward: one small ``B A`` product per layer.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -81,7 +90,45 @@ class LoRAFactors(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return merge_lora(weight, self.lora_A, self.lora_B, self.scale)
+        merged = merge_lora(weight, self.lora_A, self.lora_B, self.scale)
+        recipes = _RECIPES.get()
+        if recipes is not None and merged.is_contiguous():
+            recipes[merged.untyped_storage().data_ptr()] = (
+                weakref.ref(merged), (weight, self.lora_A, self.lora_B, self.scale)
+            )
+        return merged
+
+
+# The merged weights made under ``merged_weights_recomputed``, by storage: each weight's recipe while it lives.
+_RECIPES: ContextVar[dict[int, tuple[weakref.ref, tuple]] | None] = ContextVar("lora_recipes", default=None)
+
+
+@contextmanager
+def merged_weights_recomputed() -> Iterator[None]:
+    """Within it, what autograd saves of a merged weight (the weight, or a view of it such as the transpose a matmul
+    keeps) is replaced by its recipe and rebuilt in backward (module doc); gradients are unchanged."""
+
+    def pack(tensor: torch.Tensor):
+        entry = recipes.get(tensor.untyped_storage().data_ptr())
+        # While the merged weight lives its storage cannot hold anything else: a tensor on it is the weight or a view.
+        if entry is None or entry[0]() is None:
+            return tensor
+        return entry[1], (tensor.shape, tensor.stride(), tensor.storage_offset())
+
+    def unpack(packed):
+        if isinstance(packed, torch.Tensor):
+            return packed
+        (weight, lora_a, lora_b, scale), (shape, stride, offset) = packed
+        with torch.no_grad():
+            return merge_lora(weight, lora_a, lora_b, scale).as_strided(shape, stride, offset)
+
+    recipes: dict[int, tuple[weakref.ref, tuple]] = {}
+    token = _RECIPES.set(recipes)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield
+    finally:
+        _RECIPES.reset(token)
 
 
 def attach_lora(

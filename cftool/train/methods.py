@@ -36,6 +36,7 @@ from cftool.train.lora import (
     attach_lora,
     check_lora_options,
     lora_parameter_names,
+    merged_weights_recomputed,
 )
 from cftool.train.text import (
     CONTEXT_PLACEHOLDER,
@@ -579,6 +580,19 @@ class LoRA(_TowerMethod):
 
     def solution(self) -> Solution:
         return {f"{name}.{part}": getattr(factors, part) for name, factors in self.factors.items() for part in FACTORS}
+
+    # Every pass through the adapted towers keeps recipes, not merged weights, for its backward (cftool.train.lora).
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        with merged_weights_recomputed():
+            return super().forward(inputs)
+
+    def logits_at(self, inputs: torch.Tensor, solution: Solution) -> torch.Tensor:
+        with merged_weights_recomputed():
+            return super().logits_at(inputs, solution)
+
+    def class_text_features(self, solution: Solution) -> torch.Tensor:
+        with merged_weights_recomputed():
+            return super().class_text_features(solution)
 
     def path_point(self, start: Solution, end: Solution, alpha: float) -> Solution:
         return combined_factors(self.targets, [(1 - alpha, start.__getitem__), (alpha, end.__getitem__)])
