@@ -53,12 +53,23 @@ def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | No
         raise typer.BadParameter(f"cannot read {value}: {err.strerror}") from err
     except UnicodeDecodeError as err:
         raise typer.BadParameter(f"{value} is not UTF-8 text (byte {err.start}); save the YAML file as UTF-8") from err
+    except RecursionError:  # PyYAML parses nested collections recursively
+        raise typer.BadParameter(
+            f"{value} nests lists or mappings deeper than Python can parse; an option's value is a number, a string or "
+            "a flat list"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise typer.BadParameter(f"{value} is not valid YAML{where}") from err
     if not isinstance(data, dict):
         raise typer.BadParameter(f"{value} must be a mapping of option names to values")
+    for key, item in data.items():
+        # A value nested in another (YAML aliases can nest one 10^9 times in a few lines) is no option's value.
+        if isinstance(item, dict) or (isinstance(item, list) and any(isinstance(entry, list | dict) for entry in item)):
+            raise typer.BadParameter(
+                f"{value}: {key!r} holds nested lists or mappings; an option's value is a number, a string or a flat list"
+            )
     keys = _set_defaults(ctx, str(value), data, keep=set())
     ctx.meta[_CONFIG_KEYS] = keys  # a recipe read after this file leaves these alone
     return value
@@ -165,7 +176,11 @@ def torch_dtype(name: str | None) -> torch.dtype | None:
 
 
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
-WorkersOption = Annotated[int, typer.Option("--workers", min=0, help="Data-loading worker processes.")]
+# Each worker is a process holding a copy of the dataset reader: a typo (--workers 100000) would fork without end.
+MAX_WORKERS = 256
+WorkersOption = Annotated[
+    int, typer.Option("--workers", min=0, max=MAX_WORKERS, help="Data-loading worker processes.")
+]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +45,7 @@ class FolderSource:
             raise ValueError(f"no '{split}' folder (found: {', '.join(sorted(self._split_dirs))})")
         if split not in self._samples:
             self._check_same_classes(split)
+            _refuse_symlink_loops(self._split_dirs[split])
             self._samples[split] = make_dataset(
                 self._split_dirs[split], self._class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True
             )
@@ -76,3 +78,19 @@ class FolderSource:
     def fingerprint(self, split: str, indices: Sequence[int]) -> str:
         samples = self._split_samples(split)
         return files_fingerprint(Path(samples[index][0]) for index in indices)
+
+
+def _refuse_symlink_loops(top: Path) -> None:
+    """torchvision walks class folders following symbolic links: a link to a folder it is already inside would list
+    the same images again at every level (until the path grows too long) as if they were more images."""
+    inside = {str(top): {os.path.realpath(top)}}  # each folder walked: the real folders from ``top`` down to it
+    for folder, subfolders, _ in os.walk(top, followlinks=True):
+        ancestors = inside.pop(folder)
+        for name in subfolders:
+            real = os.path.realpath(os.path.join(folder, name))
+            if real in ancestors:
+                raise CftoolError(
+                    f"folder:{os.path.join(folder, name)}: a symbolic link to {real}, a folder it is inside: its "
+                    "images would be listed again and again; remove the link"
+                )
+            inside[os.path.join(folder, name)] = ancestors | {real}

@@ -778,11 +778,21 @@ def _check_opcodes(file: BinaryIO) -> None:
     memory than it holds, or trip the unpickler: more opcodes than CIFAR's files hold (each may make an object), a memo
     index beyond the opcodes so far (CPython's unpickler grows its memo table to the index: 9 bytes claim gigabytes),
     and the opcodes of protocol 5 (told of a bytearray too large for memory, the unpickler prints to stderr)."""
+    head = file.read(2)
+    if len(head) == 2 and head[0] == pickle.PROTO[0] and head[1] > pickle.HIGHEST_PROTOCOL:
+        raise _RefusedPickle(
+            f"it declares pickle protocol {head[1]}, beyond Python's highest ({pickle.HIGHEST_PROTOCOL}); use the "
+            "files of the original cifar-100-python.tar.gz (protocol 2)"
+        )
+    file.seek(0)
     for count, (opcode, argument, _) in enumerate(pickletools.genops(file)):
         if count == _PICKLE_MAX_OPCODES:
             raise _RefusedPickle(f"it holds more than {_PICKLE_MAX_OPCODES} opcodes")
         if opcode.proto > 4:
-            raise _RefusedPickle(f"it uses {opcode.name}, an opcode of pickle protocol 5")
+            raise _RefusedPickle(
+                f"it is a pickle of protocol 5 (opcode {opcode.name}), which cftool does not read; use the files of "
+                "the original cifar-100-python.tar.gz (protocol 2), or pickle them again at protocol 4 or lower"
+            )
         if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT") and argument > count:
             raise _RefusedPickle(f"its opcode {count} stores memo entry {argument}; picklers number them in order")
 

@@ -17,6 +17,7 @@ import os
 import pickle
 import re
 import sys
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -346,6 +347,24 @@ def _torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+# torch's weights-only unpickler lacks protocol 4's FRAME opcode.
+_WEIGHTS_ONLY_HIGHEST_PROTOCOL = 3
+
+
+def _pickle_protocol(path: Path) -> int:
+    """The protocol a torch.save file's pickle declares (data.pkl in a zip, the file itself in the legacy format):
+    protocol 2 and later pickles start with PROTO n; 0 where none is declared."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pickled = next(name for name in archive.namelist() if name.endswith("data.pkl"))
+            with archive.open(pickled) as member:
+                head = member.read(2)
+    except Exception:  # not a zip with a data.pkl: the legacy format, a plain pickle
+        with open(path, "rb") as file:
+            head = file.read(2)
+    return head[1] if len(head) == 2 and head[0] == pickle.PROTO[0] else 0
+
+
 def load_weights_only(path: str | os.PathLike[str]) -> object:
     """``torch.load(path, weights_only=True)`` on the CPU, with every failure as a CftoolError.
 
@@ -359,7 +378,9 @@ def load_weights_only(path: str | os.PathLike[str]) -> object:
             f"model weights (--zs ARCH:{path}, or `cftool import` of a fine-tuned model)"
         )
     try:
-        with torch.serialization.safe_globals(_TRAINING_STATE_STANDINS):
+        with torch.serialization.safe_globals(_TRAINING_STATE_STANDINS), warnings.catch_warnings():
+            # torch warns of any protocol but its default; one it cannot read is reported below.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
             loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)
@@ -371,6 +392,13 @@ def load_weights_only(path: str | os.PathLike[str]) -> object:
             ) from None
         reason = _WEIGHTS_ONLY_REASON.search(message)
         detail = " ".join((reason.group(1) if reason else message).split())[:200]
+        protocol = _pickle_protocol(path)
+        if protocol > _WEIGHTS_ONLY_HIGHEST_PROTOCOL:
+            raise CftoolError(
+                f"{path}: its pickle is of protocol {protocol}, which torch.load(weights_only=True) does not read "
+                f"({detail}); save it again where it was made with torch.save's default protocol "
+                f"({torch.serialization.DEFAULT_PROTOCOL})"
+            ) from None
         raise CftoolError(
             f"{path}: refused to unpickle: it uses pickle features outside the weights-only subset ({detail}); "
             "only weights-only checkpoints are loaded (see torch.load(weights_only=True))"

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from cftool.data.augment import check_augmentation
 from cftool.data.specs import check_seed
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import atomic_output, torch_save
+from cftool.io.checkpoint import atomic_output, finite, torch_save
 from cftool.merge.methods import fits_float32
 from cftool.train.objectives import Objective
 
@@ -41,6 +41,10 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 SCHEDULES = ("cosine-step", "cosine-epoch")
 SELECTIONS = ("last", "best-val")  # which epoch's parameters a run writes
 SGD_MOMENTUM = 0.9
+ADAMW_BETA1 = 0.9  # torch's default, which _optimizer keeps
+# Far beyond any recipe (the official ones run 10^3 to 10^4 steps): a typo (--epochs 1e12) fails at once, not after
+# years of training.
+MAX_STEPS = 100_000_000
 
 # (phase description, total) -> advance(n, **fields); how the loop reports progress without knowing about rich.
 Progress = Callable[[str, int], Callable[..., None]]
@@ -93,6 +97,8 @@ class TrainOptions:
             self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0)
         ):
             raise CftoolError("--iterations / --epochs must be positive (and finite)")
+        if (self.iterations or 0) > MAX_STEPS or (self.epochs or 0) > MAX_STEPS:
+            raise CftoolError(f"--iterations / --epochs must be at most {MAX_STEPS:,}, got {self.iterations or self.epochs:g}")
         if self.batch_size < 1 or self.warmup < 0:
             raise CftoolError(f"--batch-size must be ≥ 1 and --warmup ≥ 0, got {self.batch_size} and {self.warmup}")
         # Each multiplies float32 parameters or gradients: one larger than float32 holds is Inf there.
@@ -124,6 +130,16 @@ class TrainOptions:
             )
         if self.schedule == "cosine-step" and self.warmup_epochs:
             raise CftoolError("--warmup-epochs applies to --schedule cosine-epoch; cosine-step warms up with --warmup")
+        if self.optimizer == "adamw":
+            # AdamW's first step moves each weight by up to lr / (1 - β1) and scales it by 1 - lr·weight_decay; torch
+            # turns both into float32 and raises, deep in the step, where they do not fit.
+            for lr in (self.lr, self.warmup_lr):
+                if not (fits_float32(lr / (1 - ADAMW_BETA1)) and fits_float32(lr * self.weight_decay)):
+                    raise CftoolError(
+                        f"--lr {lr:g} is too large for AdamW: its first step moves weights by up to lr/(1-β1) = "
+                        f"{lr / (1 - ADAMW_BETA1):g} and scales them by 1 - lr·weight_decay, beyond float32's 3.4e38; "
+                        "lower --lr (a rate this large diverges at once)"
+                    )
 
     def steps_per_epoch(self, n_images: int) -> float:
         """Optimiser steps in one pass over the images: whole batches with ``drop_last`` (one batch of them all when
@@ -136,7 +152,13 @@ class TrainOptions:
     def total_steps(self, n_images: int) -> int:
         if self.iterations is not None:
             return self.iterations
-        return math.ceil(self.epochs * self.steps_per_epoch(n_images))
+        steps = math.ceil(self.epochs * self.steps_per_epoch(n_images))
+        if steps > MAX_STEPS:
+            raise CftoolError(
+                f"--epochs {self.epochs:g} over {n_images} images in batches of {self.batch_size} is {steps:,} steps, "
+                f"more than {MAX_STEPS:,}; give fewer --epochs"
+            )
+        return steps
 
     def epoch_of(self, step: int, n_images: int) -> int:
         """The epoch (from 0) that optimiser step ``step`` belongs to; without ``drop_last``, the one its batch starts
@@ -341,6 +363,12 @@ def train(
             if stop and done < total:
                 where = f"trainer state saved to {state_file}; " if state_file is not None else ""
                 raise TrainingInterrupted(f"interrupted after step {done} of {total}: {where}rerun with --resume")
+    # The loss checked above was computed before each step's update: only the weights show the last update's.
+    if not all(finite(parameter.detach()) for parameter in trainable.values()):
+        raise CftoolError(
+            f"the weights became NaN or Inf at step {total} of {total}: training diverged and nothing was written; "
+            "lower --lr (or --weight-decay) and rerun"
+        )
     return log
 
 
