@@ -1,4 +1,5 @@
-"""Where ConDU's experts lose accuracy: each step of the rebuild ``δ̃_i = λ_i · M_i ⊙ u`` (DESIGN §5.2) applied to a
+"""Where ConDU's experts lose accuracy: each step of the rebuild ``δ̃_i = λ_i · M_i ⊙ u`` (docs/design.md §5.2)
+applied to a
 task's own delta alone, against sparsity that keeps the scale (DARE, a random mask of the mask's density), and the
 experts' gap as the number of unified tasks grows.
 

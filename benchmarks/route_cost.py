@@ -1,4 +1,5 @@
-"""Expert forward passes of task-agnostic routing (`cftool route`, DESIGN §5.3): each routed expert rebuilt once and
+"""Expert forward passes of task-agnostic routing (`cftool route`, docs/design.md §5.3): each routed expert
+rebuilt once and
 run only on the images routed to it, against the plain way (every expert on every image, then each image's members
 selected), on the same images in the same run.
 

@@ -1,4 +1,4 @@
-"""Metrics of DESIGN §5.4."""
+"""Metrics of docs/design.md §5.4."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""MTIL's continual protocol (ZSCL's, DESIGN §5.4): the accuracy matrix of a continual method over its sessions.
+"""MTIL's continual protocol (ZSCL's, docs/design.md §5.4): the accuracy matrix of a continual method over its
+sessions.
 
 A session sequence (``--sessions``) is one continual method: the checkpoint after each session (a unified set, a
 model, a LoRA or a delta), session ``t`` having learned the first ``t`` tasks. Its accuracy matrix ``A[t][j]`` gives

@@ -1,4 +1,4 @@
-"""ConDU's inference (DESIGN §5.3): prototypes -> top-K experts, each run only on its images.
+"""ConDU's inference (docs/design.md §5.3): prototypes -> top-K experts, each run only on its images.
 
 Without a task id, a test image with zero-shot feature ``f`` scores each task of the unified set by
 ``max_c cos(f, p_{j,c})`` over that task's class prototypes; the K best tasks' experts and the zero-shot model each

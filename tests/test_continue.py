@@ -1,4 +1,4 @@
-"""`cftool continue` (MergeTune): the objective against DESIGN §5.1 by hand, the command end to end on every kind,
+"""`cftool continue` (MergeTune): the objective against docs/design.md §5.1 by hand, the command end to end on every kind,
 its metadata, round trips through eval, resume, DDP and bad input."""
 
 import io

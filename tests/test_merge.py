@@ -1,4 +1,4 @@
-"""The merge methods of DESIGN §5.2 on hand-built tensors, the exact streamed selection, and the streaming engine
+"""The merge methods of docs/design.md §5.2 on hand-built tensors, the exact streamed selection, and the streaming engine
 against in-memory references written here from the definitions."""
 
 import math
@@ -107,7 +107,7 @@ def test_condu_keeps_half_precision_inputs_exact(tmp_path, dtype):
 
 
 def reference_condu(deltas):
-    """DESIGN §5.2 on whole tensors, as written there (what EMR-Merging's and ConDU's code compute)."""
+    """docs/design.md §5.2 on whole tensors, as written there (what EMR-Merging's and ConDU's code compute)."""
     names = list(deltas[0])
     unified, masks = {}, [{} for _ in deltas]
     numerator = torch.zeros(len(deltas), dtype=torch.float64)

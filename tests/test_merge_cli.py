@@ -133,7 +133,7 @@ def test_delta_dtype_option(cli, models, tmp_path):
 
 
 def test_decouple_all_gives_the_design_expert(cli, base, models, unified, tmp_path):
-    """DESIGN §5.2 from the fine-tuned models themselves, against `decouple --all` through the CLI."""
+    """docs/design.md §5.2 from the fine-tuned models themselves, against `decouple --all` through the CLI."""
     _, state = base
     floating = [n for n, t in state.items() if t.is_floating_point()]
     tuned = []

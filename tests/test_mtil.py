@@ -1,4 +1,4 @@
-"""MTIL's protocol (DESIGN §5.4): Transfer / Average / Last, and `eval --sessions` over continual sessions of
+"""MTIL's protocol (docs/design.md §5.4): Transfer / Average / Last, and `eval --sessions` over continual sessions of
 unified sets, models and deltas, with cached cells and the ConDU reference code's sessions."""
 
 import json

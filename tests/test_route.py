@@ -1,4 +1,4 @@
-"""`route`: ConDU's task-agnostic inference (DESIGN §5.3) — scores on hand-built prototypes, each expert run only on
+"""`route`: ConDU's task-agnostic inference (docs/design.md §5.3) — scores on hand-built prototypes, each expert run only on
 its images with the same predictions as running every expert, and the command's errors."""
 
 import csv

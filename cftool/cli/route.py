@@ -77,7 +77,7 @@ def route_command(
 ) -> None:
     """Predict with a unified set's task experts: without --task, each image goes to the --top-k tasks whose class
     prototypes are closest to its zero-shot feature, and their experts' predictions are averaged with the zero-shot
-    model's (DESIGN §5.3); with --task, that task's expert alone. Prints the accuracy (the data is labelled).
+    model's (docs/design.md §5.3); with --task, that task's expert alone. Prints the accuracy (the data is labelled).
 
     Each routed expert is rebuilt once and runs only on the images routed to it. The label space is --data's classes.
 

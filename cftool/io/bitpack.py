@@ -1,4 +1,4 @@
-"""Boolean masks stored one bit per element (ConDU trigger masks, DESIGN.md §4).
+"""Boolean masks stored one bit per element (ConDU trigger masks, docs/design.md §4).
 
 Bit order is little-endian within each byte: element ``i`` of the flattened (row-major) mask is bit
 ``i % 8`` (value ``1 << (i % 8)``) of byte ``i // 8``, the same as

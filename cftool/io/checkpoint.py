@@ -1,4 +1,4 @@
-"""cftool checkpoint files: safetensors with ``cftool.*`` metadata (DESIGN.md §4).
+"""cftool checkpoint files: safetensors with ``cftool.*`` metadata (docs/design.md §4).
 
 The header is parsed and validated in `cftool.io.header`, so that a corrupt or foreign file fails with one clear
 line instead of a library traceback; tensors are then read lazily, one at a time, through ``safetensors.safe_open``.

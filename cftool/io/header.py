@@ -1,5 +1,5 @@
 """The header of a cftool checkpoint file: the safetensors header, parsed and validated here, and the ``cftool.*``
-metadata (DESIGN.md §4), without importing torch: `cftool inspect` and the commands' checks read files through
+metadata (docs/design.md §4), without importing torch: `cftool inspect` and the commands' checks read files through
 this alone. `cftool.io.checkpoint` reads and writes the tensors.
 """
 

@@ -1,4 +1,4 @@
-"""The `unified` file of a ConDU set (DESIGN.md §4, §5.2): one self-contained safetensors file.
+"""The `unified` file of a ConDU set (docs/design.md §4, §5.2): one self-contained safetensors file.
 
 Tensors, in this order for every floating tensor ``NAME`` of the model:
 

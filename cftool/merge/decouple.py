@@ -1,4 +1,4 @@
-"""Decouple: a task's expert rebuilt from a unified set, ``δ̃_i = λ_i · M_i ⊙ u`` (DESIGN.md §5.2).
+"""Decouple: a task's expert rebuilt from a unified set, ``δ̃_i = λ_i · M_i ⊙ u`` (docs/design.md §5.2).
 
 Rebuilding reads only ``u`` and the chosen tasks' masks, some rows of one tensor at a time; with a base, the
 expert is written as a full `model` file (``θ̃_i = θ_0 + δ̃_i``) that `eval` and `export` take as it is.

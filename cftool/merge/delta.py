@@ -1,4 +1,5 @@
-"""Task deltas: ``δ = θ − θ_0`` over the floating-point tensors of a fine-tuned checkpoint, and back (DESIGN.md §5.2).
+"""Task deltas: ``δ = θ − θ_0`` over the floating-point tensors of a fine-tuned checkpoint, and back
+(docs/design.md §5.2).
 
 Integer tensors (BatchNorm's ``num_batches_tracked`` counters) are not weights and have no delta: a model rebuilt
 from a delta takes them from the base. Tensors are handled one at a time.

@@ -1,4 +1,4 @@
-"""The one streaming engine behind `unify` (DESIGN.md §4, §5.2).
+"""The one streaming engine behind `unify` (docs/design.md §4, §5.2).
 
 Inputs are opened lazily and checked against each other from their headers (one base, one set of tensor names,
 shapes and dtypes, all deltas). The output's layout is then fixed from those headers, and the engine streams:

@@ -1,4 +1,4 @@
-"""The `unify` methods of DESIGN.md §5.2, each a pure function over some rows of one tensor's task deltas.
+"""The `unify` methods of docs/design.md §5.2, each a pure function over some rows of one tensor's task deltas.
 
 Arithmetic is done in float32 (float64 for float64 deltas) and the result is cast back to the deltas' dtype;
 ConDU's unified delta is exactly representable there, since each of its entries is one of the inputs' entries.
@@ -94,13 +94,13 @@ def condu_rescalers(sums: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 @merge_method(
     "condu",
-    reference="DESIGN §5.2; ConDU (Gao, Zhang et al., ICLR 2026) unifies as EMR-Merging does (Huang et al., "
+    reference="docs/design.md §5.2; ConDU (Gao, Zhang et al., ICLR 2026) unifies as EMR-Merging does (Huang et al., "
     "NeurIPS 2024, arXiv:2405.17461; github.com/harveyhuang18/EMR_Merging)",
     options=CondUOptions,
     rescalers=condu_rescalers,
 )
 def condu(chunk: Chunk, options: CondUOptions, statistics: Mapping[str, Any]) -> Merged:
-    """ConDU/EMR unify (DESIGN §5.2): one delta plus a 1-bit mask and a rescaler per task.
+    """ConDU/EMR unify (docs/design.md §5.2): one delta plus a 1-bit mask and a rescaler per task.
 
     ``s = sign(Σ_i δ_i)`` with a zero sum counted as −1 (as the reference does), ``M_i = (δ_i · s > 0)``,
     ``u = s · max_i |M_i ⊙ δ_i|``; the per-task sums of ``mean|δ_i|`` and ``mean|M_i ⊙ u|`` over tensors give
@@ -130,8 +130,8 @@ def condu(chunk: Chunk, options: CondUOptions, statistics: Mapping[str, Any]) ->
 # and the rescalers' two sums run over the factors, and λ_i scales A and B alike.
 merge_method(
     "condu-lora",
-    reference="DESIGN §5.2 over LoRA factors (§5.4 ConDU-LoRA); github.com/zhangzicong518/ConDU clip/model_lora.py, "
-    "src/main.py, src/delta_models.py",
+    reference="docs/design.md §5.2 over LoRA factors (§5.4 ConDU-LoRA); github.com/zhangzicong518/ConDU "
+    "clip/model_lora.py, src/main.py, src/delta_models.py",
     options=CondUOptions,
     rescalers=condu_rescalers,
     inputs="lora",
@@ -267,13 +267,14 @@ class MajoritySign(Statistic):
 
 @merge_method(
     "ties",
-    reference="DESIGN §5.2; TIES-Merging (Yadav et al., NeurIPS 2023, arXiv:2306.01708; "
+    reference="docs/design.md §5.2; TIES-Merging (Yadav et al., NeurIPS 2023, arXiv:2306.01708; "
     "github.com/prateeky2806/ties-merging), as FusionBench implements it",
     options=TiesOptions,
     statistics=(("thresholds", TrimThresholds), ("majority_sign", MajoritySign)),
 )
 def ties(chunk: Chunk, options: TiesOptions, statistics: Mapping[str, Any]) -> Merged:
-    """TIES (DESIGN §5.2): trim to the largest entries, elect a sign per entry, average those that agree with it.
+    """TIES (docs/design.md §5.2): trim to the largest entries, elect a sign per entry, average those that agree with
+    it.
 
     Trim with ``TrimThresholds``; ``s = sign(Σ_i trimmed δ_i)``, where 0 the model-wide ``MajoritySign`` (which
     may be 0 too); the disjoint mean sums the trimmed entries with ``s > 0 ? δ > 0 : δ < 0`` and divides by their
@@ -307,12 +308,12 @@ class TaskArithmeticOptions:
 
 @merge_method(
     "task-arithmetic",
-    reference="DESIGN §5.2; task arithmetic (Ilharco et al., ICLR 2023, arXiv:2212.04089); λ = 0.3 is the "
+    reference="docs/design.md §5.2; task arithmetic (Ilharco et al., ICLR 2023, arXiv:2212.04089); λ = 0.3 is the "
     "value commonly used for 8 or more tasks",
     options=TaskArithmeticOptions,
 )
 def task_arithmetic(chunk: Chunk, options: TaskArithmeticOptions, statistics: Mapping[str, Any]) -> Merged:
-    """Task arithmetic (DESIGN §5.2): ``λ · Σ_i δ_i``."""
+    """Task arithmetic (docs/design.md §5.2): ``λ · Σ_i δ_i``."""
     return Merged(delta=(options.scale * _sum(_in_work_dtype(chunk))).to(chunk.deltas[0].dtype))
 
 
@@ -352,11 +353,11 @@ def uniform_draws(seed: int, stream: str, first: int, count: int) -> torch.Tenso
 
 @merge_method(
     "dare",
-    reference="DESIGN §5.2; DARE (Yu et al., ICML 2024, arXiv:2311.03099), followed by task arithmetic",
+    reference="docs/design.md §5.2; DARE (Yu et al., ICML 2024, arXiv:2311.03099), followed by task arithmetic",
     options=DareOptions,
 )
 def dare(chunk: Chunk, options: DareOptions, statistics: Mapping[str, Any]) -> Merged:
-    """DARE (DESIGN §5.2): drop each entry with rate p, rescale the kept by 1/(1 − p), then task arithmetic.
+    """DARE (docs/design.md §5.2): drop each entry with rate p, rescale the kept by 1/(1 − p), then task arithmetic.
 
     The drops are seeded by ``--seed`` and drawn per task and tensor from ``uniform_draws``.
     """
@@ -373,7 +374,9 @@ class MeanOptions:
     pass
 
 
-@merge_method("mean", reference="DESIGN §5.2: the average of the task deltas (model soup)", options=MeanOptions)
+@merge_method(
+    "mean", reference="docs/design.md §5.2: the average of the task deltas (model soup)", options=MeanOptions
+)
 def mean(chunk: Chunk, options: MeanOptions, statistics: Mapping[str, Any]) -> Merged:
-    """Mean (DESIGN §5.2): ``Σ_i δ_i / n``."""
+    """Mean (docs/design.md §5.2): ``Σ_i δ_i / n``."""
     return Merged(delta=(_sum(_in_work_dtype(chunk)) / len(chunk.deltas)).to(chunk.deltas[0].dtype))

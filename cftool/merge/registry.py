@@ -1,7 +1,7 @@
 """The `unify` methods, registered by name: each is one pure function over one tensor's deltas (STYLE: mergekit).
 
 A method sees a ``Chunk`` (some rows of one tensor, from every task's delta) and returns a ``Merged``. Every step
-of DESIGN.md §5.2 is elementwise, so the engine may hand a large tensor over in slices. What a method needs of the
+of docs/design.md §5.2 is elementwise, so the engine may hand a large tensor over in slices. What a method needs of the
 whole model it declares: ``statistics`` that the engine computes in streamed passes before merging (TIES's
 thresholds and majority sign), and per-task ``sums`` it returns for the engine to add up over the model, from which
 ``rescalers`` computes the triggers' scales (ConDU). Adding a method is adding one decorated function.

@@ -1,4 +1,4 @@
-"""How tensors are streamed: the row slices a tensor is read, merged and written in (DESIGN.md §4)."""
+"""How tensors are streamed: the row slices a tensor is read, merged and written in (docs/design.md §4)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""`continue` end to end: MergeTune continued fine-tuning of an already fine-tuned checkpoint (DESIGN §5.1).
+"""`continue` end to end: MergeTune continued fine-tuning of an already fine-tuned checkpoint (docs/design.md §5.1).
 
 Everything a fresh fine-tune was given (method and its options, training data, class names, templates, recipe) is
 read from the checkpoint's metadata; the caller's overrides win. A CoOp prompt is continued with MergeTune's own
 recipe instead of CoOp's (`mergetune_coop_recipe`), unless ``inherit_recipe`` asks for the recorded one. The run is
-`finetune`'s own path, started from the checkpoint's solution with MergeTune's objective, so resume, the feature cache, DDP and the written files (the
-checkpoint, of the input's kind, and its prototypes) behave exactly as there.
+`finetune`'s own path, started from the checkpoint's solution with MergeTune's objective, so resume, the feature cache,
+DDP and the written files (the checkpoint, of the input's kind, and its prototypes) behave exactly as there.
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ def _method_options(
         words = len(COOP_INIT.split())
         options.setdefault("ctx_init", COOP_INIT if options.get("n_ctx", words) == words else RANDOM_INIT)
         if options["ctx_init"] == RANDOM_INIT and mergetune.zs_reg == "param":
-            # The parameter-space zero-shot counterpart of a prompt is the hand-written context (DESIGN §5.1).
+            # The parameter-space zero-shot counterpart of a prompt is the hand-written context (docs/design.md §5.1).
             if options["n_ctx"] != words:
                 raise CftoolError(
                     f"{ckpt.path}: the prompt has {options['n_ctx']} context vectors from a random start, and the "

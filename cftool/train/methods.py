@@ -4,7 +4,7 @@ A method exposes its trainable parameters (everything else is frozen), ``forward
 features (frozen image tower) or images to logits, ``export`` of what it learned as checkpoint tensors, and
 ``eval_head`` (a ``HeadFn``) so that any label space can be evaluated with it.
 
-For MergeTune (DESIGN §5.1) a method also names its *solution*, the point that linear paths between two
+For MergeTune (docs/design.md §5.1) a method also names its *solution*, the point that linear paths between two
 solutions run through: the unnormalised class text features of a prompt (the text encoder's outputs, normalised only
 after interpolating, as MergeTune's code does), the weight of a head, the changed weights of full fine-tuning
 and the factors that make LoRA's. ``logits_at`` scores with any such point, so a path costs one matrix product per point for

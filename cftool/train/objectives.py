@@ -1,7 +1,7 @@
 """What the training loop minimises: an ``Objective`` is one module holding the method and every term of its loss,
 so that under DDP a single wrapped module runs the whole objective and every term's gradient is synchronised.
 
-``CrossEntropy`` is fine-tuning's loss; ``MergeTune`` is DESIGN §5.1's continued fine-tuning objective.
+``CrossEntropy`` is fine-tuning's loss; ``MergeTune`` is docs/design.md §5.1's continued fine-tuning objective.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class ZeroShotPoint:
 
 
 class MergeTune(Objective):
-    """DESIGN §5.1: ``CE(f_w) + λ_lmc · mean_α CE(f_{(1−α)·ŵ2 + α·w}) + λ_zs · R(w, ŵ1)``, the loss of MergeTune's
+    """docs/design.md §5.1: ``CE(f_w) + λ_lmc · mean_α CE(f_{(1−α)·ŵ2 + α·w}) + λ_zs · R(w, ŵ1)``, the loss of MergeTune's
     ``forward_backward`` (trainers/kgcoop_coop_LMC.py:534-552: W · score + W_LMC · the mean path loss).
 
     ŵ2 is the method's solution when the objective is built (the fine-tuned checkpoint, where training starts);

@@ -1,4 +1,4 @@
-"""Class prototypes of a task for ConDU's router (DESIGN §5.3), as ConDU's ``finetune.py`` computes them after
+"""Class prototypes of a task for ConDU's router (docs/design.md §5.3), as ConDU's ``finetune.py`` computes them after
 training (ConDU_Ascend/src/models/finetune.py:171-209; few_shot_finetune.py:184-222 is the same code).
 
 - The images: the **whole** training split, few-shot runs included (both files iterate ``dataset.train_loader``,
