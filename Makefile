@@ -26,8 +26,9 @@ demo: install
 	$(BIN)/cftool eval zs $(DEMO_OUT)/coop-flowers-base.safetensors $(DEMO_OUT)/coop-flowers-base.mergetune.safetensors \
 		--data toy:flowers --classes base,novel
 
+# Test files run in parallel, one file per worker (module fixtures are built once), up to four workers.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --numprocesses=auto --maxprocesses=4 --dist=loadfile
 
 # Peak memory and time of `unify` on eleven ViT-B/16-sized deltas, streaming versus fully loaded (6.6 GB of scratch
 # disk; results in benchmarks/RESULTS.md).

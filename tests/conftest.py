@@ -3,6 +3,11 @@ import os
 # Tests never touch the network: open_clip / huggingface_hub must fail fast instead of downloading.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Under pytest-xdist the workers share the cores: each (and every cftool it starts) gets its share of threads
+# instead of all of them. Set before anything imports torch, which reads it once.
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
 from dataclasses import dataclass
 
