@@ -11,6 +11,8 @@ files), then runs in turn, each in a process of its own timed from its first fil
   delta                `cftool delta` of the full model of A (and of B's LoRA, which `unify` needs)
   unify                `cftool unify` (ConDU) of the two deltas
   route                `cftool route` of A's test split over the unified set and both tasks' prototypes
+  eval --benchmark mtil  with --mtil-root: the eleven MTIL datasets (cftool alone; its zero-shot heads encode every
+                       class × template prompt, 3,434 for Caltech101)
 
 and each against a plain open_clip loop (written out below) that does the same work: the same model, images, batches,
 optimiser steps, path samples, tensors read and written. The figure is the ratio plain time / cftool time (1 = as fast
@@ -466,6 +468,9 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
             {"plain": "route", "data": str(data["A"]), "unified": str(work / "plain-unified"), "top_k": 4,
              "prototypes": [str(work / "plain-full.prototypes"), str(work / "plain-lora.prototypes")]},
             test_images["A"])  # fmt: skip
+    if args.mtil_root is not None:  # cftool alone: its heads of every class × template prompt are what is measured
+        compare("eval --benchmark mtil",
+                ["eval", "--zs", zs, "--benchmark", "mtil", "--data-root", args.mtil_root, *device], None, None)
     return runs
 
 
@@ -510,6 +515,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mtil-root", type=Path, help="also `eval --benchmark mtil` over MTIL's datasets under ROOT")
     parser.add_argument("--out", type=Path, help="also write the report as JSON here")
     parser.add_argument("--workdir", type=Path, help="where the files go (default: a temporary folder)")
     args = parser.parse_args()
