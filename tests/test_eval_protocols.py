@@ -252,3 +252,28 @@ def test_heads_of_many_prompts_are_encoded_in_bounded_passes_equal_to_one_batch(
     assert (zero_shot_class_features(zoo, classnames, templates) - one_batch.T).abs().max() <= 1e-6
     assert (template_means(zoo, classnames, templates) - means).abs().max() <= 1e-6
     assert max(passes) == 4 and sum(passes) == 3 * len(classnames) * len(templates)
+
+
+def test_a_prompts_head_is_encoded_in_bounded_passes_equal_to_one_batch(monkeypatch):
+    """A CoOp prompt's head (shared or class-specific context) over many classes, a few classes per pass."""
+    import torch
+
+    import cftool.train.methods
+    from cftool.train.methods import build_method
+    from cftool.zoo import load_model
+
+    zoo = load_model("tiny")
+    classnames = ["circle", "square", "triangle", "star", "cross", "ring", "heart"]
+    for class_specific in (False, True):
+        torch.manual_seed(0)
+        prompt = build_method("coop", zoo, classnames, ["{}"], n_ctx=4, ctx_init="random", class_specific=class_specific)
+        with torch.no_grad():
+            one_batch = torch.nn.functional.normalize(prompt.unnormalised_class_features(prompt.tokens), dim=-1).T
+        passes, encode = [], cftool.train.methods.encode_text_with_context
+        monkeypatch.setattr(cftool.train.methods, "PROMPTS_PER_PASS", 3)
+        monkeypatch.setattr(
+            cftool.train.methods, "encode_text_with_context", lambda m, t, c: passes.append(len(t)) or encode(m, t, c)
+        )
+        assert (prompt.eval_head(zoo, classnames, []) - one_batch).abs().max() <= 1e-6
+        assert passes == [3, 3, 1]
+        monkeypatch.undo()

@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call
 
 from cftool.errors import CftoolError
-from cftool.evaluate import HeadFn, zero_shot_head
+from cftool.evaluate import PROMPTS_PER_PASS, HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, check_shapes
 from cftool.merge.lora import FACTORS, combined_factors, merged_lora_state
 from cftool.merge.methods import fits_float32
@@ -366,12 +366,17 @@ class CoOp(Method):
     @torch.no_grad()
     def eval_head(self, zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
         # A prompt generalises to any class names: that is what base-to-novel measures.
-        return self.class_features(self._tokens(classnames)).float().T.cpu()
+        return F.normalize(self.unnormalised_head(zoo, classnames, templates), dim=0)
 
     @torch.no_grad()
     def unnormalised_head(self, zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
-        """``eval_head`` before normalising: the path space of prompts (a ``HeadFn`` too)."""
-        return self.unnormalised_class_features(self._tokens(classnames)).float().T.cpu()
+        """``eval_head`` before normalising: the path space of prompts (a ``HeadFn`` too). Encoded
+        ``PROMPTS_PER_PASS`` classes at a time, as zero-shot heads are (ImageNet has 1,000)."""
+        tokens, parts = self._tokens(classnames), []
+        for start in range(0, len(tokens), PROMPTS_PER_PASS):
+            ctx = self.ctx if self.ctx.dim() == 2 else self.ctx[start : start + PROMPTS_PER_PASS]
+            parts.append(encode_text_with_context(self.model, tokens[start : start + PROMPTS_PER_PASS], ctx).float())
+        return torch.cat(parts).T.cpu()
 
     def export(self) -> dict[str, torch.Tensor]:
         return {"ctx": self.ctx.detach().cpu().contiguous()}
