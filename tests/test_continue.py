@@ -296,6 +296,39 @@ def test_a_large_zero_shot_weight_pulls_a_head_back_to_the_zero_shot_head(fine_t
     assert (pulled - zero_shot).norm() < 0.2 * (start - zero_shot).norm()
 
 
+@pytest.mark.parametrize("method_class", [LoRA, Full, LinearHead, CoOp])
+def test_the_loss_in_parts_has_the_gradient_of_the_whole_loss(method_class):
+    """One process backpropagates MergeTune path point by path point (one point's activations alive at a time): the
+    parts add up to the loss, their gradients to its gradient, and the logged terms are the same. A prompt, whose
+    solution is one graph every point shares, is one part."""
+    zoo = load_model("tiny")
+    zoo.model.double()
+    method = method_class(zoo, CLASSES, TEMPLATES).double()
+    zero_shot = ZeroShotPoint.of(method, zero_shot_class_features(zoo, CLASSES, TEMPLATES).double())
+    generator = torch.Generator().manual_seed(5)
+    options = MergeTuneOptions(lambda_lmc=1.5, lambda_zs=2.0, zs_reg="feature", lmc_samples=(0.2, 0.6, 1.0))
+    objective = MergeTune(method, zero_shot, options)
+    with torch.no_grad():
+        for parameter in method.trainable_parameters().values():
+            parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    inputs = torch.randn(3, zoo.model.text_projection.shape[1], generator=generator, dtype=torch.float64)
+    if not method.image_tower_frozen:
+        inputs = torch.randn(3, 3, 64, 64, generator=generator, dtype=torch.float64)
+    labels = torch.tensor([0, 2, 1])
+    trained = list(method.trainable_parameters().values())
+    loss = objective(inputs, labels)
+    whole, whole_terms = torch.autograd.grad(loss, trained), objective.terms
+    parts = [(part.detach(), torch.autograd.grad(part, trained)) for part in objective.parts(inputs, labels)]
+    assert len(parts) == (1 if method_class is CoOp else 3)
+    assert torch.allclose(sum(value for value, _ in parts), loss, rtol=1e-6, atol=0)
+    for index, expected in enumerate(whole):
+        # The losses are float32 (``Objective.cross_entropy``), so their gradients agree to float32 precision.
+        difference = (sum(gradients[index] for _, gradients in parts) - expected).abs().max()
+        assert difference <= 1e-6 * expected.abs().max() + 1e-12  # some gradients are rounding noise around 0
+    assert objective.terms.keys() == whole_terms.keys()
+    assert all(torch.allclose(objective.terms[name], whole_terms[name], rtol=1e-6) for name in whole_terms)
+
+
 def test_resume_after_ctrl_c_equals_an_uninterrupted_continue(fine_tuned, tmp_path):
     options = MergeTuneOptions(lambda_zs=1.0, lmc_samples=(0.5, 1.0))
     job = ContinueJob(fine_tuned["coop"], "tiny", options, tmp_path / "resumed.safetensors",

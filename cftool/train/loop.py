@@ -319,13 +319,16 @@ def train(
             lr = learning_rate(options, step, total, n_images)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with precision_context(device, options.precision):
-                if method.image_tower_frozen and not cached:
-                    with torch.no_grad():
-                        batch_inputs = method.model.encode_image(batch_inputs, normalize=True).float()
-                loss = loss_of(batch_inputs, batch_labels)
+            if method.image_tower_frozen and not cached:
+                with precision_context(device, options.precision), torch.no_grad():
+                    batch_inputs = method.model.encode_image(batch_inputs, normalize=True).float()
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            if ranks.world_size > 1:  # DDP synchronises the gradients of the one forward of its wrapper
+                with precision_context(device, options.precision):
+                    loss = loss_of(batch_inputs, batch_labels)
+                scaler.scale(loss).backward()
+            else:
+                loss = _backward_in_parts(objective, batch_inputs, batch_labels, scaler, device, options.precision)
             scaler.step(optimizer)
             scaler.update()
             terms, stop = _all_ranks({**objective.terms, "loss": loss.detach()}, interrupted(), ranks)
@@ -412,6 +415,26 @@ class _SeededDraws(Dataset):
         with torch.random.fork_rng(devices=[]):  # the CPU generator only, restored afterwards; CUDA's stays as is
             torch.default_generator.manual_seed(seed)
             return self.dataset[index]
+
+
+def _backward_in_parts(
+    objective: Objective,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+    precision: str,
+) -> torch.Tensor:
+    """Backpropagate the objective's parts (``Objective.parts``) one at a time, each built under the run's precision
+    and freed before the next is built; returns the loss, their sum."""
+    parts, loss = objective.parts(inputs, labels), None
+    while True:
+        with precision_context(device, precision):
+            part = next(parts, None)
+        if part is None:
+            return loss
+        scaler.scale(part).backward()
+        loss = part.detach() if loss is None else loss + part.detach()
 
 
 def _all_ranks(losses: dict[str, torch.Tensor], stop: bool, ranks: Ranks) -> tuple[dict[str, float], bool]:
