@@ -48,6 +48,7 @@ from cftool.route import (
     routing_scores,
     top_tasks,
 )
+from cftool.train.adapters import BaseState
 from cftool.train.prototypes import class_prototypes
 from cftool.zoo import load_model
 
@@ -105,7 +106,7 @@ def main() -> None:
         )
         # The label space of a mixed batch: every task's classes (routing itself does not depend on it).
         label_space = LabelSpace.union(tasks, tasks[0])
-        base_state = {name: t.clone() for name, t in zoo.model.state_dict().items()}
+        base_state = BaseState(zoo)
         features, _ = encode_images(zoo, images, args.batch_size, 0)
         with open_unified(unified_path, base_sha256=zoo.weights_sha256) as unified:
             embed_dim = zoo.model.text_projection.shape[-1]

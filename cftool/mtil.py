@@ -30,7 +30,7 @@ from cftool.io.unified import TASKS_KEY, UnifiedSet, parse_tasks
 from cftool.metrics import mtil_metrics, top1_accuracy
 from cftool.protocols import ZERO_SHOT, FeatureCache, labelled_column, split_label
 from cftool.route import RouteOptions, TaskPrototypes, prototype_files, prototypes_of, read_prototypes, route_split
-from cftool.train.adapters import applied, open_applicable
+from cftool.train.adapters import BaseState, applied, open_applicable
 from cftool.zoo import ZooModel
 
 SESSION_FIELD = "{t}"
@@ -192,7 +192,7 @@ class CellEvaluator:
         self.zoo, self.split, self.features, self.cells = zoo, split, features, cells
         self.base_sha256, self.options, self.advance_cell = base_sha256, options, advance_cell
         self.tasks = tasks or []
-        self.base_state = {name: t.clone() for name, t in zoo.model.state_dict().items()}
+        self.base_state = BaseState(zoo)
         self._hashes: dict[Path, str] = {}
         self._data: dict[str, dict[str, Any]] = {}
         self._prototypes: dict[str, TaskPrototypes] | None = None

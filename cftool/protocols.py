@@ -31,7 +31,7 @@ from cftool.errors import CftoolError
 from cftool.evaluate import HeadFn, encode_images, zero_shot_head
 from cftool.io.header import read_header
 from cftool.metrics import harmonic_mean, top1_accuracy
-from cftool.train.adapters import ADAPTERS, applied, open_applicable
+from cftool.train.adapters import ADAPTERS, BaseState, applied, open_applicable
 from cftool.train.features import image_features
 from cftool.zoo import ZooModel
 
@@ -175,7 +175,7 @@ def evaluate_columns(
 ) -> dict[str, dict[str, dict[str, Cell]]]:
     """Accuracy of every column on every task: ``{column label: {task: {"accuracy": Cell}}}``, or with
     ``base2new`` the cells ``base`` and ``novel`` (each half within its own label space, CoOp's protocol)."""
-    base_state = {name: t.clone() for name, t in zoo.model.state_dict().items()}
+    base_state = BaseState(zoo)
     results = {}
     for column in columns:
         per_task = {}
@@ -194,7 +194,7 @@ def evaluate_columns(
 
 @contextmanager
 def _applied(
-    zoo: ZooModel, path: Path | None, base_state: dict, base_sha256: str, task: str
+    zoo: ZooModel, path: Path | None, base_state: BaseState, base_sha256: str, task: str
 ) -> Iterator[tuple[HeadFn, bool]]:
     """The head function of a checkpoint applied to the zoo for ``task`` (or of the zero-shot model), and whether the
     encoders are still the base's; weights a checkpoint replaced are restored afterwards."""

@@ -25,7 +25,7 @@ from cftool.evaluate import LabelSpace, encode_images, zero_shot_head
 from cftool.io.checkpoint import open_checkpoint
 from cftool.io.unified import UnifiedSet, open_unified
 from cftool.metrics import top1_accuracy
-from cftool.train.adapters import applied
+from cftool.train.adapters import BaseState, applied
 from cftool.zoo import ZooModel
 
 # The reference scores every member with CLIP's logit scale of 100 (whatever the model's own): the members share
@@ -106,7 +106,7 @@ def route_logits(
     images: Dataset,
     zero_shot_features: torch.Tensor,
     label_space: LabelSpace,
-    base_state: Mapping[str, torch.Tensor],
+    base_state: BaseState,
     batch_size: int = 256,
     workers: int = 0,
     passes: Passes | None = None,
@@ -130,7 +130,7 @@ def every_expert_route_logits(
     images: Dataset,
     zero_shot_features: torch.Tensor,
     label_space: LabelSpace,
-    base_state: Mapping[str, torch.Tensor],
+    base_state: BaseState,
     batch_size: int = 256,
     workers: int = 0,
     passes: Passes | None = None,
@@ -282,7 +282,7 @@ def route_split(
     labels: torch.Tensor,
     prototypes: Sequence[torch.Tensor],
     options: RouteOptions,
-    base_state: Mapping[str, torch.Tensor],
+    base_state: BaseState,
     label_space: LabelSpace | None = None,
 ) -> Routed:
     """Task-agnostic predictions on ``data``'s ``split``, given the images' zero-shot features, among ``label_space``
@@ -308,7 +308,7 @@ def expert_split(
     data: TaskData,
     split: str,
     options: RouteOptions,
-    base_state: Mapping[str, torch.Tensor],
+    base_state: BaseState,
 ) -> Routed:
     """With a task id: that task's expert alone on ``data``'s ``split``."""
     passes = Passes()
@@ -331,7 +331,7 @@ def predict(
     advance: Callable[[int], None] = lambda n: None,
 ) -> Routed:
     """`cftool route`: a unified set's predictions on a dataset, by routing (no ``task``) or by one task's expert."""
-    base_state = {name: t.clone() for name, t in zoo.model.state_dict().items()}
+    base_state = BaseState(zoo)
     with open_unified(unified_path, zoo.weights_sha256, zoo.spec.canonical, zoo.architecture) as unified:
         if task is not None:
             unified.task_index(task)  # an unknown task is refused before any work

@@ -277,3 +277,25 @@ def test_a_prompts_head_is_encoded_in_bounded_passes_equal_to_one_batch(monkeypa
         assert (prompt.eval_head(zoo, classnames, []) - one_batch).abs().max() <= 1e-6
         assert passes == [3, 3, 1]
         monkeypatch.undo()
+
+
+def test_the_base_weights_are_copied_only_for_checkpoints_that_replace_them(runs):
+    """A prompt or a head leaves the encoders alone: nothing is copied. A full fine-tune replaces them: the base is
+    copied before, and restored after, exactly."""
+    import torch
+
+    from cftool.io.checkpoint import open_checkpoint
+    from cftool.train.adapters import BaseState, applied
+    from cftool.zoo import load_model
+
+    zoo = load_model("tiny")
+    before = {name: tensor.clone() for name, tensor in zoo.model.state_dict().items()}
+    base_state = BaseState(zoo)
+    for path in (runs / "seed0" / TASKS[0] / "coop.safetensors", runs / "head.safetensors"):
+        with open_checkpoint(path) as ckpt, applied(zoo, ckpt, base_state, "mnist") as (_, base_weights):
+            assert base_weights
+    assert base_state._copy is None
+    with open_checkpoint(runs / "full.safetensors") as ckpt, applied(zoo, ckpt, base_state, "mnist") as (_, same):
+        assert not same
+        assert any(not torch.equal(zoo.model.state_dict()[n], before[n]) for n in before)
+    assert all(torch.equal(zoo.model.state_dict()[name], before[name]) for name in before)

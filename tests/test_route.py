@@ -22,6 +22,7 @@ from cftool.route import (
     routing_scores,
     top_tasks,
 )
+from cftool.train.adapters import BaseState
 from cftool.zoo import load_model
 from cftool.zoo.base import open_base
 
@@ -92,7 +93,8 @@ def test_each_expert_runs_once_on_its_images_with_the_predictions_of_running_all
     task = load_task(f"folder:{toy_folders['cars']}")
     images = task.split("test", zoo.preprocess)
     features, _ = encode_images(zoo, images, 16, 0)
-    base_state = {name: t.clone() for name, t in zoo.model.state_dict().items()}
+    before = {name: t.clone() for name, t in zoo.model.state_dict().items()}
+    base_state = BaseState(zoo)
     generator = torch.Generator().manual_seed(0)
     # Image i routes to two experts; expert 2 (cars) is chosen by no image.
     routed = torch.stack([torch.randperm(2, generator=generator) for _ in range(len(images))])
@@ -106,14 +108,14 @@ def test_each_expert_runs_once_on_its_images_with_the_predictions_of_running_all
     assert torch.equal(logits.argmax(1), reference.argmax(1))
     assert routed_passes.images == {"food": len(images), "mnist": len(images)}  # each of its images, once
     assert all_passes.images == {name: len(images) for name in TASKS}
-    assert all(torch.equal(zoo.model.state_dict()[n], t) for n, t in base_state.items())  # the base is back
+    assert all(torch.equal(zoo.model.state_dict()[n], t) for n, t in before.items())  # the base is back
 
 
 def test_routing_every_image_to_its_own_task_alone_is_the_task_id_expert(zoo, condu, toy_folders):
     task = load_task(f"folder:{toy_folders['mnist']}")
     images = task.split("test", zoo.preprocess)
     features, _ = encode_images(zoo, images, 16, 0)
-    base_state = {name: t.clone() for name, t in zoo.model.state_dict().items()}
+    base_state = BaseState(zoo)
     with open_unified(condu / "unified.st") as unified:
         own = torch.full((len(images), 1), unified.task_index("mnist"))
         members = Members(unified, own, include_zero_shot=False)

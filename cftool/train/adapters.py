@@ -123,19 +123,37 @@ def apply_checkpoint(zoo: ZooModel, ckpt: CheckpointReader, task: str | None = N
     return adapter_of(ckpt).apply(zoo, ckpt, task)
 
 
+class BaseState:
+    """The zoo's base weights, copied the first time a checkpoint is about to replace them, to be restored after it:
+    evaluating the zero-shot model, prompts and heads copies nothing (a ViT-B/16 copy is 0.6 GB)."""
+
+    def __init__(self, zoo: ZooModel):
+        self.zoo = zoo
+        self._copy: dict[str, torch.Tensor] | None = None
+
+    def keep(self) -> None:
+        if self._copy is None:
+            self._copy = {name: tensor.clone() for name, tensor in self.zoo.model.state_dict().items()}
+
+    def restore(self) -> None:
+        self.zoo.load_state_dict(dict(self._copy), self.zoo.spec.canonical)
+
+
 @contextmanager
 def applied(
-    zoo: ZooModel, ckpt: CheckpointReader, base_state: Mapping[str, torch.Tensor], task: str | None = None
+    zoo: ZooModel, ckpt: CheckpointReader, base_state: BaseState, task: str | None = None
 ) -> Iterator[tuple[HeadFn, bool]]:
     """``ckpt`` applied to ``zoo`` for the block: its head function, and whether the encoders are still the base's;
-    weights it replaced are restored to ``base_state`` afterwards."""
+    weights it replaced are restored from ``base_state`` afterwards."""
     changes_weights = adapter_of(ckpt).changes_weights
+    if changes_weights:
+        base_state.keep()
     head = apply_checkpoint(zoo, ckpt, task)
     try:
         yield head, not changes_weights
     finally:
         if changes_weights:
-            zoo.load_state_dict(dict(base_state), zoo.spec.canonical)
+            base_state.restore()
 
 
 def trainable_method(ckpt: CheckpointReader) -> type[Method]:
