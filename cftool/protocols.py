@@ -171,7 +171,7 @@ def evaluate_columns(
     split: str,
     base2new: bool,
     cache: FeatureCache,
-    base_sha256: str,
+    base_sha256: str | None,
 ) -> dict[str, dict[str, dict[str, Cell]]]:
     """Accuracy of every column on every task: ``{column label: {task: {"accuracy": Cell}}}``, or with
     ``base2new`` the cells ``base`` and ``novel`` (each half within its own label space, CoOp's protocol)."""
@@ -194,7 +194,7 @@ def evaluate_columns(
 
 @contextmanager
 def _applied(
-    zoo: ZooModel, path: Path | None, base_state: BaseState, base_sha256: str, task: str
+    zoo: ZooModel, path: Path | None, base_state: BaseState, base_sha256: str | None, task: str
 ) -> Iterator[tuple[HeadFn, bool]]:
     """The head function of a checkpoint applied to the zoo for ``task`` (or of the zero-shot model), and whether the
     encoders are still the base's; weights a checkpoint replaced are restored afterwards."""
@@ -232,7 +232,7 @@ def compare(
     base2new: bool,
     split: str,
     cache: FeatureCache,
-    base_sha256: str,
+    base_sha256: str | None,
 ) -> dict[str, Any]:
     """`eval`'s report: each column's metrics per task and their mean row (with spread and per-seed values when a
     column averages seeds)."""

@@ -205,7 +205,10 @@ def eval_command(
     if zs is None:
         raise CftoolError("name the model with --zs (e.g. --zs tiny), or give checkpoint files to evaluate")
     zoo = load_model(zs, torch_device)
-    base_sha256 = zoo.weights_sha256  # before any checkpoint's weights replace the base's
+    # Checkpoint files are paired with the base by its hash (0.5 s on ViT-B/16), taken before any of them replaces the
+    # base's weights; the zero-shot model alone needs none.
+    names_files = path is not None or any(spec != ZERO_SHOT for spec in checkpoints or [])
+    base_sha256 = zoo.weights_sha256 if names_files else None
     with progress_bar(log_every) as progress:
         if sessions:
             from cftool.mtil import mtil_report
