@@ -30,6 +30,13 @@ def test_help_lists_every_command(cli):
         assert command in result.stdout
 
 
+def test_no_arguments_print_the_help_and_no_empty_error(cli):
+    result = cli()
+    assert result.code == 2  # a usage error, as click counts it
+    assert "Usage: cftool" in result.stdout and "finetune" in result.stdout
+    assert result.stderr == ""
+
+
 @pytest.mark.parametrize("command", ["eval", "route", "inspect", "import", "export"])
 def test_every_available_command_has_help_with_an_example(cli, command):
     result = cli(command, "--help")

@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]error:[/red] {escape(_user_message(err))}")
         return err.exit_code
     except typer.TyperException as err:  # usage errors and bad parameters, as click reports them
+        if not err.format_message():  # `cftool` alone: the help was the answer, there is no error to add
+            return err.exit_code
         ctx = getattr(err, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
         console.print(f"[red]error:[/red] {escape(err.format_message())}{hint}")
