@@ -13,6 +13,7 @@ from test_merge_cli import base, deltas, files_in, models, unified  # noqa: F401
 
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
 from cftool.io.unified import open_unified
+from cftool.io.command_files import metrics_path
 from cftool.train import prototypes_path, state_path
 
 
@@ -208,4 +209,7 @@ def test_no_output_replaces_a_companion_of_an_input(cli, deltas, tmp_path):
     _refused(cli, tmp_path, apply, "is also an input")
     unify = ("unify", food, deltas["mnist"], "--method", "mean", "-o", state_path(food))
     _refused(cli, tmp_path, unify, "is also an input")
+    (tmp_path / "food.metrics.jsonl").write_text("{}\n")  # its training curve belongs to it too
+    _refused(cli, tmp_path, (*apply[:-3], "-o", metrics_path(food), "--force"), "is also an input")
+    assert (tmp_path / "food.metrics.jsonl").read_text() == "{}\n"
     assert (tmp_path / "food.prototypes.safetensors").read_bytes() == b"the prototypes"

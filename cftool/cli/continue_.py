@@ -174,7 +174,8 @@ def continue_command(
         }.items()
         if value is not None
     }  # fmt: skip
-    data_overrides = {name: value for name, value in {"classes": classes, "shots": shots, "val_images": val_images}.items() if value is not None}
+    data_flags = {"classes": classes, "shots": shots, "val_images": val_images}
+    data_overrides = {name: value for name, value in data_flags.items() if value is not None}
     if data_overrides:
         DatasetSpec("check", **data_overrides)  # validates the values before any work
     options = MergeTuneOptions(lambda_lmc, lambda_zs, zs_reg, parse_lmc_samples(lmc_samples), zs_loss)

@@ -381,7 +381,10 @@ def _require_matplotlib(flag: str) -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise CftoolError(f"{flag} needs matplotlib: pip install 'cftool-clip[plot]' (from a checkout: pip install '.[plot]'; or pip install matplotlib)") from None
+        raise CftoolError(
+            f"{flag} needs matplotlib: pip install 'cftool-clip[plot]' (from a checkout: pip install '.[plot]'; or "
+            "pip install matplotlib)"
+        ) from None
 
 
 def _plot_path(payload: dict, output: Path, overwrite: bool) -> None:

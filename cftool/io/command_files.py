@@ -41,9 +41,10 @@ def metrics_path(checkpoint: Path) -> Path:
     return beside(checkpoint, ".metrics.jsonl")
 
 
-def read_together(path: Path) -> tuple[Path, Path, Path]:
-    """``path`` and its companions: what a command that reads ``path`` may read, and so must not replace."""
-    return path, prototypes_path(path), state_path(path)
+def read_together(path: Path) -> tuple[Path, ...]:
+    """``path`` and its companions: what a command that reads ``path`` may read, and so must not replace (its
+    metrics are not read, but belong to it as its prototypes do)."""
+    return path, prototypes_path(path), state_path(path), metrics_path(path)
 
 
 @dataclass

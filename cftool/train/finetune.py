@@ -384,7 +384,10 @@ def _config(
     if continuation is not None:
         continued = {
             "objective": "mergetune",
-            "mergetune": {**continuation.options.to_dict(), "anchor_templates": task.anchor_templates(method.training_templates)},
+            "mergetune": {
+                **continuation.options.to_dict(),
+                "anchor_templates": task.anchor_templates(method.training_templates),
+            },
             "recipe": continuation.recipe,
             "continued_from": {"file": continuation.checkpoint.name, "sha256": continuation.checkpoint_sha256},
         }

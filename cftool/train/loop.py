@@ -98,7 +98,9 @@ class TrainOptions:
         ):
             raise CftoolError("--iterations / --epochs must be positive (and finite)")
         if (self.iterations or 0) > MAX_STEPS or (self.epochs or 0) > MAX_STEPS:
-            raise CftoolError(f"--iterations / --epochs must be at most {MAX_STEPS:,}, got {self.iterations or self.epochs:g}")
+            raise CftoolError(
+                f"--iterations / --epochs must be at most {MAX_STEPS:,}, got {self.iterations or self.epochs:g}"
+            )
         if self.batch_size < 1 or self.warmup < 0:
             raise CftoolError(f"--batch-size must be ≥ 1 and --warmup ≥ 0, got {self.batch_size} and {self.warmup}")
         # Each multiplies float32 parameters or gradients: one larger than float32 holds is Inf there.
@@ -323,12 +325,14 @@ def train(
                 with precision_context(device, options.precision), torch.no_grad():
                     batch_inputs = method.model.encode_image(batch_inputs, normalize=True).float()
             optimizer.zero_grad(set_to_none=True)
-            if ranks.world_size > 1:  # DDP synchronises the gradients of the one forward of its wrapper
-                with precision_context(device, options.precision):
-                    loss = loss_of(batch_inputs, batch_labels)
-                scaler.scale(loss).backward()
-            else:
-                loss = _backward_in_parts(objective, batch_inputs, batch_labels, scaler, device, options.precision)
+            # One process backpropagates the objective part by part; DDP synchronises the gradients of the one
+            # forward of its wrapper, so there the loss is one part.
+            parts = (
+                objective.parts(batch_inputs, batch_labels)
+                if ranks.world_size == 1
+                else (loss_of(batch_inputs, batch_labels) for _ in range(1))
+            )
+            loss = _backward_in_parts(parts, scaler, device, options.precision)
             scaler.step(optimizer)
             scaler.update()
             terms, stop = _all_ranks({**objective.terms, "loss": loss.detach()}, interrupted(), ranks)
@@ -418,16 +422,11 @@ class _SeededDraws(Dataset):
 
 
 def _backward_in_parts(
-    objective: Objective,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    scaler: torch.amp.GradScaler,
-    device: torch.device,
-    precision: str,
+    parts: Iterator[torch.Tensor], scaler: torch.amp.GradScaler, device: torch.device, precision: str
 ) -> torch.Tensor:
-    """Backpropagate the objective's parts (``Objective.parts``) one at a time, each built under the run's precision
-    and freed before the next is built; returns the loss, their sum."""
-    parts, loss = objective.parts(inputs, labels), None
+    """Backpropagate a loss's parts (``Objective.parts``) one at a time, each built under the run's precision and
+    freed before the next is built; returns the loss, their sum."""
+    loss = None
     while True:
         with precision_context(device, precision):
             part = next(parts, None)

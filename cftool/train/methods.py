@@ -7,8 +7,9 @@ features (frozen image tower) or images to logits, ``export`` of what it learned
 For MergeTune (docs/design.md §5.1) a method also names its *solution*, the point that linear paths between two
 solutions run through: the unnormalised class text features of a prompt (the text encoder's outputs, normalised only
 after interpolating, as MergeTune's code does), the weight of a head, the changed weights of full fine-tuning
-and the factors that make LoRA's. ``logits_at`` scores with any such point, so a path costs one matrix product per point for
-prompts and heads (image features of the frozen tower are reused) and one forward pass per point for weights.
+and the factors that make LoRA's. ``logits_at`` scores with any such point, so a path costs one matrix product per
+point for prompts and heads (image features of the frozen tower are reused) and one forward pass per point for
+weights.
 
 A freshly built method is the zero-shot model (the hand-written context, the zero-shot head, LoRA's B = 0, the base
 weights); ``load_trained`` moves it to a checkpoint's solution, and the classmethod ``apply`` applies a checkpoint
