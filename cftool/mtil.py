@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from cftool.errors import CftoolError
 from cftool.evaluate import LABEL_SPACES, LabelSpace
 from cftool.io.checkpoint import CheckpointReader, atomic_output, file_sha256, tensors_sha256
 from cftool.io.header import check_input_file, read_cftool_header
+from cftool.io.remembered_hashes import cache_root
 from cftool.io.unified import TASKS_KEY, UnifiedSet, parse_tasks
 from cftool.metrics import mtil_metrics, top1_accuracy
 from cftool.protocols import ZERO_SHOT, FeatureCache, labelled_column, split_label
@@ -109,7 +109,7 @@ def check_session_order(sequence: SessionSequence, names: list[str]) -> None:
 
 def default_cache_dir() -> Path:
     """Where cached MTIL cells live unless `--cache-dir` says otherwise: ``$XDG_CACHE_HOME/cftool/eval``."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cftool" / "eval"
+    return cache_root() / "eval"
 
 
 class CellCache:

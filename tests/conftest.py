@@ -1,4 +1,7 @@
+import atexit
 import os
+import shutil
+import tempfile
 
 # Tests never touch the network: open_clip / huggingface_hub must fail fast instead of downloading.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -8,6 +11,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ.setdefault("OMP_NUM_THREADS", str(_share))
+
+# What cftool keeps across commands (remembered hashes of base weights, MTIL cells) goes to the run's own folder.
+_cache = tempfile.mkdtemp(prefix="cftool-tests-cache-")
+atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+os.environ["XDG_CACHE_HOME"] = _cache
 
 from dataclasses import dataclass
 

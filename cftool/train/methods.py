@@ -164,6 +164,10 @@ class Method(nn.Module):
         prompt, whose parameters are its context vectors."""
         return solution
 
+    def current_parameter_point(self) -> Solution:
+        """The parameter point of the method as it stands."""
+        return self.parameter_point(self.solution())
+
     def squared_distance(self, point: Solution, other: Solution) -> torch.Tensor:
         """``‖point − other‖²`` of two parameter points (the parameter-space surrogate)."""
         return sum(((point[name] - other[name]) ** 2).sum() for name in point)
@@ -334,6 +338,9 @@ class CoOp(Method):
 
     def parameter_point(self, solution: Solution) -> Solution:
         return {"ctx": self.ctx}
+
+    def current_parameter_point(self) -> Solution:
+        return {"ctx": self.ctx}  # without encoding every class prompt, as its solution does
 
     def class_text_features(self, solution: Solution) -> torch.Tensor:
         return F.normalize(solution["class_features"], dim=-1)

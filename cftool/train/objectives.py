@@ -131,7 +131,7 @@ class ZeroShotPoint:
     @classmethod
     def of(cls, method: Method, class_features: torch.Tensor) -> ZeroShotPoint:
         """Capture it from a method that has not been trained or loaded yet."""
-        parameters = {name: t.detach().clone() for name, t in method.parameter_point(method.solution()).items()}
+        parameters = {name: t.detach().clone() for name, t in method.current_parameter_point().items()}
         return cls(parameters, class_features.detach().to(method.device))
 
 
@@ -164,7 +164,9 @@ class MergeTune(Objective):
                 method.class_text_features(self.fine_tuned)  # refuses early where text features cannot move
 
     def forward(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        current = self.method.solution()
+        return self._loss_at(inputs, labels, self.method.solution())
+
+    def _loss_at(self, inputs: torch.Tensor, labels: torch.Tensor, current: Solution) -> torch.Tensor:
         logits = self.method.logits_at(inputs, current)
         path = self.method.path_logits(inputs, self.fine_tuned, current, self.options.lmc_samples, logits)
         # Every point scores the same batch, so the mean over all of them is the mean over α of each point's loss.
@@ -186,7 +188,7 @@ class MergeTune(Objective):
         every point shares: it stays one part. The α = 1 point is the current model: its loss joins the first term's."""
         current = self.method.solution()
         if not all(tensor.is_leaf for tensor in current.values()):
-            yield self(inputs, labels)
+            yield self._loss_at(inputs, labels, current)  # a prompt's solution is one text encoding: made once
             return
         samples, weight = self.options.lmc_samples, self.options.lambda_lmc / len(self.options.lmc_samples)
         path_losses = []

@@ -29,6 +29,7 @@ from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, tensors_sha256
 from cftool.io.foreign import read_state_dict
 from cftool.io.header import read_header
+from cftool.io.remembered_hashes import remembered_sha256
 from cftool.zoo.hub_folder import HUB_CONFIG, read_hub_config
 
 log = logging.getLogger(__name__)
@@ -152,9 +153,12 @@ class BaseWeights(Mapping[str, torch.Tensor]):
         close: Callable[[], None] = lambda: None,
         sha256: str | None = None,
         preprocess: dict | None = None,
+        file: Path | None = None,
     ):
-        """``preprocess``: the hub preprocessing config that files of an ``hf-hub:``/``local-dir:`` base record."""
+        """``preprocess``: the hub preprocessing config that files of an ``hf-hub:``/``local-dir:`` base record;
+        ``file``: the file the weights are read from, whose hash is remembered while it is unchanged."""
         self.canonical = canonical
+        self.file = file
         self.layout = layout
         self.architecture = architecture
         self.preprocess = preprocess
@@ -166,7 +170,9 @@ class BaseWeights(Mapping[str, torch.Tensor]):
     @cached_property
     def sha256(self) -> str:
         """``tensors_sha256`` of the weights: what ``cftool.base_sha256`` records."""
-        return tensors_sha256(self)
+        if self.file is None:
+            return tensors_sha256(self)
+        return remembered_sha256(self.file, self.canonical, lambda: tensors_sha256(self))
 
     def header(self, kind: str, **fields) -> Header:
         return Header(
@@ -201,10 +207,13 @@ def _from_state_dict(
     architecture: dict | None,
     sha256: str | None = None,
     preprocess: dict | None = None,
+    file: Path | None = None,
 ) -> BaseWeights:
     tensors = {name: as_loaded(name, tensor) for name, tensor in state.items()}
     layout = {name: (tensor.dtype, tuple(tensor.shape)) for name, tensor in tensors.items()}
-    return BaseWeights(canonical, layout, tensors.__getitem__, architecture, sha256=sha256, preprocess=preprocess)
+    return BaseWeights(
+        canonical, layout, tensors.__getitem__, architecture, sha256=sha256, preprocess=preprocess, file=file
+    )
 
 
 def is_cftool_file(path: Path) -> bool:
@@ -235,9 +244,9 @@ def _from_weights_file(arch: str, canonical: str, path: Path) -> BaseWeights:
 
         return BaseWeights(
             canonical, layout, read, model_file_architecture(reader), reader.close,
-            preprocess=reader.header.base_preprocess,
+            preprocess=reader.header.base_preprocess, file=path,
         )  # fmt: skip
-    return _from_state_dict(canonical, *plain_weights(arch, path))
+    return _from_state_dict(canonical, *plain_weights(arch, path), file=path)
 
 
 def weights_file_canonical(arch: str, path: Path) -> str:
