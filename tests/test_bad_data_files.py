@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from cftool.data import load_task
-from cftool.data.mtil_datasets import mtil_source
+from cftool.data.mtil.readers import mtil_source
 from cftool.errors import CftoolError
 from tests.conftest import one_line_error
 from tests.test_mtil_datasets import (
@@ -166,7 +166,7 @@ def test_a_cifar_pickle_whose_memo_index_runs_far_ahead_is_refused_before_the_me
 
 
 def test_a_cifar_pickle_of_more_opcodes_than_the_bound_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr("cftool.data.mtil_datasets._PICKLE_MAX_OPCODES", 1000)  # the bound, lowered to stay fast
+    monkeypatch.setattr("cftool.data.mtil.cifar_pickle._PICKLE_MAX_OPCODES", 1000)  # the bound, lowered to stay fast
     folder = write_cifar100(tmp_path)
     (folder / "meta").write_bytes(b"\x80\x02(" + b"N" * 1000 + b"l.")  # a list of a thousand Nones
     message = refusal(lambda: mtil_source("CIFAR100", tmp_path).classnames)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cftool.data import load_task
-from cftool.data.mtil_datasets import mtil_source
+from cftool.data.mtil.readers import mtil_source
 from cftool.errors import CftoolError
 from cftool.io.foreign import read_coop_prompt
 from cftool.train.loop import MAX_STEPS, TrainOptions

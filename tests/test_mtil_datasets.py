@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cftool.data.mtil_datasets import MTIL_ORDER, mtil_source
+from cftool.data.mtil.readers import mtil_source
+from cftool.data.mtil.tables import MTIL_ORDER
 from cftool.errors import CftoolError
 
 JPEG_TOLERANCE = 2  # a solid 8×8 JPEG at quality 100 decodes within 1 of its colour; labels' colours differ by > 20

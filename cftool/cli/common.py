@@ -124,7 +124,7 @@ def recipe_lr(ctx: typer.Context, data: str | None, lr: float | None) -> float |
     from_recipe = source is not None and source.name == "DEFAULT_MAP" and "lr" not in ctx.meta.get(_CONFIG_KEYS, ())
     if recipe is None or data is None or not from_recipe or not data.startswith("mtil:"):
         return lr
-    from cftool.data.mtil_datasets import mtil_name
+    from cftool.data.mtil.readers import mtil_name
 
     return recipe.lr_for(mtil_name(data.removeprefix("mtil:")) or "") or lr
 

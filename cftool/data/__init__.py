@@ -9,7 +9,7 @@ from pathlib import Path
 from cftool.data.benchmarks import BENCHMARKS, Benchmark, get_benchmark, toy_source
 from cftool.data.coop import coop_source
 from cftool.data.folder import FolderSource
-from cftool.data.mtil_datasets import mtil_source
+from cftool.data.mtil.readers import mtil_source
 from cftool.data.specs import (
     DATA_ROOT_ENV,
     DEFAULT_DATA_ROOT,

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from cftool.data.coop import COOP_BASE2NEW_ORDER
-from cftool.data.mtil_datasets import MTIL_ORDER, MTIL_ORDER_II
+from cftool.data.mtil.tables import MTIL_ORDER, MTIL_ORDER_II
 from cftool.data.specs import DatasetSpec
 from cftool.data.toy import HELDOUT_TASK, TOY_TASKS, ToyTask
 from cftool.errors import CftoolError
