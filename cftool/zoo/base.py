@@ -259,8 +259,8 @@ def installed_tiny_weights() -> Path:
     if not TINY_WEIGHTS.is_file():
         raise CftoolError(
             f"--zs tiny: its weights {TINY_WEIGHTS} are missing (an incomplete install), and a randomly "
-            f"initialised model is no base; reinstall cftool, or pretrain them: "
-            f"python -m cftool.zoo.pretrain_tiny -o {TINY_WEIGHTS}"
+            f"initialised model is no base; reinstall cftool, or pretrain them from a checkout of cftool: "
+            f"python scripts/pretrain_tiny.py -o {TINY_WEIGHTS}"
         )
     return TINY_WEIGHTS
 

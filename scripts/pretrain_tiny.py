@@ -1,6 +1,6 @@
 """Pretrain the embedded `tiny` CLIP contrastively on the toy world's captions, on a CPU.
 
-    python -m cftool.zoo.pretrain_tiny --seed 0 --steps 2000 -o cftool/zoo/weights/tiny.safetensors
+    python scripts/pretrain_tiny.py --seed 0 --steps 2000 -o cftool/zoo/weights/tiny.safetensors
 
 The run is a pure function of (seed, steps, batch size, learning rate): examples are drawn by index
 from the toy world, initialisation is seeded, and the learning-rate schedule spans `--steps`. A
