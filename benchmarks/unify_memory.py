@@ -82,7 +82,7 @@ def child(mode: str, method: str, output: Path, inputs: list[Path], threads: int
     else:
         from cftool.io.checkpoint import open_checkpoint
         from cftool.merge.engine import LoadedDelta, unify
-        from cftool.merge.registry import get_method
+        from cftool.merge.methods import get_method
 
         from cftool.io.unified import TaskEntry
 

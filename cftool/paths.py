@@ -28,7 +28,7 @@ from cftool.errors import CftoolError
 from cftool.evaluate import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, save_checkpoint
 from cftool.merge.lora import combined_factors, lora_config, merged_lora_state
-from cftool.merge.methods import refuse_scale_overflow
+from cftool.merge.precision import refuse_scale_overflow
 from cftool.merge.stream import refuse_overflow
 from cftool.protocols import ZERO_SHOT, FeatureCache, halves_of
 from cftool.train.adapters import apply_checkpoint

@@ -20,7 +20,7 @@ from cftool.io.checkpoint import open_checkpoint, save_checkpoint
 from cftool.io.unified import TaskEntry, open_unified
 from cftool.route import TaskPrototypes, prototypes_of
 from cftool.train import prototypes_path, state_path
-from cftool.zoo.base import open_base
+from cftool.zoo.base_weights import open_base
 
 DATA = ["--zs", "tiny", "--data", "toy:mnist", "--classes", "base", "--device", "cpu"]
 TINY_RUN = ["--shots", "2", "--iterations", "1", "--batch-size", "4"]

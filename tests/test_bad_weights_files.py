@@ -21,7 +21,8 @@ from cftool.errors import CftoolError
 from cftool.io.foreign import read_state_dict
 from cftool.train.finetune import state_path
 from cftool.zoo import load_model
-from cftool.zoo.base import TINY_WEIGHTS, architecture, open_base
+from cftool.zoo.base import TINY_WEIGHTS, architecture
+from cftool.zoo.base_weights import open_base
 from tests.conftest import one_line_error
 
 pytestmark = [

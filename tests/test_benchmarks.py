@@ -64,7 +64,7 @@ def test_condu_diagnosis_rebuilds_the_expert_step_by_step(tmp_path):
 
     from cftool.data import load_task
     from cftool.io.checkpoint import save_checkpoint
-    from cftool.zoo.base import open_base
+    from cftool.zoo.base_weights import open_base
 
     folder = tmp_path / "deltas"
     with open_base("tiny") as weights:

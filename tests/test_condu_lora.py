@@ -15,7 +15,7 @@ from cftool.io.unified import open_unified
 from cftool.merge.decouple import expert_factors
 from cftool.train.methods import build_method
 from cftool.zoo import load_model
-from cftool.zoo.base import open_base
+from cftool.zoo.base_weights import open_base
 
 RANK = 4
 TARGETS = [f"transformer.resblocks.{i}.mlp.{layer}.weight" for i in (0, 1) for layer in ("c_fc", "c_proj")]

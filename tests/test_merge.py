@@ -10,8 +10,8 @@ from cftool.io.bitpack import count_set_bits, pack_bits
 from cftool.io.checkpoint import CheckpointWriter, Header, open_checkpoint, save_checkpoint
 from cftool.io.unified import TaskEntry, open_unified
 from cftool.merge.engine import DeltaFile, LoadedDelta, continual_inputs, unify
-from cftool.merge.methods import uniform_draws
-from cftool.merge.registry import METHODS, get_method
+from cftool.merge.methods import get_method, uniform_draws
+from cftool.merge.registry import METHODS
 from cftool.merge.select import RadixSelect
 from cftool.merge.stream import plan_tensors
 

@@ -9,7 +9,7 @@ import torch
 
 from cftool.io.checkpoint import Header, open_checkpoint, save_checkpoint
 from cftool.io.unified import open_unified
-from cftool.zoo.base import open_base
+from cftool.zoo.base_weights import open_base
 
 TASKS = {"food": ["one", "two", "three"], "mnist": ["zero", "one"], "cars": ["left", "right", "up", "down"]}
 
@@ -83,7 +83,8 @@ def test_every_merge_command_has_help_with_an_example(cli, command):
 
 def test_the_method_names_in_help_are_the_registry():
     from cftool.cli.merge import METHOD_NAMES
-    from cftool.merge.registry import METHODS, get_method
+    from cftool.merge.methods import get_method
+    from cftool.merge.registry import METHODS
 
     get_method("condu")
     assert METHOD_NAMES == tuple(METHODS)

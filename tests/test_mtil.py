@@ -10,7 +10,7 @@ from conftest import one_line_error, stand_in_finetune
 from cftool.data import load_task
 from cftool.io.checkpoint import save_checkpoint
 from cftool.metrics import mtil_metrics
-from cftool.zoo.base import open_base
+from cftool.zoo.base_weights import open_base
 
 TASKS = ("food", "mnist", "cars")
 

@@ -19,7 +19,8 @@ from cftool.errors import CftoolError
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
 from cftool.train.adapters import open_applicable
 from cftool.zoo import load_model
-from cftool.zoo.base import OPENAI_EXTRA_KEYS, open_base
+from cftool.zoo.base import OPENAI_EXTRA_KEYS
+from cftool.zoo.base_weights import open_base
 
 OPENAI_EXTRAS = {
     "input_resolution": torch.tensor(224),

@@ -92,12 +92,12 @@ def test_a_corrupt_entry_is_hashed_again(tmp_path, settled, monkeypatch):
 
 def test_the_model_and_the_tensor_reader_share_the_remembered_hash_of_tiny(monkeypatch, tmp_path):
     """`tiny` is installed, so settled: the first reading hashes it, every later one (model or tensors) remembers."""
-    from cftool.zoo import base, models
-    from cftool.zoo.base import open_base
+    from cftool.zoo import base_weights, models
+    from cftool.zoo.base_weights import open_base
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     hashed = []
-    for module in (base, models):
+    for module in (base_weights, models):
         monkeypatch.setattr(module, "tensors_sha256", lambda tensors: hashed.append(1) or tensors_sha256(tensors))
     with open_base("tiny") as weights:
         digest = weights.sha256
@@ -122,7 +122,7 @@ def test_weights_loaded_over_the_base_are_hashed_not_remembered(monkeypatch, tmp
 def test_models_are_built_without_drawing_the_weights_that_loading_replaces(monkeypatch):
     """No initialiser runs while a model is built, the initialisers are back afterwards, and the model loaded equals
     its file, tensor for tensor."""
-    from cftool.zoo.base import open_base
+    from cftool.zoo.base_weights import open_base
     from cftool.zoo.models import load_model
 
     drawn = []

@@ -24,7 +24,7 @@ from cftool.route import (
 )
 from cftool.train.adapters import BaseState
 from cftool.zoo import load_model
-from cftool.zoo.base import open_base
+from cftool.zoo.base_weights import open_base
 
 TASKS = ("food", "mnist", "cars")
 

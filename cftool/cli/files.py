@@ -159,7 +159,7 @@ def import_command(
 
         written = import_coop_prompt(source, load_model(zs, resolve_device(device)), output, task=task, overwrite=force)
     else:
-        from cftool.zoo.base import open_base
+        from cftool.zoo.base_weights import open_base
         from cftool.zoo.convert import import_full_model
 
         with open_base(zs) as base:
@@ -198,7 +198,7 @@ def export_command(
 
         written = export_plain(source, output, overwrite=force, dtype=wanted_dtype)
     else:
-        from cftool.zoo.base import open_base
+        from cftool.zoo.base_weights import open_base
         from cftool.zoo.convert import export_base
 
         with open_base(zs) as base:
@@ -219,7 +219,7 @@ def _import_condu_session(
     from cftool.io.checkpoint import check_outputs
     from cftool.io.convert import import_condu_session
     from cftool.io.foreign import condu_task_names, is_condu_session, read_condu_prototypes
-    from cftool.zoo.base import open_base
+    from cftool.zoo.base_weights import open_base
 
     if task is not None:
         raise CftoolError("--task names the task of one checkpoint; a ConDU session names its tasks by their files")

@@ -69,7 +69,7 @@ def delta_command(
     """
     from cftool.io.checkpoint import open_checkpoint
     from cftool.merge.delta import apply_delta, make_delta
-    from cftool.zoo.base import open_base
+    from cftool.zoo.base_weights import open_base
 
     applying = len(files) == 2 and str(files[0]) == "apply"
     if len(files) != 1 and not applying:
@@ -143,7 +143,7 @@ def unify_command(
     from contextlib import ExitStack
 
     from cftool.merge.engine import continual_inputs, open_deltas, open_loras, open_previous, unify
-    from cftool.merge.registry import get_method
+    from cftool.merge.methods import get_method
 
     merge = get_method(method)
     options = merge.make_options(keep=keep, trim=trim, scale=scale, p=p, seed=seed)
@@ -216,7 +216,8 @@ def decouple_command(
 
     from cftool.io.unified import open_unified
     from cftool.merge.decouple import decouple, factor_space
-    from cftool.zoo.base import open_base, recorded_base
+    from cftool.zoo.base import recorded_base
+    from cftool.zoo.base_weights import open_base
 
     if (task is None) == (not all_tasks):
         raise CftoolError("give --task NAME (one expert) or --all (every task's, into the folder -o names)")

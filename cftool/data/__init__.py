@@ -6,7 +6,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from cftool.data.benchmarks import BENCHMARKS, Benchmark, get_benchmark, toy_source
+from cftool.data.benchmarks import BENCHMARKS, Benchmark, get_benchmark
 from cftool.data.coop import coop_source
 from cftool.data.folder import FolderSource
 from cftool.data.mtil.readers import mtil_source
@@ -19,6 +19,7 @@ from cftool.data.specs import (
     TaskSplit,
     class_subset,
 )
+from cftool.data.toy import toy_source
 from cftool.errors import CftoolError
 
 __all__ = [

@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
 from cftool.errors import CftoolError
+from cftool.io.base_model import BaseModel
 from cftool.io.bitpack import pack_bits
 from cftool.io.checkpoint import (
     CheckpointWriter,
@@ -28,9 +28,6 @@ from cftool.io.foreign import (
     read_state_dict,
     refuse_non_finite,
 )
-
-if TYPE_CHECKING:  # the protocol of the base weights; io itself imports nothing above it
-    from cftool.merge.stream import BaseModel
 from cftool.io.unified import (
     LORA_KEY,
     RESCALERS,

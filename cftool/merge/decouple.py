@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 
 from cftool.errors import CftoolError
+from cftool.io.base_model import BaseModel
 from cftool.io.checkpoint import CheckpointWriter, Header, check_outputs, refuse_non_finite, save_checkpoint
 from cftool.io.unified import UnifiedSet
 from cftool.merge.delta import check_base_fits, check_same_base
 from cftool.merge.lora import LoRAShape, lora_shape, merged_factors
-from cftool.merge.methods import work_dtype
+from cftool.merge.precision import work_dtype
 from cftool.merge.stream import (
     DEFAULT_CHUNK_ELEMENTS,
-    BaseModel,
     Progress,
     no_progress,
     plan_tensors,

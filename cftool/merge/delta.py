@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from cftool.errors import CftoolError
+from cftool.io.base_model import BaseModel
 from cftool.io.checkpoint import (
     CheckpointReader,
     CheckpointWriter,
@@ -21,8 +22,8 @@ from cftool.io.checkpoint import (
     check_shapes,
 )
 from cftool.merge.lora import merged_lora_state
-from cftool.merge.methods import check_scale, refuse_scale_overflow, work_dtype
-from cftool.merge.stream import BaseModel, refuse_overflow
+from cftool.merge.precision import check_scale, refuse_scale_overflow, work_dtype
+from cftool.merge.stream import refuse_overflow
 
 # What a checkpoint of a kind that has no delta holds instead, for the refusal.
 _NOT_WEIGHTS = {

@@ -41,7 +41,7 @@ from cftool.io.unified import (
 )
 from cftool.merge.decouple import expert_rows, factor_space
 from cftool.merge.lora import LoRAShape, lora_config
-from cftool.merge.methods import refuse_scale_overflow
+from cftool.merge.precision import refuse_scale_overflow
 from cftool.merge.registry import Chunk, MergeMethod
 from cftool.merge.stream import (
     DEFAULT_CHUNK_ELEMENTS,

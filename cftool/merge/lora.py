@@ -11,7 +11,7 @@ import torch
 
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, finite
-from cftool.merge.methods import fits_float32
+from cftool.merge.precision import fits_float32
 
 
 def merge_lora(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> torch.Tensor:

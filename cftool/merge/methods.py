@@ -9,21 +9,16 @@ from __future__ import annotations
 import functools
 import math
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from cftool.errors import CftoolError
-from cftool.merge.registry import Chunk, Merged, Statistic, TensorPlan, merge_method
+from cftool.merge.precision import check_scale, work_dtype
+from cftool.merge.registry import METHODS, Chunk, Merged, MergeMethod, Statistic, TensorPlan, merge_method
 from cftool.merge.select import RadixSelect
-
-
-def work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the methods compute in for deltas of ``dtype``."""
-    return torch.promote_types(dtype, torch.float32)
 
 
 def _in_work_dtype(chunk: Chunk) -> list[torch.Tensor]:
@@ -48,28 +43,6 @@ def _masked_sum(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Σ values[mask] for float64 ``values``, as a dot product: a product with a bool tensor takes a path several
     times slower. Sums over a tensor's slices are added in float64 too, so slicing does not change the result."""
     return torch.dot(values.reshape(-1), mask.reshape(-1).to(values.dtype))
-
-
-def check_scale(flag: str, scale: float) -> None:
-    """A scale multiplies every entry: NaN or Inf would write a model of NaN and Inf."""
-    if not math.isfinite(scale):
-        raise CftoolError(f"{flag} {scale}: the scale must be a finite number, e.g. 0.3")
-
-
-def fits_float32(value: float) -> bool:
-    """Whether a number that multiplies float32 values is one: a larger one is Inf there, whatever it multiplies."""
-    return math.isfinite(value) and abs(value) <= torch.finfo(torch.float32).max
-
-
-def refuse_scale_overflow(flag: str, scale: float, dtypes: Iterable[torch.dtype], output: Path) -> None:
-    """Checked before any work, once the output is known: a scale that the dtype the work is done in cannot hold is
-    Inf there, and makes every entry it multiplies Inf (or NaN, times 0)."""
-    for dtype in dtypes:
-        if abs(scale) > torch.finfo(work_dtype(dtype)).max:
-            raise CftoolError(
-                f"{output}: {flag} {scale:g} would overflow {work_dtype(dtype)} to Inf; "
-                f"make {flag} smaller in magnitude"
-            )
 
 
 def _per_task(values: list[torch.Tensor]) -> torch.Tensor:
@@ -380,3 +353,10 @@ class MeanOptions:
 def mean(chunk: Chunk, options: MeanOptions, statistics: Mapping[str, Any]) -> Merged:
     """Mean (docs/design.md §5.2): ``Σ_i δ_i / n``."""
     return Merged(delta=(_sum(_in_work_dtype(chunk)) / len(chunk.deltas)).to(chunk.deltas[0].dtype))
+
+
+def get_method(name: str) -> MergeMethod:
+    """The `unify --method NAME` method; every method above is registered once this module is imported."""
+    if name not in METHODS:
+        raise CftoolError(f"--method {name!r} is not a merge method; choose one of {', '.join(METHODS)}")
+    return METHODS[name]

@@ -118,11 +118,3 @@ def merge_method(
         return function
 
     return register
-
-
-def get_method(name: str) -> MergeMethod:
-    from cftool.merge import methods  # noqa: F401  (registers the methods)
-
-    if name not in METHODS:
-        raise CftoolError(f"--method {name!r} is not a merge method; choose one of {', '.join(METHODS)}")
-    return METHODS[name]

@@ -6,12 +6,11 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import CheckpointWriter, Header, finite
+from cftool.io.checkpoint import CheckpointWriter, finite
 
 # 2^18 elements (1 MiB of float32) per input and slice: the slices of eleven inputs and the method's temporaries
 # stay within the CPU's caches, which makes streaming faster than working on whole tensors, not only smaller.
@@ -23,22 +22,6 @@ Progress = Callable[[str, int], Callable[..., None]]
 
 def no_progress(description: str, total: int) -> Callable[..., None]:
     return lambda n=1: None
-
-
-class BaseModel(Protocol):
-    """The base weights `delta`, `delta apply` and `decouple --as model` work against, read one tensor at a time
-    (``cftool.zoo.base.BaseWeights``: merging needs nothing of the zoo beyond this)."""
-
-    canonical: str
-    layout: Mapping[str, tuple[torch.dtype, tuple[int, ...]]]
-    architecture: dict | None
-
-    @property
-    def sha256(self) -> str: ...
-
-    def header(self, kind: str, **fields) -> Header: ...
-
-    def __getitem__(self, name: str) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from cftool.io.checkpoint import (
     tensors_sha256,
 )
 from cftool.io.command_files import metrics_path, prototypes_path, state_path
-from cftool.merge.methods import fits_float32
+from cftool.merge.precision import fits_float32
 from cftool.metrics import top1_accuracy
 from cftool.train.features import image_features
 from cftool.train.loop import Progress, Ranks, TrainOptions, no_progress, train

@@ -31,7 +31,7 @@ from cftool.data.augment import check_augmentation
 from cftool.data.specs import check_seed
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import atomic_output, finite, torch_save
-from cftool.merge.methods import fits_float32
+from cftool.merge.precision import fits_float32
 from cftool.train.objectives import Objective
 
 OPTIMIZERS = ("sgd", "adamw")

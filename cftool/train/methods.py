@@ -30,7 +30,7 @@ from cftool.errors import CftoolError
 from cftool.evaluate import PROMPTS_PER_PASS, HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, check_shapes
 from cftool.merge.lora import FACTORS, combined_factors, merged_lora_state
-from cftool.merge.methods import fits_float32
+from cftool.merge.precision import fits_float32
 from cftool.train.lora import (
     DEFAULT_INIT,
     DEFAULT_TARGETS,

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cftool.errors import CftoolError
-from cftool.merge.methods import fits_float32
+from cftool.merge.precision import fits_float32
 from cftool.train.methods import Method, Solution
 
 ZS_REGULARISERS = ("param", "feature")
