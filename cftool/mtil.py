@@ -23,8 +23,9 @@ import torch
 from cftool.data import TaskData
 from cftool.errors import CftoolError
 from cftool.evaluate import LABEL_SPACES, LabelSpace
-from cftool.io.checkpoint import CheckpointReader, atomic_output, file_sha256, tensors_sha256
+from cftool.io.checkpoint import CheckpointReader, file_sha256, tensors_sha256
 from cftool.io.header import check_input_file, read_cftool_header
+from cftool.io.outputs import atomic_output
 from cftool.io.remembered_hashes import cache_root
 from cftool.io.unified import TASKS_KEY, UnifiedSet, parse_tasks
 from cftool.metrics import mtil_metrics, top1_accuracy

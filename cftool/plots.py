@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cftool.io.checkpoint import atomic_output
+from cftool.io.outputs import atomic_output
 
 
 def plot_path(report: dict, output: Path, overwrite: bool) -> Path:

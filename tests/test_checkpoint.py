@@ -16,13 +16,13 @@ from cftool.io.checkpoint import (
     CheckpointWriter,
     Header,
     TensorInfo,
-    atomic_output,
     check_shapes,
     open_checkpoint,
     save_checkpoint,
     tensors_sha256,
 )
 from cftool.io.header import DTYPE_BITS, KINDS, read_header
+from cftool.io.outputs import atomic_output
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

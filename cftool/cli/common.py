@@ -231,7 +231,7 @@ def emit_json(payload: Any) -> None:
 
 
 def write_json(path: Path, payload: Any, overwrite: bool) -> None:
-    from cftool.io.checkpoint import atomic_output
+    from cftool.io.outputs import atomic_output
 
     with atomic_output(path, overwrite) as tmp:
         tmp.write_text(strict_json(payload))

@@ -143,7 +143,7 @@ def eval_command(
     'runs/*.prototypes.safetensors'
     """
     from cftool.data import DatasetSpec, get_benchmark, load_task
-    from cftool.io.checkpoint import check_outputs, check_writable_folder, refuse_input_as_output
+    from cftool.io.outputs import check_outputs, check_writable_folder, refuse_input_overwrite
     from cftool.mtil import MtilOptions, default_cache_dir
     from cftool.paths import path_alphas, path_report
     from cftool.protocols import ZERO_SHOT, FeatureCache, compare
@@ -199,7 +199,7 @@ def eval_command(
     inputs = _input_files([*(checkpoints or []), *(path or [])], sessions or [], prototypes or [], names)
     for report in reports.values():
         if report is not None:
-            refuse_input_as_output(report, inputs)
+            refuse_input_overwrite(report, inputs)
     zs = zs or _base_of(path or checkpoints or [], names, sessions or [])
     zs = zs or (bench.default_model if benchmark else None)  # the backbone of the benchmark's published numbers
     if zs is None:

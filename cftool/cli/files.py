@@ -137,7 +137,7 @@ def import_command(
     Example: cftool import checkpoint/full_lora/session_10 --zs ViT-B/16 --lora-base pretrained-state.pth
     -o unified-lora.st
     """
-    from cftool.io.checkpoint import check_outputs
+    from cftool.io.outputs import check_outputs
 
     if zs is None:
         raise CftoolError("--zs is required: name the base model the checkpoint was trained from (e.g. --zs ViT-B/16)")
@@ -186,7 +186,7 @@ def export_command(
 
     Example: cftool export finetuned.safetensors --dtype fp16 -o finetuned.pt
     """
-    from cftool.io.checkpoint import check_outputs
+    from cftool.io.outputs import check_outputs
 
     if (source is None) == (zs is None):
         raise CftoolError("give either a cftool model file to export, or --zs SPEC to materialise a zoo model")
@@ -216,9 +216,9 @@ def _import_condu_session(
     inputs: list[Path],
     lora_base: Path | None,
 ) -> None:
-    from cftool.io.checkpoint import check_outputs
     from cftool.io.convert import import_condu_session
     from cftool.io.foreign import condu_task_names, is_condu_session, read_condu_prototypes
+    from cftool.io.outputs import check_outputs
     from cftool.zoo.base_weights import open_base
 
     if task is not None:

@@ -31,7 +31,8 @@ def interpolate_command(
 
     Example: cftool interpolate zs coop.safetensors --alpha 0.5 -o ensemble.safetensors
     """
-    from cftool.io.checkpoint import check_outputs, open_checkpoint
+    from cftool.io.checkpoint import open_checkpoint
+    from cftool.io.outputs import check_outputs
     from cftool.paths import check_alpha, interpolate
     from cftool.protocols import ZERO_SHOT
     from cftool.zoo import load_model

@@ -86,7 +86,8 @@ def route_command(
     import glob
 
     from cftool.data import load_task
-    from cftool.io.checkpoint import check_outputs, open_checkpoint
+    from cftool.io.checkpoint import open_checkpoint
+    from cftool.io.outputs import check_outputs
     from cftool.route import RouteOptions, predict
     from cftool.zoo import load_model
     from cftool.zoo.base import recorded_base
@@ -152,7 +153,7 @@ def _rows(routed: Routed, task_data: TaskData) -> list[dict]:
 
 
 def _write_csv(output: Path, routed: Routed, task_data: TaskData, overwrite: bool) -> None:
-    from cftool.io.checkpoint import atomic_output
+    from cftool.io.outputs import atomic_output
 
     text = io.StringIO()
     writer = csv.writer(text)

@@ -2,7 +2,7 @@
 without), and an interrupted command says which outputs it had finished.
 
 Every reader checks its file through `cftool.io.header.check_input_file` and every writer goes through
-`cftool.io.checkpoint.refuse_existing` and `atomic_output`, so recording there covers every command and every file.
+`cftool.io.outputs.refuse_existing` and `atomic_output`, so recording there covers every command and every file.
 A file's companions (the prototypes and trainer state finetune writes beside a checkpoint) count as read with it:
 commands look them up beside their inputs, and replacing them would part them from their checkpoint.
 Recording is scoped to one command (`command_files`, entered by the CLI): a library caller, or the next command in
@@ -17,8 +17,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from cftool.errors import CftoolError
 
 SUFFIX = ".safetensors"
 
@@ -81,9 +79,7 @@ def note_written(path: Path) -> None:
         files.written.append(path)
 
 
-def refuse_input_overwrite(path: Path) -> None:
+def inputs_read() -> set[str]:
+    """The real paths the current command has read, with their companions; none outside a command."""
     files = _current.get()
-    if files is not None and os.path.realpath(path) in files.inputs:
-        raise CftoolError(
-            f"{path}: is also an input of this command; name a different output file (--force never replaces an input)"
-        )
+    return files.inputs if files is not None else set()

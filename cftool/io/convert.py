@@ -12,14 +12,7 @@ import torch
 from cftool.errors import CftoolError
 from cftool.io.base_model import BaseModel
 from cftool.io.bitpack import pack_bits
-from cftool.io.checkpoint import (
-    CheckpointWriter,
-    atomic_output,
-    open_checkpoint,
-    refuse_existing,
-    save_checkpoint,
-    torch_save,
-)
+from cftool.io.checkpoint import CheckpointWriter, open_checkpoint, save_checkpoint
 from cftool.io.foreign import (
     condu_task_names,
     read_condu_prototypes,
@@ -28,6 +21,7 @@ from cftool.io.foreign import (
     read_state_dict,
     refuse_non_finite,
 )
+from cftool.io.outputs import atomic_output, refuse_existing, torch_save
 from cftool.io.unified import (
     LORA_KEY,
     RESCALERS,

@@ -19,7 +19,8 @@ import torch
 
 from cftool.errors import CftoolError
 from cftool.io.base_model import BaseModel
-from cftool.io.checkpoint import CheckpointWriter, Header, check_outputs, refuse_non_finite, save_checkpoint
+from cftool.io.checkpoint import CheckpointWriter, Header, refuse_non_finite, save_checkpoint
+from cftool.io.outputs import check_outputs
 from cftool.io.unified import UnifiedSet
 from cftool.merge.delta import check_base_fits, check_same_base
 from cftool.merge.lora import LoRAShape, lora_shape, merged_factors

@@ -14,13 +14,8 @@ import torch
 
 from cftool.errors import CftoolError
 from cftool.io.base_model import BaseModel
-from cftool.io.checkpoint import (
-    CheckpointReader,
-    CheckpointWriter,
-    Header,
-    check_outputs,
-    check_shapes,
-)
+from cftool.io.checkpoint import CheckpointReader, CheckpointWriter, Header, check_shapes
+from cftool.io.outputs import check_outputs
 from cftool.merge.lora import merged_lora_state
 from cftool.merge.precision import check_scale, refuse_scale_overflow, work_dtype
 from cftool.merge.stream import refuse_overflow

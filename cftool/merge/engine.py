@@ -21,14 +21,8 @@ import torch
 
 from cftool.errors import CftoolError
 from cftool.io.bitpack import pack_bits
-from cftool.io.checkpoint import (
-    CheckpointReader,
-    CheckpointWriter,
-    Header,
-    check_outputs,
-    open_checkpoint,
-    refuse_non_finite,
-)
+from cftool.io.checkpoint import CheckpointReader, CheckpointWriter, Header, open_checkpoint, refuse_non_finite
+from cftool.io.outputs import check_outputs
 from cftool.io.unified import (
     LORA_KEY,
     RESCALERS,

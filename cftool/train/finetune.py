@@ -24,18 +24,9 @@ from cftool.data.augment import training_transform
 from cftool.data.validation import val_shots
 from cftool.errors import CftoolError
 from cftool.evaluate import encode_images, evaluate_zero_shot
-from cftool.io.checkpoint import (
-    Header,
-    atomic_output,
-    check_outputs,
-    check_writable,
-    check_writable_folder,
-    open_checkpoint,
-    refuse_existing,
-    save_checkpoint,
-    tensors_sha256,
-)
+from cftool.io.checkpoint import Header, open_checkpoint, save_checkpoint, tensors_sha256
 from cftool.io.command_files import metrics_path, prototypes_path, state_path
+from cftool.io.outputs import atomic_output, check_outputs, check_writable, check_writable_folder, refuse_existing
 from cftool.merge.precision import fits_float32
 from cftool.metrics import top1_accuracy
 from cftool.train.features import image_features

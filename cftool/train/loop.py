@@ -30,7 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 from cftool.data.augment import check_augmentation
 from cftool.data.specs import check_seed
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import atomic_output, finite, torch_save
+from cftool.io.checkpoint import finite
+from cftool.io.outputs import atomic_output, torch_save
 from cftool.merge.precision import fits_float32
 from cftool.train.objectives import Objective
 
