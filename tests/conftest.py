@@ -17,7 +17,9 @@ _cache = tempfile.mkdtemp(prefix="cftool-tests-cache-")
 atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 os.environ["XDG_CACHE_HOME"] = _cache
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -36,7 +38,59 @@ def one_line_error(result: CliResult) -> str:
     assert result.code != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
     return lines[0]
+
+
+def assert_one_line_about(error: pytest.ExceptionInfo, path: Path, *fragments: str) -> None:
+    """A refusal (``pytest.raises``) in one line that names ``path`` and says each of ``fragments``."""
+    message = str(error.value)
+    assert "\n" not in message
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def never_runs(work: str):
+    """A stand-in for ``work`` (monkeypatched over it) that fails the test if a command reaches it: outputs are
+    checked before any work."""
+
+    def ran(*args, **kwargs):
+        raise AssertionError(f"{work} ran before the outputs were checked")
+
+    return ran
+
+
+@contextmanager
+def torch_threads(count: int):
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread():
+    """Bitwise comparisons between runs need the same threading, and the machine is shared: test modules that
+    compare runs use it for every test (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The embedded `tiny` model, loaded once per test module."""
+    from cftool.zoo import load_model
+
+    return load_model("tiny")
 
 
 def stand_in_finetune(state, seed, scale=3e-3):

@@ -10,9 +10,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import one_line_error, torch_threads
 from open_clip.transform import PreprocessCfg
 from PIL import Image, ImageDraw
-from test_finetune import _interrupt_at, one_line_error, tensors, torch_threads
+from test_finetune import _interrupt_at, tensors
 from torchvision.transforms import Normalize
 
 from cftool.cli import main
@@ -23,7 +24,6 @@ from cftool.io.checkpoint import open_checkpoint
 from cftool.train import FinetuneJob, TrainingInterrupted, TrainOptions, finetune, state_path
 from cftool.train.loop import BatchPlan, Ranks, _batches
 from cftool.train.methods import METHODS
-from cftool.zoo import load_model
 
 SEED = 5
 # 2 images of each of food's 6 classes, a batch of 6: a run of 4 steps takes a second or two.
@@ -32,16 +32,7 @@ TRAIN = ["--method", "coop", "--batch-size", "6", "--iterations", "4", "--seed",
 NOTICE = "--augment coop: image features are recomputed every epoch"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bitwise comparisons between runs need the same threading, and the machine is shared."""
-    with torch_threads(1):
-        yield
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 from PIL import Image
 
 from cftool.data import load_task
 from cftool.data.mtil.readers import mtil_source
 from cftool.errors import CftoolError
-from tests.conftest import one_line_error
 from tests.test_mtil_datasets import (
     MI_COMPRESSED,
     MI_DOUBLE,

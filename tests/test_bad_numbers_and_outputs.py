@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import stand_in_finetune
+from conftest import never_runs, stand_in_finetune
 from test_bad_numbers import _copy_with, _refused, _with_one, coop  # noqa: F401 (a fixture)
 from test_bad_weights_files import condu_session
 from test_merge_cli import base, deltas, models  # noqa: F401 (fixtures)
@@ -35,13 +35,6 @@ def _blocked(folder):
     return blocker
 
 
-def _never(what):
-    def called(*args, **kwargs):
-        raise AssertionError(f"{what} ran before the outputs were checked")
-
-    return called
-
-
 # A. Numbers float32 cannot hold, and NaN in any checkpoint read --------------------------------------------------
 
 
@@ -58,7 +51,7 @@ def _never(what):
 def test_finetune_refuses_a_number_float32_cannot_hold(cli, tmp_path, monkeypatch, flags, fragment):
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("cftool.train.finetune"), "_finetune", _never("training"))
+    monkeypatch.setattr(importlib.import_module("cftool.train.finetune"), "_finetune", never_runs("training"))
     _refused(cli, tmp_path, ("finetune", *DATA, *TINY_RUN, *flags, "-o", tmp_path / "out.safetensors"), fragment)
 
 
@@ -208,7 +201,7 @@ def test_prototypes_pair_with_an_expert_by_run_where_both_record_one(expert_run,
 def test_finetune_never_removes_or_replaces_its_own_input(cli, models, tmp_path, monkeypatch):
     import importlib
 
-    monkeypatch.setattr(importlib.import_module("cftool.train.finetune"), "_finetune", _never("training"))
+    monkeypatch.setattr(importlib.import_module("cftool.train.finetune"), "_finetune", never_runs("training"))
     model = tmp_path / "model.safetensors"
     shutil.copyfile(models["food"], model)
     before = model.read_bytes()
@@ -234,7 +227,7 @@ def test_finetune_never_removes_or_replaces_its_own_input(cli, models, tmp_path,
 def test_an_unwritable_output_is_found_before_any_work(cli, deltas, models, tmp_path, monkeypatch, command):
     for module, work in (("cftool.merge.engine", "_stream"), ("cftool.zoo", "load_model"),
                          ("cftool.io.convert", "export_plain")):  # fmt: skip
-        monkeypatch.setattr(f"{module}.{work}", _never(work))
+        monkeypatch.setattr(f"{module}.{work}", never_runs(work))
     blocked = _blocked(tmp_path)
     args = [arg.format(blocked=blocked, food=deltas["food"], mnist=deltas["mnist"], model=models["food"])
             for arg in command]  # fmt: skip
@@ -242,13 +235,13 @@ def test_an_unwritable_output_is_found_before_any_work(cli, deltas, models, tmp_
 
 
 def test_eval_refuses_a_path_of_too_few_steps_before_any_work(cli, coop, monkeypatch):
-    monkeypatch.setattr("cftool.zoo.load_model", _never("loading the model"))
+    monkeypatch.setattr("cftool.zoo.load_model", never_runs("loading the model"))
     line = _refused(cli, coop.parent, ("eval", "--path", "zs", coop, "--data", "toy:mnist", "--steps", "1"), "--steps")
     assert "at least 2" in line
 
 
 def test_an_import_of_a_condu_session_checks_all_its_outputs_first(cli, base, tmp_path, monkeypatch):
-    monkeypatch.setattr("cftool.io.convert.read_condu_unified", _never("reading unified.pth"))
+    monkeypatch.setattr("cftool.io.convert.read_condu_unified", never_runs("reading unified.pth"))
     _, state = base
     session = condu_session(tmp_path / "session", state)
     out = tmp_path / "out"
@@ -263,7 +256,7 @@ def test_an_import_of_a_condu_session_checks_all_its_outputs_first(cli, base, tm
 
 
 def test_no_report_of_eval_or_route_replaces_a_file_it_reads(cli, routable, toy_folders, tmp_path, monkeypatch):
-    monkeypatch.setattr("cftool.zoo.load_model", _never("loading the model"))
+    monkeypatch.setattr("cftool.zoo.load_model", never_runs("loading the model"))
     prototypes = routable / "food.prototypes.safetensors"
     before = prototypes.read_bytes()
     data = ("--data", f"folder:{toy_folders['food']}")

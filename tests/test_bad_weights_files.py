@@ -14,6 +14,7 @@ import huggingface_hub.constants
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import one_line_error
 from safetensors.torch import save_file
 from torch import nn
 
@@ -23,7 +24,6 @@ from cftool.train.finetune import state_path
 from cftool.zoo import load_model
 from cftool.zoo.base import TINY_WEIGHTS, architecture
 from cftool.zoo.base_weights import open_base
-from tests.conftest import one_line_error
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:FutureWarning"),

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_about, files_in
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
@@ -62,18 +63,6 @@ def assert_same_tensors(actual: dict[str, torch.Tensor], expected: dict[str, tor
         assert actual[name].dtype == tensor.dtype, name
         assert actual[name].shape == tensor.shape, name
         assert torch.equal(actual[name], tensor), name
-
-
-def assert_one_line_about(error: pytest.ExceptionInfo, path: Path, *fragments: str) -> None:
-    message = str(error.value)
-    assert "\n" not in message
-    assert str(path) in message
-    for fragment in fragments:
-        assert fragment in message, message
-
-
-def files_in(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir())
 
 
 @pytest.mark.parametrize("kind", KINDS)

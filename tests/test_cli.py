@@ -7,20 +7,13 @@ import sys
 
 import pytest
 import torch
+from conftest import one_line_error
 from safetensors.torch import load_file
 
 from cftool.cli.completions import render_all
 from cftool.io.checkpoint import open_checkpoint
 
 ALL_COMMANDS = ["finetune", "continue", "delta", "unify", "decouple", "route", "eval", "inspect", "import", "export"]
-
-
-def one_line_error(result) -> str:
-    assert result.code != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    return lines[0]
 
 
 def test_help_lists_every_command(cli):

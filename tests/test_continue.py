@@ -24,7 +24,8 @@ from cftool.train.methods import CoOp, Full, LinearHead, LoRA, zero_shot_class_f
 from cftool.train.objectives import MergeTune, MergeTuneOptions, ZeroShotPoint, parse_lmc_samples
 from cftool.train.text import mean_per_class
 from cftool.zoo import load_model
-from test_finetune import DATA, KINDS, METHOD_FLAGS, _interrupt_at, one_line_error, torch_threads
+from conftest import one_line_error, torch_threads
+from test_finetune import DATA, KINDS, METHOD_FLAGS, _interrupt_at
 
 CLASSES = ["0", "1", "2"]
 TEMPLATES = ["a photo of the number {}.", "the digit {}"]
@@ -32,10 +33,7 @@ TRAIN = ["--batch-size", "20", "--iterations", "6", "--seed", "3"]
 CONTINUE = ["--iterations", "4", "--lambda-zs", "1", "--lmc-samples", "0.5,1.0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,16 +14,13 @@ from cftool.train.methods import COOP_INIT, RANDOM_INIT
 from cftool.train.text import embedded_context
 from cftool.zoo import load_model
 from test_coop_datasets import write_split_file
-from test_finetune import one_line_error, torch_threads
+from conftest import one_line_error
 from test_foreign import save_dassl_checkpoint
 
 PETS = ["abyssinian", "american_bulldog", "basset_hound", "beagle"]  # a class-specific prompt holds one context each
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -183,7 +183,7 @@ def test_editing_an_image_changes_the_fingerprint_and_a_missing_one_is_named(ima
 
 @pytest.mark.parametrize("workers", ["0", "2"])
 def test_a_corrupt_or_missing_image_is_one_line_naming_it_whatever_the_workers(image_folder, coop_root, workers, cli):
-    from tests.conftest import one_line_error
+    from conftest import one_line_error
 
     corrupt = image_folder / "test" / "circle" / "0.png"
     corrupt.write_bytes(b"not an image")

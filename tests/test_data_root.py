@@ -8,16 +8,13 @@ import pytest
 
 from cftool.io.checkpoint import open_checkpoint
 from test_coop_datasets import write_split_file
-from test_finetune import one_line_error, torch_threads
+from conftest import one_line_error
 
 PETS = ["abyssinian", "american_bulldog", "basset_hound"]
 QUICK = ["--iterations", "1", "--batch-size", "3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_continue_finds_its_data_under_the_recorded_root_and_fails_early_once_it_moved(cli, tmp_path, monkeypatch):

@@ -9,16 +9,13 @@ from pathlib import Path
 import pytest
 
 from cftool.cli import main
-from test_finetune import one_line_error, torch_threads
+from conftest import one_line_error, torch_threads
 
 DATA = ["--zs", "tiny", "--classes", "base", "--shots", "4", "--device", "cpu", "--batch-size", "20"]
 TASKS = ("mnist", "flowers")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-from contextlib import contextmanager, redirect_stdout
+from contextlib import redirect_stdout
 from itertools import pairwise
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import one_line_error, torch_threads
 from open_clip.model import CLIP
 from PIL import Image
 from safetensors.torch import load_file
@@ -41,28 +42,7 @@ METHOD_FLAGS = {
 KINDS = {"coop": "prompt", "head": "head", "lora": "lora", "full": "model"}
 
 
-@contextmanager
-def torch_threads(count: int):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bitwise comparisons between runs need the same threading, and the machine is shared."""
-    with torch_threads(1):
-        yield
-
-
-def one_line_error(result) -> str:
-    assert result.code != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def finetune_cli(cli, output: Path, method: str, *extra) -> dict:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_one_line_about
 from safetensors.torch import save_file
 from torch.optim.lr_scheduler import CosineAnnealingLR, _LRScheduler
 
@@ -59,14 +60,6 @@ def save_dassl_checkpoint(path: Path, state_dict: dict, epoch: int = 50) -> Path
 def coop_state_dict(ctx: torch.Tensor, n_cls: int = 4) -> dict[str, torch.Tensor]:
     dim = ctx.shape[-1]
     return {"ctx": ctx, "token_prefix": torch.zeros(n_cls, 1, dim), "token_suffix": torch.zeros(n_cls, 8, dim)}
-
-
-def assert_one_line_about(error: pytest.ExceptionInfo, path: Path, *fragments: str) -> None:
-    message = str(error.value)
-    assert "\n" not in message
-    assert str(path) in message
-    for fragment in fragments:
-        assert fragment in message, message
 
 
 @pytest.mark.parametrize("zip_format", [True, False])

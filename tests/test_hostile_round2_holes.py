@@ -6,13 +6,13 @@ import pickle
 
 import pytest
 import torch
+from conftest import one_line_error
 
 from cftool.data import load_task
 from cftool.data.mtil.readers import mtil_source
 from cftool.errors import CftoolError
 from cftool.io.foreign import read_coop_prompt
 from cftool.train.loop import MAX_STEPS, TrainOptions
-from tests.conftest import one_line_error
 from tests.test_bad_data_files import cifar_content, write_cifar100, write_png
 from tests.test_foreign import coop_state_dict
 

@@ -6,19 +6,13 @@ import sys
 
 import pytest
 import torch
+from conftest import files_in, one_line_error
 
 from cftool.io.checkpoint import Header, open_checkpoint, save_checkpoint
 from cftool.io.unified import open_unified
 from cftool.zoo.base_weights import open_base
 
 TASKS = {"food": ["one", "two", "three"], "mnist": ["zero", "one"], "cars": ["left", "right", "up", "down"]}
-
-
-def one_line_error(result) -> str:
-    assert result.code != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +62,6 @@ def unified(deltas, tmp_path_factory):
     path = tmp_path_factory.mktemp("unified") / "unified.st"
     assert main(["unify", *map(str, deltas.values()), "-o", str(path)]) == 0
     return path
-
-
-def files_in(folder):
-    return sorted(p.name for p in folder.iterdir())
 
 
 @pytest.mark.parametrize("command", ["delta", "unify", "decouple"])

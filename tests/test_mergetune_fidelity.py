@@ -21,7 +21,6 @@ from cftool.train.methods import CoOp, embedded_context, zero_shot_class_feature
 from cftool.train.objectives import MergeTune, MergeTuneOptions, ZeroShotPoint, parse_lmc_samples
 from cftool.zoo import load_model
 from test_coop_datasets import write_split_file
-from test_finetune import torch_threads
 
 CLASSES = ["banded", "blotchy", "braided"]
 DTD_ANCHOR = "a photo of a {}, a type of texture."
@@ -30,10 +29,7 @@ DTD_ANCHOR = "a photo of a {}, a type of texture."
 FINE_TUNED_WORDS, CURRENT_WORDS = "a photo of a", "an image of the"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_the_path_samples_are_the_references_arange():

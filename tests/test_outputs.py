@@ -6,9 +6,9 @@ import subprocess
 
 import pytest
 import torch
+from conftest import one_line_error
 
 from cftool.io import checkpoint
-from tests.conftest import one_line_error
 
 DATA = ["--zs", "tiny", "--data", "toy:mnist", "--classes", "base", "--shots", "2", "--iterations", "1",
         "--batch-size", "4", "--device", "cpu"]  # fmt: skip

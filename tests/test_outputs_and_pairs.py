@@ -4,18 +4,10 @@ files it writes (the other outputs: tests/test_outputs.py)."""
 import importlib
 
 import pytest
-
-from tests.conftest import one_line_error
+from conftest import never_runs, one_line_error
 
 DATA = ["--zs", "tiny", "--data", "toy:mnist"]
 TINY_RUN = ["--classes", "base", "--shots", "2", "--iterations", "1", "--batch-size", "4", "--device", "cpu"]
-
-
-def _never(work):
-    def ran(*args, **kwargs):
-        raise AssertionError(f"{work} ran before the outputs were checked")
-
-    return ran
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +41,7 @@ def test_an_unwritable_cache_folder_of_eval_is_found_before_any_work(
     cli, tmp_path, session, blocked, monkeypatch, flags
 ):
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
-    monkeypatch.setattr("cftool.zoo.load_model", _never("the evaluation"))
+    monkeypatch.setattr("cftool.zoo.load_model", never_runs("the evaluation"))
     error = one_line_error(cli("eval", *DATA, *[flag.format(blocked=blocked, session=session) for flag in flags]))
     assert error.startswith("error: --cache-dir") and str(blocked) in error and "cannot write" in error
     assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]
@@ -57,7 +49,7 @@ def test_an_unwritable_cache_folder_of_eval_is_found_before_any_work(
 
 def test_an_unwritable_cache_folder_of_finetune_is_found_before_training(cli, tmp_path, blocked, monkeypatch):
     # The module, which `cftool.train` shadows with its function of the same name.
-    monkeypatch.setattr(importlib.import_module("cftool.train.finetune"), "_finetune", _never("training"))
+    monkeypatch.setattr(importlib.import_module("cftool.train.finetune"), "_finetune", never_runs("training"))
     output = tmp_path / "coop.safetensors"
     error = one_line_error(cli("finetune", *DATA, *TINY_RUN, "--cache-dir", blocked / "cache", "-o", output))
     assert f"--cache-dir {blocked}/cache: cannot write" in error

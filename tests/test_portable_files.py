@@ -4,16 +4,10 @@ base by an absolute path and by its content hash, and accept any copy of those w
 import shutil
 from pathlib import Path
 
-import pytest
 import torch
+from conftest import one_line_error
 
 from cftool.zoo import load_model
-from tests.conftest import one_line_error
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny")
 
 
 def _coop(cli, zs, folder, output):

@@ -16,13 +16,10 @@ from cftool.io.checkpoint import open_checkpoint
 from cftool.train.continued import mergetune_coop_recipe
 from cftool.train.finetune import BestValidation
 from cftool.train.loop import BatchPlan, TrainOptions, learning_rate
-from test_finetune import DATA, torch_threads
+from test_finetune import DATA
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    with torch_threads(1):
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _dassl_epoch_lrs(base_lr, max_epoch, warmup_epochs, warmup_lr):

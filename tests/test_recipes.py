@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
+from conftest import one_line_error
 
 from cftool.cli.common import RecipeOption
 from cftool.io.checkpoint import open_checkpoint
 from cftool.recipes import load_recipe, recipe_names
-from tests.conftest import one_line_error
 from tests.test_mtil_datasets import mnist_images, write_idx
 
 SHORT = ("--zs", "tiny", "--iterations", "1", "--batch-size", "2", "--precision", "fp32")

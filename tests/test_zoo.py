@@ -11,11 +11,6 @@ from cftool.errors import CftoolError
 from cftool.zoo import load_model, parse_model_spec
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny")
-
-
 @pytest.mark.parametrize(
     "spec, canonical",
     [
