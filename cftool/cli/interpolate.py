@@ -31,9 +31,9 @@ def interpolate_command(
 
     Example: cftool interpolate zs coop.safetensors --alpha 0.5 -o ensemble.safetensors
     """
+    from cftool.eval.compare import ZERO_SHOT
+    from cftool.eval.lmc_paths import check_alpha, interpolate
     from cftool.io.checkpoint import check_outputs, open_checkpoint
-    from cftool.paths import check_alpha, interpolate
-    from cftool.protocols import ZERO_SHOT
     from cftool.zoo import load_model
     from cftool.zoo.base import recorded_base
 

@@ -19,11 +19,11 @@ from cftool.data import DatasetSpec, find_data
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, file_sha256, open_checkpoint
 from cftool.io.command_files import SUFFIX, beside
+from cftool.kinds.apply import trainable_method
+from cftool.kinds.method import COOP_INIT, RANDOM_INIT, ZERO_SHOT_WEIGHT, Method
 from cftool.recipes import load_recipe
-from cftool.train.adapters import trainable_method
 from cftool.train.finetune import Continuation, FinetuneJob, FinetuneResult, finetune
 from cftool.train.loop import Progress, TrainOptions, no_progress
-from cftool.train.methods import COOP_INIT, RANDOM_INIT, ZERO_SHOT_WEIGHT, Method
 from cftool.train.objectives import MergeTuneOptions
 from cftool.zoo.base import TINY_ARCH, arch_of
 

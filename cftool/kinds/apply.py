@@ -16,15 +16,15 @@ from typing import ClassVar, Protocol
 
 import torch
 
+from cftool.encode.zero_shot import HeadFn, zero_shot_head
 from cftool.errors import CftoolError
-from cftool.evaluate import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, TensorInfo, check_shapes, open_checkpoint
 from cftool.io.header import read_cftool_header
 from cftool.io.unified import UnifiedSet
+from cftool.kinds.method import METHODS, Method
 from cftool.merge.decouple import expert_factors, expert_tensors, factor_space
 from cftool.merge.delta import added_delta
 from cftool.merge.lora import merged_factors
-from cftool.train.methods import METHODS, Method
 from cftool.zoo import ZooModel
 
 

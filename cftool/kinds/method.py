@@ -26,20 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from cftool.errors import CftoolError
-from cftool.evaluate import PROMPTS_PER_PASS, HeadFn, zero_shot_head
-from cftool.io.checkpoint import CheckpointReader, check_shapes
-from cftool.merge.lora import FACTORS, combined_factors, merged_lora_state
-from cftool.merge.methods import fits_float32
-from cftool.train.lora import (
-    DEFAULT_INIT,
-    DEFAULT_TARGETS,
-    attach_lora,
-    check_lora_options,
-    lora_parameter_names,
-    merged_weights_recomputed,
-)
-from cftool.train.text import (
+from cftool.encode.text import (
     CONTEXT_PLACEHOLDER,
     class_text_head,
     context_prompts,
@@ -48,6 +35,19 @@ from cftool.train.text import (
     mean_per_class,
     template_tokens,
 )
+from cftool.encode.zero_shot import PROMPTS_PER_PASS, HeadFn, zero_shot_head
+from cftool.errors import CftoolError
+from cftool.io.checkpoint import CheckpointReader, check_shapes
+from cftool.kinds.lora import (
+    DEFAULT_INIT,
+    DEFAULT_TARGETS,
+    attach_lora,
+    check_lora_options,
+    lora_parameter_names,
+    merged_weights_recomputed,
+)
+from cftool.merge.lora import FACTORS, combined_factors, merged_lora_state
+from cftool.merge.methods import fits_float32
 from cftool.zoo import ZooModel
 
 TOWERS = ("image", "text")
@@ -560,7 +560,7 @@ class LoRA(_TowerMethod):
     layer that uses them (the parametrisation merges each weight there, as in fine-tuning), never for every layer at
     once. A point ``(1 − α)·W2 + α·W`` of the weight path is itself a LoRA: both ends' factors side by side.
 
-    ``lora_targets`` and ``lora_init`` choose the adapted weights and the factors' start (``cftool.train.lora``);
+    ``lora_targets`` and ``lora_init`` choose the adapted weights and the factors' start (``cftool.kinds.lora``);
     ConDU-LoRA's are ``mlp`` and ``condu`` with rank 64 and alpha 8 (scale 1/√64). A tower that holds none of the
     targets (a ResNet image tower under ``mlp``) is left frozen, so its image features are encoded once."""
 
@@ -594,7 +594,7 @@ class LoRA(_TowerMethod):
     def solution(self) -> Solution:
         return {f"{name}.{part}": getattr(factors, part) for name, factors in self.factors.items() for part in FACTORS}
 
-    # Every pass through the adapted towers keeps recipes, not merged weights, for its backward (cftool.train.lora).
+    # Every pass through the adapted towers keeps recipes, not merged weights, for its backward (cftool.kinds.lora).
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         with merged_weights_recomputed():
             return super().forward(inputs)

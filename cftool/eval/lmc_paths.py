@@ -24,15 +24,15 @@ import torch
 import torch.nn.functional as F
 
 from cftool.data import TaskData
+from cftool.encode.zero_shot import HeadFn, zero_shot_head
 from cftool.errors import CftoolError
-from cftool.evaluate import HeadFn, zero_shot_head
+from cftool.eval.compare import ZERO_SHOT, FeatureCache, halves_of
 from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, save_checkpoint
+from cftool.kinds.apply import apply_checkpoint
+from cftool.kinds.method import METHODS, ZERO_SHOT_WEIGHT, CoOp, zero_shot_class_features, zero_shot_weight
 from cftool.merge.lora import combined_factors, lora_config, merged_lora_state
 from cftool.merge.methods import refuse_scale_overflow
 from cftool.merge.stream import refuse_overflow
-from cftool.protocols import ZERO_SHOT, FeatureCache, halves_of
-from cftool.train.adapters import apply_checkpoint
-from cftool.train.methods import METHODS, ZERO_SHOT_WEIGHT, CoOp, zero_shot_class_features, zero_shot_weight
 from cftool.zoo import ZooModel
 
 WEIGHT_KINDS = ("model", "lora")
