@@ -20,7 +20,7 @@ from cftool.data import DatasetSpec, load_task
 from cftool.data.augment import AUGMENTATIONS, training_transform
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import open_checkpoint
-from cftool.kinds.method import METHODS
+from cftool.kinds.apply import METHODS
 from cftool.train import FinetuneJob, TrainingInterrupted, TrainOptions, finetune, state_path
 from cftool.train.loop import BatchPlan, Ranks, _batches
 from cftool.zoo import load_model

@@ -12,7 +12,7 @@ import torch
 
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
 from cftool.io.unified import open_unified
-from cftool.kinds.method import build_method
+from cftool.kinds.apply import build_method
 from cftool.merge.decouple import expert_factors
 from cftool.zoo import load_model
 from cftool.zoo.base import open_base

@@ -10,7 +10,7 @@ import torch
 
 from cftool.encode.text import embedded_context
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
-from cftool.kinds.method import COOP_INIT, RANDOM_INIT
+from cftool.kinds.prompt import COOP_INIT, RANDOM_INIT
 from cftool.train.continued import ContinueJob, plan
 from cftool.zoo import load_model
 from test_coop_datasets import write_split_file

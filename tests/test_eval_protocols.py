@@ -258,8 +258,8 @@ def test_a_prompts_head_is_encoded_in_bounded_passes_equal_to_one_batch(monkeypa
     """A CoOp prompt's head (shared or class-specific context) over many classes, a few classes per pass."""
     import torch
 
-    import cftool.kinds.method
-    from cftool.kinds.method import build_method
+    import cftool.kinds.prompt
+    from cftool.kinds.apply import build_method
     from cftool.zoo import load_model
 
     zoo = load_model("tiny")
@@ -269,10 +269,10 @@ def test_a_prompts_head_is_encoded_in_bounded_passes_equal_to_one_batch(monkeypa
         prompt = build_method("coop", zoo, classnames, ["{}"], n_ctx=4, ctx_init="random", class_specific=class_specific)
         with torch.no_grad():
             one_batch = torch.nn.functional.normalize(prompt.unnormalised_class_features(prompt.tokens), dim=-1).T
-        passes, encode = [], cftool.kinds.method.encode_text_with_context
-        monkeypatch.setattr(cftool.kinds.method, "PROMPTS_PER_PASS", 3)
+        passes, encode = [], cftool.kinds.prompt.encode_text_with_context
+        monkeypatch.setattr(cftool.kinds.prompt, "PROMPTS_PER_PASS", 3)
         monkeypatch.setattr(
-            cftool.kinds.method, "encode_text_with_context", lambda m, t, c: passes.append(len(t)) or encode(m, t, c)
+            cftool.kinds.prompt, "encode_text_with_context", lambda m, t, c: passes.append(len(t)) or encode(m, t, c)
         )
         assert (prompt.eval_head(zoo, classnames, []) - one_batch).abs().max() <= 1e-6
         assert passes == [3, 3, 1]

@@ -6,7 +6,7 @@ import weakref
 import torch
 
 import cftool.kinds.lora
-from cftool.kinds.method import build_method
+from cftool.kinds.apply import build_method
 from cftool.zoo import load_model
 
 

@@ -94,7 +94,7 @@ def test_first_template_head_is_zscls(eurosat_root):
     """The training logits are ZSCL's: logit scale × normalised image features @ the normalised feature of the first
     template's prompt of each class (finetune.py:215-223)."""
     from cftool.data import load_task
-    from cftool.kinds.method import Full
+    from cftool.kinds.model import Full
     from cftool.zoo import load_model
 
     zoo = load_model("tiny")

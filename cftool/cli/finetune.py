@@ -34,7 +34,7 @@ from cftool.errors import CftoolError
 if TYPE_CHECKING:
     from cftool.train import FinetuneResult
 
-# The names of cftool.kinds.method.METHODS, spelled out so that `--help` does not import torch (a test keeps them equal).
+# The names of cftool.kinds.apply.METHODS, spelled out so that `--help` does not import torch (a test keeps them equal).
 METHOD_NAMES = ("coop", "head", "lora", "full")
 
 # Which method each method-specific option belongs to, so that a misplaced option is refused, not ignored.
@@ -181,7 +181,8 @@ def finetune_command(
     """
     from cftool.data import DatasetSpec
     from cftool.data.augment import default_augmentation
-    from cftool.kinds.method import METHODS, default_train_templates
+    from cftool.kinds.apply import METHODS
+    from cftool.kinds.method import default_train_templates
     from cftool.train import FinetuneJob, TrainOptions, finetune
 
     if method not in METHODS:

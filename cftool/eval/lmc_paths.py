@@ -28,8 +28,9 @@ from cftool.encode.zero_shot import HeadFn, zero_shot_head
 from cftool.errors import CftoolError
 from cftool.eval.compare import ZERO_SHOT, FeatureCache, halves_of
 from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, save_checkpoint
-from cftool.kinds.apply import apply_checkpoint
-from cftool.kinds.method import METHODS, ZERO_SHOT_WEIGHT, CoOp, zero_shot_class_features, zero_shot_weight
+from cftool.kinds.apply import METHODS, apply_checkpoint
+from cftool.kinds.method import zero_shot_class_features
+from cftool.kinds.prompt import ZERO_SHOT_WEIGHT, CoOp, zero_shot_weight
 from cftool.merge.lora import combined_factors, lora_config, merged_lora_state
 from cftool.merge.methods import refuse_scale_overflow
 from cftool.merge.stream import refuse_overflow

@@ -1,4 +1,5 @@
-"""Checkpoints applied to a base model: one registry by kind, which eval, continue, decouple and route all use.
+"""The registry of checkpoint kinds, and checkpoints applied to a base model: one registry by kind, which eval,
+continue, decouple and route all use, and the methods that train the kinds fine-tuning writes (``METHODS``).
 
 An adapter applies a checkpoint of its kind to a ``ZooModel`` for inference and returns the head function that
 scores classes with it (a `model`, `lora` or `delta` checkpoint replaces the zoo model's weights; a `prompt` or
@@ -9,7 +10,7 @@ expert per task, so applying it needs the task whose expert to rebuild (``Î»_i Â
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -21,11 +22,24 @@ from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, TensorInfo, check_shapes, open_checkpoint
 from cftool.io.header import read_cftool_header
 from cftool.io.unified import UnifiedSet
-from cftool.kinds.method import METHODS, Method
+from cftool.kinds.head import LinearHead
+from cftool.kinds.lora import LoRA
+from cftool.kinds.method import Method
+from cftool.kinds.model import Full
+from cftool.kinds.prompt import CoOp
 from cftool.merge.decouple import expert_factors, expert_tensors, factor_space
 from cftool.merge.delta import added_delta
 from cftool.merge.lora import merged_factors
 from cftool.zoo import ZooModel
+
+# The fine-tuning methods by name, each training the checkpoint kind its module is named for.
+METHODS: dict[str, type[Method]] = {m.name: m for m in (CoOp, LinearHead, LoRA, Full)}
+
+
+def build_method(name: str, zoo: ZooModel, classnames: Sequence[str], templates: Sequence[str], **options) -> Method:
+    if name not in METHODS:
+        raise CftoolError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name](zoo, classnames, templates, **options)
 
 
 class Adapter(Protocol):

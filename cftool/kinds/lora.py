@@ -1,4 +1,5 @@
-"""LoRA on open_clip's attention and MLP projections, as a parametrisation ``W + (alpha / rank) · B A``.
+"""The `lora` kind: LoRA on open_clip's attention and MLP projections, as a parametrisation
+``W + (alpha / rank) · B A``, and the method that trains it.
 
 In transformer towers it adapts every residual block; in a ResNet image tower (``ModifiedResNet``, as in RN50 and
 `tiny`) the attention pool is the only attention, so it adapts that pool's projections and leaves convolutions alone.
@@ -27,16 +28,21 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from cftool.encode.zero_shot import HeadFn, zero_shot_head
 from cftool.errors import CftoolError
-from cftool.merge.lora import merge_lora
+from cftool.io.checkpoint import CheckpointReader
+from cftool.kinds.method import TOWERS, Solution, TowerMethod, checked_towers, copy_into, tower_of
+from cftool.merge.lora import FACTORS, combined_factors, merge_lora, merged_lora_state
+from cftool.zoo import ZooModel
 
 # Weight-name endings by group: a transformer block's fused q/k/v and output projections of attention and a ResNet
 # tower's attention pool; a transformer block's two MLP layers.
@@ -142,3 +148,112 @@ def attach_lora(
         factors[name] = LoRAFactors(getattr(module, tensor_name), rank, scale, init)
         parametrize.register_parametrization(module, tensor_name, factors[name])
     return factors
+
+
+class LoRA(TowerMethod):
+    """Its solution is its factors (``{target}.lora_A`` and ``.lora_B`` of every adapted weight, as exported), which
+    stand for the merged weights ``W + (alpha / rank) · B A``: paths and the distance to zero-shot are those of the
+    model's weights, computed from factors, so that a point's merged weights exist only inside the forward of the
+    layer that uses them (the parametrisation merges each weight there, as in fine-tuning), never for every layer at
+    once. A point ``(1 − α)·W2 + α·W`` of the weight path is itself a LoRA: both ends' factors side by side.
+
+    ``lora_targets`` and ``lora_init`` choose the adapted weights and the factors' start (module doc);
+    ConDU-LoRA's are ``mlp`` and ``condu`` with rank 64 and alpha 8 (scale 1/√64). A tower that holds none of the
+    targets (a ResNet image tower under ``mlp``) is left frozen, so its image features are encoded once."""
+
+    name, kind, default_optimizer, default_lr = "lora", "lora", "adamw", 1e-3
+
+    def __init__(
+        self,
+        zoo: ZooModel,
+        classnames: Sequence[str],
+        templates: Sequence[str],
+        rank: int = 8,
+        alpha: float = 16.0,
+        towers: Sequence[str] = TOWERS,
+        lora_targets: str = DEFAULT_TARGETS,
+        lora_init: str = DEFAULT_INIT,
+        train_templates: str = "all",
+    ):
+        check_lora_options(lora_targets, lora_init)
+        targets = lora_parameter_names(zoo.model, checked_towers(towers), lora_targets)
+        if not targets:
+            raise CftoolError(
+                f"--lora-targets {lora_targets} finds no weight to adapt in --towers {','.join(towers)} of this model "
+                "(a ResNet image tower has no MLP); choose other towers or targets"
+            )
+        adapted = [tower for tower in towers if any(tower_of(name) == tower for name in targets)]
+        super().__init__(zoo, classnames, templates, adapted, train_templates)
+        self.rank, self.alpha, self.lora_targets, self.lora_init = rank, alpha, lora_targets, lora_init
+        self.targets = targets
+        self.factors = attach_lora(self.model, self.targets, rank, alpha / rank, lora_init)
+
+    def solution(self) -> Solution:
+        return {f"{name}.{part}": getattr(factors, part) for name, factors in self.factors.items() for part in FACTORS}
+
+    # Every pass through the adapted towers keeps recipes, not merged weights, for its backward (module doc).
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        with merged_weights_recomputed():
+            return super().forward(inputs)
+
+    def logits_at(self, inputs: torch.Tensor, solution: Solution) -> torch.Tensor:
+        with merged_weights_recomputed():
+            return super().logits_at(inputs, solution)
+
+    def class_text_features(self, solution: Solution) -> torch.Tensor:
+        with merged_weights_recomputed():
+            return super().class_text_features(solution)
+
+    def path_point(self, start: Solution, end: Solution, alpha: float) -> Solution:
+        return combined_factors(self.targets, [(1 - alpha, start.__getitem__), (alpha, end.__getitem__)])
+
+    def squared_distance(self, point: Solution, other: Solution) -> torch.Tensor:
+        """``‖W(point) − W(other)‖²`` over the adapted weights, from factors: the difference ``s·(B A − B' A')`` is
+        the LoRA ``[B, −B'] [A; A']``, whose squared norm ``s²·Σ (BᵀB) ⊙ (A Aᵀ)`` needs only rank × rank products
+        (in float64, where the difference of two nearby points would otherwise cancel away)."""
+        difference = combined_factors(self.targets, [(1.0, point.__getitem__), (-1.0, other.__getitem__)])
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for name in self.targets:
+            a, b = difference[f"{name}.lora_A"].double(), difference[f"{name}.lora_B"].double()
+            total = total + ((b.T @ b) * (a @ a.T)).sum()
+        return ((self.alpha / self.rank) ** 2 * total).to(next(iter(point.values())).dtype)
+
+    def _as_parameters(self, solution: Solution) -> Solution:
+        # The parametrisation merges ``W + s·B A`` inside each layer's forward from whatever factors it holds, so a
+        # point's factors (of any rank) are substituted for the trained ones.
+        substitutes = {}
+        for key, factor in solution.items():
+            name, _, part = key.rpartition(".")
+            module_path, _, tensor_name = name.rpartition(".")
+            substitutes[f"{module_path}.parametrizations.{tensor_name}.0.{part}"] = factor
+        return substitutes
+
+    def load_trained(self, ckpt: CheckpointReader) -> None:
+        parameters, names = {}, {}
+        for name, factors in self.factors.items():
+            for part in ("lora_A", "lora_B"):
+                parameters[f"{name}.{part}"] = getattr(factors, part)
+                names[f"{name}.{part}"] = f"{name}.{part}"
+        copy_into(parameters, ckpt, names)
+
+    @classmethod
+    def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
+        zoo.load_state_dict(merged_lora_state(zoo.model.state_dict(), ckpt), ckpt.path)
+        return zero_shot_head
+
+    def export(self) -> dict[str, torch.Tensor]:
+        tensors = {}
+        for name, factors in self.factors.items():
+            tensors[f"{name}.lora_A"] = factors.lora_A.detach().cpu().contiguous()
+            tensors[f"{name}.lora_B"] = factors.lora_B.detach().cpu().contiguous()
+        return tensors
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "lora_targets": self.lora_targets,
+            "lora_init": self.lora_init,
+            "targets": self.targets,
+            **super().options(),
+        }

@@ -20,7 +20,8 @@ from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, file_sha256, open_checkpoint
 from cftool.io.command_files import SUFFIX, beside
 from cftool.kinds.apply import trainable_method
-from cftool.kinds.method import COOP_INIT, RANDOM_INIT, ZERO_SHOT_WEIGHT, Method
+from cftool.kinds.method import Method
+from cftool.kinds.prompt import COOP_INIT, RANDOM_INIT, ZERO_SHOT_WEIGHT
 from cftool.recipes import load_recipe
 from cftool.train.finetune import Continuation, FinetuneJob, FinetuneResult, finetune
 from cftool.train.loop import Progress, TrainOptions, no_progress

@@ -37,7 +37,8 @@ from cftool.io.checkpoint import (
     tensors_sha256,
 )
 from cftool.io.command_files import metrics_path, prototypes_path, state_path
-from cftool.kinds.method import METHODS, Method, build_method, zero_shot_class_features
+from cftool.kinds.apply import METHODS, build_method
+from cftool.kinds.method import Method, zero_shot_class_features
 from cftool.kinds.prototypes import task_prototypes
 from cftool.merge.methods import fits_float32
 from cftool.metrics import top1_accuracy
