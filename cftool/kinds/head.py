@@ -62,6 +62,12 @@ class LinearHead(Method):
         check_shapes(ckpt.path, ckpt.tensors, {"head.weight": (len(classnames), zoo.model.text_projection.shape[-1])})
         return cls(zoo, classnames, [], weight=ckpt["head.weight"]).eval_head
 
+    @classmethod
+    def interpolated(
+        cls, zoo: ZooModel, ends: Sequence[CheckpointReader | None], alpha: float
+    ) -> tuple[dict[str, torch.Tensor], dict]:
+        return {"head.weight": torch.lerp(*_head_ends(zoo, ends), alpha)}, {}
+
     @torch.no_grad()
     def eval_head(self, zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
         if list(classnames) != self.classnames:
@@ -74,3 +80,17 @@ class LinearHead(Method):
 
     def export(self) -> dict[str, torch.Tensor]:
         return {"head.weight": self.head.weight.detach().cpu().contiguous()}
+
+
+def _head_ends(zoo: ZooModel, readers: Sequence[CheckpointReader | None]) -> list[torch.Tensor]:
+    """Both ends' head weights [n_classes, embed_dim]; the zero-shot end is the zero-shot head of the same classes."""
+    known = [r for r in readers if r is not None]
+    if len({tuple(r.header.classnames or []) for r in known}) > 1:
+        raise CftoolError(f"interpolate: {known[0].path} and {known[1].path} are heads of different classes")
+    templates = (known[0].header.config or {}).get("templates")
+    if not templates:
+        raise CftoolError(
+            f"{known[0].path}: records no templates, so its zero-shot head cannot be built; use two heads"
+        )
+    zero_shot = zero_shot_class_features(zoo, known[0].header.classnames or [], templates)
+    return [r["head.weight"].float() if r is not None else zero_shot for r in readers]

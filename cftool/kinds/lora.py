@@ -41,7 +41,7 @@ from cftool.encode.zero_shot import HeadFn, zero_shot_head
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader
 from cftool.kinds.method import TOWERS, Solution, TowerMethod, checked_towers, copy_into, tower_of
-from cftool.merge.lora import FACTORS, combined_factors, merge_lora, merged_lora_state
+from cftool.merge.lora import FACTORS, combined_factors, lora_config, merge_lora, merged_lora_state
 from cftool.zoo import ZooModel
 
 # Weight-name endings by group: a transformer block's fused q/k/v and output projections of attention and a ResNet
@@ -162,6 +162,7 @@ class LoRA(TowerMethod):
     targets (a ResNet image tower under ``mlp``) is left frozen, so its image features are encoded once."""
 
     name, kind, default_optimizer, default_lr = "lora", "lora", "adamw", 1e-3
+    rebuild_options = ("rank", "alpha", "towers", "lora_targets", "lora_init", "train_templates")
 
     def __init__(
         self,
@@ -240,6 +241,26 @@ class LoRA(TowerMethod):
     def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
         zoo.load_state_dict(merged_lora_state(zoo.model.state_dict(), ckpt), ckpt.path)
         return zero_shot_head
+
+    @classmethod
+    def weights_of(cls, base: dict[str, torch.Tensor], ckpt: CheckpointReader) -> dict[str, torch.Tensor]:
+        return merged_lora_state(base, ckpt)
+
+    @classmethod
+    def interpolated(
+        cls, zoo: ZooModel, ends: Sequence[CheckpointReader | None], alpha: float
+    ) -> tuple[dict[str, torch.Tensor], dict]:
+        """Exact: ``Σ w_i · s·B_i A_i`` is one LoRA whose factors are the ends' side by side (B_i scaled by w_i), of
+        rank r_a + r_b at the same scale s; with the zero-shot model at one end, just the other's B scaled."""
+        present = [(r, w) for r, w in zip(ends, (1 - alpha, alpha), strict=True) if r is not None]
+        configs = [lora_config(r) for r, _ in present]
+        scales = {lora_alpha / rank for rank, lora_alpha, _ in configs}
+        if len(scales) > 1 or len({tuple(t) for _, _, t in configs}) > 1:
+            raise CftoolError("interpolate: the two LoRA checkpoints adapt different weights or use different scales")
+        tensors = combined_factors(configs[0][2], [(w, r.__getitem__) for r, w in present])
+        rank = sum(rank for rank, _, _ in configs)
+        scale = configs[0][1] / configs[0][0]
+        return tensors, {"rank": rank, "alpha": scale * rank}
 
     def export(self) -> dict[str, torch.Tensor]:
         tensors = {}

@@ -73,6 +73,11 @@ class Method(nn.Module):
     default_optimizer: ClassVar[str]
     default_lr: ClassVar[float]
     changes_weights: ClassVar[bool] = False  # whether applying its checkpoint replaces the encoders' weights
+    self_contained: ClassVar[bool] = False  # whether its checkpoint applies to any base of its architecture
+    # Whether each point of a path between two heads of this kind is normalised: cosine (text) heads are.
+    renormalised_path: ClassVar[bool] = False
+    # The options (of ``options``) that its checkpoint's config records and a rebuild for `continue` needs.
+    rebuild_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, zoo: ZooModel, classnames: Sequence[str], templates: Sequence[str]):
         super().__init__()
@@ -146,6 +151,20 @@ class Method(nn.Module):
     def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
         """Apply a checkpoint of this kind to ``zoo`` for inference and return the head function that scores with it
         (a fine-tune holds one task, so ``task`` is not needed)."""
+        raise NotImplementedError
+
+    @classmethod
+    def path_heads(cls, zoo: ZooModel, ends: Sequence[CheckpointReader | None]) -> list[HeadFn]:
+        """The head functions of a path's two ends (None: the zero-shot model), which `eval --path` mixes at each
+        point; a kind that changes weights walks the weights instead (``TowerMethod.weights_of``)."""
+        return [zero_shot_head if end is None else cls.apply(zoo, end) for end in ends]
+
+    @classmethod
+    def interpolated(
+        cls, zoo: ZooModel, ends: Sequence[CheckpointReader | None], alpha: float
+    ) -> tuple[dict[str, torch.Tensor], dict]:
+        """The point ``(1 − α)·A + α·B`` of the path between two checkpoints of this kind (None: the zero-shot
+        model), as a checkpoint of this kind: its tensors, and what its config adds (`cftool interpolate`)."""
         raise NotImplementedError
 
     def eval_head(self, zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
@@ -282,3 +301,22 @@ class TowerMethod(Method):
 
     def eval_head(self, zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
         return zero_shot_head(zoo, classnames, templates)
+
+    @classmethod
+    def weights_of(cls, base: dict[str, torch.Tensor], ckpt: CheckpointReader) -> dict[str, torch.Tensor]:
+        """The model weights a checkpoint of this kind stands for, given the ``base`` weights it was made from: a
+        point of the path between two such checkpoints interpolates their weights (``interpolate_weights``)."""
+        raise NotImplementedError
+
+
+def interpolate_weights(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
+    """Floating-point tensors interpolated in float32 and stored in B's dtype; integer buffers (BatchNorm's step
+    counts) taken from B."""
+    return {
+        name: torch.lerp(a[name].float(), tensor.float(), alpha).to(tensor.dtype)
+        if tensor.is_floating_point()
+        else tensor
+        for name, tensor in b.items()
+    }

@@ -65,6 +65,8 @@ class CoOp(Method):
     prompts' contexts; :405 normalises the point before scoring)."""
 
     name, kind, default_optimizer, default_lr = "coop", "prompt", "sgd", 2e-3
+    renormalised_path = True
+    rebuild_options = ("n_ctx", "ctx_init")
 
     def __init__(
         self,
@@ -177,6 +179,32 @@ class CoOp(Method):
             return F.normalize(torch.lerp(*ends, zero_shot_share), dim=0)
 
         return mixed_with_zero_shot
+
+    @classmethod
+    def path_heads(cls, zoo: ZooModel, ends: Sequence[CheckpointReader | None]) -> list[HeadFn]:
+        """Between two prompts that hold only a context, the text encoder's unnormalised outputs, as MergeTune's path
+        interpolates them; with the zero-shot model at an end (a mean of unit template features, with no
+        unnormalised counterpart) or a prompt mixed with the zero-shot head, unit features."""
+        if all(end is not None for end in ends) and not any(zero_shot_weight(end) for end in ends):
+            return [cls.of_checkpoint(zoo, end).unnormalised_head for end in ends]
+        return super().path_heads(zoo, ends)
+
+    @classmethod
+    def interpolated(
+        cls, zoo: ZooModel, ends: Sequence[CheckpointReader | None], alpha: float
+    ) -> tuple[dict[str, torch.Tensor], dict]:
+        # The zero-shot end is a head, not a context, so the point is stored as a mix of the two.
+        if all(end is not None for end in ends):
+            raise CftoolError(
+                "interpolate: a point between two prompts is a mix of two prompts' class features, which no single "
+                "prompt holds; evaluate it with `cftool eval --path A B`, or interpolate one prompt with zs"
+            )
+        index = 0 if ends[0] is not None else 1
+        prompt = ends[index]
+        previous = zero_shot_weight(prompt)
+        # The prompt end already holds a share of the zero-shot head; the new point keeps that proportion.
+        prompt_share = (1 - alpha, alpha)[index] * (1 - previous)
+        return {"ctx": prompt["ctx"]}, {ZERO_SHOT_WEIGHT: 1 - prompt_share}
 
     @torch.no_grad()
     def eval_head(self, zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
