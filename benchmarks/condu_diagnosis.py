@@ -29,7 +29,7 @@ from torch.utils.data import Subset
 
 from cftool.cli import main as cftool
 from cftool.data import load_task
-from cftool.evaluate import encode_images, zero_shot_head
+from cftool.encode.zero_shot import encode_images, zero_shot_head
 from cftool.io.checkpoint import open_checkpoint
 from cftool.io.unified import open_unified
 from cftool.merge.decouple import expert_tensors

@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 
 from cftool.data import BENCHMARKS, DatasetSpec, load_task
-from cftool.evaluate import evaluate_zero_shot
+from cftool.encode.zero_shot import evaluate_zero_shot
 from cftool.io.checkpoint import open_checkpoint
-from cftool.train import FinetuneJob, TrainOptions, apply_checkpoint, finetune
+from cftool.kinds.apply import apply_checkpoint
+from cftool.train import FinetuneJob, TrainOptions, finetune
 from cftool.train.continued import ContinueJob, continue_training
 from cftool.train.objectives import MergeTuneOptions, parse_lmc_samples
 from cftool.zoo import load_model

@@ -19,10 +19,11 @@ from pathlib import Path
 import torch
 
 from cftool.data import BENCHMARKS, DatasetSpec, load_task
-from cftool.evaluate import evaluate_base2new, evaluate_zero_shot
+from cftool.encode.zero_shot import evaluate_base2new, evaluate_zero_shot
 from cftool.io.checkpoint import open_checkpoint
+from cftool.kinds.apply import apply_checkpoint
 from cftool.metrics import harmonic_mean
-from cftool.train import FinetuneJob, TrainOptions, apply_checkpoint, finetune
+from cftool.train import FinetuneJob, TrainOptions, finetune
 from cftool.zoo import load_model
 
 # One recipe per method: few-shot like the papers' protocols, short enough for a 2-core CPU. CoOp's SGD lr of 2e-3

@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 from cftool.data import BENCHMARKS, DatasetSpec, load_task
-from cftool.evaluate import encode_images, zero_shot_head
+from cftool.encode.zero_shot import encode_images, zero_shot_head
 from cftool.io.checkpoint import open_checkpoint
+from cftool.kinds.apply import apply_checkpoint
 from cftool.metrics import harmonic_mean, top1_accuracy
-from cftool.train import FinetuneJob, TrainOptions, apply_checkpoint, finetune
+from cftool.train import FinetuneJob, TrainOptions, finetune
 from cftool.train.continued import ContinueJob, continue_training
 from cftool.train.objectives import MergeTuneOptions
 from cftool.zoo import load_model

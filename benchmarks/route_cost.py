@@ -33,10 +33,8 @@ from torch.utils.data import ConcatDataset, Subset
 
 from cftool.cli import main as cftool
 from cftool.data import get_benchmark, load_task
-from cftool.evaluate import LabelSpace, encode_images, zero_shot_head
-from cftool.io.checkpoint import save_checkpoint
-from cftool.io.unified import open_unified
-from cftool.route import (
+from cftool.encode.zero_shot import LabelSpace, encode_images, zero_shot_head
+from cftool.eval.route import (
     ZERO_SHOT_MEMBER,
     Members,
     Passes,
@@ -48,8 +46,10 @@ from cftool.route import (
     routing_scores,
     top_tasks,
 )
-from cftool.train.adapters import BaseState
-from cftool.train.prototypes import class_prototypes
+from cftool.io.checkpoint import save_checkpoint
+from cftool.io.unified import open_unified
+from cftool.kinds.apply import BaseState
+from cftool.kinds.prototypes import class_prototypes
 from cftool.zoo import load_model
 
 SLACK = 1.10  # the target: (K + 1)/(M + 1) of the passes, plus 10 %

@@ -25,7 +25,7 @@ import torch
 
 from cftool.data import load_task
 from cftool.data.toy import HELDOUT_TASK, TOY_TASKS, pretraining_example
-from cftool.evaluate import evaluate_zero_shot
+from cftool.encode.zero_shot import evaluate_zero_shot
 from cftool.io.outputs import atomic_output
 from cftool.zoo.models import TINY_ARCH, ZooModel, load_model
 

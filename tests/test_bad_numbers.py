@@ -139,7 +139,7 @@ def test_a_continual_session_refuses_a_previous_set_holding_nan(cli, unified, de
     ids=["no-accuracy", "string", "bool", "nan", "over-100", "negative"],
 )
 def test_a_hand_edited_cell_is_measured_again(tmp_path, edit):
-    from cftool.mtil import CellCache
+    from cftool.eval.mtil import CellCache
 
     key = {"checkpoint": "ab" * 32, "task": "toy:food", "split": "test"}
     CellCache(tmp_path).put(key, 87.5)

@@ -16,9 +16,9 @@ from test_bad_weights_files import condu_session
 from test_merge_cli import base, deltas, models  # noqa: F401 (fixtures)
 
 from cftool.errors import CftoolError
+from cftool.eval.route import TaskPrototypes, prototypes_of
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
 from cftool.io.unified import TaskEntry, open_unified
-from cftool.route import TaskPrototypes, prototypes_of
 from cftool.train import prototypes_path, state_path
 from cftool.zoo.base_weights import open_base
 

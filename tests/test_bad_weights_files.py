@@ -280,7 +280,7 @@ def _zs_weights_file(tmp_path, state, payload):
 
 
 def _delta_base(tmp_path, state, payload):
-    from cftool.zoo.convert import export_base
+    from cftool.kinds.convert import export_base
 
     with open_base("tiny") as base:
         model_file = export_base(base, tmp_path / "finetuned.safetensors", overwrite=False)

@@ -49,7 +49,7 @@ def test_help_imports_neither_torch_nor_open_clip():
 
 def test_the_method_names_in_help_are_the_methods():
     from cftool.cli.finetune import METHOD_NAMES
-    from cftool.train import METHODS
+    from cftool.kinds.apply import METHODS
 
     assert METHOD_NAMES == tuple(METHODS)
 

@@ -12,8 +12,8 @@ import torch
 
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
 from cftool.io.unified import open_unified
+from cftool.kinds.apply import build_method
 from cftool.merge.decouple import expert_factors
-from cftool.train.methods import build_method
 from cftool.zoo import load_model
 from cftool.zoo.base_weights import open_base
 

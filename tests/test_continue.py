@@ -15,14 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from cftool.cli import main
+from cftool.encode.text import mean_per_class
 from cftool.io.checkpoint import Header, open_checkpoint, save_checkpoint
 from cftool.io.command_files import metrics_path
+from cftool.kinds.head import LinearHead
+from cftool.kinds.lora import LoRA
+from cftool.kinds.method import zero_shot_class_features
+from cftool.kinds.model import Full
+from cftool.kinds.prompt import CoOp
 from cftool.merge.lora import merge_lora
 from cftool.train import TrainingInterrupted, state_path
 from cftool.train.continued import ContinueJob, continue_training
-from cftool.train.methods import CoOp, Full, LinearHead, LoRA, zero_shot_class_features
 from cftool.train.objectives import MergeTune, MergeTuneOptions, ZeroShotPoint, parse_lmc_samples
-from cftool.train.text import mean_per_class
 from cftool.zoo import load_model
 from conftest import one_line_error, torch_threads
 from test_finetune import DATA, KINDS, METHOD_FLAGS, _interrupt_at

@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
+from cftool.encode.text import embedded_context
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
+from cftool.kinds.prompt import COOP_INIT, RANDOM_INIT
 from cftool.train.continued import ContinueJob, plan
-from cftool.train.methods import COOP_INIT, RANDOM_INIT
-from cftool.train.text import embedded_context
 from cftool.zoo import load_model
 from test_coop_datasets import write_split_file
 from conftest import one_line_error

@@ -229,10 +229,10 @@ def test_heads_of_many_prompts_are_encoded_in_bounded_passes_equal_to_one_batch(
     import open_clip
     import torch
 
-    import cftool.evaluate
-    from cftool.evaluate import zero_shot_head
-    from cftool.train.methods import zero_shot_class_features
-    from cftool.train.prototypes import template_means
+    import cftool.encode.zero_shot
+    from cftool.encode.zero_shot import zero_shot_head
+    from cftool.kinds.method import zero_shot_class_features
+    from cftool.kinds.prototypes import template_means
     from cftool.zoo import load_model
 
     zoo = load_model("tiny")
@@ -244,7 +244,7 @@ def test_heads_of_many_prompts_are_encoded_in_bounded_passes_equal_to_one_batch(
         means = zoo.model.encode_text(tokens, normalize=True).reshape(len(classnames), len(templates), -1).mean(1).T
     passes, encode_text = [], zoo.model.encode_text
     monkeypatch.setattr(zoo.model, "encode_text", lambda t, **kw: passes.append(len(t)) or encode_text(t, **kw))
-    monkeypatch.setattr(cftool.evaluate, "PROMPTS_PER_PASS", 4)
+    monkeypatch.setattr(cftool.encode.zero_shot, "PROMPTS_PER_PASS", 4)
     assert (zero_shot_head(zoo, classnames, templates) - one_batch).abs().max() <= 1e-6
     assert (zero_shot_class_features(zoo, classnames, templates) - one_batch.T).abs().max() <= 1e-6
     assert (template_means(zoo, classnames, templates) - means).abs().max() <= 1e-6
@@ -255,8 +255,8 @@ def test_a_prompts_head_is_encoded_in_bounded_passes_equal_to_one_batch(monkeypa
     """A CoOp prompt's head (shared or class-specific context) over many classes, a few classes per pass."""
     import torch
 
-    import cftool.train.methods
-    from cftool.train.methods import build_method
+    import cftool.kinds.prompt
+    from cftool.kinds.apply import build_method
     from cftool.zoo import load_model
 
     zoo = load_model("tiny")
@@ -266,10 +266,10 @@ def test_a_prompts_head_is_encoded_in_bounded_passes_equal_to_one_batch(monkeypa
         prompt = build_method("coop", zoo, classnames, ["{}"], n_ctx=4, ctx_init="random", class_specific=class_specific)
         with torch.no_grad():
             one_batch = torch.nn.functional.normalize(prompt.unnormalised_class_features(prompt.tokens), dim=-1).T
-        passes, encode = [], cftool.train.methods.encode_text_with_context
-        monkeypatch.setattr(cftool.train.methods, "PROMPTS_PER_PASS", 3)
+        passes, encode = [], cftool.kinds.prompt.encode_text_with_context
+        monkeypatch.setattr(cftool.kinds.prompt, "PROMPTS_PER_PASS", 3)
         monkeypatch.setattr(
-            cftool.train.methods, "encode_text_with_context", lambda m, t, c: passes.append(len(t)) or encode(m, t, c)
+            cftool.kinds.prompt, "encode_text_with_context", lambda m, t, c: passes.append(len(t)) or encode(m, t, c)
         )
         assert (prompt.eval_head(zoo, classnames, []) - one_batch).abs().max() <= 1e-6
         assert passes == [3, 3, 1]
@@ -282,7 +282,7 @@ def test_the_base_weights_are_copied_only_for_checkpoints_that_replace_them(runs
     import torch
 
     from cftool.io.checkpoint import open_checkpoint
-    from cftool.train.adapters import BaseState, applied
+    from cftool.kinds.apply import BaseState, applied
     from cftool.zoo import load_model
 
     zoo = load_model("tiny")

@@ -21,13 +21,14 @@ from safetensors.torch import load_file
 from cftool.cli import main
 from cftool.cli.common import rate
 from cftool.data import DatasetSpec, load_task
-from cftool.evaluate import evaluate_zero_shot
+from cftool.encode.text import context_prompts, embedded_context, encode_text_with_context
+from cftool.encode.zero_shot import evaluate_zero_shot
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
 from cftool.io.command_files import metrics_path
-from cftool.train import FinetuneJob, TrainingInterrupted, TrainOptions, class_prototypes, finetune, state_path
+from cftool.kinds.lora import lora_parameter_names
+from cftool.kinds.prototypes import class_prototypes
+from cftool.train import FinetuneJob, TrainingInterrupted, TrainOptions, finetune, state_path
 from cftool.train.loop import BatchPlan, Ranks, learning_rate
-from cftool.train.lora import lora_parameter_names
-from cftool.train.text import context_prompts, embedded_context, encode_text_with_context
 from cftool.zoo import load_model
 
 # 4 images of each of mnist's 5 base classes: one batch is the whole training set, so every step sees the same data.

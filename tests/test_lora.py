@@ -5,8 +5,8 @@ import weakref
 
 import torch
 
-import cftool.train.lora
-from cftool.train.methods import build_method
+import cftool.kinds.lora
+from cftool.kinds.apply import build_method
 from cftool.zoo import load_model
 
 
@@ -27,14 +27,14 @@ def test_merged_weights_are_freed_after_forward_rebuilt_in_backward_and_gradient
     images, labels = torch.randn(6, 3, size, size), torch.tensor([0, 1, 2, 0, 1, 2])
     plain = _loss_and_gradients(method, images, labels, lambda x: super(type(method), method).forward(x))
 
-    merged, merge_lora = [], cftool.train.lora.merge_lora
+    merged, merge_lora = [], cftool.kinds.lora.merge_lora
 
     def spy(*args):
         merged.append(merge_lora(*args))
         return merged[-1]
 
-    monkeypatch.setattr(cftool.train.lora, "merge_lora", spy)
-    with cftool.train.lora.merged_weights_recomputed():
+    monkeypatch.setattr(cftool.kinds.lora, "merge_lora", spy)
+    with cftool.kinds.lora.merged_weights_recomputed():
         logits = super(type(method), method).forward(images)
     in_forward = [weakref.ref(weight) for weight in merged]
     merged.clear()

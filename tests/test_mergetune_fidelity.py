@@ -15,9 +15,11 @@ from cftool.cli import continue_
 from cftool.data import DatasetSpec, load_task
 from cftool.data.coop import CUSTOM_TEMPLATES, KGCOOP_TEMPLATES, CoopSource
 from cftool.data.specs import TaskData
+from cftool.encode.text import embedded_context
+from cftool.eval.lmc_paths import endpoints, evaluate_path
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
-from cftool.paths import endpoints, evaluate_path
-from cftool.train.methods import CoOp, embedded_context, zero_shot_class_features
+from cftool.kinds.method import zero_shot_class_features
+from cftool.kinds.prompt import CoOp
 from cftool.train.objectives import MergeTune, MergeTuneOptions, ZeroShotPoint, parse_lmc_samples
 from cftool.zoo import load_model
 from test_coop_datasets import write_split_file

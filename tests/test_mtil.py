@@ -204,7 +204,7 @@ def test_sessions_imported_from_the_condu_reference_code_are_evaluated_the_same_
 
 
 def test_the_union_label_space_classifies_among_every_tasks_classes(cli, toy_folders, sessions, tmp_path):
-    from cftool.evaluate import encode_images, zero_shot_head
+    from cftool.encode.zero_shot import encode_images, zero_shot_head
     from cftool.zoo import load_model
 
     prototypes = str(sessions / "*.prototypes.safetensors")

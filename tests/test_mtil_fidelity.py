@@ -94,7 +94,7 @@ def test_first_template_head_is_zscls(eurosat_root):
     """The training logits are ZSCL's: logit scale × normalised image features @ the normalised feature of the first
     template's prompt of each class (finetune.py:215-223)."""
     from cftool.data import load_task
-    from cftool.train.methods import Full
+    from cftool.kinds.model import Full
     from cftool.zoo import load_model
 
     zoo = load_model("tiny")
@@ -218,7 +218,7 @@ def test_prototypes_are_condus(cli, eurosat_root, tmp_path, shots):
     torch.testing.assert_close(prototypes, expected, atol=1e-6, rtol=0)
     # The templates' mean is shorter than a unit vector, so the zero-shot head (that mean renormalised) in its place
     # would give other prototypes: the comparison above tells the two apart.
-    from cftool.train.prototypes import template_means
+    from cftool.kinds.prototypes import template_means
 
     assert bool((template_means(zoo, task.classnames, task.templates).norm(dim=0) < 1 - 1e-4).all())
 

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
-from cftool.train.adapters import open_applicable
+from cftool.kinds.apply import open_applicable
 from cftool.zoo import load_model
 from cftool.zoo.base import OPENAI_EXTRA_KEYS
 from cftool.zoo.base_weights import open_base

@@ -86,7 +86,7 @@ def test_ctrl_c_during_evaluation_is_one_line_exit_130_and_writes_nothing(cli, t
     import os
     import signal
 
-    from cftool.protocols import FeatureCache
+    from cftool.eval.compare import FeatureCache
 
     encode = FeatureCache.get
 

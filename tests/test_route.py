@@ -10,10 +10,8 @@ import torch.nn.functional as F
 from conftest import one_line_error, stand_in_finetune
 
 from cftool.data import load_task
-from cftool.evaluate import LabelSpace, encode_images, zero_shot_head
-from cftool.io.checkpoint import open_checkpoint, save_checkpoint
-from cftool.io.unified import open_unified
-from cftool.route import (
+from cftool.encode.zero_shot import LabelSpace, encode_images, zero_shot_head
+from cftool.eval.route import (
     LOGIT_SCALE,
     Members,
     Passes,
@@ -22,7 +20,9 @@ from cftool.route import (
     routing_scores,
     top_tasks,
 )
-from cftool.train.adapters import BaseState
+from cftool.io.checkpoint import open_checkpoint, save_checkpoint
+from cftool.io.unified import open_unified
+from cftool.kinds.apply import BaseState
 from cftool.zoo import load_model
 from cftool.zoo.base_weights import open_base
 
@@ -47,7 +47,7 @@ def test_scores_are_each_tasks_best_class_cosine():
 
 def test_the_command_line_default_k_is_the_librarys():
     from cftool.cli.common import DEFAULT_TOP_K
-    from cftool.route import DEFAULT_TOP_K as LIBRARY_DEFAULT
+    from cftool.eval.route import DEFAULT_TOP_K as LIBRARY_DEFAULT
 
     assert DEFAULT_TOP_K == LIBRARY_DEFAULT == 4
 
@@ -121,7 +121,7 @@ def test_routing_every_image_to_its_own_task_alone_is_the_task_id_expert(zoo, co
         members = Members(unified, own, include_zero_shot=False)
         logits = route_logits(zoo, members, images, features, LabelSpace.own(task), base_state, 16, 0)
         zero_shot = LOGIT_SCALE * features @ zero_shot_head(zoo, task.classnames, task.templates)
-        from cftool.route import RouteOptions, expert_split
+        from cftool.eval.route import RouteOptions, expert_split
 
         expert = expert_split(zoo, unified, "mnist", task, "test", RouteOptions(batch_size=16), base_state)
     assert torch.allclose(logits, expert.logits, atol=1e-4)

@@ -70,8 +70,8 @@ def test_architecture_with_local_weights_file(tiny, tmp_path):
 
 
 def test_a_cftool_model_file_is_a_spec(tiny, tmp_path):
+    from cftool.kinds.convert import export_base
     from cftool.zoo.base_weights import open_base
-    from cftool.zoo.convert import export_base
 
     with open_base("tiny") as base:
         path = export_base(base, tmp_path / "base.safetensors", overwrite=False)

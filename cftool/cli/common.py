@@ -39,7 +39,7 @@ console = Console(
 )
 
 
-# cftool.route.DEFAULT_TOP_K (the reference's K), spelled out so that `--help` does not import torch.
+# cftool.eval.route.DEFAULT_TOP_K (the reference's K), spelled out so that `--help` does not import torch.
 DEFAULT_TOP_K = 4
 
 

@@ -143,11 +143,11 @@ def eval_command(
     'runs/*.prototypes.safetensors'
     """
     from cftool.data import DatasetSpec, get_benchmark, load_task
+    from cftool.eval.compare import ZERO_SHOT, FeatureCache, compare
+    from cftool.eval.lmc_paths import path_alphas, path_report
+    from cftool.eval.mtil import MtilOptions, default_cache_dir
+    from cftool.eval.route import RouteOptions
     from cftool.io.outputs import check_outputs, check_writable_folder, refuse_input_overwrite
-    from cftool.mtil import MtilOptions, default_cache_dir
-    from cftool.paths import path_alphas, path_report
-    from cftool.protocols import ZERO_SHOT, FeatureCache, compare
-    from cftool.route import RouteOptions
     from cftool.zoo import load_model
 
     if bool(data) == bool(benchmark):
@@ -211,7 +211,7 @@ def eval_command(
     base_sha256 = zoo.weights_sha256 if names_files else None
     with progress_bar(log_every) as progress:
         if sessions:
-            from cftool.mtil import mtil_report
+            from cftool.eval.mtil import mtil_report
 
             def begin(description: str, total: int | None):
                 bar = progress.add_task(
@@ -231,7 +231,7 @@ def eval_command(
     if sessions:
         _print_mtil(benchmark or title, payload)
         if heatmap is not None:
-            from cftool.plots import plot_matrices
+            from cftool.eval.plots import plot_matrices
 
             plot_matrices(payload, heatmap, force)
             console.print(f"wrote {heatmap}")
@@ -252,8 +252,8 @@ def _input_files(columns: list[str], sessions: list[str], patterns: list[str], t
     will find them: no output may replace one of them."""
     import glob
 
-    from cftool.mtil import resolve_sessions
-    from cftool.protocols import ZERO_SHOT, labelled_column
+    from cftool.eval.compare import ZERO_SHOT, labelled_column
+    from cftool.eval.mtil import resolve_sessions
 
     files = []
     for spec in columns:
@@ -267,10 +267,10 @@ def _input_files(columns: list[str], sessions: list[str], patterns: list[str], t
 
 def _base_of(specs: list[str], tasks: list[str], sessions: list[str] = ()) -> str | None:
     """The base model the first checkpoint file names (``zs`` names none)."""
+    from cftool.eval.compare import ZERO_SHOT, labelled_column
+    from cftool.eval.mtil import resolve_sessions
     from cftool.io.checkpoint import open_checkpoint
-    from cftool.mtil import resolve_sessions
-    from cftool.protocols import ZERO_SHOT, labelled_column
-    from cftool.train import ADAPTERS
+    from cftool.kinds.apply import ADAPTERS
     from cftool.zoo.base import recorded_base
 
     files = [labelled_column(spec, tasks).files_of(tasks[0])[0] for spec in specs if spec != ZERO_SHOT]
@@ -388,7 +388,7 @@ def _require_matplotlib(flag: str) -> None:
 
 
 def _plot_path(payload: dict, output: Path, overwrite: bool) -> None:
-    from cftool.plots import plot_path
+    from cftool.eval.plots import plot_path
 
     plot_path(payload, output, overwrite)
     console.print(f"wrote {output}")

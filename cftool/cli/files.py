@@ -154,13 +154,13 @@ def import_command(
         return
     check_outputs({"-o": output}, inputs, force)  # before any work
     if fmt == "coop":
+        from cftool.kinds.convert import import_coop_prompt
         from cftool.zoo import load_model
-        from cftool.zoo.convert import import_coop_prompt
 
         written = import_coop_prompt(source, load_model(zs, resolve_device(device)), output, task=task, overwrite=force)
     else:
+        from cftool.kinds.convert import import_full_model
         from cftool.zoo.base_weights import open_base
-        from cftool.zoo.convert import import_full_model
 
         with open_base(zs) as base:
             written = import_full_model(source, base, output, task=task, overwrite=force, dtype=torch_dtype(dtype))
@@ -198,8 +198,8 @@ def export_command(
 
         written = export_plain(source, output, overwrite=force, dtype=wanted_dtype)
     else:
+        from cftool.kinds.convert import export_base
         from cftool.zoo.base_weights import open_base
-        from cftool.zoo.convert import export_base
 
         with open_base(zs) as base:
             written = export_base(base, output, overwrite=force, dtype=wanted_dtype)

@@ -34,7 +34,7 @@ from cftool.errors import CftoolError
 if TYPE_CHECKING:
     from cftool.train import FinetuneResult
 
-# The names of cftool.train.METHODS, spelled out so that `--help` does not import torch (a test keeps them equal).
+# The names of cftool.kinds.apply.METHODS, spelled out so that `--help` does not import torch (a test keeps them equal).
 METHOD_NAMES = ("coop", "head", "lora", "full")
 
 # Which method each method-specific option belongs to, so that a misplaced option is refused, not ignored.
@@ -47,7 +47,7 @@ METHOD_OPTIONS = {
     "towers": ("lora", "full"),
     "train_templates": ("lora", "full"),
 }
-# cftool.train.lora's defaults and choices, spelled out so that `--help` does not import torch (a test keeps them equal).
+# cftool.kinds.lora's defaults and choices, spelled out so that `--help` does not import torch (a test keeps them equal).
 LORA_DEFAULTS = {"rank": 8, "alpha": 16.0, "lora_targets": "attention+mlp", "lora_init": "zero-b"}
 DEFAULT_TOWERS = "image,text"
 
@@ -181,8 +181,9 @@ def finetune_command(
     """
     from cftool.data import DatasetSpec
     from cftool.data.augment import default_augmentation
-    from cftool.train import METHODS, FinetuneJob, TrainOptions, finetune
-    from cftool.train.methods import default_train_templates
+    from cftool.kinds.apply import METHODS
+    from cftool.kinds.method import default_train_templates
+    from cftool.train import FinetuneJob, TrainOptions, finetune
 
     if method not in METHODS:
         raise CftoolError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")

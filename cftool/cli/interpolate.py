@@ -31,10 +31,10 @@ def interpolate_command(
 
     Example: cftool interpolate zs coop.safetensors --alpha 0.5 -o ensemble.safetensors
     """
+    from cftool.eval.compare import ZERO_SHOT
+    from cftool.eval.lmc_paths import check_alpha, interpolate
     from cftool.io.checkpoint import open_checkpoint
     from cftool.io.outputs import check_outputs
-    from cftool.paths import check_alpha, interpolate
-    from cftool.protocols import ZERO_SHOT
     from cftool.zoo import load_model
     from cftool.zoo.base import recorded_base
 

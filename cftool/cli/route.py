@@ -29,7 +29,7 @@ from cftool.errors import CftoolError
 
 if TYPE_CHECKING:
     from cftool.data import TaskData
-    from cftool.route import Routed
+    from cftool.eval.route import Routed
 
 
 def route_command(
@@ -86,9 +86,9 @@ def route_command(
     import glob
 
     from cftool.data import load_task
+    from cftool.eval.route import RouteOptions, predict
     from cftool.io.checkpoint import open_checkpoint
     from cftool.io.outputs import check_outputs
-    from cftool.route import RouteOptions, predict
     from cftool.zoo import load_model
     from cftool.zoo.base import recorded_base
 

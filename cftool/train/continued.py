@@ -19,22 +19,15 @@ from cftool.data import DatasetSpec, find_data
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, file_sha256, open_checkpoint
 from cftool.io.command_files import SUFFIX, beside
+from cftool.kinds.apply import TRAINED_KINDS, trainable_method
+from cftool.kinds.method import Method
+from cftool.kinds.prompt import COOP_INIT, RANDOM_INIT, ZERO_SHOT_WEIGHT
 from cftool.recipes import load_recipe
-from cftool.train.adapters import trainable_method
 from cftool.train.finetune import Continuation, FinetuneJob, FinetuneResult, finetune
 from cftool.train.loop import Progress, TrainOptions, no_progress
-from cftool.train.methods import COOP_INIT, RANDOM_INIT, ZERO_SHOT_WEIGHT, Method
 from cftool.train.objectives import MergeTuneOptions
 from cftool.zoo.base import TINY_ARCH, arch_of
 
-CONTINUABLE_KINDS = ("prompt", "head", "lora", "model")
-# The options of each method that its checkpoint's config records and a rebuild needs.
-METHOD_OPTION_KEYS = {
-    "coop": ("n_ctx", "ctx_init"),
-    "head": (),
-    "lora": ("rank", "alpha", "towers", "lora_targets", "lora_init", "train_templates"),
-    "full": ("towers", "train_templates"),
-}
 TRAIN_OPTION_KEYS = tuple(f.name for f in fields(TrainOptions))
 
 
@@ -99,7 +92,7 @@ def plan(job: ContinueJob) -> tuple[FinetuneJob, Continuation]:
         train_options, recipe = _recipe(job, config, method)
         if recipe == "mergetune-coop" and "val_images" not in job.data_overrides:
             data = replace(data, val_images=load_recipe(recipe).options["val-images"])
-        method_options = _method_options(ckpt, method.name, config, job.mergetune)
+        method_options = _method_options(ckpt, method, config, job.mergetune)
     data_root = _data_root(job, data, config.get("data_root"))
     finetune_job = FinetuneJob(
         zs=job.zs,
@@ -153,12 +146,12 @@ def _check_continuable(ckpt: CheckpointReader) -> None:
             f"{ckpt.path}: a prompt mixed with the zero-shot head (`cftool interpolate`) has no parameters of its "
             "own to train; continue the prompt it was made from"
         )
-    if kind in CONTINUABLE_KINDS:
+    if kind in TRAINED_KINDS:
         return
     why = {
         "prototypes": "it holds a task's class prototypes, not trained parameters; pass the checkpoint beside it",
         "delta": "it holds a task vector; `cftool delta apply` turns it into a model file that continue takes",
-    }.get(kind, f"continue takes {', '.join(CONTINUABLE_KINDS)} checkpoints")
+    }.get(kind, f"continue takes {', '.join(TRAINED_KINDS)} checkpoints")
     raise CftoolError(f"{ckpt.path}: cannot continue a {kind!r} checkpoint: {why}")
 
 
@@ -198,12 +191,12 @@ def _data_root(job: ContinueJob, data: DatasetSpec, recorded_root: str | None) -
 
 
 def _method_options(
-    ckpt: CheckpointReader, method: str, config: dict[str, Any], mergetune: MergeTuneOptions
+    ckpt: CheckpointReader, method: type[Method], config: dict[str, Any], mergetune: MergeTuneOptions
 ) -> dict[str, Any]:
-    options = {key: config[key] for key in METHOD_OPTION_KEYS[method] if key in config}
+    options = {key: config[key] for key in method.rebuild_options if key in config}
     if "towers" in options:
         options["towers"] = tuple(options["towers"])
-    if method == "coop":
+    if method.name == "coop":
         if "ctx" in ckpt:  # the prompt's own shape: [n_ctx, width], or [n_classes, n_ctx, width] (CoOp's CSC)
             shape = ckpt.tensors["ctx"].shape
             options.update(n_ctx=shape[-2], class_specific=len(shape) == 3)

@@ -22,18 +22,19 @@ import torch.distributed as dist
 from cftool.data import DatasetSpec, TaskData, TaskSplit, load_task, recorded_data
 from cftool.data.augment import training_transform
 from cftool.data.validation import val_shots
+from cftool.encode.features import image_features
+from cftool.encode.zero_shot import encode_images, evaluate_zero_shot
 from cftool.errors import CftoolError
-from cftool.evaluate import encode_images, evaluate_zero_shot
 from cftool.io.checkpoint import Header, open_checkpoint, save_checkpoint, tensors_sha256
 from cftool.io.command_files import metrics_path, prototypes_path, state_path
 from cftool.io.outputs import atomic_output, check_outputs, check_writable, check_writable_folder, refuse_existing
+from cftool.kinds.apply import METHODS, build_method
+from cftool.kinds.method import Method, zero_shot_class_features
+from cftool.kinds.prototypes import task_prototypes
 from cftool.merge.precision import fits_float32
 from cftool.metrics import top1_accuracy
-from cftool.train.features import image_features
 from cftool.train.loop import Progress, Ranks, TrainOptions, no_progress, train
-from cftool.train.methods import METHODS, Method, build_method, zero_shot_class_features
 from cftool.train.objectives import CrossEntropy, MergeTune, MergeTuneOptions, Objective, ZeroShotPoint
-from cftool.train.prototypes import task_prototypes
 from cftool.zoo import ZooModel, load_model, parse_model_spec
 
 logger = logging.getLogger(__name__)

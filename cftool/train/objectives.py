@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cftool.errors import CftoolError
+from cftool.kinds.method import Method, Solution
 from cftool.merge.precision import fits_float32
-from cftool.train.methods import Method, Solution
 
 ZS_REGULARISERS = ("param", "feature")
 # How the feature surrogate compares class text features: KgCoOp's LOSS_TYPE (MergeTune's

@@ -1,4 +1,5 @@
-"""Checkpoints applied to a base model: one registry by kind, which eval, continue, decouple and route all use.
+"""The registry of checkpoint kinds, and checkpoints applied to a base model: one registry by kind, which eval,
+continue, decouple and route all use, and the methods that train the kinds fine-tuning writes (``METHODS``).
 
 An adapter applies a checkpoint of its kind to a ``ZooModel`` for inference and returns the head function that
 scores classes with it (a `model`, `lora` or `delta` checkpoint replaces the zoo model's weights; a `prompt` or
@@ -9,28 +10,46 @@ expert per task, so applying it needs the task whose expert to rebuild (``λ_i �
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, Protocol
 
 import torch
 
+from cftool.encode.zero_shot import HeadFn, zero_shot_head
 from cftool.errors import CftoolError
-from cftool.evaluate import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader, TensorInfo, check_shapes, open_checkpoint
 from cftool.io.header import read_cftool_header
 from cftool.io.unified import UnifiedSet
+from cftool.kinds.head import LinearHead
+from cftool.kinds.lora import LoRA
+from cftool.kinds.method import Method
+from cftool.kinds.model import Full
+from cftool.kinds.prompt import CoOp
 from cftool.merge.decouple import expert_factors, expert_tensors, factor_space
 from cftool.merge.delta import added_delta
 from cftool.merge.lora import merged_factors
-from cftool.train.methods import METHODS, Method
 from cftool.zoo import ZooModel
+
+# The fine-tuning methods by name, each training the checkpoint kind its module is named for.
+METHODS: dict[str, type[Method]] = {m.name: m for m in (CoOp, LinearHead, LoRA, Full)}
+
+
+def build_method(name: str, zoo: ZooModel, classnames: Sequence[str], templates: Sequence[str], **options) -> Method:
+    if name not in METHODS:
+        raise CftoolError(f"unknown method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name](zoo, classnames, templates, **options)
+
+
+# The kinds fine-tuning writes, each with the method that trains it: the kinds `continue` takes and a path joins.
+TRAINED_KINDS: dict[str, type[Method]] = {method.kind: method for method in METHODS.values()}
 
 
 class Adapter(Protocol):
     kind: ClassVar[str]
     changes_weights: ClassVar[bool]  # False: the encoders stay the base's, so their image features can be reused
+    self_contained: ClassVar[bool]  # True: it applies to any base of its architecture, not only its own
 
     @classmethod
     def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
@@ -51,7 +70,7 @@ def _load_delta(
 class DeltaAdapter:
     """A task delta ``δ``: the model ``θ0 + δ``, scored by its own text tower."""
 
-    kind, changes_weights = "delta", True
+    kind, changes_weights, self_contained = "delta", True, False
 
     @classmethod
     def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
@@ -63,7 +82,7 @@ class UnifiedAdapter:
     """One task's expert of a ConDU unified set, ``θ0 + λ_i · M_i ⊙ u`` (in LoRA factor space: ``W + scale · B̃ Ã``
     with ``B̃, Ã = P + λ_i · M_i ⊙ u``), rebuilt by decouple's own rule."""
 
-    kind, changes_weights = "unified", True
+    kind, changes_weights, self_contained = "unified", True, False
 
     @classmethod
     def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
@@ -83,7 +102,7 @@ class UnifiedAdapter:
 
 
 ADAPTERS: dict[str, type[Adapter]] = {
-    **{method.kind: method for method in METHODS.values()},
+    **TRAINED_KINDS,
     DeltaAdapter.kind: DeltaAdapter,
     UnifiedAdapter.kind: UnifiedAdapter,
 }
@@ -98,16 +117,11 @@ def adapter_of(ckpt: CheckpointReader) -> type[Adapter]:
     return ADAPTERS[kind]
 
 
-# A `model` file holds every weight, so it applies to any base of its architecture (its tensors' shapes are checked as
-# they load): a sequential fine-tune, made from the previous session's model, is evaluated over the original base.
-SELF_CONTAINED_KINDS = ("model",)
-
-
 def open_applicable(path: str | Path, zoo: ZooModel, base_sha256: str) -> CheckpointReader:
     """Open a checkpoint of any adapted kind to apply to ``zoo``, whose base weights hash to ``base_sha256``; every
     kind but a self-contained one must have been made from that base, and every kind for its architecture."""
     kind = read_cftool_header(path).kind
-    own_base = kind not in SELF_CONTAINED_KINDS
+    own_base = not (kind in ADAPTERS and ADAPTERS[kind].self_contained)
     return open_checkpoint(
         path,
         kind=tuple(ADAPTERS),

@@ -11,7 +11,7 @@ from cftool.errors import CftoolError
 from cftool.io.checkpoint import check_shapes, save_checkpoint
 from cftool.io.convert import as_dtype
 from cftool.io.foreign import read_coop_prompt, read_state_dict, refuse_non_finite
-from cftool.train.methods import CoOp
+from cftool.kinds.prompt import CoOp
 from cftool.zoo.base import openai_extras_removed
 from cftool.zoo.base_weights import BaseWeights
 from cftool.zoo.models import ZooModel

@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 
 from cftool.data import TaskData
+from cftool.encode.zero_shot import LabelSpace, encode_images, zero_shot_head
 from cftool.errors import CftoolError
-from cftool.evaluate import LabelSpace, encode_images, zero_shot_head
 from cftool.io.checkpoint import open_checkpoint
 from cftool.io.unified import UnifiedSet, open_unified
+from cftool.kinds.apply import BaseState, applied
 from cftool.metrics import top1_accuracy
-from cftool.train.adapters import BaseState, applied
 from cftool.zoo import ZooModel
 
 # The reference scores every member with CLIP's logit scale of 100 (whatever the model's own): the members share

@@ -4,7 +4,7 @@ sessions.
 A session sequence (``--sessions``) is one continual method: the checkpoint after each session (a unified set, a
 model, a LoRA or a delta), session ``t`` having learned the first ``t`` tasks. Its accuracy matrix ``A[t][j]`` gives
 Transfer, Average and Last (``cftool.metrics.mtil_metrics``). A unified set answers a task it has learned with that
-task's expert and the others by routing (``cftool.route``); every cell is cached by the hash of what determines it,
+task's expert and the others by routing (``cftool.eval.route``); every cell is cached by the hash of what determines it,
 so a table re-run after a new session measures only that session's cells.
 """
 
@@ -21,17 +21,17 @@ from typing import Any
 import torch
 
 from cftool.data import TaskData
+from cftool.encode.zero_shot import LABEL_SPACES, LabelSpace
 from cftool.errors import CftoolError
-from cftool.evaluate import LABEL_SPACES, LabelSpace
+from cftool.eval.compare import ZERO_SHOT, FeatureCache, labelled_column, split_label
+from cftool.eval.route import RouteOptions, TaskPrototypes, prototype_files, prototypes_of, read_prototypes, route_split
 from cftool.io.checkpoint import CheckpointReader, file_sha256, tensors_sha256
 from cftool.io.header import check_input_file, read_cftool_header
 from cftool.io.outputs import atomic_output
 from cftool.io.remembered_hashes import cache_root
 from cftool.io.unified import TASKS_KEY, UnifiedSet, parse_tasks
+from cftool.kinds.apply import BaseState, applied, open_applicable
 from cftool.metrics import mtil_metrics, top1_accuracy
-from cftool.protocols import ZERO_SHOT, FeatureCache, labelled_column, split_label
-from cftool.route import RouteOptions, TaskPrototypes, prototype_files, prototypes_of, read_prototypes, route_split
-from cftool.train.adapters import BaseState, applied, open_applicable
 from cftool.zoo import ZooModel
 
 SESSION_FIELD = "{t}"

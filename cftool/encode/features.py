@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from cftool.data import TaskSplit
-from cftool.evaluate import encode_images
+from cftool.encode.zero_shot import encode_images
 from cftool.io.checkpoint import save_checkpoint
 from cftool.zoo import ZooModel
 

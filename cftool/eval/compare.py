@@ -27,12 +27,12 @@ from typing import Any
 import torch
 
 from cftool.data import TaskData, class_subset
+from cftool.encode.features import image_features
+from cftool.encode.zero_shot import HeadFn, encode_images, zero_shot_head
 from cftool.errors import CftoolError
-from cftool.evaluate import HeadFn, encode_images, zero_shot_head
 from cftool.io.header import read_header
+from cftool.kinds.apply import ADAPTERS, BaseState, applied, open_applicable
 from cftool.metrics import harmonic_mean, top1_accuracy
-from cftool.train.adapters import ADAPTERS, BaseState, applied, open_applicable
-from cftool.train.features import image_features
 from cftool.zoo import ZooModel
 
 ZERO_SHOT = "zs"

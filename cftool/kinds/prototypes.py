@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from cftool.data import TaskData
 from cftool.data.augment import training_transform
 from cftool.data.specs import PROTOTYPES_STREAM
-from cftool.evaluate import encode_images, template_features
-from cftool.train.features import image_features
+from cftool.encode.features import image_features
+from cftool.encode.zero_shot import encode_images, template_features
 from cftool.zoo import ZooModel
 
 

@@ -11,12 +11,15 @@ A point at α is ``(1 − α)·A + α·B`` in the kind's path space, the same sp
 
 `eval --path` measures loss and accuracy along a path; `interpolate` writes one point as a checkpoint of the
 same kind (WiSE-FT): weights and heads directly, LoRA factors exactly (B scaled, or the factors of both ends
-side by side), and a prompt as its context plus the weight of the zero-shot head it is mixed with.
+side by side), and a prompt as its context plus the weight of the zero-shot head it is mixed with. Each kind's
+method says how (``path_heads`` or ``weights_of``, ``renormalised_path``, ``interpolated``, in ``cftool.kinds``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,21 +27,19 @@ import torch
 import torch.nn.functional as F
 
 from cftool.data import TaskData
+from cftool.encode.zero_shot import zero_shot_head
 from cftool.errors import CftoolError
-from cftool.evaluate import HeadFn, zero_shot_head
+from cftool.eval.compare import ZERO_SHOT, FeatureCache, halves_of
 from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, save_checkpoint
-from cftool.merge.lora import combined_factors, lora_config, merged_lora_state
+from cftool.kinds.apply import TRAINED_KINDS
+from cftool.kinds.method import TowerMethod, interpolate_weights
 from cftool.merge.precision import refuse_scale_overflow
 from cftool.merge.stream import refuse_overflow
-from cftool.protocols import ZERO_SHOT, FeatureCache, halves_of
-from cftool.train.adapters import apply_checkpoint
-from cftool.train.methods import METHODS, ZERO_SHOT_WEIGHT, CoOp, zero_shot_class_features, zero_shot_weight
 from cftool.zoo import ZooModel
 
-WEIGHT_KINDS = ("model", "lora")
 # The kinds fine-tuning writes, each with a path space; a delta or an expert is a `model` once applied (`delta apply`,
 # `decouple --as model`).
-PATH_KINDS = tuple(method.kind for method in METHODS.values())
+PATH_KINDS = tuple(TRAINED_KINDS)
 
 
 def path_alphas(steps: int) -> list[float]:
@@ -110,17 +111,18 @@ def evaluate_path(
     cache: FeatureCache,
 ) -> list[Curve]:
     """Loss (cross-entropy at the model's logit scale) and top-1 accuracy at each α, for each task."""
-    if kind in WEIGHT_KINDS:
-        return _weights_path(zoo, a, b, tasks, alphas, split, cache)
-    unnormalised = kind == "prompt" and _both_plain_prompts(a, b)
-    heads = [_head_of(zoo, end, unnormalised) for end in (a, b)]
+    method = TRAINED_KINDS[kind]
+    if method.changes_weights:
+        return _weights_path(zoo, method, a, b, tasks, alphas, split, cache)
+    with _opened(a, b) as readers:
+        heads = method.path_heads(zoo, readers)
     curves = []
     for task in tasks:
         features, labels = cache.get(task, split, base_weights=True)
         ends = [head(zoo, task.classnames, task.templates) for head in heads]
         curve = Curve(task.name, task.spec.classes, alphas, [], [])
         for alpha in alphas:
-            _score(zoo, curve, features, labels, mix_heads(ends[0], ends[1], alpha, renormalise=kind == "prompt"))
+            _score(zoo, curve, features, labels, mix_heads(ends[0], ends[1], alpha, method.renormalised_path))
         curves.append(curve)
     return curves
 
@@ -164,41 +166,22 @@ def mix_heads(a: torch.Tensor, b: torch.Tensor, alpha: float, renormalise: bool)
     return F.normalize(mixed, dim=0) if renormalise else mixed
 
 
-def _both_plain_prompts(a: Endpoint, b: Endpoint) -> bool:
-    """Both ends are prompt files holding only a context (none mixed with the zero-shot head by `interpolate`)."""
-    if a.path is None or b.path is None:
-        return False
-    for end in (a, b):
-        with open_checkpoint(end.path) as ckpt:
-            if zero_shot_weight(ckpt):
-                return False
-    return True
-
-
-def _head_of(zoo: ZooModel, end: Endpoint, unnormalised_prompt: bool = False) -> HeadFn:
-    if end.path is None:
-        return zero_shot_head
-    with open_checkpoint(end.path) as ckpt:
-        if unnormalised_prompt:
-            return CoOp.of_checkpoint(zoo, ckpt).unnormalised_head
-        return apply_checkpoint(zoo, ckpt)
-
-
 def _score(zoo: ZooModel, curve: Curve, features: torch.Tensor, labels: torch.Tensor, head: torch.Tensor) -> None:
     logits = zoo.model.logit_scale.exp().item() * features @ head
     curve.loss.append(F.cross_entropy(logits, labels).item() if len(labels) else math.nan)
     curve.accuracy.append((logits.argmax(dim=-1) == labels).float().mean().item() * 100 if len(labels) else math.nan)
 
 
-def _weights_of(zoo: ZooModel, end: Endpoint, base: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    if end.path is None:
-        return base
-    with open_checkpoint(end.path) as ckpt:
-        return ckpt.load_all() if end.kind == "model" else merged_lora_state(base, ckpt)
+@contextmanager
+def _opened(*ends: Endpoint) -> Iterator[list[CheckpointReader | None]]:
+    """Each end's checkpoint opened for the block (None for the zero-shot model)."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(open_checkpoint(end.path)) if end.path is not None else None for end in ends]
 
 
 def _weights_path(
     zoo: ZooModel,
+    method: type[TowerMethod],
     a: Endpoint,
     b: Endpoint,
     tasks: list[TaskData],
@@ -207,7 +190,8 @@ def _weights_path(
     cache: FeatureCache,
 ) -> list[Curve]:
     base = {name: t.clone() for name, t in zoo.model.state_dict().items()}
-    ends = [_weights_of(zoo, end, base) for end in (a, b)]
+    with _opened(a, b) as readers:
+        ends = [method.weights_of(base, reader) if reader is not None else base for reader in readers]
     curves = {task.name: Curve(task.name, task.spec.classes, alphas, [], []) for task in tasks}
     try:
         for alpha in alphas:
@@ -218,19 +202,6 @@ def _weights_path(
     finally:
         zoo.load_state_dict(base, zoo.spec.canonical)
     return list(curves.values())
-
-
-def interpolate_weights(
-    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float
-) -> dict[str, torch.Tensor]:
-    """Floating-point tensors interpolated in float32 and stored in B's dtype; integer buffers (BatchNorm's step
-    counts) taken from B."""
-    return {
-        name: torch.lerp(a[name].float(), tensor.float(), alpha).to(tensor.dtype)
-        if tensor.is_floating_point()
-        else tensor
-        for name, tensor in b.items()
-    }
 
 
 def check_alpha(alpha: float, output: Path) -> None:
@@ -247,7 +218,7 @@ def interpolate(zoo: ZooModel, a: str, b: str, alpha: float, output: Path, overw
     readers = [open_checkpoint(e.path) if e.path is not None else None for e in (start, end)]
     try:
         template = next(r for r in reversed(readers) if r is not None)
-        tensors, extra_config = _interpolated(zoo, kind, readers, alpha)
+        tensors, extra_config = TRAINED_KINDS[kind].interpolated(zoo, readers, alpha)
         for name, tensor in tensors.items():  # finite ends, far beyond them, can leave float32's range
             refuse_overflow(tensor, output, name, f"use an --alpha closer to [0, 1] than {alpha:g}")
         config = {**(template.header.config or {}), **extra_config, "interpolated": {"a": a, "b": b, "alpha": alpha}}
@@ -269,56 +240,3 @@ def interpolate(zoo: ZooModel, a: str, b: str, alpha: float, output: Path, overw
         for reader in readers:
             if reader is not None:
                 reader.close()
-
-
-def _interpolated(
-    zoo: ZooModel, kind: str, readers: list[CheckpointReader | None], alpha: float
-) -> tuple[dict[str, torch.Tensor], dict]:
-    weights = (1 - alpha, alpha)
-    if kind == "model":
-        base = zoo.model.state_dict()
-        ends = [r.load_all() if r is not None else base for r in readers]
-        return interpolate_weights(ends[0], ends[1], alpha), {}
-    if kind == "head":
-        return {"head.weight": torch.lerp(*_head_ends(zoo, readers), alpha)}, {}
-    if kind == "lora":
-        return _interpolated_lora(readers, weights)
-    # A prompt: the zero-shot end is a head, not a context, so the point is stored as a mix of the two.
-    if all(r is not None for r in readers):
-        raise CftoolError(
-            "interpolate: a point between two prompts is a mix of two prompts' class features, which no single "
-            "prompt holds; evaluate it with `cftool eval --path A B`, or interpolate one prompt with zs"
-        )
-    index = 0 if readers[0] is not None else 1
-    prompt = readers[index]
-    previous = zero_shot_weight(prompt)
-    # The prompt end already holds a share of the zero-shot head; the new point keeps that proportion.
-    prompt_share = weights[index] * (1 - previous)
-    return {"ctx": prompt["ctx"]}, {ZERO_SHOT_WEIGHT: 1 - prompt_share}
-
-
-def _head_ends(zoo: ZooModel, readers: list[CheckpointReader | None]) -> list[torch.Tensor]:
-    """Both ends' head weights [n_classes, embed_dim]; the zero-shot end is the zero-shot head of the same classes."""
-    known = [r for r in readers if r is not None]
-    if len({tuple(r.header.classnames or []) for r in known}) > 1:
-        raise CftoolError(f"interpolate: {known[0].path} and {known[1].path} are heads of different classes")
-    templates = (known[0].header.config or {}).get("templates")
-    if not templates:
-        raise CftoolError(
-            f"{known[0].path}: records no templates, so its zero-shot head cannot be built; use two heads"
-        )
-    zero_shot = zero_shot_class_features(zoo, known[0].header.classnames or [], templates)
-    return [r["head.weight"].float() if r is not None else zero_shot for r in readers]
-
-
-def _interpolated_lora(readers: list[CheckpointReader | None], weights: tuple[float, float]) -> tuple[dict, dict]:
-    """Exact: ``Σ w_i · s·B_i A_i`` is one LoRA whose factors are the ends' side by side (B_i scaled by w_i), of
-    rank r_a + r_b at the same scale s; with the zero-shot model at one end, just the other's B scaled."""
-    present = [(r, w) for r, w in zip(readers, weights, strict=True) if r is not None]
-    configs = [lora_config(r) for r, _ in present]
-    if len({alpha / rank for rank, alpha, _ in configs}) > 1 or len({tuple(t) for _, _, t in configs}) > 1:
-        raise CftoolError("interpolate: the two LoRA checkpoints adapt different weights or use different scales")
-    tensors = combined_factors(configs[0][2], [(w, r.__getitem__) for r, w in present])
-    rank = sum(rank for rank, _, _ in configs)
-    scale = configs[0][1] / configs[0][0]
-    return tensors, {"rank": rank, "alpha": scale * rank}

@@ -1,0 +1,1 @@
+"""Evaluation protocols: comparison tables, linear paths between checkpoints, MTIL's sessions, routing, figures."""
