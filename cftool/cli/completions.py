@@ -58,9 +58,9 @@ HELP_CHOICES = {
     "--format": ("auto", "open_clip", "coop", "condu"),
     "--as": ("delta", "model", "lora"),
 }
-# The prefixes of a --data spec; a folder: spec completes the folder's path after its prefix.
-DATA_PREFIXES = ("folder:", "coop:", "mtil:")
+# The prefixes of a --data spec besides toy:TASK; a folder: spec completes the folder's path after its prefix.
 FOLDER_PREFIX = "folder:"
+DATA_PREFIXES = (FOLDER_PREFIX, "coop:", "mtil:")
 
 
 @dataclass(frozen=True)
@@ -103,15 +103,19 @@ def _flag(command: str, param: typer.core.TyperOption) -> Flag:
     if not flag.takes_value:
         return flag
     long_name = next((n for n in names if n.startswith("--")), names[0])
-    choices = _choices(command, long_name)
-    if long_name == "--zs":
+    if long_name == "--zs":  # a model name, a spec prefix or a model file
         return Flag(flag.names, flag.help, True, (*model_names(), *MODEL_PREFIXES), files=True)
     if long_name == "--data":
         return Flag(flag.names, flag.help, True, tuple(f"toy:{t}" for t in TOY_TASK_NAMES) + DATA_PREFIXES, data=True)
+    choices = _choices(command, long_name)
     if choices:
         return Flag(flag.names, flag.help, True, choices)
-    takes_path = param.type_descriptor is not None and param.type_descriptor.annotation in (Path, Path | None)
-    return Flag(flag.names, flag.help, True, files=takes_path or long_name == "--prototypes")
+    return Flag(flag.names, flag.help, True, files=_takes_paths(param) or long_name == "--prototypes")  # file globs
+
+
+def _takes_paths(param: typer.core.TyperOption | typer.core.TyperArgument) -> bool:
+    """Whether the parameter is declared as a Path, or a list of them."""
+    return "Path" in str(param.type_descriptor.annotation)
 
 
 def _choices(command: str, option: str) -> tuple[str, ...]:
@@ -143,9 +147,10 @@ def command_tree(group: typer.core.TyperGroup) -> list[Command]:
         command = group.get_command(ctx, name)
         params = command.get_params(ctx)
         flags = tuple(_flag(name, p) for p in params if isinstance(p, typer.core.TyperOption))
-        takes_files = any(
-            isinstance(p, typer.core.TyperArgument) and "Path" in str(p.type_descriptor.annotation) for p in params
-        ) or name in ("eval", "interpolate")  # their checkpoints are files, or `zs`
+        # eval's and interpolate's checkpoints are strings (a file, a pattern or `zs`), the others' are paths.
+        takes_files = name in ("eval", "interpolate") or any(
+            isinstance(p, typer.core.TyperArgument) and _takes_paths(p) for p in params
+        )
         help_line = one_line(command.get_short_help_str(limit=80))
         commands.append(Command(name, help_line, flags, _first_arguments(name), takes_files))
     return commands
