@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-out
 
-.PHONY: install demo test bench completions clean
+.PHONY: install demo test bench clean
 
 install: $(VENV)/.installed
 
@@ -34,9 +34,6 @@ test: install
 # disk; results in benchmarks/RESULTS.md).
 bench: install
 	$(BIN)/python benchmarks/unify_memory.py
-
-completions: install
-	$(BIN)/python -m cftool.cli.completions completions
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .hypothesis

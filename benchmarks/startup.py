@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-COMPLETIONS = Path(__file__).parent.parent / "completions"
 TARGET_SECONDS = {"help": 0.5, "completion": 0.5, "inspect": 1.5}
 # Run in the child process after the case: which heavy modules the command loaded.
 _REPORT_MODULES = "import sys; print(' '.join(m for m in ('torch', 'open_clip') if m in sys.modules), file=sys.stderr)"
@@ -56,6 +55,11 @@ def _small_file(folder: Path) -> Path:
     return path
 
 
+def _completion_script() -> str:
+    code = "from cftool.cli import main; main(['completion', 'bash'])"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -64,11 +68,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         small = _small_file(Path(folder))
         baseline, _ = _time([sys.executable, "-c", "pass"], env, args.repeats)
-        # Completion is the generated static script (`make completions`): a Tab runs bash, never Python.
-        complete = (
-            f"source {COMPLETIONS / 'cftool.bash'}; COMP_WORDS=(cftool fi); COMP_CWORD=1; _cftool; "
-            "echo ${COMPREPLY[@]} >&2"
-        )
+        # Completion is the static script `cftool completion bash` prints: a Tab runs bash, never Python.
+        script = Path(folder) / "cftool.bash"
+        script.write_text(_completion_script())
+        complete = f"source {script}; COMP_LINE='cftool fi'; _cftool; echo ${{COMPREPLY[@]}} >&2"
         cases = {
             "help": ([sys.executable, "-c", _case_code(["--help"])], env),
             "completion": (["bash", "-c", complete], env),

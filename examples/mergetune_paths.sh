@@ -3,6 +3,8 @@
 # zero-shot → CoOp, zero-shot → CoOp + MergeTune and CoOp → CoOp + MergeTune (loss and accuracy against α).
 #
 #   examples/mergetune_paths.sh [OUT] [PICTURES]     # PICTURES defaults to OUT; needs `pip install 'cftool-clip[plot]'`
+#
+# About 6 minutes on a 2-core CPU shared with other jobs (2026-12-05).
 set -euo pipefail
 out=${1:-runs/paths}
 pictures=${2:-$out}

@@ -10,7 +10,6 @@ import torch
 from conftest import one_line_error
 from safetensors.torch import load_file
 
-from cftool.cli.completions import render_all
 from cftool.io.checkpoint import open_checkpoint
 
 ALL_COMMANDS = ["finetune", "continue", "delta", "unify", "decouple", "route", "eval", "inspect", "import", "export"]
@@ -229,26 +228,6 @@ def test_config_file_gives_defaults_and_flags_win(cli, tmp_path):
 def _write(path, text):
     path.write_text(text)
     return path
-
-
-def test_completions_are_current():
-    from pathlib import Path
-
-    folder = Path(__file__).parent.parent / "completions"
-    for name, text in render_all().items():
-        assert (folder / name).read_text() == text, f"completions/{name} is stale: run `make completions`"
-
-
-def test_bash_completion_completes_commands_and_options():
-    from pathlib import Path
-
-    script = Path(__file__).parent.parent / "completions" / "cftool.bash"
-    probe = (
-        f"source {script}; COMP_WORDS=(cftool ev); COMP_CWORD=1; _cftool; echo ${{COMPREPLY[@]}}; "
-        "COMP_WORDS=(cftool eval --bench); COMP_CWORD=2; _cftool; echo ${COMPREPLY[@]}"
-    )
-    lines = subprocess.run(["bash", "-c", probe], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert lines == ["eval", "--benchmark"]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "corrupt header", "not safetensors", "missing"])

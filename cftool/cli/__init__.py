@@ -14,6 +14,7 @@ from rich.markup import escape
 
 from cftool import __version__
 from cftool.cli.common import console
+from cftool.cli.completions import completion_command
 from cftool.cli.continue_ import continue_command
 from cftool.cli.evaluate import eval_command
 from cftool.cli.files import export_command, import_command, inspect_command
@@ -46,6 +47,7 @@ app.command("inspect")(inspect_command)
 app.command("import")(import_command)
 app.command("export")(export_command)
 app.command("recipes")(recipes_command)
+app.command("completion")(completion_command)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,62 @@
+"""README.md stays true: its contents list is its headings, and its commands name real commands and options."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import typer
+
+from cftool.cli import app
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def _anchor(title: str) -> str:
+    """GitHub's anchor of a heading: lower case, punctuation other than '-' dropped, spaces as '-'."""
+    return re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+
+
+def test_contents_list_every_heading_in_order():
+    text = README.read_text()
+    contents = text.split("## Contents\n", 1)[1].split("\n## ", 1)[0]
+    listed = re.findall(r"^( *)- \[(.+)\]\(#(.+)\)$", contents, flags=re.MULTILINE)
+    body = text.split("## Contents\n", 1)[1].split("\n## ", 1)[1]
+    headings = re.findall(r"^(##+) (.+)$", "## " + body, flags=re.MULTILINE)
+    assert [(len(indent) // 2 + 2, title, anchor) for indent, title, anchor in listed] == [
+        (len(marks), title, _anchor(title)) for marks, title in headings
+    ]
+
+
+def _commands() -> list[list[str]]:
+    """Every `cftool …` line of the README's bash blocks (continuations joined, comments dropped), as words."""
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.DOTALL)
+    commands = []
+    for line in "\n".join(blocks).replace("\\\n", " ").splitlines():
+        words = shlex.split(line, comments=True)
+        while words and (words[0] in ("torchrun", "-m") or words[0].startswith(("--nproc", "HF_HUB_OFFLINE="))):
+            words = words[1:]
+        if words and words[0] == "cftool":
+            commands.append(words)
+    return commands
+
+
+def test_readme_commands_name_real_commands_and_options():
+    group = typer.main.get_command(app)
+    ctx = typer.Context(group, info_name="cftool")
+    commands = _commands()
+    assert len(commands) > 30
+    for words in commands:
+        if len(words) == 1 or words[1].startswith("-"):
+            continue
+        command = group.get_command(ctx, words[1])
+        assert command is not None, words
+        options = {name for param in command.get_params(ctx) for name in [*param.opts, *param.secondary_opts]}
+        for word in words[2:]:
+            if word.startswith("-") and not re.fullmatch(r"-[\d.]+(e-?\d+)?", word):
+                assert word.split("=")[0] in options, f"{word} is no option of `cftool {words[1]}`: {shlex.join(words)}"
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_readme_says_how_to_install_completion(shell):
+    assert f"cftool completion {shell}" in README.read_text()
