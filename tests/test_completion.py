@@ -102,11 +102,11 @@ def test_spelled_out_choices_equal_the_library_constants():
     from cftool.data.benchmarks import BENCHMARKS, TOY_SOURCES
     from cftool.data.specs import VAL_IMAGES
     from cftool.data.toytasks import SPLITS
-    from cftool.evaluate import LABEL_SPACES
+    from cftool.encode.zero_shot import LABEL_SPACES
+    from cftool.kinds.lora import INITS, TARGET_GROUPS
+    from cftool.kinds.method import TOWERS, TRAIN_TEMPLATES
     from cftool.merge.methods import TRIMS
     from cftool.train.loop import OPTIMIZERS, PRECISIONS
-    from cftool.train.lora import INITS, TARGET_GROUPS
-    from cftool.train.methods import TOWERS, TRAIN_TEMPLATES
     from cftool.train.objectives import ZS_LOSSES, ZS_REGULARISERS
     from cftool.zoo.base import HF_HUB_PREFIX, LOCAL_DIR_PREFIX
     from cftool.zoo.base import TINY as LIBRARY_TINY
