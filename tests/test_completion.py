@@ -99,7 +99,8 @@ def test_generating_a_script_imports_neither_torch_nor_open_clip():
 
 
 def test_spelled_out_choices_equal_the_library_constants():
-    from cftool.data.benchmarks import BENCHMARKS, TOY_SOURCES
+    from cftool.data.benchmarks import BENCHMARKS
+    from cftool.data.toy import TOY_SOURCES
     from cftool.data.specs import VAL_IMAGES
     from cftool.data.toytasks import SPLITS
     from cftool.encode.zero_shot import LABEL_SPACES

@@ -44,7 +44,7 @@ LIBRARY_CHOICES = {
     "--trim": ("global", "per-tensor"),
     "--split": ("train", "val", "test"),
 }
-# cftool.data.benchmarks.TOY_SOURCES: the eleven toy tasks and the held-out probe (test_completion keeps them equal).
+# cftool.data.toy.TOY_SOURCES: the eleven toy tasks and the held-out probe (test_completion keeps them equal).
 TOY_TASK_NAMES = (
     "aircraft", "caltech101", "cifar100", "dtd", "eurosat", "flowers", "food", "mnist", "oxfordpet", "cars", "sun397",
     "heldout-combos",
