@@ -160,7 +160,7 @@ RecipeOption = Annotated[
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="The same as --format json.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON alone on stdout (= --format json).")]
 FormatOption = Annotated[
     str,
     typer.Option(

@@ -134,8 +134,9 @@ def eval_command(
 ) -> None:
     """Top-1 accuracy per task of a zero-shot model or of checkpoints, side by side; or a path between two.
 
-    With --benchmark base2new-tiny each column reports base, novel and HM; `{task}` patterns give each task its own
-    checkpoint and `{seed}` averages seeds (mean ± spread). The mean row's HM is that of the mean base and novel.
+    With --benchmark base2new-tiny the table has a block per task and a row per model, with base, novel and HM;
+    `{task}` patterns give each task its own checkpoint and `{seed}` averages seeds (mean ± spread). The mean's HM is
+    that of the mean base and novel. --format markdown or latex prints the tables for a paper.
 
     With --sessions, each session sequence fills MTIL's matrix A[t][j] (session t, task j, tasks in training order):
     a unified set answers a learned task with its expert and the others by routing (zero-shot model + top-K

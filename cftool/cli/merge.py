@@ -185,8 +185,8 @@ def _unify_tables(result: UnifyResult) -> list[ResultTable]:
     """A unified set's tasks with their rescalers and mask densities; a single merged delta has no table."""
     if result.kind != "unified":
         return []
-    rows = [[task, f"{rescaler:.4f}", f"{100 * density:.1f} %"]
-            for task, rescaler, density in zip(result.tasks, result.rescalers, result.mask_density, strict=True)]  # fmt: skip
+    per_task = zip(result.tasks, result.rescalers, result.mask_density, strict=True)
+    rows = [[task, f"{rescaler:.4f}", f"{100 * density:.1f} %"] for task, rescaler, density in per_task]
     columns = [Column("task", numeric=False), Column("rescaler"), Column("mask density")]
     return [ResultTable(f"{result.output}: ConDU unified set of {len(result.tasks)} tasks", columns, [rows])]
 
