@@ -100,7 +100,7 @@ def test_a_table_written_to_a_pipe_keeps_its_full_width_unless_columns_is_set(ba
 
     def table(**extra_env) -> str:
         return subprocess.run([sys.executable, "-m", "cftool", "inspect", str(logged)], env={**env, **extra_env},
-                              capture_output=True, text=True, timeout=120, check=True).stderr  # fmt: skip
+                              capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
 
     assert logged.name in table() and "…" not in table()
     assert logged.name not in table(COLUMNS="60")  # a width the user asks for is honoured

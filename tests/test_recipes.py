@@ -70,7 +70,7 @@ def test_an_unknown_recipe_is_one_line_naming_the_known_ones(cli, tmp_path):
 
 def test_recipes_lists_and_prints(cli):
     listing = cli("recipes")
-    assert listing.code == 0 and all(name in listing.stderr for name in recipe_names())
+    assert listing.code == 0 and all(name in listing.stdout for name in recipe_names())
     printed = cli("recipes", "zscl-mtil-few-shot")
     assert printed.code == 0 and yaml.safe_load(printed.stdout)["options"]["shots"] == 5
 

@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,15 +14,15 @@ import typer
 from rich.markup import escape
 
 from cftool import __version__
-from cftool.cli.common import console
+from cftool.cli.common import console, set_quiet
 from cftool.cli.completions import completion_command
 from cftool.cli.continue_ import continue_command
 from cftool.cli.evaluate import eval_command
 from cftool.cli.files import export_command, import_command, inspect_command
 from cftool.cli.finetune import finetune_command
-from cftool.cli.recipes import recipes_command
 from cftool.cli.interpolate import interpolate_command
 from cftool.cli.merge import decouple_command, delta_command, unify_command
+from cftool.cli.recipes import recipes_command
 from cftool.cli.route import route_command
 from cftool.errors import CftoolError
 from cftool.io.command_files import CommandFiles, command_files
@@ -79,22 +80,29 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     files = CommandFiles()
     try:
-        with command_files() as files, _interrupt_as(Interrupted):
+        with command_files() as files, _interrupt_as(Interrupted), warnings.catch_warnings():
             result = app(args=argv, prog_name="cftool", standalone_mode=False)
     except Interrupted:
-        console.print(f"[red]interrupted[/red]: {_written_summary(files)}")
+        _print_error(f"[red]interrupted[/red]: {_written_summary(files)}")
         return 130
     except CftoolError as err:
-        console.print(f"[red]error:[/red] {escape(_user_message(err))}")
+        _print_error(f"[red]error:[/red] {escape(_user_message(err))}")
         return err.exit_code
     except typer.TyperException as err:  # usage errors and bad parameters, as click reports them
         if not err.format_message():  # `cftool` alone: the help was the answer, there is no error to add
             return err.exit_code
         ctx = getattr(err, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
-        console.print(f"[red]error:[/red] {escape(err.format_message())}{hint}")
+        _print_error(f"[red]error:[/red] {escape(err.format_message())}{hint}")
         return err.exit_code
+    finally:
+        set_quiet(False)  # --quiet lasts one command (tests and scripts call main again); errors above still print
     return result if isinstance(result, int) else 0
+
+
+def _print_error(line: str) -> None:
+    set_quiet(False)  # errors print under --quiet too
+    console.print(line)
 
 
 class Interrupted(BaseException):

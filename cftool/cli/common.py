@@ -1,4 +1,5 @@
-"""What every command shares: the stderr console, `--config` YAML, `--device`, `--seed`, `--json`, outputs.
+"""What every command shares: the stdout and stderr consoles, `--config` YAML, `--device`, `--seed`, `--format`,
+`--quiet`, outputs.
 
 Command modules import torch, open_clip and the library inside the command functions, not at the top: `--help`,
 shell completion and the commands that only move tensors do not pay for what they do not use.
@@ -7,11 +8,13 @@ shell completion and the commands that only move tensors do not pay for what the
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import random
 import sys
 import time
+import warnings
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -26,17 +29,22 @@ from cftool.errors import CftoolError
 if TYPE_CHECKING:
     import torch
 
-# Human output goes to stderr so that stdout carries only `--json` output. Soft wrap: a line naming a file stays
-# one line that can be copied, whatever the terminal's width. Written to a log or a pipe (CI, `2>&1 | tee`), where
-# there is no terminal width, rich would squeeze tables into 80 columns and cut their headers to "zer…": there a
-# table keeps its natural width, unless $COLUMNS says otherwise.
+# Results (tables, JSON) go to stdout, so that `cftool eval … > results.txt` and `cftool inspect f | grep` hold
+# them; progress, warnings, "wrote X" and errors go to stderr (`console`), which --quiet silences except errors.
+# Soft wrap: a line naming a file stays one line that can be copied, whatever the terminal's width. Written to a log,
+# a file or a pipe (CI, `2>&1 | tee`), where there is no terminal width, rich would squeeze tables into 80 columns and
+# cut their headers to "zer…": there a table keeps its natural width, unless $COLUMNS says otherwise.
 _UNBOUNDED_WIDTH = 10_000
-console = Console(
-    stderr=True,
-    highlight=False,
-    soft_wrap=True,
-    width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else _UNBOUNDED_WIDTH,
-)
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() or "COLUMNS" in os.environ else _UNBOUNDED_WIDTH
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, width=width)
+
+
+console = _console(stderr=True)
+results = _console(stderr=False)
 
 
 # cftool.eval.route.DEFAULT_TOP_K (the reference's K), spelled out so that `--help` does not import torch.
@@ -152,7 +160,62 @@ RecipeOption = Annotated[
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout (tables go to stderr).")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON alone on stdout (= --format json).")]
+FormatOption = Annotated[
+    str,
+    typer.Option(
+        "--format",
+        help="How results are printed on stdout: table (the terminal's), markdown, latex (booktabs), csv or json.",
+    ),
+]
+
+
+def set_quiet(quiet: bool) -> bool:
+    """`--quiet` callback: stderr keeps only errors (no progress, warnings or "wrote X" lines)."""
+    console.quiet = quiet
+    logging.getLogger().setLevel(logging.ERROR if quiet else logging.WARNING)
+    if quiet:
+        warnings.simplefilter("ignore")  # `main` restores the filters after the command
+    return quiet
+
+
+QuietOption = Annotated[
+    bool,
+    typer.Option(
+        "--quiet", "-q", help="Print results alone: no progress, warnings or 'wrote' lines (errors still print).",
+        callback=set_quiet,
+    ),
+]  # fmt: skip
+
+
+def results_format(fmt: str, json_output: bool) -> str:
+    """The `--format` asked for, `--json` being `--format json`."""
+    from cftool.cli.render import FORMATS
+
+    if fmt not in FORMATS:
+        raise CftoolError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if json_output and fmt not in ("table", "json"):
+        raise CftoolError(f"--json is --format json; drop it or --format {fmt}")
+    return "json" if json_output else fmt
+
+
+def emit_results(tables: list, fmt: str, payload: Any, primary: int = -1) -> None:
+    """Results on stdout in ``fmt``: the ResultTables as the terminal's tables (then their notes), markdown, LaTeX or
+    CSV (the ``primary`` table alone), or ``payload`` as JSON."""
+    from cftool.cli.render import render_text, rich_table
+
+    if fmt == "json":
+        emit_json(payload)
+    elif fmt == "table":
+        for table in tables:
+            results.print(rich_table(table))
+            for note in table.notes:
+                results.print(note, markup=False)
+    else:
+        sys.stdout.write(render_text(tables, fmt, primary))
+        sys.stdout.flush()
+
+
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
 DataRootOption = Annotated[
     Path | None,
@@ -178,9 +241,7 @@ def torch_dtype(name: str | None) -> torch.dtype | None:
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 # Each worker is a process holding a copy of the dataset reader: a typo (--workers 100000) would fork without end.
 MAX_WORKERS = 256
-WorkersOption = Annotated[
-    int, typer.Option("--workers", min=0, max=MAX_WORKERS, help="Data-loading worker processes.")
-]
+WorkersOption = Annotated[int, typer.Option("--workers", min=0, max=MAX_WORKERS, help="Data-loading worker processes.")]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -260,7 +321,7 @@ class LoggedProgress(Progress):
     stay silent in a log."""
 
     def __init__(self, *columns, log_every: int | None, **kwargs):
-        super().__init__(*columns, disable=not console.is_interactive, **kwargs)
+        super().__init__(*columns, disable=not console.is_interactive or console.quiet, **kwargs)
         self.log_every = log_every
         self._lines: dict[int, tuple[int, float]] = {}  # task -> (advances since its last line, time of that line)
 

@@ -15,6 +15,7 @@ from cftool.cli.common import (
     ForceOption,
     JsonOption,
     LogEveryOption,
+    QuietOption,
     RecipeOption,
     WorkersOption,
     emit_json,
@@ -141,6 +142,7 @@ def continue_command(
     device: DeviceOption = "auto",
     force: ForceOption = False,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
     config: ConfigOption = None,
     recipe: RecipeOption = None,
 ) -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from cftool.cli.common import (
     DEFAULT_LOG_EVERY,
@@ -18,17 +17,21 @@ from cftool.cli.common import (
     DataRootOption,
     DeviceOption,
     ForceOption,
+    FormatOption,
     JsonOption,
     LogEveryOption,
+    QuietOption,
     SeedOption,
     WorkersOption,
     console,
-    emit_json,
+    emit_results,
     progress_bar,
     resolve_device,
+    results_format,
     seed_everything,
     write_json,
 )
+from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
 
 CLASS_CHOICES = ("all", "base", "novel", "base,novel")
@@ -125,12 +128,15 @@ def eval_command(
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
     json_output: JsonOption = False,
+    output_format: FormatOption = "table",
+    quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Top-1 accuracy per task of a zero-shot model or of checkpoints, side by side; or a path between two.
 
-    With --benchmark base2new-tiny each column reports base, novel and HM; `{task}` patterns give each task its own
-    checkpoint and `{seed}` averages seeds (mean ± spread). The mean row's HM is that of the mean base and novel.
+    With --benchmark base2new-tiny the table has a block per task and a row per model, with base, novel and HM;
+    `{task}` patterns give each task its own checkpoint and `{seed}` averages seeds (mean ± spread). The mean's HM is
+    that of the mean base and novel. --format markdown or latex prints the tables for a paper.
 
     With --sessions, each session sequence fills MTIL's matrix A[t][j] (session t, task j, tasks in training order):
     a unified set answers a learned task with its expert and the others by routing (zero-shot model + top-K
@@ -150,6 +156,7 @@ def eval_command(
     from cftool.io.outputs import check_outputs, check_writable_folder, refuse_input_overwrite
     from cftool.zoo import load_model
 
+    fmt = results_format(output_format, json_output)
     if bool(data) == bool(benchmark):
         raise CftoolError(
             "give either --data TASK (one or more) or --benchmark NAME"
@@ -229,22 +236,22 @@ def eval_command(
                 payload = compare(zoo, checkpoints or [ZERO_SHOT], tasks, base2new, split, cache, base_sha256)
     payload = {"benchmark": benchmark, "split": split, "base": zoo.spec.canonical, **payload}
     if sessions:
-        _print_mtil(benchmark or title, payload)
+        emit_results(mtil_tables(benchmark or title, payload), fmt, payload)
+        cells = payload["cells"]
+        console.print(f"{cells['measured']} cells measured, {cells['cached']} found in the cache")
         if heatmap is not None:
             from cftool.eval.plots import plot_matrices
 
             plot_matrices(payload, heatmap, force)
             console.print(f"wrote {heatmap}")
     elif path is not None:
-        _print_path(title, payload)
+        emit_results([path_table(title, payload)], fmt, payload)
         if plot is not None:
             _plot_path(payload, plot, force)
     else:
-        _print_table(title, payload, base2new)
+        emit_results([accuracy_table(title, payload, base2new)], fmt, payload)
     if output is not None:
         write_json(output, payload, overwrite=force)
-    if json_output:
-        emit_json(payload)
 
 
 def _input_files(columns: list[str], sessions: list[str], patterns: list[str], tasks: list[str]) -> list[Path]:
@@ -281,75 +288,97 @@ def _base_of(specs: list[str], tasks: list[str], sessions: list[str] = ()) -> st
     return None
 
 
-def _print_mtil(title: str, payload: dict) -> None:
-    """Each method's matrix, then one table in the ConDU paper's layout: a row per method and metric, a column per
-    task, then the average."""
+def mtil_tables(title: str, payload: dict) -> list[ResultTable]:
+    """Each method's matrix, then one table in the ConDU paper's layout: a column per task, then the average; rows
+    grouped by metric (Transfer, Average, Last), one per method, beneath a row per other column (zero-shot…)."""
     tasks = payload["tasks"]
+    tables = []
     for method in payload["methods"]:
-        table = Table(title=f"{method['method']}: top-1 % after each session (rows) on each task (columns)")
-        table.add_column("after")
-        for task in tasks:
-            table.add_column(task, justify="right")
-        for session, row in enumerate(method["matrix"]):
-            table.add_row(f"{session + 1} {tasks[session]}", *[f"{value:.1f}" for value in row])
-        console.print(table)
-    mode = payload["mode"] + (", among every task's classes" if payload["label_space"] == "union" else "") + (
-        f", top-{payload['top_k']}{' + zero-shot' if payload['zero_shot'] else ''} routing"
-        if payload["methods"]
-        else ""
-    )
-    table = Table(title=f"MTIL on {title} ({mode}): top-1 %")
-    table.add_column("")
-    table.add_column("method")
-    for task in tasks:
-        table.add_column(task, justify="right")
-    table.add_column("Average", justify="right")
-    for row in payload["columns"]:
-        table.add_row("", row["model"], *[f"{value:.1f}" for value in row["accuracy"]], f"{row['mean']:.1f}")
-    for metric in ("transfer", "average", "last"):
-        table.add_section()
-        for index, method in enumerate(payload["methods"]):
-            values = ["-" if value is None else f"{value:.1f}" for value in method[metric]]
-            mean = method[f"{metric}_mean"]
-            table.add_row(metric.title() if index == 0 else "", method["method"], *values,
-                          "-" if mean is None else f"{mean:.1f}")  # fmt: skip
-    console.print(table)
-    for row in payload["columns"]:
-        if row["transfer_mean"] is not None:
-            console.print(
-                f"{row['model']} over tasks 2…{len(tasks)}, what Transfer compares with: {row['transfer_mean']:.1f}"
+        tables.append(
+            ResultTable(
+                f"{method['method']}: top-1 % after each session (rows) on each task (columns)",
+                [Column("after", numeric=False), *[Column(task) for task in tasks]],
+                [[[f"{session + 1} {tasks[session]}", *[f"{value:.1f}" for value in row]]
+                  for session, row in enumerate(method["matrix"])]],
             )
-    cells = payload["cells"]
-    console.print(f"{cells['measured']} cells measured, {cells['cached']} found in the cache")
+        )  # fmt: skip
+    mode = (
+        payload["mode"]
+        + (", among every task's classes" if payload["label_space"] == "union" else "")
+        + (
+            f", top-{payload['top_k']}{' + zero-shot' if payload['zero_shot'] else ''} routing"
+            if payload["methods"]
+            else ""
+        )
+    )
+    summary = ResultTable(
+        f"MTIL on {title} ({mode}): top-1 %",
+        [Column("", numeric=False), Column("method", numeric=False), *[Column(task) for task in tasks],
+         Column("Average")],
+        notes=[f"{row['model']} over tasks 2…{len(tasks)}, what Transfer compares with: {row['transfer_mean']:.1f}"
+               for row in payload["columns"] if row["transfer_mean"] is not None],
+    )  # fmt: skip
+    if payload["columns"]:
+        summary.sections.append(
+            [["", row["model"], *[f"{value:.1f}" for value in row["accuracy"]], f"{row['mean']:.1f}"]
+             for row in payload["columns"]]
+        )  # fmt: skip
+    for metric in ("transfer", "average", "last"):
+        if payload["methods"]:
+            summary.sections.append(
+                [[metric.title() if index == 0 else "", method["method"], *map(_dash, method[metric]),
+                  _dash(method[f"{metric}_mean"])] for index, method in enumerate(payload["methods"])]
+            )  # fmt: skip
+    return [*tables, summary]
+
+
+def _dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _format(cell_mean: float, std: float | None) -> str:
     return f"{cell_mean:.1f}" if std is None else f"{cell_mean:.1f}±{std:.1f}"
 
 
-def _print_table(title: str, payload: dict, base2new: bool) -> None:
-    metrics = ("base", "novel", "hm") if base2new else ("accuracy",)
+def accuracy_table(title: str, payload: dict, base2new: bool) -> ResultTable:
+    """Top-1 % per task. Base-to-novel in CoCoOp's layout, which fits a terminal with any number of models: a block
+    per task, a row per model, columns Base, Novel and HM. Otherwise a row per task and a column per model."""
     models = payload["models"]
     averaged = any(len(m["seeds"]) > 1 for m in models)
-    table = Table(title=f"top-1 % on {title}" + (" (mean±std over seeds)" if averaged else ""))
-    table.add_column("task")
-    table.add_column("classes", justify="right")
-    for name in _short_labels([model["model"] for model in models]):
-        for metric in metrics:
-            table.add_column(f"{name}\n{metric}" if base2new else name, justify="right")
+    labels = _short_labels([model["model"] for model in models])
+    table = ResultTable(f"top-1 % on {title}" + (" (mean±std over seeds)" if averaged else ""), [])
+    if base2new:
+        table.columns = [Column("task", numeric=False), Column("classes"), Column("model", numeric=False),
+                         Column("Base"), Column("Novel"), Column("HM")]  # fmt: skip
+        blocks = [
+            (
+                first["task"],
+                f"{first['num_base_classes']}+{first['num_novel_classes']}",
+                [model["results"][index] for model in models],
+            )
+            for index, first in enumerate(models[0]["results"])
+        ]
+        blocks.append(("mean", "", [model["mean"] for model in models]))
+        for task, n_classes, rows in blocks:
+            table.sections.append(
+                [[task, n_classes, label, *_cells(row, ("base", "novel", "hm"))] if index == 0 else
+                 ["", "", label, *_cells(row, ("base", "novel", "hm"))]
+                 for index, (label, row) in enumerate(zip(labels, rows, strict=True))]
+            )  # fmt: skip
+        return table
+    table.columns = [Column("task", numeric=False), Column("classes"), *[Column(label) for label in labels]]
+    table.sections.append(
+        [[first["task"], str(first["num_classes"]), *[_cells(model["results"][index], ("accuracy",))[0]
+                                                      for model in models]]
+         for index, first in enumerate(models[0]["results"])]
+    )  # fmt: skip
+    table.sections.append([["mean", "", *[_cells(model["mean"], ("accuracy",))[0] for model in models]]])
+    return table
 
-    def cells(row: dict) -> list[str]:
-        std = row.get("std", {})
-        return [_format(row[m], std.get(m)) for m in metrics]
 
-    for index, first in enumerate(models[0]["results"]):
-        n_classes = (
-            f"{first['num_base_classes']}+{first['num_novel_classes']}" if base2new else str(first["num_classes"])
-        )
-        table.add_row(first["task"], n_classes, *[c for model in models for c in cells(model["results"][index])])
-    table.add_section()
-    table.add_row("mean", "", *[c for model in models for c in cells(model["mean"])])
-    console.print(table)
+def _cells(row: dict, metrics: tuple[str, ...]) -> list[str]:
+    std = row.get("std", {})
+    return [_format(row[metric], std.get(metric)) for metric in metrics]
 
 
 def _short_labels(labels: list[str]) -> list[str]:
@@ -358,23 +387,23 @@ def _short_labels(labels: list[str]) -> list[str]:
     return short if len(set(short)) == len(short) else labels
 
 
-def _print_path(title: str, payload: dict) -> None:
+def path_table(title: str, payload: dict) -> ResultTable:
+    """Loss and top-1 % at each α: a pair of columns per task under the task's name; then max loss and barrier."""
     path = payload["path"]
-    table = Table(title=f"loss and top-1 % along {path['a']} → {path['b']} ({path['kind']}) on {title}")
-    table.add_column("α", justify="right")
+    table = ResultTable(f"loss and top-1 % along {path['a']} → {path['b']} ({path['kind']}) on {title}", [Column("α")])
     for curve in payload["curves"]:
         label = curve["task"] + ("" if curve["classes"] == "all" else f" {curve['classes']}")
-        table.add_column(f"{label}\nloss", justify="right")
-        table.add_column(f"{label}\ntop-1", justify="right")
-    for index, alpha in enumerate(payload["alphas"]):
-        row = [f"{alpha:.2f}"]
-        for curve in payload["curves"]:
-            row += [f"{curve['loss'][index]:.3f}", f"{curve['accuracy'][index]:.1f}"]
-        table.add_row(*row)
-    table.add_section()
-    table.add_row("max loss", *[c for curve in payload["curves"] for c in (f"{curve['max_loss']:.3f}", "")])
-    table.add_row("barrier", *[c for curve in payload["curves"] for c in (f"{curve['barrier']:.3f}", "")])
-    console.print(table)
+        table.columns += [Column("loss", group=label), Column("top-1", group=label)]
+    table.sections.append(
+        [[f"{alpha:.2f}", *[cell for curve in payload["curves"]
+                             for cell in (f"{curve['loss'][index]:.3f}", f"{curve['accuracy'][index]:.1f}")]]
+         for index, alpha in enumerate(payload["alphas"])]
+    )  # fmt: skip
+    table.sections.append(
+        [[name, *[cell for curve in payload["curves"] for cell in (f"{curve[key]:.3f}", "")]]
+         for name, key in (("max loss", "max_loss"), ("barrier", "barrier"))]
+    )  # fmt: skip
+    return table
 
 
 def _require_matplotlib(flag: str) -> None:

@@ -7,19 +7,22 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from cftool.cli.common import (
     ConfigOption,
     DeviceOption,
     ForceOption,
+    FormatOption,
     JsonOption,
+    QuietOption,
     console,
-    emit_json,
+    emit_results,
     progress_bar,
     resolve_device,
+    results_format,
     torch_dtype,
 )
+from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
 
 ZsOption = Annotated[
@@ -35,6 +38,8 @@ def inspect_command(
     files: Annotated[list[Path], typer.Argument(help="safetensors files to describe.")],
     check: Annotated[bool, typer.Option("--check", help="Also scan every tensor for NaN and Inf.")] = False,
     json_output: JsonOption = False,
+    output_format: FormatOption = "table",
+    quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Describe checkpoint files: kind, base, task, tensors, parameters, dtypes, size.
@@ -45,38 +50,16 @@ def inspect_command(
     """
     from cftool.io.summary import non_finite_counts, summarize
 
+    fmt = results_format(output_format, json_output)
     summaries = [summarize(path) for path in files]
     if check:
         with progress_bar() as progress:
             for summary in summaries:
                 bar = progress.add_task(f"check {summary['file']}", total=summary["tensors"])
                 summary["non_finite"] = non_finite_counts(Path(summary["file"]), partial(progress.advance, bar, 1))
-    table = Table()
-    for column in ("file", "kind", "base", "task", "tensors", "parameters", "dtypes", "size"):
-        table.add_column(column, justify="right" if column in ("tensors", "parameters", "size") else "left")
-    if check:
-        table.add_column("NaN/Inf", justify="right")
-    for s in summaries:
-        row = [
-            s["file"],
-            s["kind"] or "(plain safetensors)",
-            s["base"] or "-",
-            s["task"] or "-",
-            str(s["tensors"]),
-            f"{s['parameters']:,}",
-            ", ".join(s["dtypes"]),
-            _human_size(s["bytes"]),
-        ]
-        if check:
-            bad = s["non_finite"]
-            row.append("[green]none[/green]" if not bad else f"[red]{sum(bad.values())} in {len(bad)} tensors[/red]")
-        table.add_row(*row)
-    console.print(table)
-    for s in summaries:
-        if "tasks" in s:
-            _print_unified_tasks(s)
-    if json_output:
-        emit_json(summaries)
+    tables = [_files_table(summaries, check)]
+    tables += [_unified_tasks_table(s) for s in summaries if "tasks" in s]
+    emit_results(tables, fmt, summaries, primary=0)
     if check and any(s["non_finite"] for s in summaries):
         worst = next(s for s in summaries if s["non_finite"])
         name, count = next(iter(worst["non_finite"].items()))
@@ -120,6 +103,7 @@ def import_command(
     ] = None,
     force: ForceOption = False,
     device: DeviceOption = "cpu",
+    quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Convert a foreign checkpoint into a cftool file (kind `model` or `prompt`), or a ConDU session folder into a
@@ -178,6 +162,7 @@ def export_command(
         typer.Option("--dtype", help="fp32, fp16 or bf16 for the weights (default: the file's; a zoo model's fp32)."),
     ] = None,
     force: ForceOption = False,
+    quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Write a plain open_clip state dict (.safetensors/.pt/.bin), or with --zs alone a zoo model as a `model` file.
@@ -238,14 +223,36 @@ def _import_condu_session(
     console.print(f"wrote {written[0]} (ConDU session → unified)" + "".join(f", {path}" for path in written[1:]))
 
 
-def _print_unified_tasks(summary: dict) -> None:
-    table = Table(title=f"{summary['file']}: {len(summary['tasks'])} tasks")
-    for column in ("task", "classes", "rescaler", "mask density"):
-        table.add_column(column, justify="left" if column == "task" else "right")
-    for task in summary["tasks"]:
-        classes = "-" if task["classes"] is None else str(task["classes"])
-        table.add_row(task["task"], classes, f"{task['rescaler']:.4f}", f"{100 * task['mask_density']:.1f} %")
-    console.print(table)
+def _files_table(summaries: list[dict], check: bool) -> ResultTable:
+    names = ["file", "kind", "base", "task", "tensors", "parameters", "dtypes", "size"] + (["NaN/Inf"] if check else [])
+    rows = []
+    for s in summaries:
+        row = [
+            s["file"],
+            s["kind"] or "(plain safetensors)",
+            s["base"] or "-",
+            s["task"] or "-",
+            str(s["tensors"]),
+            f"{s['parameters']:,}",
+            ", ".join(s["dtypes"]),
+            _human_size(s["bytes"]),
+        ]
+        if check:
+            bad = s["non_finite"]
+            row.append("none" if not bad else f"{sum(bad.values())} in {len(bad)} tensors")
+        rows.append(row)
+    numeric = ("tensors", "parameters", "size", "NaN/Inf")
+    return ResultTable("", [Column(name, numeric=name in numeric) for name in names], [rows])
+
+
+def _unified_tasks_table(summary: dict) -> ResultTable:
+    rows = [[task["task"], "-" if task["classes"] is None else str(task["classes"]), f"{task['rescaler']:.4f}",
+             f"{100 * task['mask_density']:.1f} %"] for task in summary["tasks"]]  # fmt: skip
+    return ResultTable(
+        f"{summary['file']}: {len(summary['tasks'])} tasks",
+        [Column("task", numeric=False), Column("classes"), Column("rescaler"), Column("mask density")],
+        [rows],
+    )
 
 
 def _detect_format(source: Path) -> str:

@@ -18,6 +18,7 @@ from cftool.cli.common import (
     ForceOption,
     JsonOption,
     LogEveryOption,
+    QuietOption,
     RecipeOption,
     SeedOption,
     WorkersOption,
@@ -165,6 +166,7 @@ def finetune_command(
     seed: SeedOption = 0,
     force: ForceOption = False,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
     config: ConfigOption = None,
     recipe: RecipeOption = None,
 ) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cftool.cli.common import ConfigOption, DeviceOption, ForceOption, console, resolve_device
+from cftool.cli.common import ConfigOption, DeviceOption, ForceOption, QuietOption, console, resolve_device
 from cftool.errors import CftoolError
 
 
@@ -21,6 +21,7 @@ def interpolate_command(
     ] = None,
     device: DeviceOption = "cpu",
     force: ForceOption = False,
+    quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Write the point (1 − α)·A + α·B of the path between two checkpoints of one kind, or zs and a checkpoint.

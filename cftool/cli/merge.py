@@ -10,10 +10,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from cftool.cli.common import ConfigOption, ForceOption, JsonOption, console, emit_json, progress_bar, torch_dtype
+from cftool.cli.common import (
+    ConfigOption,
+    ForceOption,
+    FormatOption,
+    JsonOption,
+    QuietOption,
+    console,
+    emit_json,
+    emit_results,
+    progress_bar,
+    results_format,
+    torch_dtype,
+)
 from cftool.cli.files import OutputOption, ZsOption
+from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
 
 if TYPE_CHECKING:
@@ -56,6 +68,7 @@ def delta_command(
     scale: Annotated[float | None, typer.Option("--scale", help="apply: write θ0 + s·δ (default 1).")] = None,
     force: ForceOption = False,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Task delta θ − θ0 of a fine-tuned checkpoint; `delta apply` adds a delta back to its base as a `model` file.
@@ -123,6 +136,8 @@ def unify_command(
     seed: Annotated[int | None, typer.Option("--seed", help="dare: seed of the drops (default 0).")] = None,
     force: ForceOption = False,
     json_output: JsonOption = False,
+    output_format: FormatOption = "table",
+    quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Merge task deltas: a ConDU unified set (unified delta + a 1-bit mask and a rescaler per task) or one delta.
@@ -145,6 +160,7 @@ def unify_command(
     from cftool.merge.engine import continual_inputs, open_deltas, open_loras, open_previous, unify
     from cftool.merge.methods import get_method
 
+    fmt = results_format(output_format, json_output)
     merge = get_method(method)
     options = merge.make_options(keep=keep, trim=trim, scale=scale, p=p, seed=seed)
     if into is not None and not merge.writes_triggers:
@@ -161,19 +177,21 @@ def unify_command(
             result = unify(
                 inputs, merge, options, output, overwrite=force, progress=_reporter(progress), factor_base=factor_base
             )
-    _print_unify(result)
-    if json_output:
-        emit_json(result.to_json())
+    emit_results(_unify_tables(result), fmt, result.to_json())
+    _print_written(result)
 
 
-def _print_unify(result: UnifyResult) -> None:
-    if result.kind == "unified":
-        table = Table(title=f"{result.output}: ConDU unified set of {len(result.tasks)} tasks")
-        for column in ("task", "rescaler", "mask density"):
-            table.add_column(column, justify="left" if column == "task" else "right")
-        for task, rescaler, density in zip(result.tasks, result.rescalers, result.mask_density, strict=True):
-            table.add_row(task, f"{rescaler:.4f}", f"{100 * density:.1f} %")
-        console.print(table)
+def _unify_tables(result: UnifyResult) -> list[ResultTable]:
+    """A unified set's tasks with their rescalers and mask densities; a single merged delta has no table."""
+    if result.kind != "unified":
+        return []
+    per_task = zip(result.tasks, result.rescalers, result.mask_density, strict=True)
+    rows = [[task, f"{rescaler:.4f}", f"{100 * density:.1f} %"] for task, rescaler, density in per_task]
+    columns = [Column("task", numeric=False), Column("rescaler"), Column("mask density")]
+    return [ResultTable(f"{result.output}: ConDU unified set of {len(result.tasks)} tasks", columns, [rows])]
+
+
+def _print_written(result: UnifyResult) -> None:
     console.print(
         f"wrote {result.output} ({result.kind}, {result.method} of {len(result.tasks)} tasks, "
         f"{result.parameters:,} parameters, {result.passes} pass{'es' if result.passes > 1 else ''})"
@@ -198,6 +216,7 @@ def decouple_command(
     zs: ZsOption = None,
     force: ForceOption = False,
     json_output: JsonOption = False,
+    quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Rebuild task experts from a unified set: δ̃ = λ·M⊙u, or with --as model the full weights θ0 + δ̃.
@@ -251,7 +270,5 @@ def decouple_command(
 
 def _file_name(task: str, source: Path) -> str:
     if not task or task in (".", "..") or "/" in task or "\\" in task or "\0" in task:
-        raise CftoolError(
-            f"{source}: task {task!r} cannot name a file; decouple it alone with --task and -o FILE"
-        )
+        raise CftoolError(f"{source}: task {task!r} cannot name a file; decouple it alone with --task and -o FILE")
     return task

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from cftool.cli.common import console
+from cftool.cli.common import QuietOption, emit_results
+from cftool.cli.render import Column, ResultTable
 
 
 def recipes_command(
     name: Annotated[str | None, typer.Argument(help="A recipe to print in full (its YAML file).")] = None,
+    quiet: QuietOption = False,
 ) -> None:
     """List the official recipes that `finetune --recipe` and `continue --recipe` take, or print one.
 
@@ -25,7 +26,8 @@ def recipes_command(
         load_recipe(name)  # an unknown name is refused with the known ones
         print(resources.files("cftool.recipes").joinpath(f"{name}.yaml").read_text(encoding="utf-8"), end="")
         return
-    table = Table("recipe", "command", "what", "official source")
-    for recipe in map(load_recipe, recipe_names()):
-        table.add_row(recipe.name, recipe.command, recipe.summary, recipe.reference)
-    console.print(table)
+    rows = [
+        [recipe.name, recipe.command, recipe.summary, recipe.reference] for recipe in map(load_recipe, recipe_names())
+    ]
+    columns = [Column(name, numeric=False) for name in ("recipe", "command", "what", "official source")]
+    emit_results([ResultTable("", columns, [rows])], "table", None)

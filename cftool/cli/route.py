@@ -16,15 +16,20 @@ from cftool.cli.common import (
     DataRootOption,
     DeviceOption,
     ForceOption,
+    FormatOption,
     JsonOption,
+    QuietOption,
     SeedOption,
     WorkersOption,
     console,
-    emit_json,
+    emit_results,
     progress_bar,
     resolve_device,
+    results,
+    results_format,
     seed_everything,
 )
+from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
 
 if TYPE_CHECKING:
@@ -73,6 +78,8 @@ def route_command(
     device: DeviceOption = "auto",
     seed: SeedOption = 0,
     json_output: JsonOption = False,
+    output_format: FormatOption = "table",
+    quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
     """Predict with a unified set's task experts: without --task, each image goes to the --top-k tasks whose class
@@ -92,6 +99,7 @@ def route_command(
     from cftool.zoo import load_model
     from cftool.zoo.base import recorded_base
 
+    fmt = results_format(output_format, json_output)
     with open_checkpoint(unified, kind="unified") as ckpt:  # a file of another kind is the first thing to say
         header = ckpt.header
     options = RouteOptions(top_k, zero_shot, batch_size, workers)
@@ -116,18 +124,45 @@ def route_command(
         routed = predict(
             zoo, unified, task_data, split, options, task, prototypes or [], lambda n: progress.advance(bar, n)
         )
-    mode = f"task {task!r}'s expert" if task else _members(options)
     hits = None if task else routed.routed_to(task_data.name)  # with --task no image is routed
-    console.print(
-        f"{task_data.name} ({split}, {len(routed.labels)} images, {len(task_data.classnames)} classes): "
-        f"top-1 {routed.accuracy:.1f} % with {mode}; {routed.passes.expert_images:,} expert image passes"
-        + ("" if hits is None else f"; {hits:.1f} % routed to {task_data.name}'s own expert")
-    )
+    report = _report(unified, data, split, task, options, routed, task_data, hits)
+    if fmt == "table":
+        results.print(_sentence(task_data.name, report, options), markup=False)
+    else:
+        emit_results([_accuracy_table(task_data.name, report, options)], fmt, report)
     if output is not None:
         _write_csv(output, routed, task_data, force)
         console.print(f"wrote {output}")
-    if json_output:
-        emit_json(_report(unified, data, split, task, options, routed, task_data, hits))
+
+
+def _answered_by(report: dict, options) -> str:
+    return f"task {report['task']!r}'s expert" if report["task"] else _members(options)
+
+
+def _sentence(name: str, report: dict, options) -> str:
+    """The terminal's result: one line."""
+    hits = report["routed_to_own_task"]
+    return (
+        f"{name} ({report['split']}, {report['num_images']} images, {len(report['classnames'])} classes): "
+        f"top-1 {report['accuracy']:.1f} % with {_answered_by(report, options)}; "
+        f"{report['expert_image_passes']:,} expert image passes"
+        + ("" if hits is None else f"; {hits:.1f} % routed to {name}'s own expert")
+    )
+
+
+def _accuracy_table(name: str, report: dict, options) -> ResultTable:
+    """The same result as a one-row table, for markdown, LaTeX and CSV."""
+    hits = report["routed_to_own_task"]
+    columns = ["task", "split", "images", "classes", "answered by", "top-1 %", "expert image passes",
+               "routed to own expert %"]  # fmt: skip
+    row = [name, report["split"], str(report["num_images"]), str(len(report["classnames"])),
+           _answered_by(report, options), f"{report['accuracy']:.1f}", str(report["expert_image_passes"]),
+           "-" if hits is None else f"{hits:.1f}"]  # fmt: skip
+    return ResultTable(
+        f"{name}: top-1 % of {report['unified']}",
+        [Column(column, numeric=column not in ("task", "split", "answered by")) for column in columns],
+        [[row]],
+    )
 
 
 def _members(options) -> str:
