@@ -1,4 +1,5 @@
 import atexit
+import math
 import os
 import shutil
 import tempfile
@@ -102,6 +103,15 @@ def stand_in_finetune(state, seed, scale=3e-3):
         name: tensor + scale * torch.randn(tensor.shape, generator=generator) if tensor.is_floating_point() else tensor
         for name, tensor in state.items()
     }
+
+
+@pytest.fixture(autouse=True)
+def no_progress_lines_by_the_clock(monkeypatch):
+    """Off a terminal, a command prints a progress line every LOG_SECONDS; on a loaded machine a test's command can
+    outlast that, and the line would join the one line a failing command prints. Lines by step count still print."""
+    import cftool.cli.common
+
+    monkeypatch.setattr(cftool.cli.common, "LOG_SECONDS", math.inf)
 
 
 @pytest.fixture
