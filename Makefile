@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_OUT ?= demo-out
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -26,9 +26,18 @@ demo: install
 	$(BIN)/cftool eval zs $(DEMO_OUT)/coop-flowers-base.safetensors $(DEMO_OUT)/coop-flowers-base.mergetune.safetensors \
 		--data toy:flowers --classes base,novel
 
-# Test files run in parallel, one file per worker (module fixtures are built once), up to four workers.
-test: install
+# The linter and the formatter first (seconds), then the test files in parallel, one file per worker (module
+# fixtures are built once), up to four workers.
+test: lint
 	$(BIN)/python -m pytest -q --numprocesses=auto --maxprocesses=4 --dist=loadfile
+
+lint: install
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m ruff format --check .
+
+# Rewrites the files ruff's formatter would change.
+format: install
+	$(BIN)/python -m ruff format .
 
 # Peak memory and time of `unify` on eleven ViT-B/16-sized deltas, streaming versus fully loaded (6.6 GB of scratch
 # disk; results in benchmarks/RESULTS.md).

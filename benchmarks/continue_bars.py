@@ -85,10 +85,15 @@ def main() -> None:
         fine_tuned = args.out / f"{kind}-{args.task}.safetensors"
         began = time.perf_counter()
         options = TrainOptions(**{**options.to_dict(), "seed": args.seed})
-        finetune(FinetuneJob("tiny", DatasetSpec(f"toy:{args.task}"), method, fine_tuned, options, method_options,
-                             force=True))  # fmt: skip
-        rows["fine-tuned"] = {**scores(zoo, fine_tuned, args.task, others, with_others),
-                              "seconds": round(time.perf_counter() - began)}  # fmt: skip
+        finetune(
+            FinetuneJob(
+                "tiny", DatasetSpec(f"toy:{args.task}"), method, fine_tuned, options, method_options, force=True
+            )
+        )
+        rows["fine-tuned"] = {
+            **scores(zoo, fine_tuned, args.task, others, with_others),
+            "seconds": round(time.perf_counter() - began),
+        }
         print(kind, "zero-shot", rows["zero-shot"], "fine-tuned", rows["fine-tuned"], flush=True)
         for lambda_zs in (float(v) for v in args.lambda_zs.split(",")):
             mergetune = MergeTuneOptions(args.lambda_lmc, lambda_zs, args.zs_reg, parse_lmc_samples(args.lmc_samples))
@@ -96,8 +101,10 @@ def main() -> None:
             began = time.perf_counter()
             continue_training(ContinueJob(fine_tuned, "tiny", mergetune, output, force=True))
             name = f"mergetune λ_zs={lambda_zs:g}"
-            rows[name] = {**scores(zoo, output, args.task, others, with_others),
-                          "seconds": round(time.perf_counter() - began)}  # fmt: skip
+            rows[name] = {
+                **scores(zoo, output, args.task, others, with_others),
+                "seconds": round(time.perf_counter() - began),
+            }
             print(kind, name, rows[name], flush=True)
         report["kinds"][kind] = rows
         (args.out / "bars.json").write_text(json.dumps(report, indent=2) + "\n")

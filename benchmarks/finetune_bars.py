@@ -67,22 +67,32 @@ def base_to_novel(zs: str, tasks: dict, shots: int, seeds: list[int], ctx_init: 
             with open_checkpoint(output, kind="prompt") as ckpt:
                 after.extend(evaluate_base2new(zoo, [task], head=apply_checkpoint(zoo, ckpt)))
         base, novel = (statistics.mean(getattr(result, half) for result in after) for half in ("base", "novel"))
-        rows[task.name] = {"zero_shot": asdict(before), "coop": [asdict(result) for result in after],
-                           "coop_mean": {"base": base, "novel": novel, "hm": harmonic_mean(base, novel)}}
+        rows[task.name] = {
+            "zero_shot": asdict(before),
+            "coop": [asdict(result) for result in after],
+            "coop_mean": {"base": base, "novel": novel, "hm": harmonic_mean(base, novel)},
+        }
         print(f"{task.name}: base {before.base:.1f} -> {base:.1f}, novel {before.novel:.1f} -> {novel:.1f}", flush=True)
     raised = sum(row["coop_mean"]["base"] > row["zero_shot"]["base"] for row in rows.values())
     lowered = sum(row["coop_mean"]["novel"] < row["zero_shot"]["novel"] for row in rows.values())
     means = {
         f"{half}_{when}": statistics.mean(row[key][half] for row in rows.values())
-        for half in ("base", "novel") for when, key in (("zero_shot", "zero_shot"), ("coop", "coop_mean"))
+        for half in ("base", "novel")
+        for when, key in (("zero_shot", "zero_shot"), ("coop", "coop_mean"))
     }
     print(
         f"coop raised base on {raised} of {len(rows)} tasks (mean {means['base_zero_shot']:.1f} -> "
         f"{means['base_coop']:.1f}) and lowered novel on {lowered} (mean {means['novel_zero_shot']:.1f} -> "
         f"{means['novel_coop']:.1f})"
     )
-    return {"ctx_init": ctx_init, "seeds": seeds, "tasks": rows, "raised_base": raised, "lowered_novel": lowered,
-            **means}
+    return {
+        "ctx_init": ctx_init,
+        "seeds": seeds,
+        "tasks": rows,
+        "raised_base": raised,
+        "lowered_novel": lowered,
+        **means,
+    }
 
 
 def main() -> None:

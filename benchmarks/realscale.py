@@ -106,8 +106,12 @@ class Plain:
     def image_features(self, images, batch_size: int = 256, weights=None):
         torch = self.torch
         with torch.no_grad(), self.autocast():
-            return torch.cat([self.encode(images[i : i + batch_size].to(self.device), None, weights)[0].float()
-                              for i in range(0, len(images), batch_size)])  # fmt: skip
+            return torch.cat(
+                [
+                    self.encode(images[i : i + batch_size].to(self.device), None, weights)[0].float()
+                    for i in range(0, len(images), batch_size)
+                ]
+            )
 
     def encode(self, images, tokens, weights=None):
         """Normalised image and text features, with ``weights`` in place of the model's own where given."""
@@ -139,7 +143,8 @@ def plain_eval(job: dict) -> None:
 
 
 class PlainCoOp:
-    """A learned context in place of the template's words ("a photo of a"), the rest of the prompt from the class name."""
+    """A learned context in place of the template's words ("a photo of a"), the rest of the prompt from the class
+    name."""
 
     def __init__(self, plain: Plain, classes: list[str]):
         torch, model = plain.torch, plain.model
@@ -206,9 +211,13 @@ def plain_train(job: dict) -> None:
         if method == "lora":
             targets = [n for n in base if n.endswith(LORA_TARGETS)]
             scale = LORA_ALPHA / LORA_RANK
-            factors = {n: (torch.nn.Parameter(torch.zeros(base[n].shape[0], LORA_RANK, device=plain.device)),
-                           torch.nn.Parameter(torch.randn(LORA_RANK, base[n].shape[1], device=plain.device) / LORA_RANK))
-                       for n in targets}  # fmt: skip
+            factors = {
+                n: (
+                    torch.nn.Parameter(torch.zeros(base[n].shape[0], LORA_RANK, device=plain.device)),
+                    torch.nn.Parameter(torch.randn(LORA_RANK, base[n].shape[1], device=plain.device) / LORA_RANK),
+                )
+                for n in targets
+            }
             if continued:
                 saved = load_file(job["continued"])
                 for n, (b, a) in factors.items():
@@ -256,8 +265,11 @@ def plain_train(job: dict) -> None:
     if method == "coop":
         trained = {"ctx": coop.ctx.detach().cpu()}
     elif method == "lora":
-        trained = {f"{n}.lora_{k}": t.detach().cpu().contiguous() for n, (b, a) in factors.items() for k, t in
-                   (("B", b), ("A", a))}  # fmt: skip
+        trained = {
+            f"{n}.lora_{k}": t.detach().cpu().contiguous()
+            for n, (b, a) in factors.items()
+            for k, t in (("B", b), ("A", a))
+        }
     else:
         trained = {n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}
     save_file(trained, job["output"])
@@ -409,8 +421,14 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
     data = forked(args.threads, write_folders, work / "data", args.train_per_class, args.test_per_class)
     zs, device = f"{arch}:{base}", ["--device", args.device]
     steps = ["--iterations", str(args.iterations), "--batch-size", str(args.batch_size)]
-    common = {"arch": arch, "base": str(base), "device": args.device, "seed": args.seed,
-              "iterations": args.iterations, "batch_size": args.batch_size}  # fmt: skip
+    common = {
+        "arch": arch,
+        "base": str(base),
+        "device": args.device,
+        "seed": args.seed,
+        "iterations": args.iterations,
+        "batch_size": args.batch_size,
+    }
     trained_images = args.iterations * args.batch_size
     test_images = {key: sum(1 for _ in (folder / "test").rglob("*.png")) for key, folder in data.items()}
     runs, out = [], work / "runs"
@@ -431,23 +449,52 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
         runs.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)  # each row as it is measured: a long run shows progress
 
-    compare("eval", ["eval", "--zs", zs, "--data", f"folder:{data['A']}", *device],
-            {"plain": "eval", "data": str(data["A"])}, test_images["A"])  # fmt: skip
-    trained = {"coop": ("A", out / "coop.safetensors"), "lora": ("B", out / "lora.safetensors"),
-               "full": ("A", out / "full.safetensors")}  # fmt: skip
+    compare(
+        "eval",
+        ["eval", "--zs", zs, "--data", f"folder:{data['A']}", *device],
+        {"plain": "eval", "data": str(data["A"])},
+        test_images["A"],
+    )
+    trained = {
+        "coop": ("A", out / "coop.safetensors"),
+        "lora": ("B", out / "lora.safetensors"),
+        "full": ("A", out / "full.safetensors"),
+    }
     for method, (task, path) in trained.items():
-        compare(f"finetune --method {method}",
-                ["finetune", "--zs", zs, "--data", f"folder:{data[task]}", "--method", method, *steps, *device,
-                 "--seed", args.seed, "-o", path],
-                {"plain": "train", "method": method, "data": str(data[task]), "output": str(work / f"plain-{method}")},
-                trained_images)  # fmt: skip
+        compare(
+            f"finetune --method {method}",
+            [
+                "finetune",
+                "--zs",
+                zs,
+                "--data",
+                f"folder:{data[task]}",
+                "--method",
+                method,
+                *steps,
+                *device,
+                "--seed",
+                args.seed,
+                "-o",
+                path,
+            ],
+            {"plain": "train", "method": method, "data": str(data[task]), "output": str(work / f"plain-{method}")},
+            trained_images,
+        )
     for method, (task, path) in trained.items():
         recipe = ["--inherit-recipe"] if method == "coop" else []  # not MergeTune's 100-epoch CoOp recipe
-        compare(f"continue ({method})",
-                ["continue", path, "--zs", zs, *recipe, *steps, *device, "-o", out / f"continued-{method}.safetensors"],
-                {"plain": "train", "method": method, "data": str(data[task]), "continued": str(work / f"plain-{method}"),
-                 "output": str(work / f"plain-continued-{method}")},
-                trained_images)  # fmt: skip
+        compare(
+            f"continue ({method})",
+            ["continue", path, "--zs", zs, *recipe, *steps, *device, "-o", out / f"continued-{method}.safetensors"],
+            {
+                "plain": "train",
+                "method": method,
+                "data": str(data[task]),
+                "continued": str(work / f"plain-{method}"),
+                "output": str(work / f"plain-continued-{method}"),
+            },
+            trained_images,
+        )
     deltas = out / "deltas"
     deltas.mkdir()
     compare(
@@ -459,18 +506,47 @@ def run(args: argparse.Namespace, work: Path) -> list[dict]:
     compare("delta (lora)", ["delta", trained["lora"][1], "--zs", zs, "-o", deltas / "B.safetensors"], None, None)
     plain_lora_delta = work / "plain-delta-B"  # the plain side's LoRA as a delta, merged here unmeasured
     forked(args.threads, merge_lora, work / "plain-lora", base, plain_lora_delta)
-    compare("unify", ["unify", deltas / "A.safetensors", deltas / "B.safetensors", "-o", out / "unified.safetensors"],
-            {"plain": "unify", "deltas": [str(work / "plain-delta-A"), str(plain_lora_delta)],
-             "output": str(work / "plain-unified")}, None)  # fmt: skip
-    compare("route",
-            ["route", out / "unified.safetensors", "--zs", zs, "--prototypes", out / "full.prototypes.safetensors",
-             "--prototypes", out / "lora.prototypes.safetensors", "--data", f"folder:{data['A']}", *device],
-            {"plain": "route", "data": str(data["A"]), "unified": str(work / "plain-unified"), "top_k": 4,
-             "prototypes": [str(work / "plain-full.prototypes"), str(work / "plain-lora.prototypes")]},
-            test_images["A"])  # fmt: skip
+    compare(
+        "unify",
+        ["unify", deltas / "A.safetensors", deltas / "B.safetensors", "-o", out / "unified.safetensors"],
+        {
+            "plain": "unify",
+            "deltas": [str(work / "plain-delta-A"), str(plain_lora_delta)],
+            "output": str(work / "plain-unified"),
+        },
+        None,
+    )
+    compare(
+        "route",
+        [
+            "route",
+            out / "unified.safetensors",
+            "--zs",
+            zs,
+            "--prototypes",
+            out / "full.prototypes.safetensors",
+            "--prototypes",
+            out / "lora.prototypes.safetensors",
+            "--data",
+            f"folder:{data['A']}",
+            *device,
+        ],
+        {
+            "plain": "route",
+            "data": str(data["A"]),
+            "unified": str(work / "plain-unified"),
+            "top_k": 4,
+            "prototypes": [str(work / "plain-full.prototypes"), str(work / "plain-lora.prototypes")],
+        },
+        test_images["A"],
+    )
     if args.mtil_root is not None:  # cftool alone: its heads of every class × template prompt are what is measured
-        compare("eval --benchmark mtil",
-                ["eval", "--zs", zs, "--benchmark", "mtil", "--data-root", args.mtil_root, *device], None, None)
+        compare(
+            "eval --benchmark mtil",
+            ["eval", "--zs", zs, "--benchmark", "mtil", "--data-root", args.mtil_root, *device],
+            None,
+            None,
+        )
     return runs
 
 
@@ -478,8 +554,12 @@ def merge_lora(factors_file: Path, base_file: Path, output: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     factors, base = load_file(factors_file), load_file(base_file)
-    delta = {n: (LORA_ALPHA / LORA_RANK) * factors[f"{n}.lora_B"] @ factors[f"{n}.lora_A"] if f"{n}.lora_B" in factors
-             else t.new_zeros(t.shape) for n, t in base.items()}  # fmt: skip
+    delta = {
+        n: (LORA_ALPHA / LORA_RANK) * factors[f"{n}.lora_B"] @ factors[f"{n}.lora_A"]
+        if f"{n}.lora_B" in factors
+        else t.new_zeros(t.shape)
+        for n, t in base.items()
+    }
     save_file(delta, output)
 
 
@@ -497,12 +577,22 @@ def table(report: dict) -> str:
             died = [f"{side} {row[side]['died']}" for side in ("cftool", "plain") if "died" in row.get(side, {})]
             lines.append(f"| {row['command']} | " + "; ".join(died) + " | | | | | | |")
             continue
-        per_image = (lambda r: f"{1000 * r['seconds'] / row['images']:.0f}") if row["images"] else (lambda r: "–")
-        cells = [row["command"], f"{ours['seconds']:.2f}", f"{plain['seconds']:.2f}" if plain else "–",
-                 f"{row['time_ratio']:.2f}" if plain else "–", per_image(ours), per_image(plain) if plain else "–",
-                 f"{ours['peak_rss_gb']:.2f}", f"{plain['peak_rss_gb']:.2f}" if plain else "–"]  # fmt: skip
+        cells = [
+            row["command"],
+            f"{ours['seconds']:.2f}",
+            f"{plain['seconds']:.2f}" if plain else "–",
+            f"{row['time_ratio']:.2f}" if plain else "–",
+            _per_image(ours, row["images"]),
+            _per_image(plain, row["images"]) if plain else "–",
+            f"{ours['peak_rss_gb']:.2f}",
+            f"{plain['peak_rss_gb']:.2f}" if plain else "–",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _per_image(side: dict, images: int | None) -> str:
+    return f"{1000 * side['seconds'] / images:.0f}" if images else "–"
 
 
 def main() -> None:
@@ -528,9 +618,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(dir=args.workdir) as scratch:
         runs = run(args, Path(scratch))
-    report = {"arch": SHRUNK_ARCH if args.shrink else ARCH, "device": args.device, "threads": args.threads,
-              "iterations": args.iterations, "batch_size": args.batch_size, "runs": runs,
-              "min_time_ratio": min(math.inf, *(r["time_ratio"] for r in runs if "time_ratio" in r))}  # fmt: skip
+    report = {
+        "arch": SHRUNK_ARCH if args.shrink else ARCH,
+        "device": args.device,
+        "threads": args.threads,
+        "iterations": args.iterations,
+        "batch_size": args.batch_size,
+        "runs": runs,
+        "min_time_ratio": min(math.inf, *(r["time_ratio"] for r in runs if "time_ratio" in r)),
+    }
     print(table(report))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2))

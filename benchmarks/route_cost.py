@@ -120,8 +120,12 @@ def main() -> None:
                 start = time.perf_counter()
                 logits = run(zoo, members, images, features, label_space, base_state, args.batch_size, 0, passes)
                 seconds = time.perf_counter() - start
-                runs[name] = {"logits": logits, "passes": sum(passes.images.values()), "seconds": seconds,
-                              "experts_rebuilt": sum(1 for m in passes.images if m != ZERO_SHOT_MEMBER)}  # fmt: skip
+                runs[name] = {
+                    "logits": logits,
+                    "passes": sum(passes.images.values()),
+                    "seconds": seconds,
+                    "experts_rebuilt": sum(1 for m in passes.images if m != ZERO_SHOT_MEMBER),
+                }
             n_experts, task_names = len(unified.task_names), unified.task_names
     routed_run, every_run = runs["routed"], runs["every expert"]
     ratio = routed_run["passes"] / every_run["passes"]

@@ -46,12 +46,17 @@ def _small_file(folder: Path) -> Path:
     """A small safetensors file with cftool metadata, written without importing cftool's torch-side modules."""
     path = folder / "small.safetensors"
     subprocess.run(
-        [sys.executable, "-c", (
-            "import torch, sys; from cftool.io.checkpoint import Header, save_checkpoint; "
-            "save_checkpoint(sys.argv[1], {'ctx': torch.zeros(4, 8)}, Header(kind='prompt', base='tiny'))"
-        ), str(path)],
+        [
+            sys.executable,
+            "-c",
+            (
+                "import torch, sys; from cftool.io.checkpoint import Header, save_checkpoint; "
+                "save_checkpoint(sys.argv[1], {'ctx': torch.zeros(4, 8)}, Header(kind='prompt', base='tiny'))"
+            ),
+            str(path),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     return path
 
 

@@ -81,10 +81,9 @@ def child(mode: str, method: str, output: Path, inputs: list[Path], threads: int
             raise SystemExit(code)
     else:
         from cftool.io.checkpoint import open_checkpoint
+        from cftool.io.unified import TaskEntry
         from cftool.merge.engine import LoadedDelta, unify
         from cftool.merge.methods import get_method
-
-        from cftool.io.unified import TaskEntry
 
         merge = get_method(method)
         began = time.perf_counter()

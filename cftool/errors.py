@@ -5,4 +5,3 @@ class CftoolError(Exception):
     """A problem with the user's input, described in one line: which file, what was wrong, what to do."""
 
     exit_code = 1
-

@@ -41,8 +41,9 @@ def create_tiny(seed: int = 0) -> tuple[open_clip.CLIP, Callable, Callable]:
     return model, preprocess, open_clip.get_tokenizer(TINY_ARCH)
 
 
-def pretraining_batch(step: int, batch_size: int, seed: int, preprocess: Callable,
-                      tokenizer: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+def pretraining_batch(
+    step: int, batch_size: int, seed: int, preprocess: Callable, tokenizer: Callable
+) -> tuple[torch.Tensor, torch.Tensor]:
     examples = [pretraining_example(step * batch_size + i, seed) for i in range(batch_size)]
     images = torch.stack([preprocess(image) for image, _ in examples])
     return images, tokenizer([text for _, text in examples])
@@ -65,8 +66,9 @@ def make_optimizer(model: torch.nn.Module, peak_lr: float, weight_decay: float) 
     return torch.optim.AdamW(groups, lr=peak_lr, betas=(0.9, 0.98), eps=1e-6)
 
 
-def pretrain(seed: int, steps: int, minutes: float, batch_size: int, peak_lr: float,
-             weight_decay: float, log_every: int) -> tuple[open_clip.CLIP, int, float]:
+def pretrain(
+    seed: int, steps: int, minutes: float, batch_size: int, peak_lr: float, weight_decay: float, log_every: int
+) -> tuple[open_clip.CLIP, int, float]:
     """Train until `steps` or `minutes` runs out; returns the model, the steps done and the minutes taken."""
     torch.set_num_threads(THREADS)
     model, preprocess, tokenizer = create_tiny(seed)
@@ -88,8 +90,12 @@ def pretrain(seed: int, steps: int, minutes: float, batch_size: int, peak_lr: fl
             model.logit_scale.clamp_(0, math.log(100))
         step += 1
         if step % log_every == 0 or step == steps:
-            print(f"step {step}/{steps}  loss {loss.item():.3f}  lr {optimizer.param_groups[0]['lr']:.2e}  "
-                  f"{(time.monotonic() - start) / 60:.1f} min", file=sys.stderr, flush=True)
+            print(
+                f"step {step}/{steps}  loss {loss.item():.3f}  lr {optimizer.param_groups[0]['lr']:.2e}  "
+                f"{(time.monotonic() - start) / 60:.1f} min",
+                file=sys.stderr,
+                flush=True,
+            )
     return model.eval(), step, (time.monotonic() - start) / 60
 
 
@@ -124,13 +130,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.output.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
         parser.error(f"-o {args.output}: not a writable file path")
 
-    model, steps_done, minutes = pretrain(args.seed, args.steps, args.minutes, args.batch_size, args.lr,
-                                          args.weight_decay, args.log_every)
+    model, steps_done, minutes = pretrain(
+        args.seed, args.steps, args.minutes, args.batch_size, args.lr, args.weight_decay, args.log_every
+    )
     metadata = {
-        "cftool.pretrain.seed": str(args.seed), "cftool.pretrain.steps": str(steps_done),
-        "cftool.pretrain.step_budget": str(args.steps), "cftool.pretrain.minutes": f"{minutes:.1f}",
-        "cftool.pretrain.batch_size": str(args.batch_size), "cftool.pretrain.lr": str(args.lr),
-        "cftool.pretrain.weight_decay": str(args.weight_decay), "cftool.pretrain.torch": torch.__version__,
+        "cftool.pretrain.seed": str(args.seed),
+        "cftool.pretrain.steps": str(steps_done),
+        "cftool.pretrain.step_budget": str(args.steps),
+        "cftool.pretrain.minutes": f"{minutes:.1f}",
+        "cftool.pretrain.batch_size": str(args.batch_size),
+        "cftool.pretrain.lr": str(args.lr),
+        "cftool.pretrain.weight_decay": str(args.weight_decay),
+        "cftool.pretrain.torch": torch.__version__,
         "cftool.pretrain.open_clip": open_clip.__version__,
     }
     save_weights(model, args.output, metadata)

@@ -24,7 +24,6 @@ from cftool.io.checkpoint import open_checkpoint
 from cftool.kinds.apply import METHODS
 from cftool.train import FinetuneJob, TrainingInterrupted, TrainOptions, finetune, state_path
 from cftool.train.loop import BatchPlan, Ranks, _batches
-from cftool.zoo import load_model
 
 SEED = 5
 # 2 images of each of food's 6 classes, a batch of 6: a run of 4 steps takes a second or two.

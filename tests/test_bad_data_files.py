@@ -503,12 +503,18 @@ def test_mat_text_stored_as_whole_doubles_is_read(tmp_path):
     [
         (mat_doubles([1, 2, 3], "annotations"), "no struct array 'annotations' of fname and class"),
         (mat_cell([mat_doubles([1]), mat_doubles([2])], "annotations"), "no struct array 'annotations'"),
-        (mat_struct([{**car_annotation("00001.jpg", 1), "class": mat_doubles([float("inf")])}], "annotations"),
-         "class inf of record 0 is not a whole number"),  # fmt: skip
-        (mat_struct([{**car_annotation("00001.jpg", 1), "class": mat_text("3")}], "annotations"),
-         "class '3' of record 0 is not a whole number"),  # fmt: skip
-        (mat_struct([{**car_annotation("00001.jpg", 1), "fname": mat_doubles([1])}], "annotations"),
-         "fname of record 0 is not a file name"),  # fmt: skip
+        (
+            mat_struct([{**car_annotation("00001.jpg", 1), "class": mat_doubles([float("inf")])}], "annotations"),
+            "class inf of record 0 is not a whole number",
+        ),
+        (
+            mat_struct([{**car_annotation("00001.jpg", 1), "class": mat_text("3")}], "annotations"),
+            "class '3' of record 0 is not a whole number",
+        ),
+        (
+            mat_struct([{**car_annotation("00001.jpg", 1), "fname": mat_doubles([1])}], "annotations"),
+            "fname of record 0 is not a file name",
+        ),
     ],
     ids=["numbers", "cell of numbers", "class inf", "class text", "fname a number"],
 )

@@ -12,8 +12,8 @@ from test_finetune import DATA, METHOD_FLAGS, TRAIN, interrupted_run  # noqa: F4
 from test_merge_cli import base, deltas, models, unified  # noqa: F401 (fixtures)
 
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
-from cftool.io.unified import open_unified
 from cftool.io.command_files import metrics_path
+from cftool.io.unified import open_unified
 from cftool.train import prototypes_path, state_path
 
 

@@ -90,8 +90,16 @@ def nan_files(models, coop, tmp_path_factory):
         (("continue", "{file}", "--iterations", "1", "-o", "{out}/c.safetensors"), "prompt", "ctx"),
         (("finetune", "--zs", "{file}", *DATA[2:], *TINY_RUN, "-o", "{out}/f.safetensors"), "model", "text_projection"),
     ],
-    ids=["eval-prompt", "eval-model", "eval-path", "interpolate-model", "interpolate-prompt", "export", "continue",
-         "finetune-zs"],  # fmt: skip
+    ids=[
+        "eval-prompt",
+        "eval-model",
+        "eval-path",
+        "interpolate-model",
+        "interpolate-prompt",
+        "export",
+        "continue",
+        "finetune-zs",
+    ],
 )
 def test_a_checkpoint_holding_nan_or_inf_is_refused_where_it_is_read(cli, nan_files, tmp_path, command, kind, tensor):
     file = nan_files[kind]
@@ -113,8 +121,9 @@ def routable(toy_folders, tmp_path_factory):
     task = load_task(f"folder:{toy_folders['food']}")
     with open_base("tiny") as weights:
         state = {name: weights[name] for name in weights}
-        header = weights.header("model", task="food", classnames=task.classnames, template="a photo of a {}.",
-                                run="0" * 64)  # fmt: skip
+        header = weights.header(
+            "model", task="food", classnames=task.classnames, template="a photo of a {}.", run="0" * 64
+        )
         model = save_checkpoint(folder / "food.safetensors", stand_in_finetune(state, 0), header)
         prototypes = torch.nn.functional.normalize(torch.randn(len(task.classnames), 128), dim=-1)
         prototypes_header = weights.header("prototypes", task="food", classnames=task.classnames, run="0" * 64)
@@ -170,8 +179,23 @@ def test_a_run_killed_between_its_two_files_is_refused_by_route_and_eval(
     prototypes = str(runs / "*.prototypes.safetensors")
     route = ("route", session, "--prototypes", prototypes, "--data", food, "-o", tmp_path / "routed.csv")
     _refused(cli, tmp_path, route, str(prototypes_path(output)), "another fine-tune of task 'food'", "rerun")
-    evaluate = ("eval", "--zs", "tiny", "--data", food, "--data", mnist, "--sessions", session,
-                "--prototypes", prototypes, "--cache-dir", runs / "cells", "-o", tmp_path / "r.json")  # fmt: skip
+    evaluate = (
+        "eval",
+        "--zs",
+        "tiny",
+        "--data",
+        food,
+        "--data",
+        mnist,
+        "--sessions",
+        session,
+        "--prototypes",
+        prototypes,
+        "--cache-dir",
+        runs / "cells",
+        "-o",
+        tmp_path / "r.json",
+    )
     _refused(cli, tmp_path, evaluate, str(prototypes_path(output)), "another fine-tune of task 'food'")
 
 
@@ -225,12 +249,16 @@ def test_finetune_never_removes_or_replaces_its_own_input(cli, models, tmp_path,
     ids=["unify", "interpolate", "export", "import"],
 )
 def test_an_unwritable_output_is_found_before_any_work(cli, deltas, models, tmp_path, monkeypatch, command):
-    for module, work in (("cftool.merge.engine", "_stream"), ("cftool.zoo", "load_model"),
-                         ("cftool.io.convert", "export_plain")):  # fmt: skip
+    for module, work in (
+        ("cftool.merge.engine", "_stream"),
+        ("cftool.zoo", "load_model"),
+        ("cftool.io.convert", "export_plain"),
+    ):
         monkeypatch.setattr(f"{module}.{work}", never_runs(work))
     blocked = _blocked(tmp_path)
-    args = [arg.format(blocked=blocked, food=deltas["food"], mnist=deltas["mnist"], model=models["food"])
-            for arg in command]  # fmt: skip
+    args = [
+        arg.format(blocked=blocked, food=deltas["food"], mnist=deltas["mnist"], model=models["food"]) for arg in command
+    ]
     _refused(cli, tmp_path, args, f"{blocked}/", "cannot write")
 
 
@@ -249,8 +277,9 @@ def test_an_import_of_a_condu_session_checks_all_its_outputs_first(cli, base, tm
     # The unified file would be replaced by the prototypes of its task Food, written beside it.
     collide = ("import", session, "--zs", "tiny", "-o", out / "Food.prototypes.safetensors")
     _refused(cli, out, collide, "is also the file of -o")
-    _refused(cli, out, ("import", session, "--zs", "tiny", "-o", session / "unified.pth", "--force"),
-             "is also an input")  # fmt: skip
+    _refused(
+        cli, out, ("import", session, "--zs", "tiny", "-o", session / "unified.pth", "--force"), "is also an input"
+    )
     blocked = ("import", session, "--zs", "tiny", "-o", out / "u.st", "--prototypes-dir", _blocked(tmp_path))
     _refused(cli, out, blocked, "Food.prototypes.safetensors: cannot write")
 
@@ -263,11 +292,33 @@ def test_no_report_of_eval_or_route_replaces_a_file_it_reads(cli, routable, toy_
     pattern = str(routable / "*.prototypes.safetensors")
     for command in (
         ("route", routable / "session1.st", "--prototypes", pattern, *data, "-o", prototypes, "--force"),
-        ("eval", "--zs", "tiny", *data, "--sessions", routable / "session{t}.st", "--prototypes", pattern,
-         "-o", prototypes, "--force"),
-        ("eval", "--zs", "tiny", *data, "--sessions", routable / "session{t}.st", "--prototypes", pattern,
-         "-o", routable / "session1.st", "--force"),
+        (
+            "eval",
+            "--zs",
+            "tiny",
+            *data,
+            "--sessions",
+            routable / "session{t}.st",
+            "--prototypes",
+            pattern,
+            "-o",
+            prototypes,
+            "--force",
+        ),
+        (
+            "eval",
+            "--zs",
+            "tiny",
+            *data,
+            "--sessions",
+            routable / "session{t}.st",
+            "--prototypes",
+            pattern,
+            "-o",
+            routable / "session1.st",
+            "--force",
+        ),
         ("eval", routable / "food.safetensors", *data, "-o", state_path(routable / "food.safetensors"), "--force"),
-    ):  # fmt: skip
+    ):
         _refused(cli, routable, command, "is also an input")
     assert prototypes.read_bytes() == before

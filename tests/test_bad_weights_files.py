@@ -246,11 +246,13 @@ def condu_session(folder: Path, state: dict, **replaced) -> Path:
     unified = {name: torch.zeros_like(tensor) for name, tensor in state.items() if tensor.is_floating_point()}
     contents = {
         "unified.pth": unified,
-        "Food.pth": {"masks": {name: torch.ones_like(t, dtype=torch.bool) for name, t in unified.items()},
-                     "rescalers": torch.tensor(0.5)},
+        "Food.pth": {
+            "masks": {name: torch.ones_like(t, dtype=torch.bool) for name, t in unified.items()},
+            "rescalers": torch.tensor(0.5),
+        },
         "prototypes.pth": {"Food": torch.zeros(3, 128)},
         **replaced,
-    }  # fmt: skip
+    }
     for name, content in contents.items():
         torch.save(content, folder / name)
     return folder
@@ -564,10 +566,12 @@ NON_FINITE_IMPORTS = {
     "ConDU unified delta": _condu_with("unified.pth", _nan_unified, "'logit_scale' holds 1 non-finite values"),
     "ConDU rescaler": _condu_with(
         "Food.pth",
-        lambda unified: {"masks": {name: torch.ones_like(t, dtype=torch.bool) for name, t in unified.items()},
-                         "rescalers": torch.tensor(float("inf"))},
+        lambda unified: {
+            "masks": {name: torch.ones_like(t, dtype=torch.bool) for name, t in unified.items()},
+            "rescalers": torch.tensor(float("inf")),
+        },
         "'rescalers' is inf",
-    ),  # fmt: skip
+    ),
     "ConDU prototypes": _condu_with(
         "prototypes.pth", lambda unified: {"Food": torch.full((3, 128), float("nan"))}, "'Food' holds 384"
     ),

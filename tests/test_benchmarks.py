@@ -29,10 +29,25 @@ def test_finetune_speed_trains_the_same_prompt_with_and_without_the_feature_cach
 
 def test_continue_speed_reports_the_step_time_ratio_of_its_two_runs():
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "continue_speed.py"), "--data", "toy:food", "--shots", "2", "--epochs", "2",
-         "--repeats", "2", "--threads", "1"],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(BENCHMARKS / "continue_speed.py"),
+            "--data",
+            "toy:food",
+            "--shots",
+            "2",
+            "--epochs",
+            "2",
+            "--repeats",
+            "2",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     report = json.loads(result.stdout)
     coop, continued = report["runs"]
     assert (coop["run"], continued["run"]) == ("coop", "continue")
@@ -46,10 +61,21 @@ def test_continue_speed_reports_the_step_time_ratio_of_its_two_runs():
 
 def test_route_cost_counts_the_passes_of_routing_against_every_expert():
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "route_cost.py"), "--images-per-task", "3", "--train-images", "20",
-         "--threads", "1"],
-        capture_output=True, text=True, timeout=600, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(BENCHMARKS / "route_cost.py"),
+            "--images-per-task",
+            "3",
+            "--train-images",
+            "20",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     report = json.loads(result.stdout)
     images, experts = report["images"], report["experts"]
     assert (images, experts, report["top_k"]) == (33, 11, 1)
@@ -70,21 +96,45 @@ def test_condu_diagnosis_rebuilds_the_expert_step_by_step(tmp_path):
     with open_base("tiny") as weights:
         for seed, task in enumerate(("food", "mnist")):
             generator = torch.Generator().manual_seed(seed)
-            delta = {n: 2e-3 * torch.randn(weights[n].shape, generator=generator) for n in weights
-                     if weights[n].is_floating_point()}  # fmt: skip
+            delta = {
+                n: 2e-3 * torch.randn(weights[n].shape, generator=generator)
+                for n in weights
+                if weights[n].is_floating_point()
+            }
             classnames = load_task(f"toy:{task}").classnames
             save_checkpoint(
                 folder / f"{task}.safetensors", delta, weights.header("delta", task=task, classnames=classnames)
             )
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "condu_diagnosis.py"), "--deltas", str(folder), "--out", str(tmp_path / "o"),
-         "--test-images", "40", "--threads", "1"],
-        capture_output=True, text=True, timeout=600, check=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(BENCHMARKS / "condu_diagnosis.py"),
+            "--deltas",
+            str(folder),
+            "--out",
+            str(tmp_path / "o"),
+            "--test-images",
+            "40",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     report = json.loads((tmp_path / "o" / "diagnosis.json").read_text())
     assert list(report["variants"]["δ"]) == ["food", "mnist"]  # MTIL's order
-    assert set(report["variants"]) == {"δ", "0.5·δ", "M⊙δ", "λ·M⊙δ", "λ·M⊙u (expert)", "δ, λ·u on M", "DARE 0.9",
-                                       "random mask"}  # fmt: skip
+    assert set(report["variants"]) == {
+        "δ",
+        "0.5·δ",
+        "M⊙δ",
+        "λ·M⊙δ",
+        "λ·M⊙u (expert)",
+        "δ, λ·u on M",
+        "DARE 0.9",
+        "random mask",
+    }
     (count,) = report["counts"]
     assert count["tasks"] == 2
     experts = report["variants"]["λ·M⊙u (expert)"]
@@ -98,10 +148,17 @@ def test_mtil_markdown_lays_out_a_sessions_report():
         "tasks": ["a", "b"],
         "columns": [{"model": "zero-shot", "accuracy": [10.0, 20.0], "mean": 15.0}],
         "methods": [
-            {"method": "ConDU", "transfer": [None, 30.0], "average": [50.0, 40.0], "last": [45.0, 50.0],
-             "transfer_mean": 30.0, "average_mean": 45.0, "last_mean": 47.5},
+            {
+                "method": "ConDU",
+                "transfer": [None, 30.0],
+                "average": [50.0, 40.0],
+                "last": [45.0, 50.0],
+                "transfer_mean": 30.0,
+                "average_mean": 45.0,
+                "last_mean": 47.5,
+            },
         ],
-    }  # fmt: skip
+    }
     sys.path.insert(0, str(BENCHMARKS))
     try:
         from mtil_markdown import markdown
@@ -116,13 +173,18 @@ def test_mtil_markdown_lays_out_a_sessions_report():
 def test_startup_measures_help_completion_and_inspect_against_python_and_what_they_import():
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "startup.py"), "--repeats", "1"],
-        capture_output=True, text=True, timeout=300, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     report = json.loads(result.stdout)
     assert report["python_pass_seconds"] > 0
     assert set(report["cases"]) == {"help", "completion", "inspect"}
     for case in report["cases"].values():
-        assert case["ratio_to_python"] == pytest.approx(case["seconds"] / report["python_pass_seconds"], rel=0.05, abs=0.2)
+        assert case["ratio_to_python"] == pytest.approx(
+            case["seconds"] / report["python_pass_seconds"], rel=0.05, abs=0.2
+        )
         assert not case["imports_open_clip"] and not case["imports_torch"]
 
 
@@ -130,15 +192,27 @@ def test_realscale_compares_every_command_with_a_plain_open_clip_loop(tmp_path):
     out = tmp_path / "realscale.json"
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "realscale.py"), "--shrink", "--threads", "1", "--out", str(out)],
-        capture_output=True, text=True, timeout=600, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
     report = json.loads(out.read_text())
     assert report["arch"] == "cftool-tiny" and (report["iterations"], report["batch_size"]) == (2, 8)
     rows = {row["command"]: row for row in report["runs"]}
     assert list(rows) == [
-        "eval", "finetune --method coop", "finetune --method lora", "finetune --method full", "continue (coop)",
-        "continue (lora)", "continue (full)", "delta", "delta (lora)", "unify", "route",
-    ]  # fmt: skip
+        "eval",
+        "finetune --method coop",
+        "finetune --method lora",
+        "finetune --method full",
+        "continue (coop)",
+        "continue (lora)",
+        "continue (full)",
+        "delta",
+        "delta (lora)",
+        "unify",
+        "route",
+    ]
     assert rows["finetune --method lora"]["images"] == 16 and rows["eval"]["images"] == 12  # 6 classes × 2
     for name, row in rows.items():
         assert row["cftool"]["seconds"] > 0 and row["cftool"]["peak_rss_gb"] > 0.1, name

@@ -39,7 +39,8 @@ def test_every_available_command_has_help_with_an_example(cli, command):
 def test_help_imports_neither_torch_nor_open_clip():
     """Commands import the library when they run, so `--help` and shell completion stay fast."""
     code = (
-        "import sys; from cftool.cli import main; main(['--help']); main(['finetune', '--help']); main(['route', '--help']); "
+        "import sys; from cftool.cli import main; main(['--help']); main(['finetune', '--help']); "
+        "main(['route', '--help']); "
         "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
@@ -99,8 +100,14 @@ def test_a_table_written_to_a_pipe_keeps_its_full_width_unless_columns_is_set(ba
     env = {key: value for key, value in os.environ.items() if key != "COLUMNS"}
 
     def table(**extra_env) -> str:
-        return subprocess.run([sys.executable, "-m", "cftool", "inspect", str(logged)], env={**env, **extra_env},
-                              capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+        return subprocess.run(
+            [sys.executable, "-m", "cftool", "inspect", str(logged)],
+            env={**env, **extra_env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        ).stdout
 
     assert logged.name in table() and "…" not in table()
     assert logged.name not in table(COLUMNS="60")  # a width the user asks for is honoured
@@ -298,19 +305,39 @@ def test_inspect_check_scans_8_bit_float_and_complex_tensors(cli, tmp_path):
     from safetensors.torch import save_file
 
     path = tmp_path / "odd.safetensors"
-    save_file({
-        "f8": torch.tensor([float("nan"), 1.0]).to(torch.float8_e5m2),
-        "f8_clean": torch.zeros(4).to(torch.float8_e4m3fn),
-        "complex": torch.tensor([complex(float("inf"), 0), 1j], dtype=torch.complex64),
-    }, path)  # fmt: skip
+    save_file(
+        {
+            "f8": torch.tensor([float("nan"), 1.0]).to(torch.float8_e5m2),
+            "f8_clean": torch.zeros(4).to(torch.float8_e4m3fn),
+            "complex": torch.tensor([complex(float("inf"), 0), 1j], dtype=torch.complex64),
+        },
+        path,
+    )
     result = cli("inspect", "--check", "--json", path)
     assert result.code != 0
     assert json.loads(result.stdout)[0]["non_finite"] == {"f8": 1, "complex": 1}
 
 
 def test_a_context_longer_than_the_text_tower_allows_is_refused_not_truncated(cli, tmp_path):
-    error = one_line_error(cli("finetune", "--zs", "tiny", "--data", "toy:mnist", "--shots", "1", "--iterations", "1",
-                               "--n-ctx", "30", "--ctx-init", "random", "-o", tmp_path / "long.safetensors"))  # fmt: skip
+    error = one_line_error(
+        cli(
+            "finetune",
+            "--zs",
+            "tiny",
+            "--data",
+            "toy:mnist",
+            "--shots",
+            "1",
+            "--iterations",
+            "1",
+            "--n-ctx",
+            "30",
+            "--ctx-init",
+            "random",
+            "-o",
+            tmp_path / "long.safetensors",
+        )
+    )
     assert "30 context vectors" in error and "more than the text tower's 32" in error
     long_ctx = tmp_path / "long" / "model.pth.tar-1"
     long_ctx.parent.mkdir()

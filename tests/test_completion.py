@@ -100,8 +100,8 @@ def test_generating_a_script_imports_neither_torch_nor_open_clip():
 
 def test_spelled_out_choices_equal_the_library_constants():
     from cftool.data.benchmarks import BENCHMARKS
-    from cftool.data.toy import TOY_SOURCES
     from cftool.data.specs import VAL_IMAGES
+    from cftool.data.toy import TOY_SOURCES
     from cftool.data.toytasks import SPLITS
     from cftool.encode.zero_shot import LABEL_SPACES
     from cftool.kinds.lora import INITS, TARGET_GROUPS
@@ -113,11 +113,20 @@ def test_spelled_out_choices_equal_the_library_constants():
     from cftool.zoo.base import TINY as LIBRARY_TINY
 
     sources = {
-        "--benchmark": tuple(BENCHMARKS), "--precision": PRECISIONS, "--optimizer": OPTIMIZERS,
-        "--zs-reg": ZS_REGULARISERS, "--zs-loss": ZS_LOSSES, "--val-images": VAL_IMAGES, "--label-space": LABEL_SPACES,
-        "--towers": TOWERS, "--train-templates": TRAIN_TEMPLATES, "--lora-targets": tuple(TARGET_GROUPS),
-        "--lora-init": INITS, "--trim": TRIMS, "--split": SPLITS,
-    }  # fmt: skip
+        "--benchmark": tuple(BENCHMARKS),
+        "--precision": PRECISIONS,
+        "--optimizer": OPTIMIZERS,
+        "--zs-reg": ZS_REGULARISERS,
+        "--zs-loss": ZS_LOSSES,
+        "--val-images": VAL_IMAGES,
+        "--label-space": LABEL_SPACES,
+        "--towers": TOWERS,
+        "--train-templates": TRAIN_TEMPLATES,
+        "--lora-targets": tuple(TARGET_GROUPS),
+        "--lora-init": INITS,
+        "--trim": TRIMS,
+        "--split": SPLITS,
+    }
     assert {option: tuple(values) for option, values in sources.items()} == LIBRARY_CHOICES
     assert TOY_TASK_NAMES == tuple(TOY_SOURCES)
     assert (TINY, MODEL_PREFIXES) == (LIBRARY_TINY, (HF_HUB_PREFIX, LOCAL_DIR_PREFIX))

@@ -25,7 +25,12 @@ def reference_unify(deltas: list[dict[str, torch.Tensor]]):
     """ConDU src/delta_models.py:86-126, written out: sign of the mean (0 counts as -1), masks, the largest agreeing
     magnitude, and rescalers = Σ mean|δ| / Σ mean|mask·u| over tensors."""
     n = len(deltas)
-    unified, masks, scales, new_scales = {}, {}, torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    unified, masks, scales, new_scales = (
+        {},
+        {},
+        torch.zeros(n, dtype=torch.float64),
+        torch.zeros(n, dtype=torch.float64),
+    )
     for name in deltas[0]:
         flag = (torch.stack([d[name] for d in deltas]).mean(0) > 0).float() * 2 - 1
         masks[name] = [(d[name] * flag) > 0 for d in deltas]
@@ -111,7 +116,9 @@ def test_lora_targets_init_and_scale_are_the_references():
         "lora", zoo, ["a", "b"], ["a photo of a {}."], rank=RANK, alpha=2.0, lora_targets="mlp", lora_init="condu"
     )
     # tiny's image tower is a ResNet, which has no MLP: only the text transformer's c_fc and c_proj are adapted.
-    assert method.targets == [f"transformer.resblocks.{i}.mlp.{l}.weight" for i in range(4) for l in ("c_fc", "c_proj")]
+    assert method.targets == [
+        f"transformer.resblocks.{i}.mlp.{layer}.weight" for i in range(4) for layer in ("c_fc", "c_proj")
+    ]
     assert method.towers == ("text",) and method.image_tower_frozen
     torch.manual_seed(7)
     for target in method.targets:  # model_lora.py:15-17, in the order the factors are made
@@ -144,7 +151,9 @@ def test_an_official_condu_lora_session_folder_imports(cli, tmp_path):
         task_masks = {name: m[index] for name, m in masks.items()}
         task_masks["ln_final.weight"] = torch.zeros_like(frozen, dtype=torch.bool)
         torch.save({"masks": task_masks, "rescalers": rescalers[index].float()}, session / f"{task}.pth")
-    torch.save({task: [torch.randn(128, generator=generator) for _ in range(3)] for task in tasks}, session / "prototypes.pth")
+    torch.save(
+        {task: [torch.randn(128, generator=generator) for _ in range(3)] for task in tasks}, session / "prototypes.pth"
+    )
     state = tmp_path / "pretrained-state.pth"
     torch.save({**pretrained, "ln_final.weight": frozen}, state)
 

@@ -1,5 +1,5 @@
-"""`cftool continue` (MergeTune): the objective against docs/design.md §5.1 by hand, the command end to end on every kind,
-its metadata, round trips through eval, resume, DDP and bad input."""
+"""`cftool continue` (MergeTune): the objective against docs/design.md §5.1 by hand, the command end to end on every
+kind, its metadata, round trips through eval, resume, DDP and bad input."""
 
 import io
 import json
@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import one_line_error, torch_threads
+from test_finetune import DATA, KINDS, METHOD_FLAGS, _interrupt_at
 
 from cftool.cli import main
 from cftool.encode.text import mean_per_class
@@ -28,8 +30,6 @@ from cftool.train import TrainingInterrupted, state_path
 from cftool.train.continued import ContinueJob, continue_training
 from cftool.train.objectives import MergeTune, MergeTuneOptions, ZeroShotPoint, parse_lmc_samples
 from cftool.zoo import load_model
-from conftest import one_line_error, torch_threads
-from test_finetune import DATA, KINDS, METHOD_FLAGS, _interrupt_at
 
 CLASSES = ["0", "1", "2"]
 TEMPLATES = ["a photo of the number {}.", "the digit {}"]
@@ -226,8 +226,11 @@ def test_the_cli_defaults_are_the_library_defaults():
 
     defaults = MergeTuneOptions()
     assert (
-        continue_.DEFAULT_LAMBDA_LMC, continue_.DEFAULT_LAMBDA_ZS, continue_.DEFAULT_ZS_REG, continue_.DEFAULT_ZS_LOSS
-    ) == (defaults.lambda_lmc, defaults.lambda_zs, defaults.zs_reg, defaults.zs_loss)  # fmt: skip
+        continue_.DEFAULT_LAMBDA_LMC,
+        continue_.DEFAULT_LAMBDA_ZS,
+        continue_.DEFAULT_ZS_REG,
+        continue_.DEFAULT_ZS_LOSS,
+    ) == (defaults.lambda_lmc, defaults.lambda_zs, defaults.zs_reg, defaults.zs_loss)
     assert parse_lmc_samples(continue_.DEFAULT_LMC_SAMPLES) == defaults.lmc_samples
 
 
@@ -245,9 +248,13 @@ def test_the_users_spelling_needs_no_data_flags_and_round_trips_through_eval(cli
         source_header = ckpt.header
     assert header.method == "mergetune" and header.config["method"] == "coop"
     assert header.config["mergetune"] == {
-        "lambda_lmc": 1.0, "lambda_zs": 1.0, "zs_reg": "feature", "lmc_samples": [0.5, 1.0], "zs_loss": "cosine",
+        "lambda_lmc": 1.0,
+        "lambda_zs": 1.0,
+        "zs_reg": "feature",
+        "lmc_samples": [0.5, 1.0],
+        "zs_loss": "cosine",
         "anchor_templates": source_header.config["templates"],
-    }  # fmt: skip
+    }
     import hashlib
 
     assert header.config["continued_from"]["sha256"] == hashlib.sha256(source.read_bytes()).hexdigest()
@@ -333,8 +340,14 @@ def test_the_loss_in_parts_has_the_gradient_of_the_whole_loss(method_class):
 
 def test_resume_after_ctrl_c_equals_an_uninterrupted_continue(fine_tuned, tmp_path):
     options = MergeTuneOptions(lambda_zs=1.0, lmc_samples=(0.5, 1.0))
-    job = ContinueJob(fine_tuned["coop"], "tiny", options, tmp_path / "resumed.safetensors",
-                      train_overrides={"iterations": 6}, checkpoint_every=2)  # fmt: skip
+    job = ContinueJob(
+        fine_tuned["coop"],
+        "tiny",
+        options,
+        tmp_path / "resumed.safetensors",
+        train_overrides={"iterations": 6},
+        checkpoint_every=2,
+    )
     with pytest.raises(TrainingInterrupted, match="after step 3 of 6"):
         continue_training(job, progress=_interrupt_at(2))
     assert state_path(job.output).is_file()
@@ -348,8 +361,13 @@ def test_two_gloo_processes_continue_as_one_process_with_the_same_global_batch(f
     args = [str(fine_tuned["lora"]), *CONTINUE, "--zs-reg", "param", "--device", "cpu"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cftool"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*command, "continue", *args, "-o", str(tmp_path / "two.safetensors")],
-                            capture_output=True, text=True, timeout=300, env=environment)  # fmt: skip
+    result = subprocess.run(
+        [*command, "continue", *args, "-o", str(tmp_path / "two.safetensors")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=environment,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     with redirect_stdout(io.StringIO()):
         assert main(["continue", *args, "-o", str(tmp_path / "one.safetensors")]) == 0

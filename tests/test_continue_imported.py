@@ -7,15 +7,15 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import one_line_error
+from test_coop_datasets import write_split_file
+from test_foreign import save_dassl_checkpoint
 
 from cftool.encode.text import embedded_context
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
 from cftool.kinds.prompt import COOP_INIT, RANDOM_INIT
 from cftool.train.continued import ContinueJob, plan
 from cftool.zoo import load_model
-from test_coop_datasets import write_split_file
-from conftest import one_line_error
-from test_foreign import save_dassl_checkpoint
 
 PETS = ["abyssinian", "american_bulldog", "basset_hound", "beagle"]  # a class-specific prompt holds one context each
 

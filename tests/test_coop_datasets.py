@@ -43,8 +43,13 @@ def write_split_file(dataset_dir: Path, name: str, image_subdir: str, classes: l
     (dataset_dir / f"split_zhou_{name}.json").write_text(json.dumps(split))
 
 
-IMAGENET_NAMES = {"n01440764": "tench", "n01443537": "goldfish", "n01484850": "great white shark",
-                  "n01491361": "tiger shark", "n01494475": "hammerhead shark"}
+IMAGENET_NAMES = {
+    "n01440764": "tench",
+    "n01443537": "goldfish",
+    "n01484850": "great white shark",
+    "n01491361": "tiger shark",
+    "n01494475": "hammerhead shark",
+}
 
 
 def write_imagenet_classnames(path: Path) -> None:
@@ -57,54 +62,99 @@ def write_imagenet_classnames(path: Path) -> None:
 def data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("coop-data")
     # Rows as CoOp's split files hold them: the generating code in each datasets/<name>.py decides the name.
-    write_split_file(root / "oxford_pets", "OxfordPets", "images", [  # lower-cased breed from the file name
-        ("Abyssinian_{split}{i}.jpg", "abyssinian"),
-        ("american_bulldog_{split}{i}.jpg", "american_bulldog"),
-        ("american_pit_bull_terrier_{split}{i}.jpg", "american_pit_bull_terrier"),
-        ("basset_hound_{split}{i}.jpg", "basset_hound"),
-    ])
-    write_split_file(root / "oxford_flowers", "OxfordFlowers", "jpg", [  # cat_to_name.json
-        ("image_0{split}{i}1.jpg", "pink primrose"),
-        ("image_0{split}{i}2.jpg", "hard-leaved pocket orchid"),
-        ("image_0{split}{i}3.jpg", "canterbury bells"),
-    ])
-    write_split_file(root / "caltech-101", "Caltech101", "101_ObjectCategories", [  # folder names, four renamed
-        ("Faces/image_{split}{i}.jpg", "face"),
-        ("Leopards/image_{split}{i}.jpg", "leopard"),
-        ("airplanes/image_{split}{i}.jpg", "airplane"),
-        ("yin_yang/image_{split}{i}.jpg", "yin_yang"),
-    ])
-    write_split_file(root / "dtd", "DescribableTextures", "images", [
-        ("banded/banded_{split}{i}.jpg", "banded"),
-        ("blotchy/blotchy_{split}{i}.jpg", "blotchy"),
-        ("braided/braided_{split}{i}.jpg", "braided"),
-    ])
-    write_split_file(root / "eurosat", "EuroSAT", "2750", [  # folder names replaced by eurosat.py's NEW_CNAMES
-        ("AnnualCrop/AnnualCrop_{split}{i}.jpg", "Annual Crop Land"),
-        ("Forest/Forest_{split}{i}.jpg", "Forest"),
-        ("HerbaceousVegetation/HerbaceousVegetation_{split}{i}.jpg", "Herbaceous Vegetation Land"),
-        ("Highway/Highway_{split}{i}.jpg", "Highway or Road"),
-    ])
-    write_split_file(root / "food-101", "Food101", "images", [  # folder names
-        ("apple_pie/{split}{i}.jpg", "apple_pie"),
-        ("baby_back_ribs/{split}{i}.jpg", "baby_back_ribs"),
-        ("baklava/{split}{i}.jpg", "baklava"),
-    ])
-    write_split_file(root / "sun397", "SUN397", "SUN397", [  # path after the letter, reversed, joined by spaces
-        ("a/abbey/sun_{split}{i}.jpg", "abbey"),
-        ("a/airplane_cabin/sun_{split}{i}.jpg", "airplane_cabin"),
-        ("a/apartment_building/outdoor/sun_{split}{i}.jpg", "outdoor apartment_building"),
-    ])
-    write_split_file(root / "stanford_cars", "StanfordCars", "", [  # cars_meta.mat name with the year first
-        ("cars_{split}/0{i}001.jpg", "2000 AM General Hummer SUV"),
-        ("cars_{split}/0{i}002.jpg", "2012 Acura RL Sedan"),
-        ("cars_{split}/0{i}003.jpg", "2008 Acura TL Type-S"),
-    ])
-    write_split_file(root / "ucf101", "UCF101", "UCF-101-midframes", [  # CamelCase action split at capitals by `_`
-        ("Apply_Eye_Makeup/v_ApplyEyeMakeup_{split}{i}.jpg", "Apply_Eye_Makeup"),
-        ("Archery/v_Archery_{split}{i}.jpg", "Archery"),
-        ("Baby_Crawling/v_BabyCrawling_{split}{i}.jpg", "Baby_Crawling"),
-    ])
+    write_split_file(
+        root / "oxford_pets",
+        "OxfordPets",
+        "images",
+        [  # lower-cased breed from the file name
+            ("Abyssinian_{split}{i}.jpg", "abyssinian"),
+            ("american_bulldog_{split}{i}.jpg", "american_bulldog"),
+            ("american_pit_bull_terrier_{split}{i}.jpg", "american_pit_bull_terrier"),
+            ("basset_hound_{split}{i}.jpg", "basset_hound"),
+        ],
+    )
+    write_split_file(
+        root / "oxford_flowers",
+        "OxfordFlowers",
+        "jpg",
+        [  # cat_to_name.json
+            ("image_0{split}{i}1.jpg", "pink primrose"),
+            ("image_0{split}{i}2.jpg", "hard-leaved pocket orchid"),
+            ("image_0{split}{i}3.jpg", "canterbury bells"),
+        ],
+    )
+    write_split_file(
+        root / "caltech-101",
+        "Caltech101",
+        "101_ObjectCategories",
+        [  # folder names, four renamed
+            ("Faces/image_{split}{i}.jpg", "face"),
+            ("Leopards/image_{split}{i}.jpg", "leopard"),
+            ("airplanes/image_{split}{i}.jpg", "airplane"),
+            ("yin_yang/image_{split}{i}.jpg", "yin_yang"),
+        ],
+    )
+    write_split_file(
+        root / "dtd",
+        "DescribableTextures",
+        "images",
+        [
+            ("banded/banded_{split}{i}.jpg", "banded"),
+            ("blotchy/blotchy_{split}{i}.jpg", "blotchy"),
+            ("braided/braided_{split}{i}.jpg", "braided"),
+        ],
+    )
+    write_split_file(
+        root / "eurosat",
+        "EuroSAT",
+        "2750",
+        [  # folder names replaced by eurosat.py's NEW_CNAMES
+            ("AnnualCrop/AnnualCrop_{split}{i}.jpg", "Annual Crop Land"),
+            ("Forest/Forest_{split}{i}.jpg", "Forest"),
+            ("HerbaceousVegetation/HerbaceousVegetation_{split}{i}.jpg", "Herbaceous Vegetation Land"),
+            ("Highway/Highway_{split}{i}.jpg", "Highway or Road"),
+        ],
+    )
+    write_split_file(
+        root / "food-101",
+        "Food101",
+        "images",
+        [  # folder names
+            ("apple_pie/{split}{i}.jpg", "apple_pie"),
+            ("baby_back_ribs/{split}{i}.jpg", "baby_back_ribs"),
+            ("baklava/{split}{i}.jpg", "baklava"),
+        ],
+    )
+    write_split_file(
+        root / "sun397",
+        "SUN397",
+        "SUN397",
+        [  # path after the letter, reversed, joined by spaces
+            ("a/abbey/sun_{split}{i}.jpg", "abbey"),
+            ("a/airplane_cabin/sun_{split}{i}.jpg", "airplane_cabin"),
+            ("a/apartment_building/outdoor/sun_{split}{i}.jpg", "outdoor apartment_building"),
+        ],
+    )
+    write_split_file(
+        root / "stanford_cars",
+        "StanfordCars",
+        "",
+        [  # cars_meta.mat name with the year first
+            ("cars_{split}/0{i}001.jpg", "2000 AM General Hummer SUV"),
+            ("cars_{split}/0{i}002.jpg", "2012 Acura RL Sedan"),
+            ("cars_{split}/0{i}003.jpg", "2008 Acura TL Type-S"),
+        ],
+    )
+    write_split_file(
+        root / "ucf101",
+        "UCF101",
+        "UCF-101-midframes",
+        [  # CamelCase action split at capitals by `_`
+            ("Apply_Eye_Makeup/v_ApplyEyeMakeup_{split}{i}.jpg", "Apply_Eye_Makeup"),
+            ("Archery/v_Archery_{split}{i}.jpg", "Archery"),
+            ("Baby_Crawling/v_BabyCrawling_{split}{i}.jpg", "Baby_Crawling"),
+        ],
+    )
 
     imagenet = root / "imagenet"
     write_imagenet_classnames(imagenet / "classnames.txt")
@@ -131,8 +181,11 @@ def data_root(tmp_path_factory):
     (v2 / "classnames.txt").write_text("".join(f"{wnid} {name}\n" for wnid, name in IMAGENET_NAMES.items()))
     for label in range(len(IMAGENET_NAMES)):
         write_image(v2 / "imagenetv2-matched-frequency-format-val" / str(label) / "a.jpeg", label)
-    for folder, image_subdir in (("imagenet-sketch", "images"), ("imagenet-adversarial", "imagenet-a"),
-                                 ("imagenet-rendition", "imagenet-r")):
+    for folder, image_subdir in (
+        ("imagenet-sketch", "images"),
+        ("imagenet-adversarial", "imagenet-a"),
+        ("imagenet-rendition", "imagenet-r"),
+    ):
         write_imagenet_classnames(root / folder / "classnames.txt")
         # A and R hold a 200-class subset of ImageNet's folders, beside a README.txt CoOp skips.
         for label, wnid in enumerate(["n01443537", "n01491361"]):
@@ -145,25 +198,31 @@ EXPECTED = {  # class names as CoOp's prompt sees them, and one prompt as the te
     "ImageNet": (["tench", "goldfish", "great white shark", "tiger shark"], 2, "a photo of a great white shark."),
     "Caltech101": (["face", "leopard", "airplane", "yin yang"], 3, "a photo of a yin yang."),
     "OxfordPets": (
-        ["abyssinian", "american bulldog", "american pit bull terrier", "basset hound"], 2,
+        ["abyssinian", "american bulldog", "american pit bull terrier", "basset hound"],
+        2,
         "a photo of a american pit bull terrier, a type of pet.",
     ),
     "StanfordCars": (
-        ["2000 AM General Hummer SUV", "2012 Acura RL Sedan", "2008 Acura TL Type-S"], 2,
+        ["2000 AM General Hummer SUV", "2012 Acura RL Sedan", "2008 Acura TL Type-S"],
+        2,
         "a photo of a 2008 Acura TL Type-S.",
     ),
     "OxfordFlowers": (
-        ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"], 1,
+        ["pink primrose", "hard-leaved pocket orchid", "canterbury bells"],
+        1,
         "a photo of a hard-leaved pocket orchid, a type of flower.",
     ),
     "Food101": (["apple pie", "baby back ribs", "baklava"], 1, "a photo of baby back ribs, a type of food."),
     "FGVCAircraft": (["707-320", "A300B4", "Cessna 172", "F-16A/B"], 3, "a photo of a F-16A/B, a type of aircraft."),
     "SUN397": (
-        ["abbey", "airplane cabin", "outdoor apartment building"], 2, "a photo of a outdoor apartment building."
+        ["abbey", "airplane cabin", "outdoor apartment building"],
+        2,
+        "a photo of a outdoor apartment building.",
     ),
     "DescribableTextures": (["banded", "blotchy", "braided"], 0, "banded texture."),
     "EuroSAT": (
-        ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Highway or Road"], 0,
+        ["Annual Crop Land", "Forest", "Herbaceous Vegetation Land", "Highway or Road"],
+        0,
         "a centered satellite photo of Annual Crop Land.",
     ),
     "UCF101": (["Apply Eye Makeup", "Archery", "Baby Crawling"], 0, "a photo of a person doing Apply Eye Makeup."),
@@ -172,8 +231,17 @@ EXPECTED = {  # class names as CoOp's prompt sees them, and one prompt as the te
 
 def test_the_base_to_novel_order_is_cocoops_table():
     assert COOP_BASE2NEW_ORDER == (
-        "ImageNet", "Caltech101", "OxfordPets", "StanfordCars", "OxfordFlowers", "Food101", "FGVCAircraft", "SUN397",
-        "DescribableTextures", "EuroSAT", "UCF101",
+        "ImageNet",
+        "Caltech101",
+        "OxfordPets",
+        "StanfordCars",
+        "OxfordFlowers",
+        "Food101",
+        "FGVCAircraft",
+        "SUN397",
+        "DescribableTextures",
+        "EuroSAT",
+        "UCF101",
     )
     assert set(EXPECTED) == set(COOP_BASE2NEW_ORDER)
 
@@ -232,10 +300,20 @@ def test_imagenet_variants_are_test_only_with_imagenets_names(name, classnames, 
 @pytest.mark.parametrize(
     "typed, canonical",
     [
-        ("Flowers102", "OxfordFlowers"), ("flowers", "OxfordFlowers"), ("oxford_flowers", "OxfordFlowers"),
-        ("DTD", "DescribableTextures"), ("Aircraft", "FGVCAircraft"), ("fgvc_aircraft", "FGVCAircraft"),
-        ("FGVCAircraft", "FGVCAircraft"), ("Pets", "OxfordPets"), ("CARS", "StanfordCars"), ("Food", "Food101"),
-        ("UCF", "UCF101"), ("imagenet", "ImageNet"), ("eurosat", "EuroSAT"), ("imagenet-a", "ImageNetA"),
+        ("Flowers102", "OxfordFlowers"),
+        ("flowers", "OxfordFlowers"),
+        ("oxford_flowers", "OxfordFlowers"),
+        ("DTD", "DescribableTextures"),
+        ("Aircraft", "FGVCAircraft"),
+        ("fgvc_aircraft", "FGVCAircraft"),
+        ("FGVCAircraft", "FGVCAircraft"),
+        ("Pets", "OxfordPets"),
+        ("CARS", "StanfordCars"),
+        ("Food", "Food101"),
+        ("UCF", "UCF101"),
+        ("imagenet", "ImageNet"),
+        ("eurosat", "EuroSAT"),
+        ("imagenet-a", "ImageNetA"),
         ("ImageNet_Sketch", "ImageNetSketch"),
     ],
 )

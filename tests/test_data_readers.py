@@ -156,7 +156,9 @@ def test_coop_reader_refuses_a_damaged_split_file(coop_root):
 @pytest.mark.parametrize("reader", ["folder", "coop", "toy"])
 def test_a_split_fingerprint_names_its_images_and_labels(reader, image_folder, coop_root):
     spec, data_root = {
-        "folder": (f"folder:{image_folder}", None), "coop": ("coop:OxfordPets", coop_root), "toy": ("toy:food", None),
+        "folder": (f"folder:{image_folder}", None),
+        "coop": ("coop:OxfordPets", coop_root),
+        "toy": ("toy:food", None),
     }[reader]
     task = load_task(spec, data_root=data_root)
     fingerprint = task.split("train").fingerprint()
@@ -192,8 +194,9 @@ def test_a_corrupt_or_missing_image_is_one_line_naming_it_whatever_the_workers(i
 
     missing = next((coop_root / "oxford_pets" / "images").glob("*.jpg"))
     missing.unlink()
-    error = one_line_error(cli("eval", "--zs", "tiny", "--data", "coop:OxfordPets", "--data-root", coop_root,
-                               "--workers", workers))  # fmt: skip
+    error = one_line_error(
+        cli("eval", "--zs", "tiny", "--data", "coop:OxfordPets", "--data-root", coop_root, "--workers", workers)
+    )
     assert missing.name in error and "Traceback" not in error
 
 
@@ -202,11 +205,29 @@ def test_training_on_a_reference_protocols_data_augments_as_its_reference_does(c
     from cftool.io.checkpoint import open_checkpoint
 
     assert [default_augmentation(s) for s in ("coop:Pets", "mtil:DTD", "toy:food", "folder:x")] == [
-        "coop", "zscl", "none", "none"
+        "coop",
+        "zscl",
+        "none",
+        "none",
     ]
     output = tmp_path / "pets.safetensors"
-    result = cli("finetune", "--zs", "tiny", "--data", "coop:OxfordPets", "--data-root", coop_root, "--method", "coop",
-                 "--iterations", "2", "--batch-size", "4", "-o", output)  # fmt: skip
+    result = cli(
+        "finetune",
+        "--zs",
+        "tiny",
+        "--data",
+        "coop:OxfordPets",
+        "--data-root",
+        coop_root,
+        "--method",
+        "coop",
+        "--iterations",
+        "2",
+        "--batch-size",
+        "4",
+        "-o",
+        output,
+    )
     assert result.code == 0, result.stderr
     assert "--augment coop: image features are recomputed" in caplog.text
     with open_checkpoint(output) as ckpt:

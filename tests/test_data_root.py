@@ -5,10 +5,10 @@ import importlib
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error
+from test_coop_datasets import write_split_file
 
 from cftool.io.checkpoint import open_checkpoint
-from test_coop_datasets import write_split_file
-from conftest import one_line_error
 
 PETS = ["abyssinian", "american_bulldog", "basset_hound"]
 QUICK = ["--iterations", "1", "--batch-size", "3"]

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import one_line_error, torch_threads
 
 from cftool.cli import main
-from conftest import one_line_error, torch_threads
 
 DATA = ["--zs", "tiny", "--classes", "base", "--shots", "4", "--device", "cpu", "--batch-size", "20"]
 TASKS = ("mnist", "flowers")
@@ -27,16 +27,41 @@ def runs(tmp_path_factory) -> Path:
         for seed in (0, 1):
             for task in TASKS:
                 output = root / f"seed{seed}" / task / "coop.safetensors"
-                args = ["finetune", *DATA, "--data", f"toy:{task}", "--method", "coop", "--lr", "0.05",
-                        "--iterations", "5", "--seed", str(seed), "-o", output]  # fmt: skip
+                args = [
+                    "finetune",
+                    *DATA,
+                    "--data",
+                    f"toy:{task}",
+                    "--method",
+                    "coop",
+                    "--lr",
+                    "0.05",
+                    "--iterations",
+                    "5",
+                    "--seed",
+                    str(seed),
+                    "-o",
+                    output,
+                ]
                 assert main([str(a) for a in args]) == 0
         for method, flags in (
             ("lora", ["--rank", "2", "--lr", "0.002", "--towers", "image"]),
             ("full", ["--lr", "0.0001", "--towers", "image"]),
             ("head", ["--lr", "0.01"]),
         ):
-            args = ["finetune", *DATA, "--data", "toy:mnist", "--method", method, *flags, "--iterations", "3",
-                    "-o", root / f"{method}.safetensors"]  # fmt: skip
+            args = [
+                "finetune",
+                *DATA,
+                "--data",
+                "toy:mnist",
+                "--method",
+                method,
+                *flags,
+                "--iterations",
+                "3",
+                "-o",
+                root / f"{method}.safetensors",
+            ]
             assert main([str(a) for a in args]) == 0
     return root
 
@@ -53,8 +78,16 @@ def accuracy(cli, checkpoint, task, classes="base") -> float:
 
 
 def test_a_task_pattern_gives_each_task_its_own_checkpoint(cli, runs):
-    report = evaluate(cli, "zs", str(runs / "seed0/{task}/coop.safetensors"),
-                      *[f"--data=toy:{task}" for task in TASKS], "--classes", "base", "--zs", "tiny")  # fmt: skip
+    report = evaluate(
+        cli,
+        "zs",
+        str(runs / "seed0/{task}/coop.safetensors"),
+        *[f"--data=toy:{task}" for task in TASKS],
+        "--classes",
+        "base",
+        "--zs",
+        "tiny",
+    )
     zero_shot, coop = report["models"]
     assert zero_shot["model"] == "zero-shot" and zero_shot["files"] is None
     for row, task in zip(coop["results"], TASKS, strict=True):
@@ -93,8 +126,9 @@ def test_a_folder_column_finds_each_tasks_checkpoint_by_its_metadata(cli, runs):
 def test_eval_without_data_names_the_data_a_checkpoint_was_trained_on(cli, runs):
     coop = runs / "seed0" / "mnist" / "coop.safetensors"
     line = one_line_error(cli("eval", "zs", coop))
-    assert line.endswith(f"{coop} was trained on --data toy:mnist --classes base: add --data toy:mnist --classes "
-                         "base,novel")  # fmt: skip
+    assert line.endswith(
+        f"{coop} was trained on --data toy:mnist --classes base: add --data toy:mnist --classes base,novel"
+    )
     assert one_line_error(cli("eval", "zs")).endswith("or --benchmark NAME")
 
 
@@ -111,8 +145,9 @@ def test_missing_checkpoints_of_a_pattern_are_one_line(cli, runs):
 def test_the_path_from_zero_shot_to_a_prompt_starts_at_zero_shot_and_ends_at_the_prompt(cli, runs, tmp_path):
     prompt = runs / "seed0" / "mnist" / "coop.safetensors"
     plot = tmp_path / "path.png"
-    report = evaluate(cli, "--path", "zs", prompt, "--data", "toy:mnist", "--classes", "base,novel",
-                      "--steps", "5", "--plot", plot)  # fmt: skip
+    report = evaluate(
+        cli, "--path", "zs", prompt, "--data", "toy:mnist", "--classes", "base,novel", "--steps", "5", "--plot", plot
+    )
     assert report["path"] == {"a": "zs", "b": str(prompt), "kind": "prompt"}
     assert report["alphas"] == [0.0, 0.25, 0.5, 0.75, 1.0]
     base, novel = report["curves"]
@@ -126,8 +161,9 @@ def test_the_path_from_zero_shot_to_a_prompt_starts_at_zero_shot_and_ends_at_the
 
 
 def test_a_weight_path_re_encodes_the_images_at_every_point(cli, runs):
-    report = evaluate(cli, "--path", "zs", runs / "full.safetensors", "--data", "toy:mnist", "--classes", "base",
-                      "--steps", "3")  # fmt: skip
+    report = evaluate(
+        cli, "--path", "zs", runs / "full.safetensors", "--data", "toy:mnist", "--classes", "base", "--steps", "3"
+    )
     [curve] = report["curves"]
     assert report["path"]["kind"] == "model"
     assert curve["accuracy"][-1] == pytest.approx(accuracy(cli, runs / "full.safetensors", "mnist"))
@@ -137,15 +173,26 @@ def test_a_weight_path_re_encodes_the_images_at_every_point(cli, runs):
 
 def test_plot_without_matplotlib_says_how_to_install_it(cli, runs, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    line = one_line_error(cli("eval", "--path", "zs", runs / "seed0/mnist/coop.safetensors", "--data", "toy:mnist",
-                              "--plot", tmp_path / "p.png"))  # fmt: skip
+    line = one_line_error(
+        cli(
+            "eval",
+            "--path",
+            "zs",
+            runs / "seed0/mnist/coop.safetensors",
+            "--data",
+            "toy:mnist",
+            "--plot",
+            tmp_path / "p.png",
+        )
+    )
     assert "pip install 'cftool-clip[plot]'" in line
     assert not (tmp_path / "p.png").exists()
 
 
 def test_paths_join_checkpoints_of_one_kind(cli, runs):
-    line = one_line_error(cli("eval", "--path", runs / "lora.safetensors", runs / "seed0/mnist/coop.safetensors",
-                              "--data", "toy:mnist"))  # fmt: skip
+    line = one_line_error(
+        cli("eval", "--path", runs / "lora.safetensors", runs / "seed0/mnist/coop.safetensors", "--data", "toy:mnist")
+    )
     assert "'lora'" in line and "'prompt'" in line
     assert "both ends" in one_line_error(cli("eval", "--path", "zs", "zs", "--data", "toy:mnist", "--zs", "tiny"))
 
@@ -174,8 +221,9 @@ def test_two_loras_interpolate_exactly_into_one_of_twice_the_rank(cli, runs, tmp
 
 def test_interpolate_refuses_two_prompts_and_its_own_input(cli, runs, tmp_path):
     prompt = runs / "seed0/mnist/coop.safetensors"
-    assert "eval --path" in one_line_error(cli("interpolate", prompt, prompt, "--alpha", "0.5", "-o",
-                                               tmp_path / "x.safetensors"))  # fmt: skip
+    assert "eval --path" in one_line_error(
+        cli("interpolate", prompt, prompt, "--alpha", "0.5", "-o", tmp_path / "x.safetensors")
+    )
     assert "inputs" in one_line_error(cli("interpolate", "zs", prompt, "--alpha", "0.5", "-o", prompt, "--force"))
 
 
@@ -251,6 +299,16 @@ def test_heads_of_many_prompts_are_encoded_in_bounded_passes_equal_to_one_batch(
     assert max(passes) == 4 and sum(passes) == 3 * len(classnames) * len(templates)
 
 
+def counted(encode, passes: list[int]):
+    """``encode_text_with_context`` that records how many prompts each pass encodes."""
+
+    def encode_counted(model, tokens, ctx):
+        passes.append(len(tokens))
+        return encode(model, tokens, ctx)
+
+    return encode_counted
+
+
 def test_a_prompts_head_is_encoded_in_bounded_passes_equal_to_one_batch(monkeypatch):
     """A CoOp prompt's head (shared or class-specific context) over many classes, a few classes per pass."""
     import torch
@@ -263,14 +321,14 @@ def test_a_prompts_head_is_encoded_in_bounded_passes_equal_to_one_batch(monkeypa
     classnames = ["circle", "square", "triangle", "star", "cross", "ring", "heart"]
     for class_specific in (False, True):
         torch.manual_seed(0)
-        prompt = build_method("coop", zoo, classnames, ["{}"], n_ctx=4, ctx_init="random", class_specific=class_specific)
+        prompt = build_method(
+            "coop", zoo, classnames, ["{}"], n_ctx=4, ctx_init="random", class_specific=class_specific
+        )
         with torch.no_grad():
             one_batch = torch.nn.functional.normalize(prompt.unnormalised_class_features(prompt.tokens), dim=-1).T
         passes, encode = [], cftool.kinds.prompt.encode_text_with_context
         monkeypatch.setattr(cftool.kinds.prompt, "PROMPTS_PER_PASS", 3)
-        monkeypatch.setattr(
-            cftool.kinds.prompt, "encode_text_with_context", lambda m, t, c: passes.append(len(t)) or encode(m, t, c)
-        )
+        monkeypatch.setattr(cftool.kinds.prompt, "encode_text_with_context", counted(encode, passes))
         assert (prompt.eval_head(zoo, classnames, []) - one_batch).abs().max() <= 1e-6
         assert passes == [3, 3, 1]
         monkeypatch.undo()

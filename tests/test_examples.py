@@ -33,7 +33,7 @@ def test_example_runs(script, tmp_path):
 CONFIGS = {
     "eval.yaml": ("eval", ["--zs", "tiny"]),
     "finetune.yaml": ("finetune", ["--epochs", "0.1"]),
-}  # fmt: skip
+}
 
 
 def test_every_config_is_checked():
@@ -48,6 +48,9 @@ def test_example_configs_are_accepted_by_their_command(config, tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(
         ["cftool", command, "--config", str(EXAMPLES / config), *overrides, *output],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -154,8 +154,23 @@ def test_the_feature_cache_is_not_reused_once_a_training_image_changes(cli, tmp_
         (images / name).mkdir(parents=True)
         Image.new("RGB", (64, 64), colour).save(images / name / "0.png")
     cache = tmp_path / "cache"
-    args = ["--zs", "tiny", "--data", f"folder:{images}", "--method", "coop", "--iterations", "1", "--device", "cpu",
-            "--cache-dir", cache, "--force", "-o", tmp_path / "coop.safetensors"]  # fmt: skip
+    args = [
+        "--zs",
+        "tiny",
+        "--data",
+        f"folder:{images}",
+        "--method",
+        "coop",
+        "--iterations",
+        "1",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        cache,
+        "--force",
+        "-o",
+        tmp_path / "coop.safetensors",
+    ]
     assert cli("finetune", *args).code == 0
     [first] = cache.iterdir()
     Image.new("RGB", (64, 64), "green").save(images / "square" / "0.png")
@@ -272,8 +287,9 @@ def test_a_hand_edited_trainer_state_is_refused_in_one_line(cli, interrupted_run
 
 def test_bad_input_is_one_line_and_writes_nothing(cli, tmp_path):
     output = tmp_path / "out.safetensors"
-    assert "unknown --method 'adapter'" in one_line_error(cli("finetune", *DATA, "--iterations", "1", "--method",
-                                                                "adapter", "-o", output))  # fmt: skip
+    assert "unknown --method 'adapter'" in one_line_error(
+        cli("finetune", *DATA, "--iterations", "1", "--method", "adapter", "-o", output)
+    )
     assert "--rank applies to --method lora" in one_line_error(
         cli("finetune", *DATA, "--iterations", "1", "--rank", "4", "-o", output)
     )
@@ -289,8 +305,21 @@ def test_bad_input_is_one_line_and_writes_nothing(cli, tmp_path):
     for name in ("circle", "square"):  # the square class stays empty
         (images / name).mkdir(parents=True)
     Image.new("RGB", (64, 64), "red").save(images / "circle" / "0.png")
-    line = one_line_error(cli("finetune", "--zs", "tiny", "--data", f"folder:{images}", "--iterations", "1",
-                              "--device", "cpu", "-o", output))  # fmt: skip
+    line = one_line_error(
+        cli(
+            "finetune",
+            "--zs",
+            "tiny",
+            "--data",
+            f"folder:{images}",
+            "--iterations",
+            "1",
+            "--device",
+            "cpu",
+            "-o",
+            output,
+        )
+    )
     assert "no training images (square)" in line
     assert list(tmp_path.glob("out*")) == []
 
@@ -346,8 +375,23 @@ def test_two_gloo_processes_give_the_weights_of_one_process_with_the_same_global
 
 
 def test_epochs_count_steps_of_the_global_batch_and_the_schedule_warms_up_then_decays(cli, tmp_path):
-    result = cli("finetune", *DATA, "--method", "head", "--epochs", "2", "--batch-size", "8", "--warmup", "2",
-                 "--label-smoothing", "0.1", "-o", tmp_path / "head.safetensors", "--json")  # fmt: skip
+    result = cli(
+        "finetune",
+        *DATA,
+        "--method",
+        "head",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--warmup",
+        "2",
+        "--label-smoothing",
+        "0.1",
+        "-o",
+        tmp_path / "head.safetensors",
+        "--json",
+    )
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["steps"] == 5  # ceil(2 epochs × 20 images / 8)
     options = TrainOptions(iterations=10, lr=1.0, warmup=2)
@@ -371,15 +415,24 @@ def test_help_has_an_example(cli):
     assert result.code == 0 and "Example: cftool finetune" in result.stdout
 
 
-@pytest.mark.parametrize(("vision", "expected"), [
-    ({"layers": 2, "width": 64, "patch_size": 16}, {f"visual.transformer.resblocks.{i}.{target}" for i in range(2)
-                                                    for target in ("attn.in_proj_weight", "attn.out_proj.weight",
-                                                                   "mlp.c_fc.weight", "mlp.c_proj.weight")}),
-    ({"layers": [1, 1, 1, 1], "width": 16}, {f"visual.attnpool.{p}_proj.weight" for p in "qkvc"}),
-])
+@pytest.mark.parametrize(
+    ("vision", "expected"),
+    [
+        (
+            {"layers": 2, "width": 64, "patch_size": 16},
+            {
+                f"visual.transformer.resblocks.{i}.{target}"
+                for i in range(2)
+                for target in ("attn.in_proj_weight", "attn.out_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+            },
+        ),
+        ({"layers": [1, 1, 1, 1], "width": 16}, {f"visual.attnpool.{p}_proj.weight" for p in "qkvc"}),
+    ],
+)
 def test_lora_adapts_the_attention_of_transformer_and_resnet_image_towers(vision, expected):
-    model = CLIP(32, {"image_size": 64, **vision}, {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2,
-                                                    "layers": 1})
+    model = CLIP(
+        32, {"image_size": 64, **vision}, {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1}
+    )
     assert set(lora_parameter_names(model, ("image",))) == expected
     text = lora_parameter_names(model, ("text",))
     assert len(text) == 4 and all(name.startswith("transformer.resblocks.0.") for name in text)
@@ -407,8 +460,22 @@ def test_numbers_are_validated_where_options_are_built(cli, tmp_path, flags, mes
 
 def test_a_diverging_loss_stops_training_in_one_line_and_writes_nothing(cli, tmp_path):
     output = tmp_path / "out.safetensors"
-    error = one_line_error(cli("finetune", *DATA, "--method", "coop", "--optimizer", "sgd", "--lr", "1e30",
-                               "--iterations", "5", "-o", output))  # fmt: skip
+    error = one_line_error(
+        cli(
+            "finetune",
+            *DATA,
+            "--method",
+            "coop",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e30",
+            "--iterations",
+            "5",
+            "-o",
+            output,
+        )
+    )
     assert "training diverged and nothing was written" in error
     assert list(tmp_path.iterdir()) == []
 

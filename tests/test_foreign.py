@@ -66,8 +66,9 @@ def coop_state_dict(ctx: torch.Tensor, n_cls: int = 4) -> dict[str, torch.Tensor
 def test_a_pickle_that_runs_code_is_refused_and_the_code_never_runs(tmp_path, zip_format):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
-    torch.save({"weights": torch.ones(2), "payload": RunsShellCommand(marker)}, path,
-               _use_new_zipfile_serialization=zip_format)  # fmt: skip
+    torch.save(
+        {"weights": torch.ones(2), "payload": RunsShellCommand(marker)}, path, _use_new_zipfile_serialization=zip_format
+    )
 
     for reader in (load_weights_only, read_state_dict, read_coop_prompt):
         with pytest.raises(CftoolError) as error:
@@ -167,7 +168,9 @@ def test_coop_prompt_is_read_from_a_real_dassl_checkpoint(tmp_path):
 
     assert torch.equal(loaded, ctx) and not loaded.requires_grad
     assert {key: info[key] for key in ("epoch", "class_specific", "ignored")} == {
-        "epoch": 50, "class_specific": False, "ignored": []
+        "epoch": 50,
+        "class_specific": False,
+        "ignored": [],
     }
     assert torch.equal(info["token_prefix"], coop_state_dict(ctx)["token_prefix"])
     successor = load_weights_only(path)["scheduler"]["successor"]
@@ -192,8 +195,10 @@ def test_class_specific_context_and_kgcoop_extras(tmp_path):
 @pytest.mark.parametrize(
     ("content", "fragment"),
     [
-        ({"state_dict": {"token_prefix": torch.zeros(1), "weight": torch.zeros(1)}, "epoch": 3},
-         "no 'ctx' prompt tensor in its state dict (found: 'token_prefix', 'weight')"),
+        (
+            {"state_dict": {"token_prefix": torch.zeros(1), "weight": torch.zeros(1)}, "epoch": 3},
+            "no 'ctx' prompt tensor in its state dict (found: 'token_prefix', 'weight')",
+        ),
         ({"state_dict": {"ctx": torch.zeros(5)}}, "'ctx' is torch.float32 [5]"),
         ({"state_dict": {"ctx": torch.zeros(2, 3, dtype=torch.int64)}}, "expected a float tensor"),
         ({"state_dict": [torch.zeros(2, 3)]}, "'state_dict' entry is a list"),

@@ -88,8 +88,11 @@ def test_coop_split_files_are_read_or_refused_in_one_line(tmp_path_factory, cont
 
 
 @FUZZ
-@given(config=st.dictionaries(st.sampled_from(["rank", "alpha", "targets", "other"]), json_values, max_size=4),
-       rank_a=st.integers(0, 4), rank_b=st.integers(0, 4))  # fmt: skip
+@given(
+    config=st.dictionaries(st.sampled_from(["rank", "alpha", "targets", "other"]), json_values, max_size=4),
+    rank_a=st.integers(0, 4),
+    rank_b=st.integers(0, 4),
+)
 def test_lora_configs_are_read_or_refused_in_one_line(config, rank_a, rank_b):
     tensors = {
         "w.lora_A": TensorInfo("w.lora_A", "F32", (rank_a, 8)),

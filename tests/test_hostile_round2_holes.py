@@ -25,7 +25,9 @@ def test_a_folder_dataset_with_a_symbolic_link_loop_is_refused_not_listed_again_
     link.symlink_to(target, target_is_directory=True)
     with pytest.raises(CftoolError) as error:
         load_task(f"folder:{tmp_path / 'shapes'}").source.labels("test")  # was 300-odd copies of the two images
-    assert f"folder:{link}: a symbolic link to {(link.parent / target).resolve()}, a folder it is inside" in str(error.value)
+    assert f"folder:{link}: a symbolic link to {(link.parent / target).resolve()}, a folder it is inside" in str(
+        error.value
+    )
 
 
 def test_a_folder_dataset_may_link_to_a_folder_outside_itself(tmp_path):
@@ -105,15 +107,17 @@ def test_a_cifar_pickle_of_protocol_5_says_what_it_is_and_what_to_do(tmp_path):
     (folder / "train").write_bytes(pickle.dumps(content, protocol=5))  # numpy arrays as protocol 5's bytearrays
     with pytest.raises(CftoolError) as error:
         mtil_source("CIFAR100", tmp_path).labels("train")
-    assert "it is a pickle of protocol 5 (opcode BYTEARRAY8), which cftool does not read; use the files of the " \
+    assert (
+        "it is a pickle of protocol 5 (opcode BYTEARRAY8), which cftool does not read; use the files of the "
         "original cifar-100-python.tar.gz (protocol 2), or pickle them again at protocol 4 or lower" in str(error.value)
+    )
 
 
 def test_a_cifar_file_of_an_unknown_protocol_says_so(tmp_path):
     folder = write_cifar100(tmp_path)
     (folder / "meta").write_bytes(b"\x80\x09N.")
     with pytest.raises(CftoolError) as error:
-        mtil_source("CIFAR100", tmp_path).classnames
+        _ = mtil_source("CIFAR100", tmp_path).classnames
     assert f"cannot read {folder / 'meta'} (refused: it declares pickle protocol 9, beyond Python's highest (5)" in str(
         error.value
     )

@@ -1,5 +1,5 @@
-"""The merge methods of docs/design.md §5.2 on hand-built tensors, the exact streamed selection, and the streaming engine
-against in-memory references written here from the definitions."""
+"""The merge methods of docs/design.md §5.2 on hand-built tensors, the exact streamed selection, and the streaming
+engine against in-memory references written here from the definitions."""
 
 import math
 
@@ -289,7 +289,7 @@ def test_slices_begin_at_mask_bytes():
         row = math.prod(tensor.shape[1:]) if tensor.shape else 1
         assert all(start * row % 8 == 0 for start, _ in tensor.rows)
         assert tensor.rows[0][0] == 0 and tensor.rows[-1][1] == (tensor.shape[0] if tensor.shape else 1)
-        assert all(a[1] == b[0] for a, b in zip(tensor.rows, tensor.rows[1:]))
+        assert all(a[1] == b[0] for a, b in zip(tensor.rows, tensor.rows[1:], strict=False))
 
 
 def test_continual_unify_over_three_sessions_equals_the_reference_iteration(tmp_path):
@@ -302,7 +302,7 @@ def test_continual_unify_over_three_sessions_equals_the_reference_iteration(tmp_
         reference = expert
 
         names = [f"s{number}t{i}" for i in range(len(new))]
-        inputs = [LoadedDelta(d, TaskEntry(n)) for d, n in zip(new, names)]
+        inputs = [LoadedDelta(d, TaskEntry(n)) for d, n in zip(new, names, strict=True)]
         output = tmp_path / f"session{number}.st"
         if previous is None:
             run(inputs, "condu", output, chunk_elements=40)

@@ -138,7 +138,9 @@ def test_decouple_all_gives_the_design_expert(cli, base, models, unified, tmp_pa
         sign = torch.where(sum(values) > 0, 1.0, -1.0)
         for i, value in enumerate(values):
             masks[i][name] = value * sign > 0
-        unified_delta[name] = sign * torch.stack([(v * m[name]).abs() for v, m in zip(values, masks)]).amax(0)
+        unified_delta[name] = sign * torch.stack(
+            [(v * m[name]).abs() for v, m in zip(values, masks, strict=True)]
+        ).amax(0)
         for i, value in enumerate(values):
             numerator[i] += value.abs().double().mean()
             denominator[i] += (masks[i][name] * unified_delta[name]).abs().double().mean()

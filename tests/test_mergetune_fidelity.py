@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_coop_datasets import write_split_file
 
 from cftool.cli import continue_
 from cftool.data import DatasetSpec, load_task
@@ -22,7 +23,6 @@ from cftool.kinds.method import zero_shot_class_features
 from cftool.kinds.prompt import CoOp
 from cftool.train.objectives import MergeTune, MergeTuneOptions, ZeroShotPoint, parse_lmc_samples
 from cftool.zoo import load_model
-from test_coop_datasets import write_split_file
 
 CLASSES = ["banded", "blotchy", "braided"]
 DTD_ANCHOR = "a photo of a {}, a type of texture."
@@ -162,9 +162,12 @@ def test_the_anchor_templates_are_kgcoops_for_every_dataset():
 
 
 def test_continue_on_dtd_anchors_on_kgcoops_template_and_records_the_reference_path_samples(cli, tmp_path, monkeypatch):
-    write_split_file(tmp_path / "dtd", "DescribableTextures", "images", [
-        (f"{name}/{name}_{{split}}{{i}}.jpg", name) for name in CLASSES
-    ])  # fmt: skip
+    write_split_file(
+        tmp_path / "dtd",
+        "DescribableTextures",
+        "images",
+        [(f"{name}/{name}_{{split}}{{i}}.jpg", name) for name in CLASSES],
+    )
     coop = tmp_path / "coop.safetensors"
     data = ["--zs", "tiny", "--data", "coop:dtd", "--data-root", tmp_path, "--device", "cpu"]
     result = cli("finetune", *data, "--method", "coop", "--batch-size", "6", "--iterations", "2", "-o", coop)

@@ -82,8 +82,17 @@ def plain_eval(cli, toy_folders, checkpoint) -> list[float]:
 
 def test_the_matrix_of_unified_sessions_uses_experts_then_routing(cli, toy_folders, sessions, tmp_path):
     prototypes = str(sessions / "*.prototypes.safetensors")
-    report, _ = mtil(cli, toy_folders, "zs", "--sessions", f"ConDU={sessions}/condu{{t}}.st",
-                     "--prototypes", prototypes, "--cache-dir", tmp_path / "cells")  # fmt: skip
+    report, _ = mtil(
+        cli,
+        toy_folders,
+        "zs",
+        "--sessions",
+        f"ConDU={sessions}/condu{{t}}.st",
+        "--prototypes",
+        prototypes,
+        "--cache-dir",
+        tmp_path / "cells",
+    )
     (condu,) = report["methods"]
     assert condu["method"] == "ConDU" and report["tasks"] == list(TASKS) and report["mode"] == "task-id"
     matrix = condu["matrix"]
@@ -93,15 +102,25 @@ def test_the_matrix_of_unified_sessions_uses_experts_then_routing(cli, toy_folde
     for t in (1, 3):
         for j, name in enumerate(TASKS[:t]):
             expert = tmp_path / f"expert-{t}-{name}.safetensors"
-            made = cli("decouple", sessions / f"condu{t}.st", "--task", name, "--as", "model", "--zs", "tiny",
-                       "-o", expert)  # fmt: skip
+            made = cli(
+                "decouple", sessions / f"condu{t}.st", "--task", name, "--as", "model", "--zs", "tiny", "-o", expert
+            )
             assert made.code == 0, made.stderr
             assert matrix[t - 1][j] == pytest.approx(plain_eval(cli, toy_folders, expert)[j], abs=1e-6)
     assert condu["last"] == matrix[2] and condu["transfer"][0] is None
     assert condu["transfer"][2] == pytest.approx((matrix[0][2] + matrix[1][2]) / 2)
     assert report["cells"] == {"measured": 3 + 9, "cached": 0}
-    agnostic, _ = mtil(cli, toy_folders, "--sessions", f"{sessions}/condu{{t}}.st", "--prototypes", prototypes,
-                       "--task-agnostic", "--cache-dir", tmp_path / "cells")  # fmt: skip
+    agnostic, _ = mtil(
+        cli,
+        toy_folders,
+        "--sessions",
+        f"{sessions}/condu{{t}}.st",
+        "--prototypes",
+        prototypes,
+        "--task-agnostic",
+        "--cache-dir",
+        tmp_path / "cells",
+    )
     (routed,) = agnostic["methods"]
     assert agnostic["mode"] == "task-agnostic"
     # Tasks not yet learned are routed in both modes: the same cells, read from the cache.
@@ -115,15 +134,24 @@ def test_rerunning_after_a_new_session_measures_only_its_cells(cli, toy_folders,
     two = ",".join(str(sessions / f"delta{t}.safetensors") for t in (1, 2))
     first, _ = mtil(cli, toy_folders, "--sessions", f"deltas={two}", "--cache-dir", cells)
     assert first["cells"] == {"measured": 6, "cached": 0}
-    again, _ = mtil(cli, toy_folders, "--sessions", f"deltas={two},{sessions / 'delta3.safetensors'}",
-                         "--cache-dir", cells)  # fmt: skip
+    again, _ = mtil(
+        cli, toy_folders, "--sessions", f"deltas={two},{sessions / 'delta3.safetensors'}", "--cache-dir", cells
+    )
     assert again["cells"] == {"measured": 3, "cached": 6}
     assert again["methods"][0]["matrix"][:2] == first["methods"][0]["matrix"]
 
 
 def test_sequential_models_of_a_chain_of_bases_are_evaluated_over_the_original(cli, toy_folders, sessions, tmp_path):
-    report, _ = mtil(cli, toy_folders, "--sessions", f"sequential={sessions}/seq{{t}}.safetensors",
-                          "--cache-dir", tmp_path / "cells", "--heatmap", tmp_path / "m.png")  # fmt: skip
+    report, _ = mtil(
+        cli,
+        toy_folders,
+        "--sessions",
+        f"sequential={sessions}/seq{{t}}.safetensors",
+        "--cache-dir",
+        tmp_path / "cells",
+        "--heatmap",
+        tmp_path / "m.png",
+    )
     matrix = report["methods"][0]["matrix"]
     assert (tmp_path / "m.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert matrix[2] == pytest.approx(plain_eval(cli, toy_folders, sessions / "seq3.safetensors"), abs=1e-6)
@@ -140,8 +168,9 @@ def test_bad_session_inputs_are_one_line_errors(cli, toy_folders, sessions, tmp_
     assert "no session file" in one_line_error(cli("eval", *data, "--zs", "tiny", "--sessions", f"{gap}/x{{t}}.st"))
     four = ",".join(str(sessions / f"delta{t}.safetensors") for t in (1, 2, 3, 3))
     assert "4 sessions for 3 tasks" in one_line_error(cli("eval", *data, "--zs", "tiny", "--sessions", four))
-    message = one_line_error(cli("eval", *data, "--zs", "tiny", "--sessions", f"{sessions}/condu{{t}}.st",
-                                 "--cache-dir", tmp_path / "c"))  # fmt: skip
+    message = one_line_error(
+        cli("eval", *data, "--zs", "tiny", "--sessions", f"{sessions}/condu{{t}}.st", "--cache-dir", tmp_path / "c")
+    )
     assert "--prototypes" in message  # unlearned tasks are routed, which needs prototypes
     assert "--sessions" in one_line_error(cli("eval", *data, "--zs", "tiny", "--task-agnostic"))
     assert "--benchmark" in one_line_error(
@@ -153,8 +182,12 @@ def test_sessions_trained_in_another_order_than_the_tables_are_refused(cli, toy_
     """Transfer reads session t as having learned the first t tasks: a unified set, a merged delta or a fine-tune
     of another order is refused by what it records, before anything is measured."""
     mean = tmp_path / "mean12.safetensors"
-    assert cli("unify", "--method", "mean", sessions / "delta1.safetensors", sessions / "delta2.safetensors",
-               "-o", mean).code == 0  # fmt: skip
+    assert (
+        cli(
+            "unify", "--method", "mean", sessions / "delta1.safetensors", sessions / "delta2.safetensors", "-o", mean
+        ).code
+        == 0
+    )
     backwards = [arg for name in reversed(TASKS) for arg in ("--data", f"folder:{toy_folders[name]}")]
     for spec, session, learned, expected in (
         (f"{sessions}/condu{{t}}.st", sessions / "condu1.st", "has learned food", "cars"),
@@ -163,11 +196,14 @@ def test_sessions_trained_in_another_order_than_the_tables_are_refused(cli, toy_
     ):
         message = one_line_error(cli("eval", *backwards, "--zs", "tiny", "--sessions", spec))
         session_number = 2 if session == mean else 1
-        assert f"session {session_number} ({session}) {learned}, but session {session_number} of this table " \
-               f"learns {expected} (the table's tasks in order: cars, mnist, food)" in message  # fmt: skip
+        assert (
+            f"session {session_number} ({session}) {learned}, but session {session_number} of this table "
+            f"learns {expected} (the table's tasks in order: cars, mnist, food)" in message
+        )
     # The same files in the order they were trained make a table.
-    report, _ = mtil(cli, toy_folders, "--sessions", f"{sessions}/delta1.safetensors,{mean}", "--cache-dir",
-                     tmp_path / "cells")  # fmt: skip
+    report, _ = mtil(
+        cli, toy_folders, "--sessions", f"{sessions}/delta1.safetensors,{mean}", "--cache-dir", tmp_path / "cells"
+    )
     assert len(report["methods"][0]["matrix"]) == 2
 
 
@@ -182,8 +218,9 @@ def test_sessions_imported_from_the_condu_reference_code_are_evaluated_the_same_
     for t in (1, 2):
         folder = tmp_path / f"session_{t}"
         folder.mkdir()
-        torch.save({n: torch.randn(x.shape, generator=generator) * 1e-3 for n, x in floating.items()},
-                   folder / "unified.pth")  # fmt: skip
+        torch.save(
+            {n: torch.randn(x.shape, generator=generator) * 1e-3 for n, x in floating.items()}, folder / "unified.pth"
+        )
         for i, task in enumerate(TASKS[:t]):
             masks = {n: torch.rand(x.shape, generator=generator) > 0.5 for n, x in floating.items()}
             torch.save({"masks": masks, "rescalers": torch.tensor(1.0 + i)}, folder / f"{task}.pth")
@@ -197,8 +234,16 @@ def test_sessions_imported_from_the_condu_reference_code_are_evaluated_the_same_
         assert result.code == 0, result.stderr
         imported.append(out)
     protos = str(tmp_path / "imported2" / "*.prototypes.safetensors")
-    report, _ = mtil(cli, toy_folders, "--sessions", ",".join(map(str, imported)), "--prototypes", protos,
-                     "--cache-dir", tmp_path / "cells")  # fmt: skip
+    report, _ = mtil(
+        cli,
+        toy_folders,
+        "--sessions",
+        ",".join(map(str, imported)),
+        "--prototypes",
+        protos,
+        "--cache-dir",
+        tmp_path / "cells",
+    )
     matrix = report["methods"][0]["matrix"]
     assert len(matrix) == 2 and all(0 <= value <= 100 for row in matrix for value in row)
 
@@ -208,8 +253,16 @@ def test_the_union_label_space_classifies_among_every_tasks_classes(cli, toy_fol
     from cftool.zoo import load_model
 
     prototypes = str(sessions / "*.prototypes.safetensors")
-    common = ("zs", "--sessions", f"{sessions}/condu{{t}}.st", "--prototypes", prototypes, "--task-agnostic",
-              "--cache-dir", tmp_path / "cells")  # fmt: skip
+    common = (
+        "zs",
+        "--sessions",
+        f"{sessions}/condu{{t}}.st",
+        "--prototypes",
+        prototypes,
+        "--task-agnostic",
+        "--cache-dir",
+        tmp_path / "cells",
+    )
     own, _ = mtil(cli, toy_folders, *common)
     union, result = mtil(cli, toy_folders, *common, "--label-space", "union")
     assert union["label_space"] == "union" and own["label_space"] == "own"
@@ -232,8 +285,9 @@ def test_the_union_label_space_classifies_among_every_tasks_classes(cli, toy_fol
         assert all(u <= o for u, o in zip(union_row, own_row, strict=True))
     assert union["methods"][0]["matrix"] != own["methods"][0]["matrix"]
     data = [arg for name in TASKS for arg in ("--data", f"folder:{toy_folders[name]}")]
-    assert "add --task-agnostic" in one_line_error(cli("eval", *data, "--zs", "tiny", "--sessions",
-                                                       f"{sessions}/condu{{t}}.st", "--label-space", "union"))  # fmt: skip
+    assert "add --task-agnostic" in one_line_error(
+        cli("eval", *data, "--zs", "tiny", "--sessions", f"{sessions}/condu{{t}}.st", "--label-space", "union")
+    )
     assert "--label-space applies to the MTIL matrix" in one_line_error(
         cli("eval", *data, "--zs", "tiny", "--label-space", "union")
     )

@@ -53,9 +53,23 @@ def prompts_per_step(monkeypatch):
 
 def _finetune(cli, root, output, *extra):
     result = cli(
-        "finetune", "--zs", "tiny", "--data", "mtil:EuroSAT", "--data-root", root, "--method", "full",
-        "--iterations", "2", "--batch-size", "4", "-o", output, *extra,
-    )  # fmt: skip
+        "finetune",
+        "--zs",
+        "tiny",
+        "--data",
+        "mtil:EuroSAT",
+        "--data-root",
+        root,
+        "--method",
+        "full",
+        "--iterations",
+        "2",
+        "--batch-size",
+        "4",
+        "-o",
+        output,
+        *extra,
+    )
     assert result.code == 0, result.stderr
     with open_checkpoint(output) as ckpt:
         return ckpt.header.config
@@ -74,9 +88,17 @@ def test_training_on_mtil_encodes_one_prompt_per_class_and_continue_keeps_it(
 
     prompts_per_step.clear()
     result = cli(
-        "continue", tmp_path / "full.safetensors", "--zs", "tiny", "--iterations", "1", "--zs-reg", "param",
-        "-o", tmp_path / "continued.safetensors",
-    )  # fmt: skip
+        "continue",
+        tmp_path / "full.safetensors",
+        "--zs",
+        "tiny",
+        "--iterations",
+        "1",
+        "--zs-reg",
+        "param",
+        "-o",
+        tmp_path / "continued.safetensors",
+    )
     assert result.code == 0, result.stderr
     with open_checkpoint(tmp_path / "continued.safetensors") as ckpt:
         assert ckpt.header.config["train_templates"] == "first"
@@ -112,9 +134,20 @@ def test_first_template_head_is_zscls(eurosat_root):
 
 def test_train_templates_is_refused_where_it_means_nothing(cli, tmp_path):
     result = cli(
-        "finetune", "--zs", "tiny", "--data", "toy:food", "--method", "coop", "--train-templates", "first",
-        "--iterations", "1", "-o", tmp_path / "p.safetensors",
-    )  # fmt: skip
+        "finetune",
+        "--zs",
+        "tiny",
+        "--data",
+        "toy:food",
+        "--method",
+        "coop",
+        "--train-templates",
+        "first",
+        "--iterations",
+        "1",
+        "-o",
+        tmp_path / "p.safetensors",
+    )
     assert result.code != 0 and "--train-templates applies to --method lora or full" in result.stderr
 
 

@@ -114,8 +114,11 @@ def test_a_cached_pretrained_tag_loads_with_its_activation_and_never_touches_the
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "cftool", "export", "--zs", "ViT-B/16", "-o", str(output)],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert time.monotonic() - started < 120
     with safe_open(str(output), "pt") as exported:
@@ -175,8 +178,13 @@ def test_a_model_file_of_a_hub_base_is_rebuilt_offline_from_what_it_records(tmp_
     offline = {**os.environ, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path)}
 
     def cftool(*args, cache):
-        result = subprocess.run([sys.executable, "-m", "cftool", *map(str, args)], capture_output=True, text=True,
-                                env={**offline, "HF_HUB_CACHE": str(cache)}, timeout=300)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "cftool", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env={**offline, "HF_HUB_CACHE": str(cache)},
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr
         return result.stdout
 

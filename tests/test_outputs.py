@@ -10,8 +10,22 @@ from conftest import one_line_error
 
 from cftool.io import checkpoint
 
-DATA = ["--zs", "tiny", "--data", "toy:mnist", "--classes", "base", "--shots", "2", "--iterations", "1",
-        "--batch-size", "4", "--device", "cpu"]  # fmt: skip
+DATA = [
+    "--zs",
+    "tiny",
+    "--data",
+    "toy:mnist",
+    "--classes",
+    "base",
+    "--shots",
+    "2",
+    "--iterations",
+    "1",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+]
 
 
 def test_an_unwritable_output_is_found_before_training(cli, tmp_path, monkeypatch):
@@ -33,8 +47,12 @@ def full_disk(tmp_path):
     """A 256 KiB tmpfs: the real ENOSPC of a full disk (needs the right to mount, as CI's root has)."""
     mount_point = tmp_path / "full"
     mount_point.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-                      capture_output=True).returncode != 0:  # fmt: skip
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here")
     yield mount_point
     subprocess.run(["umount", str(mount_point)], check=True)
@@ -144,7 +162,6 @@ def test_every_output_of_eval_is_checked_before_any_work(cli, tmp_path, monkeypa
     assert ("cannot write" in error) if "{blocked}" in " ".join(outputs) else ("is also the file of" in error)
     assert loaded == []  # refused before the model was even loaded
     assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]
-
 
 
 def test_a_run_killed_between_its_two_files_never_leaves_new_prototypes_beside_an_old_checkpoint(

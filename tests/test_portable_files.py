@@ -12,9 +12,22 @@ from cftool.zoo import load_model
 
 def _coop(cli, zs, folder, output):
     result = cli(
-        "finetune", "--zs", zs, "--data", f"folder:{folder}", "--method", "coop", "--epochs", "1", "--lr", "0.05",
-        "--batch-size", "8", "-o", output,
-    )  # fmt: skip
+        "finetune",
+        "--zs",
+        zs,
+        "--data",
+        f"folder:{folder}",
+        "--method",
+        "coop",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.05",
+        "--batch-size",
+        "8",
+        "-o",
+        output,
+    )
     assert result.code == 0, result.stderr
     return output
 
@@ -91,8 +104,24 @@ def test_no_output_replaces_an_input_even_with_force(cli, tmp_path, tiny):
     weights = tmp_path / "weights.pt"
     torch.save(tiny.model.state_dict(), weights)
     prompt = tmp_path / "prompt.safetensors"
-    assert cli("finetune", "--zs", "tiny", "--data", "toy:food", "--shots", "2", "--iterations", "1",
-               "--batch-size", "4", "-o", prompt).code == 0  # fmt: skip
+    assert (
+        cli(
+            "finetune",
+            "--zs",
+            "tiny",
+            "--data",
+            "toy:food",
+            "--shots",
+            "2",
+            "--iterations",
+            "1",
+            "--batch-size",
+            "4",
+            "-o",
+            prompt,
+        ).code
+        == 0
+    )
     runs = {
         "eval": ("eval", prompt, "--data", "toy:food", "-o", prompt),
         "export": ("export", base, "-o", base),

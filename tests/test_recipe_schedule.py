@@ -4,11 +4,11 @@
 import json
 import math
 import random
-
 from types import SimpleNamespace
 
 import pytest
 import torch
+from test_finetune import DATA
 
 from cftool.data import DatasetSpec, load_task
 from cftool.data.validation import few_shot_val_positions
@@ -16,8 +16,6 @@ from cftool.io.checkpoint import open_checkpoint
 from cftool.train.continued import mergetune_coop_recipe
 from cftool.train.finetune import BestValidation
 from cftool.train.loop import BatchPlan, TrainOptions, learning_rate
-from test_finetune import DATA
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,8 +37,9 @@ def _dassl_epoch_lrs(base_lr, max_epoch, warmup_epochs, warmup_lr):
 
 def test_epoch_cosine_with_constant_warm_up_is_dassls_lr_at_every_step():
     # 10 images in batches of 4 with drop_last: 2 steps an epoch, the lr of the epoch at each of them.
-    options = TrainOptions(epochs=6, batch_size=4, lr=2e-3, schedule="cosine-epoch", warmup_epochs=1,
-                           warmup_lr=1e-5, drop_last=True)  # fmt: skip
+    options = TrainOptions(
+        epochs=6, batch_size=4, lr=2e-3, schedule="cosine-epoch", warmup_epochs=1, warmup_lr=1e-5, drop_last=True
+    )
     total = options.total_steps(10)
     assert total == 12
     reference = _dassl_epoch_lrs(2e-3, 6, 1, 1e-5)
@@ -107,8 +106,13 @@ def test_best_val_keeps_the_first_epoch_of_the_best_accuracy_as_dassl_does(accur
     chosen = selection.restore()
     kept = _dassl_kept_epoch(accuracies)
     assert selection.parameter.item() == kept  # the parameters of that epoch, not the last
-    assert chosen == {"rule": "best-val", "epoch": kept + 1, "val_accuracy": max(accuracies), "val_images": 5,
-                      "val_shots": 4}  # fmt: skip
+    assert chosen == {
+        "rule": "best-val",
+        "epoch": kept + 1,
+        "val_accuracy": max(accuracies),
+        "val_images": 5,
+        "val_shots": 4,
+    }
 
 
 def _coop_val_positions(train_labels, val_labels, shots, seed):
@@ -137,24 +141,56 @@ def test_val_draw_is_coops_for_a_given_seed():
     # On a task: min(shots, 4) per class of the base half, drawn over all classes first.
     task = load_task(DatasetSpec("toy:mnist", classes="base", shots=2, seed=5))
     source_val = task.source.labels("val")
-    expected = sorted(p for p in _coop_val_positions(task.source.labels("train"), source_val, 2, 5)
-                      if source_val[p] in task.class_ids)  # fmt: skip
+    expected = sorted(
+        p for p in _coop_val_positions(task.source.labels("train"), source_val, 2, 5) if source_val[p] in task.class_ids
+    )
     assert [index for index, _ in task.split("val").items] == expected
     assert len(expected) == 2 * len(task.classnames)
 
 
 def test_finetune_select_best_val_records_the_selection(cli, tmp_path):
     output = tmp_path / "best.safetensors"
-    result = cli("finetune", *DATA, "--method", "head", "--epochs", "3", "--batch-size", "8", "--select", "best-val",
-                 "--schedule", "cosine-epoch", "--warmup-epochs", "1", "--drop-last", "-o", output, "--json")  # fmt: skip
+    result = cli(
+        "finetune",
+        *DATA,
+        "--method",
+        "head",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--select",
+        "best-val",
+        "--schedule",
+        "cosine-epoch",
+        "--warmup-epochs",
+        "1",
+        "--drop-last",
+        "-o",
+        output,
+        "--json",
+    )
     assert result.code == 0, result.stderr
     selection = json.loads(result.stdout)["selection"]
     assert selection["rule"] == "best-val" and 1 <= selection["epoch"] <= 3
     assert selection["val_shots"] == 4 and selection["val_images"] == 4 * 5  # 4 shots of mnist's 5 base classes
     with open_checkpoint(output) as ckpt:
         assert ckpt.header.config["selection"] == selection and ckpt.header.config["select"] == "best-val"
-    line = cli("finetune", "--zs", "tiny", "--data", "toy:mnist", "--method", "head", "--iterations", "1",
-                "--select", "best", "-o", tmp_path / "x.safetensors")  # fmt: skip
+    line = cli(
+        "finetune",
+        "--zs",
+        "tiny",
+        "--data",
+        "toy:mnist",
+        "--method",
+        "head",
+        "--iterations",
+        "1",
+        "--select",
+        "best",
+        "-o",
+        tmp_path / "x.safetensors",
+    )
     assert line.code != 0 and "--select" in line.stderr
 
 

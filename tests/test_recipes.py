@@ -41,7 +41,10 @@ def test_a_recipe_sets_the_defaults_and_is_recorded(cli, tmp_path):
 def test_config_wins_over_the_recipe_in_either_order(cli, tmp_path):
     config_file = tmp_path / "mine.yaml"
     config_file.write_text(yaml.safe_dump({"lr": 3e-4, "label-smoothing": 0.0}))
-    for order in (("--config", config_file, "--recipe", "zscl-mtil"), ("--recipe", "zscl-mtil", "--config", config_file)):
+    for order in (
+        ("--config", config_file, "--recipe", "zscl-mtil"),
+        ("--recipe", "zscl-mtil", "--config", config_file),
+    ):
         output = tmp_path / f"food-{order[0].strip('-')}.safetensors"
         assert cli("finetune", *order, "--data", "toy:food", *SHORT, "-o", output).code == 0
         config = recorded_config(output)
@@ -77,14 +80,34 @@ def test_recipes_lists_and_prints(cli):
 
 def test_continue_takes_the_mergetune_recipe_on_any_kind_and_records_it(cli, tmp_path):
     head = tmp_path / "head.safetensors"
-    assert cli("finetune", "--zs", "tiny", "--data", "toy:food", "--shots", "4", "--method", "head", "--iterations", "1", "-o", head).code == 0  # fmt: skip
+    assert (
+        cli(
+            "finetune",
+            "--zs",
+            "tiny",
+            "--data",
+            "toy:food",
+            "--shots",
+            "4",
+            "--method",
+            "head",
+            "--iterations",
+            "1",
+            "-o",
+            head,
+        ).code
+        == 0
+    )
     output = tmp_path / "head.mt.safetensors"
     assert cli("continue", head, "--recipe", "mergetune-coop", "--epochs", "2", "-o", output).code == 0
     config = recorded_config(output)
     assert config["recipe"] == "mergetune-coop"
     assert (config["batch_size"], config["weight_decay"], config["schedule"], config["select"]) == (
-        128, 5e-4, "cosine-epoch", "best-val"
-    )  # fmt: skip
+        128,
+        5e-4,
+        "cosine-epoch",
+        "best-val",
+    )
     assert config["mergetune"]["lmc_samples"] == pytest.approx([0.1, 0.3, 0.5, 0.7, 0.9])
     assert config["epochs"] == 2  # the command line wins
 
@@ -106,4 +129,6 @@ def test_every_finetune_recipe_trains_with_its_options_recorded(cli, tmp_path, n
     for key, value in load_recipe(name).options.items():
         if key not in overridden:
             recorded = config["data"]["shots"] if key == "shots" else config[key.replace("-", "_")]
-            assert (list(recorded) if key == "towers" else recorded) == (value.split(",") if key == "towers" else value), key
+            assert (list(recorded) if key == "towers" else recorded) == (
+                value.split(",") if key == "towers" else value
+            ), key

@@ -19,20 +19,26 @@ MTIL = {
         {
             "method": "ConDU",
             "matrix": [[62.0, 88.1, 68.9], [61.5, 93.4, 68.5], [60.9, 93.1, 89.6]],
-            "transfer": [None, 88.1, 68.7], "transfer_mean": 78.4,
-            "average": [61.47, 91.53, 75.67], "average_mean": 76.2,
-            "last": [60.9, 93.1, 89.6], "last_mean": 81.2,
+            "transfer": [None, 88.1, 68.7],
+            "transfer_mean": 78.4,
+            "average": [61.47, 91.53, 75.67],
+            "average_mean": 76.2,
+            "last": [60.9, 93.1, 89.6],
+            "last_mean": 81.2,
         },
         {
             "method": "ZSCL",
             "matrix": [[45.0, 86.0, 67.4], [43.2, 92.0, 66.0], [40.6, 92.2, 81.3]],
-            "transfer": [None, 86.0, 66.7], "transfer_mean": 76.4,
-            "average": [42.9, 90.1, 71.6], "average_mean": 68.2,
-            "last": [40.6, 92.2, 81.3], "last_mean": 71.4,
+            "transfer": [None, 86.0, 66.7],
+            "transfer_mean": 76.4,
+            "average": [42.9, 90.1, 71.6],
+            "average_mean": 68.2,
+            "last": [40.6, 92.2, 81.3],
+            "last_mean": 71.4,
         },
     ],
     "cells": {"measured": 21, "cached": 0},
-}  # fmt: skip
+}
 
 MTIL_MARKDOWN = """\
 **ConDU: top-1 % after each session (rows) on each task (columns)**
@@ -91,8 +97,12 @@ Last & ConDU & 60.9 & 93.1 & 89.6 & 81.2 \\
 
 
 def _row(task: str, base_classes: int, values: tuple[float, float, float], std=None) -> dict:
-    row = {"task": task, "num_base_classes": base_classes, "num_novel_classes": base_classes,
-           **dict(zip(("base", "novel", "hm"), values, strict=True))}  # fmt: skip
+    row = {
+        "task": task,
+        "num_base_classes": base_classes,
+        "num_novel_classes": base_classes,
+        **dict(zip(("base", "novel", "hm"), values, strict=True)),
+    }
     if std is not None:
         row["std"] = dict(zip(("base", "novel", "hm"), std, strict=True))
     return row
@@ -182,9 +192,17 @@ def test_a_paths_columns_are_grouped_under_their_task():
     payload = {
         "path": {"a": "zs", "b": "coop.st", "kind": "prompt"},
         "alphas": [0.0, 1.0],
-        "curves": [{"task": "food", "classes": "all", "loss": [1.0, 0.5], "accuracy": [50.0, 70.0],
-                    "max_loss": 1.0, "barrier": 0.0}],
-    }  # fmt: skip
+        "curves": [
+            {
+                "task": "food",
+                "classes": "all",
+                "loss": [1.0, 0.5],
+                "accuracy": [50.0, 70.0],
+                "max_loss": 1.0,
+                "barrier": 0.0,
+            }
+        ],
+    }
     table = path_table("toy:food", payload)
     text = latex(table)
     assert " & \\multicolumn{2}{c}{food} \\\\\n\\cmidrule(lr){2-3}\n$\\alpha$ & loss & top-1 \\\\" in text

@@ -18,8 +18,14 @@ EVAL = ("eval", "--zs", "tiny", "--data", "toy:food")
 def test_eval_redirected_to_a_file_leaves_the_table_there(tmp_path):
     out = tmp_path / "out.txt"
     with out.open("w") as stdout:
-        done = subprocess.run([sys.executable, "-m", "cftool", *EVAL], stdout=stdout, stderr=subprocess.PIPE,
-                              text=True, timeout=300, check=True)  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "cftool", *EVAL],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+            check=True,
+        )
     table = out.read_text()
     assert "top-1 % on toy:food" in table and "food" in table and "zero-shot" in table
     assert "top-1" not in done.stderr and "zero-shot" not in done.stderr

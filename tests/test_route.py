@@ -1,5 +1,5 @@
-"""`route`: ConDU's task-agnostic inference (docs/design.md §5.3) — scores on hand-built prototypes, each expert run only on
-its images with the same predictions as running every expert, and the command's errors."""
+"""`route`: ConDU's task-agnostic inference (docs/design.md §5.3) — scores on hand-built prototypes, each expert run
+only on its images with the same predictions as running every expert, and the command's errors."""
 
 import csv
 import json
@@ -148,8 +148,20 @@ def test_route_with_top1_and_no_zero_shot_equals_the_task_id(cli, zoo, condu, to
             zoo, toy_folders["food"], "food", tmp_path, lambda task: weights.header("prototypes", task=task)
         )
     data = f"folder:{toy_folders['food']}"
-    routed = cli("route", condu / "unified.st", "--prototypes", pattern, "--data", data, "--top-k", "1",
-                 "--no-zero-shot", "--json", "-o", tmp_path / "routed.csv")  # fmt: skip
+    routed = cli(
+        "route",
+        condu / "unified.st",
+        "--prototypes",
+        pattern,
+        "--data",
+        data,
+        "--top-k",
+        "1",
+        "--no-zero-shot",
+        "--json",
+        "-o",
+        tmp_path / "routed.csv",
+    )
     assert routed.code == 0, routed.stderr
     expert = cli("route", condu / "unified.st", "--task", "food", "--data", data, "--json")
     assert expert.code == 0, expert.stderr
@@ -165,8 +177,17 @@ def test_route_with_top1_and_no_zero_shot_equals_the_task_id(cli, zoo, condu, to
 
 
 def test_task_agnostic_route_averages_zero_shot_and_k_experts(cli, condu, toy_folders):
-    result = cli("route", condu / "unified.st", "--prototypes", str(condu / "*.prototypes.safetensors"),
-                 "--data", f"folder:{toy_folders['cars']}", "--top-k", "2", "--json")  # fmt: skip
+    result = cli(
+        "route",
+        condu / "unified.st",
+        "--prototypes",
+        str(condu / "*.prototypes.safetensors"),
+        "--data",
+        f"folder:{toy_folders['cars']}",
+        "--top-k",
+        "2",
+        "--json",
+    )
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["zero_shot"] and report["top_k"] == 2
@@ -196,8 +217,9 @@ def test_bad_routing_inputs_are_one_line_errors(cli, condu, toy_folders, tmp_pat
         header = weights.header("prototypes", task="cars")
     header.base_sha256 = "0" * 64
     save_checkpoint(other_base, {"prototypes": torch.zeros(8, 128)}, header)
-    message = one_line_error(cli("route", unified, "--prototypes", str(other_base), "--prototypes",
-                                 str(only_two / "*"), "--data", data))  # fmt: skip
+    message = one_line_error(
+        cli("route", unified, "--prototypes", str(other_base), "--prototypes", str(only_two / "*"), "--data", data)
+    )
     assert str(other_base) in message and "base" in message
     assert "has no task 'sun397'" in one_line_error(cli("route", unified, "--task", "sun397", "--data", data))
     assert "--top-k" in one_line_error(cli("route", unified, "--task", "food", "--top-k", "2", "--data", data))
@@ -213,8 +235,16 @@ def test_prototypes_holding_nan_are_refused_before_routing(cli, condu, toy_folde
             prototypes[1, 3] = float("nan")
         save_checkpoint(folder / f"{name}.prototypes.safetensors", {"prototypes": prototypes}, header)
     output = tmp_path / "routed.csv"
-    result = cli("route", condu / "unified.st", "--prototypes", str(folder / "*.prototypes.safetensors"),
-                 "--data", f"folder:{toy_folders['cars']}", "-o", output)  # fmt: skip
+    result = cli(
+        "route",
+        condu / "unified.st",
+        "--prototypes",
+        str(folder / "*.prototypes.safetensors"),
+        "--data",
+        f"folder:{toy_folders['cars']}",
+        "-o",
+        output,
+    )
     line = one_line_error(result)
     assert "mnist.prototypes.safetensors" in line and "NaN" in line
     assert not output.exists()
@@ -225,7 +255,15 @@ def test_route_checks_its_output_before_routing(cli, condu, toy_folders, tmp_pat
     blocked.write_text("a file where the output folder should be")
     loaded = []
     monkeypatch.setattr("cftool.zoo.load_model", lambda *args: loaded.append(args))
-    result = cli("route", condu / "unified.st", "--task", "food", "--data", f"folder:{toy_folders['food']}",
-                 "-o", blocked / "routed.csv")  # fmt: skip
+    result = cli(
+        "route",
+        condu / "unified.st",
+        "--task",
+        "food",
+        "--data",
+        f"folder:{toy_folders['food']}",
+        "-o",
+        blocked / "routed.csv",
+    )
     assert "routed.csv: cannot write" in one_line_error(result)
     assert loaded == []

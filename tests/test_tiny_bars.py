@@ -30,8 +30,18 @@ save_weights, zero_shot_report = pretrain_tiny.save_weights, pretrain_tiny.zero_
 MAX_WEIGHTS_MB = 20.0
 # Zero-shot top-1 (%) of the shipped weights, as benchmarks/RESULTS.md reports them.
 RECORDED_ZERO_SHOT = {
-    "aircraft": 19.9, "caltech101": 59.9, "cifar100": 21.5, "dtd": 42.2, "eurosat": 37.6, "flowers": 32.2,
-    "food": 50.2, "mnist": 39.8, "oxfordpet": 66.3, "cars": 31.8, "sun397": 50.3, "heldout-combos": 19.2,
+    "aircraft": 19.9,
+    "caltech101": 59.9,
+    "cifar100": 21.5,
+    "dtd": 42.2,
+    "eurosat": 37.6,
+    "flowers": 32.2,
+    "food": 50.2,
+    "mnist": 39.8,
+    "oxfordpet": 66.3,
+    "cars": 31.8,
+    "sun397": 50.3,
+    "heldout-combos": 19.2,
 }
 # Other CPUs may round a few logits differently; a handful of flipped predictions is 0.5 points at most.
 TOLERANCE = 0.5
@@ -74,8 +84,10 @@ def test_zero_shot_meets_the_testbed_bars(shipped_report):
 
 
 def test_pretraining_is_deterministic_for_a_seed_and_step_count():
-    runs = [pretrain(seed=3, steps=2, minutes=5, batch_size=16, peak_lr=1e-3, weight_decay=0.1, log_every=1)[0]
-            for _ in range(2)]
+    runs = [
+        pretrain(seed=3, steps=2, minutes=5, batch_size=16, peak_lr=1e-3, weight_decay=0.1, log_every=1)[0]
+        for _ in range(2)
+    ]
     first, second = (run.state_dict() for run in runs)
     assert all(torch.equal(first[name], second[name]) for name in first)
 
@@ -86,9 +98,13 @@ def test_rerunning_the_recorded_pretraining_reproduces_the_shipped_weights(tmp_p
     with safetensors.safe_open(WEIGHTS, "pt") as weights:
         recorded = weights.metadata()
     model, _, _ = pretrain(
-        seed=int(recorded["cftool.pretrain.seed"]), steps=int(recorded["cftool.pretrain.steps"]), minutes=120,
-        batch_size=int(recorded["cftool.pretrain.batch_size"]), peak_lr=float(recorded["cftool.pretrain.lr"]),
-        weight_decay=float(recorded["cftool.pretrain.weight_decay"]), log_every=100,
+        seed=int(recorded["cftool.pretrain.seed"]),
+        steps=int(recorded["cftool.pretrain.steps"]),
+        minutes=120,
+        batch_size=int(recorded["cftool.pretrain.batch_size"]),
+        peak_lr=float(recorded["cftool.pretrain.lr"]),
+        weight_decay=float(recorded["cftool.pretrain.weight_decay"]),
+        log_every=100,
     )
     rerun_path = tmp_path / "tiny.safetensors"
     save_weights(model, rerun_path, recorded)

@@ -10,11 +10,22 @@ import pytest
 
 from cftool.data import BENCHMARKS, class_subset
 from cftool.data.toy import HELDOUT_TASK, IMAGE_SIZE, TOY_TASKS, heldout_examples, pretraining_example
-from cftool.data.toyworld import HELDOUT_COMBOS, HELDOUT_WRAPPERS, SHAPES, pretraining_sample
 from cftool.data.toytasks import COLOUR_SHAPES
+from cftool.data.toyworld import HELDOUT_COMBOS, HELDOUT_WRAPPERS, SHAPES, pretraining_sample
 
-MTIL_ORDER = ("aircraft", "caltech101", "cifar100", "dtd", "eurosat", "flowers", "food", "mnist", "oxfordpet",
-              "cars", "sun397")
+MTIL_ORDER = (
+    "aircraft",
+    "caltech101",
+    "cifar100",
+    "dtd",
+    "eurosat",
+    "flowers",
+    "food",
+    "mnist",
+    "oxfordpet",
+    "cars",
+    "sun397",
+)
 
 
 def pixels_digest(image) -> str:

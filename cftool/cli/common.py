@@ -76,7 +76,8 @@ def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | No
         # A value nested in another (YAML aliases can nest one 10^9 times in a few lines) is no option's value.
         if isinstance(item, dict) or (isinstance(item, list) and any(isinstance(entry, list | dict) for entry in item)):
             raise typer.BadParameter(
-                f"{value}: {key!r} holds nested lists or mappings; an option's value is a number, a string or a flat list"
+                f"{value}: {key!r} holds nested lists or mappings; an option's value is a number, a string or a "
+                "flat list"
             )
     keys = _set_defaults(ctx, str(value), data, keep=set())
     ctx.meta[_CONFIG_KEYS] = keys  # a recipe read after this file leaves these alone
@@ -182,10 +183,12 @@ def set_quiet(quiet: bool) -> bool:
 QuietOption = Annotated[
     bool,
     typer.Option(
-        "--quiet", "-q", help="Print results alone: no progress, warnings or 'wrote' lines (errors still print).",
+        "--quiet",
+        "-q",
+        help="Print results alone: no progress, warnings or 'wrote' lines (errors still print).",
         callback=set_quiet,
     ),
-]  # fmt: skip
+]
 
 
 def results_format(fmt: str, json_output: bool) -> str:

@@ -46,9 +46,19 @@ LIBRARY_CHOICES = {
 }
 # cftool.data.toy.TOY_SOURCES: the eleven toy tasks and the held-out probe (test_completion keeps them equal).
 TOY_TASK_NAMES = (
-    "aircraft", "caltech101", "cifar100", "dtd", "eurosat", "flowers", "food", "mnist", "oxfordpet", "cars", "sun397",
+    "aircraft",
+    "caltech101",
+    "cifar100",
+    "dtd",
+    "eurosat",
+    "flowers",
+    "food",
+    "mnist",
+    "oxfordpet",
+    "cars",
+    "sun397",
     "heldout-combos",
-)  # fmt: skip
+)
 # cftool.zoo.base's TINY, and its HF_HUB_PREFIX and LOCAL_DIR_PREFIX (test_completion keeps them equal).
 TINY = "tiny"
 MODEL_PREFIXES = ("hf-hub:", "local-dir:")

@@ -151,8 +151,8 @@ def continue_command(
     Training data, class names, templates, method and recipe come from the checkpoint's metadata; flags (and
     --config keys) override them, and options left unset keep the recorded value. A CoOp prompt is trained with
     MergeTune's continuation recipe instead (100 epochs, batch 128, SGD 2e-3, weight decay 5e-4, one warm-up epoch at
-    1e-5, cosine per epoch, fp16, drop-last, best-val selection), unless --inherit-recipe. The output has the input's kind
-    and is written beside it unless -o says otherwise; the input is never overwritten. Under `torchrun
+    1e-5, cosine per epoch, fp16, drop-last, best-val selection), unless --inherit-recipe. The output has the input's
+    kind and is written beside it unless -o says otherwise; the input is never overwritten. Under `torchrun
     --nproc_per_node=N` it trains with DDP. Ctrl-C saves the trainer state; --resume continues it.
 
     Example: cftool continue coop.safetensors --zs tiny
@@ -169,13 +169,25 @@ def continue_command(
     train_overrides = {
         name: value
         for name, value in {
-            "iterations": iterations, "epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": optimizer,
-            "weight_decay": weight_decay, "warmup": warmup, "label_smoothing": label_smoothing,
-            "precision": precision, "seed": seed, "augment": augment, "schedule": schedule,
-            "warmup_epochs": warmup_epochs, "warmup_lr": warmup_lr, "drop_last": drop_last, "select": select,
+            "iterations": iterations,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "optimizer": optimizer,
+            "weight_decay": weight_decay,
+            "warmup": warmup,
+            "label_smoothing": label_smoothing,
+            "precision": precision,
+            "seed": seed,
+            "augment": augment,
+            "schedule": schedule,
+            "warmup_epochs": warmup_epochs,
+            "warmup_lr": warmup_lr,
+            "drop_last": drop_last,
+            "select": select,
         }.items()
         if value is not None
-    }  # fmt: skip
+    }
     data_flags = {"classes": classes, "shots": shots, "val_images": val_images}
     data_overrides = {name: value for name, value in data_flags.items() if value is not None}
     if data_overrides:

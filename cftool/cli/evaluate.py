@@ -163,8 +163,13 @@ def eval_command(
             + ("" if data else _recorded_data_hint([*(checkpoints or []), *(path or [])]))
         )
     if not sessions:
-        session_only = {"--task-agnostic": task_agnostic, "--prototypes": prototypes, "--top-k": top_k != DEFAULT_TOP_K,
-                        "--heatmap": heatmap, "--label-space": label_space != "own"}  # fmt: skip
+        session_only = {
+            "--task-agnostic": task_agnostic,
+            "--prototypes": prototypes,
+            "--top-k": top_k != DEFAULT_TOP_K,
+            "--heatmap": heatmap,
+            "--label-space": label_space != "own",
+        }
         given = [flag for flag, value in session_only.items() if value]
         if given:
             raise CftoolError(f"{given[0]} applies to the MTIL matrix: give --sessions PATTERN")
@@ -298,10 +303,14 @@ def mtil_tables(title: str, payload: dict) -> list[ResultTable]:
             ResultTable(
                 f"{method['method']}: top-1 % after each session (rows) on each task (columns)",
                 [Column("after", numeric=False), *[Column(task) for task in tasks]],
-                [[[f"{session + 1} {tasks[session]}", *[f"{value:.1f}" for value in row]]
-                  for session, row in enumerate(method["matrix"])]],
+                [
+                    [
+                        [f"{session + 1} {tasks[session]}", *[f"{value:.1f}" for value in row]]
+                        for session, row in enumerate(method["matrix"])
+                    ]
+                ],
             )
-        )  # fmt: skip
+        )
     mode = (
         payload["mode"]
         + (", among every task's classes" if payload["label_space"] == "union" else "")
@@ -313,22 +322,38 @@ def mtil_tables(title: str, payload: dict) -> list[ResultTable]:
     )
     summary = ResultTable(
         f"MTIL on {title} ({mode}): top-1 %",
-        [Column("", numeric=False), Column("method", numeric=False), *[Column(task) for task in tasks],
-         Column("Average")],
-        notes=[f"{row['model']} over tasks 2…{len(tasks)}, what Transfer compares with: {row['transfer_mean']:.1f}"
-               for row in payload["columns"] if row["transfer_mean"] is not None],
-    )  # fmt: skip
+        [
+            Column("", numeric=False),
+            Column("method", numeric=False),
+            *[Column(task) for task in tasks],
+            Column("Average"),
+        ],
+        notes=[
+            f"{row['model']} over tasks 2…{len(tasks)}, what Transfer compares with: {row['transfer_mean']:.1f}"
+            for row in payload["columns"]
+            if row["transfer_mean"] is not None
+        ],
+    )
     if payload["columns"]:
         summary.sections.append(
-            [["", row["model"], *[f"{value:.1f}" for value in row["accuracy"]], f"{row['mean']:.1f}"]
-             for row in payload["columns"]]
-        )  # fmt: skip
+            [
+                ["", row["model"], *[f"{value:.1f}" for value in row["accuracy"]], f"{row['mean']:.1f}"]
+                for row in payload["columns"]
+            ]
+        )
     for metric in ("transfer", "average", "last"):
         if payload["methods"]:
             summary.sections.append(
-                [[metric.title() if index == 0 else "", method["method"], *map(_dash, method[metric]),
-                  _dash(method[f"{metric}_mean"])] for index, method in enumerate(payload["methods"])]
-            )  # fmt: skip
+                [
+                    [
+                        metric.title() if index == 0 else "",
+                        method["method"],
+                        *map(_dash, method[metric]),
+                        _dash(method[f"{metric}_mean"]),
+                    ]
+                    for index, method in enumerate(payload["methods"])
+                ]
+            )
     return [*tables, summary]
 
 
@@ -348,8 +373,14 @@ def accuracy_table(title: str, payload: dict, base2new: bool) -> ResultTable:
     labels = _short_labels([model["model"] for model in models])
     table = ResultTable(f"top-1 % on {title}" + (" (mean±std over seeds)" if averaged else ""), [])
     if base2new:
-        table.columns = [Column("task", numeric=False), Column("classes"), Column("model", numeric=False),
-                         Column("Base"), Column("Novel"), Column("HM")]  # fmt: skip
+        table.columns = [
+            Column("task", numeric=False),
+            Column("classes"),
+            Column("model", numeric=False),
+            Column("Base"),
+            Column("Novel"),
+            Column("HM"),
+        ]
         blocks = [
             (
                 first["task"],
@@ -361,17 +392,25 @@ def accuracy_table(title: str, payload: dict, base2new: bool) -> ResultTable:
         blocks.append(("mean", "", [model["mean"] for model in models]))
         for task, n_classes, rows in blocks:
             table.sections.append(
-                [[task, n_classes, label, *_cells(row, ("base", "novel", "hm"))] if index == 0 else
-                 ["", "", label, *_cells(row, ("base", "novel", "hm"))]
-                 for index, (label, row) in enumerate(zip(labels, rows, strict=True))]
-            )  # fmt: skip
+                [
+                    [task, n_classes, label, *_cells(row, ("base", "novel", "hm"))]
+                    if index == 0
+                    else ["", "", label, *_cells(row, ("base", "novel", "hm"))]
+                    for index, (label, row) in enumerate(zip(labels, rows, strict=True))
+                ]
+            )
         return table
     table.columns = [Column("task", numeric=False), Column("classes"), *[Column(label) for label in labels]]
     table.sections.append(
-        [[first["task"], str(first["num_classes"]), *[_cells(model["results"][index], ("accuracy",))[0]
-                                                      for model in models]]
-         for index, first in enumerate(models[0]["results"])]
-    )  # fmt: skip
+        [
+            [
+                first["task"],
+                str(first["num_classes"]),
+                *[_cells(model["results"][index], ("accuracy",))[0] for model in models],
+            ]
+            for index, first in enumerate(models[0]["results"])
+        ]
+    )
     table.sections.append([["mean", "", *[_cells(model["mean"], ("accuracy",))[0] for model in models]]])
     return table
 
@@ -395,14 +434,24 @@ def path_table(title: str, payload: dict) -> ResultTable:
         label = curve["task"] + ("" if curve["classes"] == "all" else f" {curve['classes']}")
         table.columns += [Column("loss", group=label), Column("top-1", group=label)]
     table.sections.append(
-        [[f"{alpha:.2f}", *[cell for curve in payload["curves"]
-                             for cell in (f"{curve['loss'][index]:.3f}", f"{curve['accuracy'][index]:.1f}")]]
-         for index, alpha in enumerate(payload["alphas"])]
-    )  # fmt: skip
+        [
+            [
+                f"{alpha:.2f}",
+                *[
+                    cell
+                    for curve in payload["curves"]
+                    for cell in (f"{curve['loss'][index]:.3f}", f"{curve['accuracy'][index]:.1f}")
+                ],
+            ]
+            for index, alpha in enumerate(payload["alphas"])
+        ]
+    )
     table.sections.append(
-        [[name, *[cell for curve in payload["curves"] for cell in (f"{curve[key]:.3f}", "")]]
-         for name, key in (("max loss", "max_loss"), ("barrier", "barrier"))]
-    )  # fmt: skip
+        [
+            [name, *[cell for curve in payload["curves"] for cell in (f"{curve[key]:.3f}", "")]]
+            for name, key in (("max loss", "max_loss"), ("barrier", "barrier"))
+        ]
+    )
     return table
 
 

@@ -246,8 +246,15 @@ def _files_table(summaries: list[dict], check: bool) -> ResultTable:
 
 
 def _unified_tasks_table(summary: dict) -> ResultTable:
-    rows = [[task["task"], "-" if task["classes"] is None else str(task["classes"]), f"{task['rescaler']:.4f}",
-             f"{100 * task['mask_density']:.1f} %"] for task in summary["tasks"]]  # fmt: skip
+    rows = [
+        [
+            task["task"],
+            "-" if task["classes"] is None else str(task["classes"]),
+            f"{task['rescaler']:.4f}",
+            f"{100 * task['mask_density']:.1f} %",
+        ]
+        for task in summary["tasks"]
+    ]
     return ResultTable(
         f"{summary['file']}: {len(summary['tasks'])} tasks",
         [Column("task", numeric=False), Column("classes"), Column("rescaler"), Column("mask density")],

@@ -48,7 +48,8 @@ METHOD_OPTIONS = {
     "towers": ("lora", "full"),
     "train_templates": ("lora", "full"),
 }
-# cftool.kinds.lora's defaults and choices, spelled out so that `--help` does not import torch (a test keeps them equal).
+# cftool.kinds.lora's defaults and choices, spelled out so that `--help` does not import torch (a test keeps them
+# equal).
 LORA_DEFAULTS = {"rank": 8, "alpha": 16.0, "lora_targets": "attention+mlp", "lora_init": "zero-b"}
 DEFAULT_TOWERS = "image,text"
 
@@ -59,8 +60,8 @@ AUGMENTATION_NAMES = ("none", "coop", "zscl")
 SCHEDULE_NAMES = ("cosine-step", "cosine-epoch")
 SELECTION_NAMES = ("last", "best-val")
 ScheduleHelp = (
-    "cosine-step (one cosine over the steps, after --warmup linear steps) or cosine-epoch (Dassl's: the lr changes once "
-    "per epoch, after --warmup-epochs epochs at --warmup-lr)"
+    "cosine-step (one cosine over the steps, after --warmup linear steps) or cosine-epoch (Dassl's: the lr changes "
+    "once per epoch, after --warmup-epochs epochs at --warmup-lr)"
 )
 SelectHelp = (
     "Which epoch's parameters to write: last, or best-val (after each epoch, accuracy on the validation split, and "

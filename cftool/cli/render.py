@@ -85,10 +85,21 @@ def markdown(table: ResultTable) -> str:
 
 # What LaTeX reads as commands, and the few non-ASCII signs the tables use, as LaTeX writes them.
 _LATEX = {
-    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-    "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "α": r"$\alpha$", "→": r"$\to$",
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "α": r"$\alpha$",
+    "→": r"$\to$",
     "…": r"\ldots{}",
-}  # fmt: skip
+}
 
 
 def latex_escape(text: str) -> str:

@@ -153,11 +153,26 @@ def _sentence(name: str, report: dict, options) -> str:
 def _accuracy_table(name: str, report: dict, options) -> ResultTable:
     """The same result as a one-row table, for markdown, LaTeX and CSV."""
     hits = report["routed_to_own_task"]
-    columns = ["task", "split", "images", "classes", "answered by", "top-1 %", "expert image passes",
-               "routed to own expert %"]  # fmt: skip
-    row = [name, report["split"], str(report["num_images"]), str(len(report["classnames"])),
-           _answered_by(report, options), f"{report['accuracy']:.1f}", str(report["expert_image_passes"]),
-           "-" if hits is None else f"{hits:.1f}"]  # fmt: skip
+    columns = [
+        "task",
+        "split",
+        "images",
+        "classes",
+        "answered by",
+        "top-1 %",
+        "expert image passes",
+        "routed to own expert %",
+    ]
+    row = [
+        name,
+        report["split"],
+        str(report["num_images"]),
+        str(len(report["classnames"])),
+        _answered_by(report, options),
+        f"{report['accuracy']:.1f}",
+        str(report["expert_image_passes"]),
+        "-" if hits is None else f"{hits:.1f}",
+    ]
     return ResultTable(
         f"{name}: top-1 % of {report['unified']}",
         [Column(column, numeric=column not in ("task", "split", "answered by")) for column in columns],

@@ -12,9 +12,17 @@ from cftool.data.toyworld import IMAGE_SIZE, pretraining_example
 from cftool.errors import CftoolError
 
 __all__ = [
-    "HELDOUT_TASK", "IMAGE_SIZE", "TOY_SOURCES", "TOY_TASKS", "ToySource", "ToyTask", "heldout_examples",
-    "pretraining_example", "toy_source", "write_toy_folder",
-]  # fmt: skip
+    "HELDOUT_TASK",
+    "IMAGE_SIZE",
+    "TOY_SOURCES",
+    "TOY_TASKS",
+    "ToySource",
+    "ToyTask",
+    "heldout_examples",
+    "pretraining_example",
+    "toy_source",
+    "write_toy_folder",
+]
 
 
 class ToySource:

@@ -19,8 +19,21 @@ import numpy as np
 from PIL import Image
 
 from cftool.data.toyworld import (
-    DIGITS, DIRECTIONS, HELDOUT_COMBOS, LETTERS, NUMBER_WORDS, POSITIONS, SHAPES, SIZES, TEXTURES,
-    Scene, count_scene, pair_scene, render, single_scene, stable_seed,
+    DIGITS,
+    DIRECTIONS,
+    HELDOUT_COMBOS,
+    LETTERS,
+    NUMBER_WORDS,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    TEXTURES,
+    Scene,
+    count_scene,
+    pair_scene,
+    render,
+    single_scene,
+    stable_seed,
 )
 
 # val: as many images as test, rendered from seeds of their own (for --select best-val).
@@ -67,11 +80,20 @@ FINE_GRAINED_SHAPES = ("circle", "square", "triangle", "star", "hexagon")
 COLOUR_SHAPES = tuple((c, s) for c in WARM_COLOURS + COOL_COLOURS for s in FINE_GRAINED_SHAPES)
 # Round and angular shapes alternate so both halves mix them.
 SHAPE_CLASSES = (
-    "circle", "square", "ring", "triangle", "semicircle", "pentagon", "star", "diamond", "hexagon", "cross",
+    "circle",
+    "square",
+    "ring",
+    "triangle",
+    "semicircle",
+    "pentagon",
+    "star",
+    "diamond",
+    "hexagon",
+    "cross",
 )
 COLOUR_CLASSES = ("red", "orange", "yellow", "pink", "brown", "green", "cyan", "blue", "purple", "white")
 PAIR_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
-SHAPE_PAIRS = tuple((a, b) for i, a in enumerate(PAIR_SHAPES) for b in PAIR_SHAPES[i + 1:])
+SHAPE_PAIRS = tuple((a, b) for i, a in enumerate(PAIR_SHAPES) for b in PAIR_SHAPES[i + 1 :])
 
 
 def _colour_shape(label: int, rng: np.random.Generator) -> Scene:
@@ -97,8 +119,9 @@ def _position(label: int, rng: np.random.Generator) -> Scene:
 
 
 def _colour(label: int, rng: np.random.Generator) -> Scene:
-    return single_scene(rng, str(rng.choice(SHAPES)), pretraining=False, colour=COLOUR_CLASSES[label], texture="plain",
-                        size="small")
+    return single_scene(
+        rng, str(rng.choice(SHAPES)), pretraining=False, colour=COLOUR_CLASSES[label], texture="plain", size="small"
+    )
 
 
 def _count(label: int, rng: np.random.Generator) -> Scene:
@@ -106,8 +129,9 @@ def _count(label: int, rng: np.random.Generator) -> Scene:
 
 
 def _digit(label: int, rng: np.random.Generator) -> Scene:
-    return single_scene(rng, "digit", pretraining=False, glyph=DIGITS[label], colour="white", size="large",
-                        texture="plain")
+    return single_scene(
+        rng, "digit", pretraining=False, glyph=DIGITS[label], colour="white", size="large", texture="plain"
+    )
 
 
 def _size(label: int, rng: np.random.Generator) -> Scene:
@@ -123,38 +147,79 @@ def _pair(label: int, rng: np.random.Generator) -> Scene:
     return pair_scene(rng, shapes if rng.random() < 0.5 else shapes[::-1], pretraining=False)
 
 
-def _task(name: str, classnames: tuple[str, ...], templates: tuple[str, ...], sampler: SceneSampler,
-          n_train: int = 4000, n_test: int = 1000) -> ToyTask:
+def _task(
+    name: str,
+    classnames: tuple[str, ...],
+    templates: tuple[str, ...],
+    sampler: SceneSampler,
+    n_train: int = 4000,
+    n_test: int = 1000,
+) -> ToyTask:
     return ToyTask(name, classnames, templates, n_train, n_test, sampler)
 
 
 # Benchmark order follows MTIL: Aircraft, Caltech101, CIFAR100, DTD, EuroSAT, Flowers, Food, MNIST,
 # OxfordPet, Cars, SUN397.
-TOY_TASKS: dict[str, ToyTask] = {task.name: task for task in (
-    _task("aircraft", tuple(f"{c} {s}" for c, s in COLOUR_SHAPES),
-          ("a photo of a {}.", "a picture of a {}.", "a drawing of a {}."), _colour_shape),
-    _task("caltech101", SHAPE_CLASSES, ("a photo of a {}.", "an image of a {}.", "a {}."), _shape),
-    _task("cifar100", LETTERS, ('a photo of the letter "{}".', "the letter {}.", "a picture of the letter {}."),
-          _letter),
-    _task("dtd", TEXTURES, ("a photo of a {} texture.", "a {} background.", "a shape on a {} background."), _texture),
-    _task("eurosat", POSITIONS, ("a photo of an object in the {}.", "a shape in the {}.", "a symbol in the {}."),
-          _position),
-    _task("flowers", COLOUR_CLASSES, ("a photo of a {} object.", "a {} shape.", "a picture of a {} object."), _colour),
-    _task("food", tuple(f"{w} {'shape' if w == 'one' else 'shapes'}" for w in NUMBER_WORDS),
-          ("a photo of {}.", "{}.", "a picture of {}."), _count),
-    _task("mnist", DIGITS, ('a photo of the number "{}".', "the digit {}.", "a picture of the number {}."), _digit),
-    _task("oxfordpet", SIZES, ("a photo of a {} shape.", "a {} object.", "a picture of a {} shape."), _size),
-    _task("cars", DIRECTIONS,
-          ("a photo of an arrow pointing {}.", "an arrow pointing {}.", "an image of an arrow pointing {}."),
-          _direction),
-    _task("sun397", tuple(f"a {a} and a {b}" for a, b in SHAPE_PAIRS),
-          ("a photo of {}.", "{}.", "a picture of {}."), _pair),
-)}
+TOY_TASKS: dict[str, ToyTask] = {
+    task.name: task
+    for task in (
+        _task(
+            "aircraft",
+            tuple(f"{c} {s}" for c, s in COLOUR_SHAPES),
+            ("a photo of a {}.", "a picture of a {}.", "a drawing of a {}."),
+            _colour_shape,
+        ),
+        _task("caltech101", SHAPE_CLASSES, ("a photo of a {}.", "an image of a {}.", "a {}."), _shape),
+        _task(
+            "cifar100",
+            LETTERS,
+            ('a photo of the letter "{}".', "the letter {}.", "a picture of the letter {}."),
+            _letter,
+        ),
+        _task(
+            "dtd", TEXTURES, ("a photo of a {} texture.", "a {} background.", "a shape on a {} background."), _texture
+        ),
+        _task(
+            "eurosat",
+            POSITIONS,
+            ("a photo of an object in the {}.", "a shape in the {}.", "a symbol in the {}."),
+            _position,
+        ),
+        _task(
+            "flowers", COLOUR_CLASSES, ("a photo of a {} object.", "a {} shape.", "a picture of a {} object."), _colour
+        ),
+        _task(
+            "food",
+            tuple(f"{w} {'shape' if w == 'one' else 'shapes'}" for w in NUMBER_WORDS),
+            ("a photo of {}.", "{}.", "a picture of {}."),
+            _count,
+        ),
+        _task("mnist", DIGITS, ('a photo of the number "{}".', "the digit {}.", "a picture of the number {}."), _digit),
+        _task("oxfordpet", SIZES, ("a photo of a {} shape.", "a {} object.", "a picture of a {} shape."), _size),
+        _task(
+            "cars",
+            DIRECTIONS,
+            ("a photo of an arrow pointing {}.", "an arrow pointing {}.", "an image of an arrow pointing {}."),
+            _direction,
+        ),
+        _task(
+            "sun397",
+            tuple(f"a {a} and a {b}" for a, b in SHAPE_PAIRS),
+            ("a photo of {}.", "{}.", "a picture of {}."),
+            _pair,
+        ),
+    )
+}
 
 # Test images of the colour-shape combinations pretraining never shows, scored against the full
 # `aircraft` label space.
 HELDOUT_TASK = ToyTask(
-    "heldout-combos", TOY_TASKS["aircraft"].classnames, TOY_TASKS["aircraft"].templates, 0, 400, _colour_shape,
+    "heldout-combos",
+    TOY_TASKS["aircraft"].classnames,
+    TOY_TASKS["aircraft"].templates,
+    0,
+    400,
+    _colour_shape,
     label_cycle=tuple(i for i, combo in enumerate(COLOUR_SHAPES) if combo in HELDOUT_COMBOS),
 )
 

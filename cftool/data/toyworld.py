@@ -32,8 +32,16 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle", "diamond", "pentagon", "hexagon", "star", "cross", "ring", "semicircle")
 TEXTURES = (
-    "plain", "horizontally striped", "vertically striped", "diagonally striped", "checkered",
-    "dotted", "gridded", "wavy", "speckled", "ringed",
+    "plain",
+    "horizontally striped",
+    "vertically striped",
+    "diagonally striped",
+    "checkered",
+    "dotted",
+    "gridded",
+    "wavy",
+    "speckled",
+    "ringed",
 )
 # Positions are cells of a 3x3 grid, row-major.
 POSITIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
@@ -45,10 +53,18 @@ DIRECTIONS = ("right", "upper right", "up", "upper left", "left", "lower left", 
 NUMBER_WORDS = ("one", "two", "three", "four", "five", "six")
 
 # Never rendered in pretraining (in any scene kind); tasks still contain them.
-HELDOUT_COMBOS = frozenset({
-    ("red", "hexagon"), ("orange", "star"), ("yellow", "triangle"), ("pink", "square"),
-    ("green", "circle"), ("cyan", "hexagon"), ("blue", "star"), ("purple", "triangle"),
-})
+HELDOUT_COMBOS = frozenset(
+    {
+        ("red", "hexagon"),
+        ("orange", "star"),
+        ("yellow", "triangle"),
+        ("pink", "square"),
+        ("green", "circle"),
+        ("cyan", "hexagon"),
+        ("blue", "star"),
+        ("purple", "triangle"),
+    }
+)
 # Caption wrappers: pretraining uses the first list only; task prompts may use the second.
 PRETRAINING_WRAPPERS = ("{}.", "an image of {}.", "a picture of {}.", "a drawing of {}.", "there is {}.", "{} here.")
 HELDOUT_WRAPPERS = ("a photo of {}.", "a rendering of {}.")
@@ -92,9 +108,17 @@ def stable_seed(*parts: object) -> list[int]:
 
 # ---------------------------------------------------------------- sampling
 
-def sample_item(rng: np.random.Generator, kind: str, colour: str | None = None, size: str | None = None,
-                position: str | None = None, direction: str | None = None, glyph: str = "",
-                centre: tuple[float, float] | None = None) -> Item:
+
+def sample_item(
+    rng: np.random.Generator,
+    kind: str,
+    colour: str | None = None,
+    size: str | None = None,
+    position: str | None = None,
+    direction: str | None = None,
+    glyph: str = "",
+    centre: tuple[float, float] | None = None,
+) -> Item:
     colour = colour or str(rng.choice(list(COLOURS)))
     size = size or str(rng.choice(SIZES))
     if centre is None:
@@ -115,10 +139,15 @@ def sample_item(rng: np.random.Generator, kind: str, colour: str | None = None, 
 def sample_background(rng: np.random.Generator, texture: str | None = None) -> dict:
     low = int(rng.integers(55, 165))
     tint = COLOURS[str(rng.choice(list(COLOURS)))]
-    return dict(texture=texture or str(rng.choice(TEXTURES)), tones=(low, low + int(rng.integers(25, 60))),
-                tint=tint, tint_strength=float(rng.choice([0.0, rng.uniform(0.2, 0.45)])),
-                period=int(rng.integers(6, 11)), phase=int(rng.integers(0, 16)),
-                noise_seed=int(rng.integers(2**31)))
+    return dict(
+        texture=texture or str(rng.choice(TEXTURES)),
+        tones=(low, low + int(rng.integers(25, 60))),
+        tint=tint,
+        tint_strength=float(rng.choice([0.0, rng.uniform(0.2, 0.45)])),
+        period=int(rng.integers(6, 11)),
+        phase=int(rng.integers(0, 16)),
+        noise_seed=int(rng.integers(2**31)),
+    )
 
 
 def allowed_in_pretraining(colour: str, kind: str) -> bool:
@@ -145,8 +174,14 @@ def background_for(rng: np.random.Generator, look: Look | None, texture: str | N
     return look.background if look else sample_background(rng, texture)
 
 
-def single_scene(rng: np.random.Generator, kind: str, pretraining: bool, texture: str | None = None,
-                 look: Look | None = None, **item_attributes) -> Scene:
+def single_scene(
+    rng: np.random.Generator,
+    kind: str,
+    pretraining: bool,
+    texture: str | None = None,
+    look: Look | None = None,
+    **item_attributes,
+) -> Scene:
     """One item of `kind` (a shape, "arrow", "digit" or "letter"); unspecified attributes are random."""
     background = background_for(rng, look, texture)
     if "colour" not in item_attributes:
@@ -166,8 +201,7 @@ def count_scene(rng: np.random.Generator, count: int, pretraining: bool, look: L
     return Scene(items=items, **background)
 
 
-def pair_scene(rng: np.random.Generator, shapes: tuple[str, str], pretraining: bool,
-               look: Look | None = None) -> Scene:
+def pair_scene(rng: np.random.Generator, shapes: tuple[str, str], pretraining: bool, look: Look | None = None) -> Scene:
     """Two different shapes side by side or one above the other, in two different colours."""
     background = background_for(rng, look)
     relation = str(rng.choice(["left of", "above"]))
@@ -187,6 +221,7 @@ def pair_scene(rng: np.random.Generator, shapes: tuple[str, str], pretraining: b
 
 
 # ---------------------------------------------------------------- rendering
+
 
 @functools.cache
 def _pixel_grid() -> tuple[np.ndarray, np.ndarray]:
@@ -226,8 +261,10 @@ def _polygon(item: Item, unit_points: list[tuple[float, float]]) -> list[tuple[f
     """Scale, rotate (counter-clockwise on screen) and place unit-radius points."""
     theta = np.deg2rad(item.angle)
     cos, sin = np.cos(theta), np.sin(theta)
-    return [(item.x + item.scale * (px * cos + py * sin), item.y + item.scale * (py * cos - px * sin))
-            for px, py in unit_points]
+    return [
+        (item.x + item.scale * (px * cos + py * sin), item.y + item.scale * (py * cos - px * sin))
+        for px, py in unit_points
+    ]
 
 
 def _regular(n: int, start_deg: float, radius: float = 1.0) -> list[tuple[float, float]]:
@@ -235,16 +272,33 @@ def _regular(n: int, start_deg: float, radius: float = 1.0) -> list[tuple[float,
     return [(radius * np.cos(a), -radius * np.sin(a)) for a in angles]
 
 
-_STAR = [p for pair in zip(_regular(5, 90), _regular(5, 126, 0.45)) for p in pair]
-_CROSS = [(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1), (-0.3, 1),
-          (-0.3, 0.3), (-1, 0.3), (-1, -0.3), (-0.3, -0.3)]
+_STAR = [p for pair in zip(_regular(5, 90), _regular(5, 126, 0.45), strict=True) for p in pair]
+_CROSS = [
+    (-0.3, -1),
+    (0.3, -1),
+    (0.3, -0.3),
+    (1, -0.3),
+    (1, 0.3),
+    (0.3, 0.3),
+    (0.3, 1),
+    (-0.3, 1),
+    (-0.3, 0.3),
+    (-1, 0.3),
+    (-1, -0.3),
+    (-0.3, -0.3),
+]
 _ARROW = [(1, 0), (0, -0.8), (0, -0.3), (-1, -0.3), (-1, 0.3), (0, 0.3), (0, 0.8)]
 _SEMICIRCLE = [(np.cos(a), -np.sin(a) + 0.4) for a in np.linspace(0, np.pi, 16)]
 _UNIT_POLYGONS = {
-    "square": _regular(4, 45, 1.15), "triangle": _regular(3, 90, 1.2),
+    "square": _regular(4, 45, 1.15),
+    "triangle": _regular(3, 90, 1.2),
     "diamond": [(0, -1.3), (0.75, 0), (0, 1.3), (-0.75, 0)],
-    "pentagon": _regular(5, 90, 1.05), "hexagon": _regular(6, 0, 1.05), "star": [(x * 1.3, y * 1.3) for x, y in _STAR],
-    "cross": _CROSS, "arrow": [(x * 1.3, y * 1.3) for x, y in _ARROW], "semicircle": _SEMICIRCLE,
+    "pentagon": _regular(5, 90, 1.05),
+    "hexagon": _regular(6, 0, 1.05),
+    "star": [(x * 1.3, y * 1.3) for x, y in _STAR],
+    "cross": _CROSS,
+    "arrow": [(x * 1.3, y * 1.3) for x, y in _ARROW],
+    "semicircle": _SEMICIRCLE,
 }
 
 
@@ -280,6 +334,7 @@ def render(scene: Scene) -> Image.Image:
 
 
 # ---------------------------------------------------------------- captions
+
 
 def with_article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase

@@ -156,7 +156,7 @@ def path_report(
                 "barrier": c.barrier,
             }
             for c in curves
-        ],  # fmt: skip
+        ],
     }
 
 

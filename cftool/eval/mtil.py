@@ -260,9 +260,13 @@ class CellEvaluator:
             prototypes = prototypes_of(unified, self._known_prototypes())
             route = self.options.route
             key = self._key(
-                task, digest, "route", top_k=route.top_k, zero_shot=route.include_zero_shot,
+                task,
+                digest,
+                "route",
+                top_k=route.top_k,
+                zero_shot=route.include_zero_shot,
                 prototypes=tensors_sha256(dict(zip(unified.task_names, prototypes, strict=True))),
-            )  # fmt: skip
+            )
             return self._measured(key, lambda: self._routed(unified, task, prototypes))
 
     def _applied(self, ckpt: CheckpointReader, task: TaskData) -> float:
@@ -274,9 +278,17 @@ class CellEvaluator:
     def _routed(self, unified: UnifiedSet, task: TaskData, prototypes: list[torch.Tensor]) -> float:
         features, labels = self.features.get(task, self.split, base_weights=True)
         routed = route_split(
-            self.zoo, unified, task, self.split, features, labels, prototypes, self.options.route, self.base_state,
+            self.zoo,
+            unified,
+            task,
+            self.split,
+            features,
+            labels,
+            prototypes,
+            self.options.route,
+            self.base_state,
             self._space(task),
-        )  # fmt: skip
+        )
         return routed.accuracy
 
     def _known_prototypes(self) -> dict[str, TaskPrototypes]:
@@ -334,16 +346,25 @@ def mtil_report(
         # Over tasks 2…n: the Transfer of a continual method that kept this model, to compare Transfer rows with.
         transfer_mean = statistics.mean(accuracies[1:]) if len(accuracies) > 1 else None
         rows.append(
-            {"model": column.label, "files": files, "accuracy": accuracies, "mean": statistics.mean(accuracies),
-             "transfer_mean": transfer_mean}
-        )  # fmt: skip
+            {
+                "model": column.label,
+                "files": files,
+                "accuracy": accuracies,
+                "mean": statistics.mean(accuracies),
+                "transfer_mean": transfer_mean,
+            }
+        )
     methods = []
     for sequence in sequences:
         matrix = [[evaluator.accuracy(path, task) for task in tasks] for path in sequence.files]
         methods.append(
-            {"method": sequence.label, "sessions": [str(p) for p in sequence.files], "matrix": matrix,
-             **mtil_metrics(matrix)}
-        )  # fmt: skip
+            {
+                "method": sequence.label,
+                "sessions": [str(p) for p in sequence.files],
+                "matrix": matrix,
+                **mtil_metrics(matrix),
+            }
+        )
     return {
         "tasks": names,
         "split": split,

@@ -86,9 +86,13 @@ class Members:
 
 
 def _member_logits(
-    zoo: ZooModel, images: Dataset, label_space: LabelSpace, batch_size: int, workers: int,
+    zoo: ZooModel,
+    images: Dataset,
+    label_space: LabelSpace,
+    batch_size: int,
+    workers: int,
     advance: Callable[[int], None],
-) -> torch.Tensor:  # fmt: skip
+) -> torch.Tensor:
     features, _ = encode_images(zoo, images, batch_size, workers, advance)
     return LOGIT_SCALE * features @ label_space.head(zoo)
 
@@ -293,9 +297,16 @@ def route_split(
     passes = Passes()
     passes.counter(ZERO_SHOT_MEMBER)(len(labels))  # the zero-shot features are the routing's own
     logits = route_logits(
-        zoo, members, data.split(split, zoo.preprocess), zero_shot_features, label_space, base_state,
-        options.batch_size, options.workers, passes,
-    )  # fmt: skip
+        zoo,
+        members,
+        data.split(split, zoo.preprocess),
+        zero_shot_features,
+        label_space,
+        base_state,
+        options.batch_size,
+        options.workers,
+        passes,
+    )
     names = unified.task_names
     tasks = [[names[i] for i in row] for row in routed.tolist()]
     return Routed(logits, label_space.labels(labels), tasks, options.include_zero_shot, passes, names)

@@ -248,10 +248,7 @@ def check_shapes(
     found_shapes = {name: shape_of(value) for name, value in found.items()}
     missing = [name for name in expected if name not in found_shapes]
     unexpected = [name for name in found_shapes if name not in expected]
-    wrong = [
-        name for name, shape in expected.items()
-        if name in found_shapes and found_shapes[name] != tuple(shape)
-    ]  # fmt: skip
+    wrong = [name for name, shape in expected.items() if name in found_shapes and found_shapes[name] != tuple(shape)]
     if not (missing or unexpected or wrong):
         return
     problems = []

@@ -86,10 +86,17 @@ def _is_torchscript_archive(path: Path) -> bool:
 # TorchScript archives (OpenAI's CLIP release) are read as data, never with torch.jit.load: loading one runs the
 # ``__setstate__`` methods of its code/ folder, and TorchScript code can write any file (its torch.save does).
 _TORCHSCRIPT_STORAGES = {
-    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
-    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
-    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
-}  # fmt: skip
+    "DoubleStorage": torch.float64,
+    "FloatStorage": torch.float32,
+    "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16,
+    "LongStorage": torch.int64,
+    "IntStorage": torch.int32,
+    "ShortStorage": torch.int16,
+    "CharStorage": torch.int8,
+    "ByteStorage": torch.uint8,
+    "BoolStorage": torch.bool,
+}
 # What torch's TorchScript pickler wraps lists and dicts in to record their static type; each gives back its value.
 _TORCHSCRIPT_TYPE_TAGS = ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist", "restore_type_tag")
 _STATE_HOOK = re.compile(rb"__[gs]etstate__")

@@ -30,12 +30,30 @@ _MAX_HEADER_BYTES = 100_000_000
 _U64_MAX = 2**64 - 1
 
 DTYPE_BITS: dict[str, int] = {
-    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
-    "F8_E4M3FNUZ": 8, "F8_E5M2FNUZ": 8, "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
-    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
-    "I32": 32, "U32": 32, "F32": 32,
-    "I64": 64, "U64": 64, "F64": 64, "C64": 64,
-}  # fmt: skip
+    "BOOL": 8,
+    "U8": 8,
+    "I8": 8,
+    "F8_E5M2": 8,
+    "F8_E4M3": 8,
+    "F8_E8M0": 8,
+    "F8_E4M3FNUZ": 8,
+    "F8_E5M2FNUZ": 8,
+    "F4": 4,
+    "F6_E2M3": 6,
+    "F6_E3M2": 6,
+    "I16": 16,
+    "U16": 16,
+    "F16": 16,
+    "BF16": 16,
+    "I32": 32,
+    "U32": 32,
+    "F32": 32,
+    "I64": 64,
+    "U64": 64,
+    "F64": 64,
+    "C64": 64,
+}
+
 
 @cache
 def torch_dtypes() -> dict[str, torch.dtype]:
@@ -44,13 +62,26 @@ def torch_dtypes() -> dict[str, torch.dtype]:
     import torch
 
     attributes = {
-        "BOOL": "bool", "U8": "uint8", "I8": "int8",
-        "I16": "int16", "U16": "uint16", "F16": "float16", "BF16": "bfloat16",
-        "I32": "int32", "U32": "uint32", "F32": "float32",
-        "I64": "int64", "U64": "uint64", "F64": "float64", "C64": "complex64",
-        "F8_E5M2": "float8_e5m2", "F8_E4M3": "float8_e4m3fn", "F8_E8M0": "float8_e8m0fnu",
-        "F8_E4M3FNUZ": "float8_e4m3fnuz", "F8_E5M2FNUZ": "float8_e5m2fnuz",
-    }  # fmt: skip
+        "BOOL": "bool",
+        "U8": "uint8",
+        "I8": "int8",
+        "I16": "int16",
+        "U16": "uint16",
+        "F16": "float16",
+        "BF16": "bfloat16",
+        "I32": "int32",
+        "U32": "uint32",
+        "F32": "float32",
+        "I64": "int64",
+        "U64": "uint64",
+        "F64": "float64",
+        "C64": "complex64",
+        "F8_E5M2": "float8_e5m2",
+        "F8_E4M3": "float8_e4m3fn",
+        "F8_E8M0": "float8_e8m0fnu",
+        "F8_E4M3FNUZ": "float8_e4m3fnuz",
+        "F8_E5M2FNUZ": "float8_e5m2fnuz",
+    }
     return {name: getattr(torch, attribute) for name, attribute in attributes.items() if hasattr(torch, attribute)}
 
 
@@ -68,10 +99,20 @@ _KEY_CONFIG = "cftool.config"
 _KEY_RUN = "cftool.run"
 _RESERVED_KEYS = frozenset(
     {
-        _KEY_FORMAT, _KEY_KIND, _KEY_BASE, _KEY_BASE_SHA256, _KEY_BASE_ARCH, _KEY_BASE_PREPROCESS, _KEY_TASK,
-        _KEY_CLASSNAMES, _KEY_TEMPLATE, _KEY_METHOD, _KEY_CONFIG, _KEY_RUN,
+        _KEY_FORMAT,
+        _KEY_KIND,
+        _KEY_BASE,
+        _KEY_BASE_SHA256,
+        _KEY_BASE_ARCH,
+        _KEY_BASE_PREPROCESS,
+        _KEY_TASK,
+        _KEY_CLASSNAMES,
+        _KEY_TEMPLATE,
+        _KEY_METHOD,
+        _KEY_CONFIG,
+        _KEY_RUN,
     }
-)  # fmt: skip
+)
 
 
 def one_line(text: object) -> str:
@@ -427,5 +468,3 @@ def _checked_numel(shape: tuple[int, ...]) -> int:
         if numel > _U64_MAX:
             return _U64_MAX + 1
     return numel
-
-

@@ -97,7 +97,9 @@ class UnifiedAdapter:
             _load_delta(zoo, ckpt.path, unified.delta, expert_tensors(unified, index))
         else:  # ConDU-LoRA: the expert's factors merged into the weights they adapt
             factors = expert_factors(unified, index)
-            zoo.load_state_dict(merged_factors(zoo.model.state_dict(), ckpt.path, shape, factors.__getitem__), ckpt.path)
+            zoo.load_state_dict(
+                merged_factors(zoo.model.state_dict(), ckpt.path, shape, factors.__getitem__), ckpt.path
+            )
         return zero_shot_head
 
 

@@ -47,9 +47,13 @@ from cftool.zoo import ZooModel
 # Weight-name endings by group: a transformer block's fused q/k/v and output projections of attention and a ResNet
 # tower's attention pool; a transformer block's two MLP layers.
 ATTENTION_TARGETS = (
-    "attn.in_proj_weight", "attn.out_proj.weight",
-    "attnpool.q_proj.weight", "attnpool.k_proj.weight", "attnpool.v_proj.weight", "attnpool.c_proj.weight",
-)  # fmt: skip
+    "attn.in_proj_weight",
+    "attn.out_proj.weight",
+    "attnpool.q_proj.weight",
+    "attnpool.k_proj.weight",
+    "attnpool.v_proj.weight",
+    "attnpool.c_proj.weight",
+)
 MLP_TARGETS = ("mlp.c_fc.weight", "mlp.c_proj.weight")
 TARGET_GROUPS = {"attention+mlp": ATTENTION_TARGETS + MLP_TARGETS, "mlp": MLP_TARGETS}
 DEFAULT_TARGETS = "attention+mlp"
@@ -100,7 +104,8 @@ class LoRAFactors(nn.Module):
         recipes = _RECIPES.get()
         if recipes is not None and merged.is_contiguous():
             recipes[merged.untyped_storage().data_ptr()] = (
-                weakref.ref(merged), (weight, self.lora_A, self.lora_B, self.scale)
+                weakref.ref(merged),
+                (weight, self.lora_A, self.lora_B, self.scale),
             )
         return merged
 

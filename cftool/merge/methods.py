@@ -347,9 +347,7 @@ class MeanOptions:
     pass
 
 
-@merge_method(
-    "mean", reference="docs/design.md §5.2: the average of the task deltas (model soup)", options=MeanOptions
-)
+@merge_method("mean", reference="docs/design.md §5.2: the average of the task deltas (model soup)", options=MeanOptions)
 def mean(chunk: Chunk, options: MeanOptions, statistics: Mapping[str, Any]) -> Merged:
     """Mean (docs/design.md §5.2): ``Σ_i δ_i / n``."""
     return Merged(delta=(_sum(_in_work_dtype(chunk)) / len(chunk.deltas)).to(chunk.deltas[0].dtype))

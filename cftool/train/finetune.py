@@ -39,6 +39,7 @@ from cftool.zoo import ZooModel, load_model, parse_model_spec
 
 logger = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class FinetuneJob:
     zs: str
@@ -280,7 +281,10 @@ def _finetune(
     job.output.unlink(missing_ok=True)
     result.metrics = _write_metrics(metrics_path(job.output), log.metrics)  # replaced as the prototypes are
     result.prototypes = save_checkpoint(
-        prototypes_path(job.output), {"prototypes": prototypes}, prototypes_header, overwrite=True  # checked above
+        prototypes_path(job.output),
+        {"prototypes": prototypes},
+        prototypes_header,
+        overwrite=True,  # checked above
     )
     try:
         result.output = save_checkpoint(job.output, trained, header, overwrite=job.force)

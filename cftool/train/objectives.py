@@ -136,8 +136,8 @@ class ZeroShotPoint:
 
 
 class MergeTune(Objective):
-    """docs/design.md §5.1: ``CE(f_w) + λ_lmc · mean_α CE(f_{(1−α)·ŵ2 + α·w}) + λ_zs · R(w, ŵ1)``, the loss of MergeTune's
-    ``forward_backward`` (trainers/kgcoop_coop_LMC.py:534-552: W · score + W_LMC · the mean path loss).
+    """docs/design.md §5.1: ``CE(f_w) + λ_lmc · mean_α CE(f_{(1−α)·ŵ2 + α·w}) + λ_zs · R(w, ŵ1)``, the loss of
+    MergeTune's ``forward_backward`` (trainers/kgcoop_coop_LMC.py:534-552: W · score + W_LMC · the mean path loss).
 
     ŵ2 is the method's solution when the objective is built (the fine-tuned checkpoint, where training starts);
     the path points are interpolated in the method's path space (a prompt's unnormalised class text features,

@@ -101,8 +101,12 @@ def warn_if_activation_is_a_guess(arch: str, path: Path) -> None:
         log.warning(
             "%s: a plain state dict does not record its activation; building %s with GELU as its open_clip config "
             "says. If these are OpenAI-trained weights, use --zs %s%s:%s (QuickGELU)",
-            path, arch, arch, _QUICK_GELU_SUFFIX, path,
-        )  # fmt: skip
+            path,
+            arch,
+            arch,
+            _QUICK_GELU_SUFFIX,
+            path,
+        )
 
 
 def recorded_base(header: Header, path: str | os.PathLike[str]) -> str:

@@ -85,9 +85,13 @@ class BaseWeights(Mapping[str, torch.Tensor]):
 
     def header(self, kind: str, **fields) -> Header:
         return Header(
-            kind=kind, base=self.canonical, base_sha256=self.sha256, base_arch=self.architecture,
-            base_preprocess=self.preprocess, **fields,
-        )  # fmt: skip
+            kind=kind,
+            base=self.canonical,
+            base_sha256=self.sha256,
+            base_arch=self.architecture,
+            base_preprocess=self.preprocess,
+            **fields,
+        )
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self.layout:
@@ -135,9 +139,14 @@ def _from_weights_file(arch: str, canonical: str, path: Path) -> BaseWeights:
             return as_loaded(name, reader[name])
 
         return BaseWeights(
-            canonical, layout, read, model_file_architecture(reader), reader.close,
-            preprocess=reader.header.base_preprocess, file=path,
-        )  # fmt: skip
+            canonical,
+            layout,
+            read,
+            model_file_architecture(reader),
+            reader.close,
+            preprocess=reader.header.base_preprocess,
+            file=path,
+        )
     return _from_state_dict(canonical, *plain_weights(arch, path), file=path)
 
 

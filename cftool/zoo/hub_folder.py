@@ -26,9 +26,15 @@ HUB_CONFIG = "open_clip_config.json"
 _HUB_CONFIG_MAX_BYTES = 1 << 20
 # The weights files open_clip looks for in a local-dir: folder, in its order of preference.
 LOCAL_DIR_WEIGHTS = (
-    "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-    "open_clip_pytorch_model.pth", "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
-)  # fmt: skip
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
+)
 # Any other one: open_clip's suffixes, and .pt, the suffix of OpenAI's release.
 _WEIGHTS_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
@@ -105,7 +111,6 @@ def local_dir_weights(folder: Path) -> Path:
     )
 
 
-
 def check_hub_config(config: dict, path: str | os.PathLike[str]) -> None:
     """Refuse, in one line naming ``path`` and the key, a config (as ``read_hub_config`` returns it) that open_clip
     could not build or apply: a key open_clip does not know, a value of another type than it expects, a tokenizer or
@@ -158,9 +163,7 @@ def _model_cfg_fields() -> dict[str, Any]:
     return fields
 
 
-def _check_fields(
-    path: str | os.PathLike[str], where: str, values: dict, fields: dict[str, Any], owner: str
-) -> None:
+def _check_fields(path: str | os.PathLike[str], where: str, values: dict, fields: dict[str, Any], owner: str) -> None:
     for key, value in values.items():
         if key not in fields:
             raise CftoolError(f"{path}: unknown key {where}.{key}, not a setting of {owner}; remove or correct it")

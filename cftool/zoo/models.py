@@ -176,11 +176,17 @@ class ZooModel:
 
     def base_header(self, kind: str, **fields) -> Header:
         return Header(
-            kind=kind, base=self.spec.canonical, base_sha256=self.weights_sha256, base_arch=self.architecture,
-            base_preprocess=self.hub_preprocess, **fields,
-        )  # fmt: skip
+            kind=kind,
+            base=self.spec.canonical,
+            base_sha256=self.weights_sha256,
+            base_arch=self.architecture,
+            base_preprocess=self.hub_preprocess,
+            **fields,
+        )
 
-    def load_state_dict(self, state_dict: dict[str, torch.Tensor], source: str | Path, *, is_base: bool = False) -> None:
+    def load_state_dict(
+        self, state_dict: dict[str, torch.Tensor], source: str | Path, *, is_base: bool = False
+    ) -> None:
         """Load full weights, refusing (one line) any name or shape that does not fit this architecture; ``is_base``:
         they are the spec's own, read from the file ``source``."""
         expected = {name: tuple(t.shape) for name, t in self.model.state_dict().items()}
@@ -398,9 +404,21 @@ def _exception_line(err: BaseException) -> str:
 # Every initialiser of torch.nn.init that a model's constructor calls: open_clip's models draw each weight with them
 # (0.8 s of a ViT-B/16's 1 s build on a CPU), only for the base's weights to replace them.
 _INITIALISERS = (
-    "uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_", "eye_", "dirac_", "xavier_uniform_",
-    "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "sparse_",
-)  # fmt: skip
+    "uniform_",
+    "normal_",
+    "trunc_normal_",
+    "constant_",
+    "ones_",
+    "zeros_",
+    "eye_",
+    "dirac_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "orthogonal_",
+    "sparse_",
+)
 
 
 @contextmanager
