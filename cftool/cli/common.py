@@ -15,6 +15,7 @@ import random
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -377,6 +378,17 @@ def progress_line(task: Task) -> str:
 def rate(per_second: float) -> str:
     """A rate that stays meaningful below 1/s (a ViT-B/16 step on a CPU): 2,585 and 41 but 0.412."""
     return f"{per_second:,.0f}" if per_second >= 100 else f"{per_second:.3g}"
+
+
+def progress_task_starter(progress: Progress) -> Callable[[str, int | None], Callable[..., None]]:
+    """The library's ``begin(description, total)`` on ``progress``: a task per phase, counted in images where images
+    are encoded; it returns the task's ``advance(n=1)``."""
+
+    def begin(description: str, total: int | None) -> Callable[..., None]:
+        task = progress.add_task(description, total=total, unit="images" if description == "encode images" else "")
+        return lambda n=1: progress.advance(task, n)
+
+    return begin
 
 
 def progress_bar(log_every: int | None = None) -> Progress:

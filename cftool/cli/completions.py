@@ -204,7 +204,7 @@ def bash_script(commands: list[Command]) -> str:
         )
     data = next(f for c in commands for f in c.flags if f.data)
     models = next(f for c in commands for f in c.flags if f.files and f.choices)
-    case_text = "\n".join(cases)
+    case_text = "\n".join(_zsh_case(c) for c in commands)
     names = " ".join(c.name for c in commands)
     return f"""# {HEADER}
 _cftool() {{
@@ -262,19 +262,21 @@ def _zsh_action(flag: Flag) -> str:
     return ":value: "
 
 
+def _zsh_case(command: Command) -> str:
+    """The ``case`` branch that completes one command's options and arguments."""
+    specs = []
+    for f in command.flags:
+        action = _zsh_action(f) if f.takes_value else ""
+        specs.extend(f"'{name}[{_clean(f.help)}]{action}'" for name in f.names)
+    if command.first_arguments:
+        specs.append(f"'1:argument:_cftool_{command.name}_first'")
+    if command.takes_files:
+        specs.append("'*:file:_files'")
+    return f"        {command.name}) _arguments {' '.join(specs)} ;;"
+
+
 def zsh_script(commands: list[Command]) -> str:
     described = "\n".join(f"        '{c.name}:{_clean(c.help)}'" for c in commands)
-    cases = []
-    for c in commands:
-        specs = []
-        for f in c.flags:
-            action = _zsh_action(f) if f.takes_value else ""
-            specs.extend(f"'{name}[{_clean(f.help)}]{action}'" for name in f.names)
-        if c.first_arguments:
-            specs.append(f"'1:argument:_cftool_{c.name}_first'")
-        if c.takes_files:
-            specs.append("'*:file:_files'")
-        cases.append(f"        {c.name}) _arguments {' '.join(specs)} ;;")
     first_functions = "\n".join(
         f"_cftool_{c.name}_first() {{\n    compadd -- {' '.join(c.first_arguments)}\n"
         + ("    _files\n" if c.takes_files else "")
@@ -288,7 +290,7 @@ def zsh_script(commands: list[Command]) -> str:
     prefixes = " ".join(v for v in data.choices if v.endswith(":"))
     model_words = " ".join(v for v in models.choices if not v.endswith(":"))
     model_prefixes = " ".join(v for v in models.choices if v.endswith(":"))
-    case_text = "\n".join(cases)
+    case_text = "\n".join(_zsh_case(c) for c in commands)
     return f"""#compdef cftool
 # {HEADER}
 _cftool_data() {{

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -158,17 +158,13 @@ def continue_command(
     Example: cftool continue coop.safetensors --zs tiny
     """
     from cftool.data import DatasetSpec
-    from cftool.io.checkpoint import open_checkpoint
     from cftool.train.continued import ContinueJob, continue_training
     from cftool.train.objectives import MergeTuneOptions, parse_lmc_samples
-    from cftool.zoo.base import recorded_base
+    from cftool.zoo.base import resolve_base
 
-    if zs is None:
-        with open_checkpoint(source) as ckpt:
-            zs = recorded_base(ckpt.header, source)
-    train_overrides = {
-        name: value
-        for name, value in {
+    zs = resolve_base(zs, source)
+    train_overrides = _given(
+        {
             "iterations": iterations,
             "epochs": epochs,
             "batch_size": batch_size,
@@ -185,11 +181,9 @@ def continue_command(
             "warmup_lr": warmup_lr,
             "drop_last": drop_last,
             "select": select,
-        }.items()
-        if value is not None
-    }
-    data_flags = {"classes": classes, "shots": shots, "val_images": val_images}
-    data_overrides = {name: value for name, value in data_flags.items() if value is not None}
+        }
+    )
+    data_overrides = _given({"classes": classes, "shots": shots, "val_images": val_images})
     if data_overrides:
         DatasetSpec("check", **data_overrides)  # validates the values before any work
     options = MergeTuneOptions(lambda_lmc, lambda_zs, zs_reg, parse_lmc_samples(lmc_samples), zs_loss)
@@ -220,3 +214,8 @@ def continue_command(
     print_result(result)
     if json_output:
         emit_json(result_summary(result))
+
+
+def _given(flags: dict[str, Any]) -> dict[str, Any]:
+    """The flags given on the command line (or in --config): the others keep the checkpoint's recorded values."""
+    return {name: value for name, value in flags.items() if value is not None}

@@ -3,7 +3,6 @@ matrix over continual sessions, and loss and accuracy along the linear path betw
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +25,7 @@ from cftool.cli.common import (
     console,
     emit_results,
     progress_bar,
+    progress_task_starter,
     resolve_device,
     results_format,
     seed_everything,
@@ -148,100 +148,108 @@ def eval_command(
     Example: cftool eval --benchmark mtil-tiny zs --sessions 'ConDU=runs/session{t}.st' --prototypes
     'runs/*.prototypes.safetensors'
     """
-    from cftool.data import DatasetSpec, get_benchmark, load_task
-    from cftool.eval.compare import ZERO_SHOT, FeatureCache, compare
-    from cftool.eval.lmc_paths import path_alphas, path_report
+    from cftool.eval.lmc_paths import path_alphas
     from cftool.eval.mtil import MtilOptions, default_cache_dir
     from cftool.eval.route import RouteOptions
+    from cftool.eval.run import Evaluation, evaluate
     from cftool.io.outputs import check_outputs, check_writable_folder, refuse_input_overwrite
     from cftool.zoo import load_model
 
     fmt = results_format(output_format, json_output)
+    session_only = (task_agnostic, prototypes, top_k != DEFAULT_TOP_K, heatmap, label_space != "own")
+    _check_combination(checkpoints, data, benchmark, classes, path, plot, sessions, session_only)
+    mtil_options = MtilOptions(
+        task_agnostic, RouteOptions(top_k, batch_size=batch_size, workers=workers), tuple(prototypes or []), label_space
+    )
+    if path is not None:
+        path_alphas(steps)  # --steps refused before any work
+    reports = {"-o": output, "--plot": plot, "--heatmap": heatmap}
+    named_files = [Path(name) for name in (*(checkpoints or []), *(path or []), zs or "") if Path(name).is_file()]
+    check_outputs(reports, named_files, force)  # before any work, the files that patterns name included below
+    cells_folder = cache_dir or (default_cache_dir() if sessions else None)
+    if cells_folder is not None:  # filled as cells are measured: the first stored one comes after work
+        check_writable_folder(cells_folder, "--cache-dir" if cache_dir else "--cache-dir (the default)")
+    if plot is not None or heatmap is not None:
+        _require_matplotlib("--plot" if plot is not None else "--heatmap")
+    seed_everything(seed)
+    tasks, base2new, title, default_model = _tasks(benchmark, data, classes, data_root, bool(sessions))
+    names = [task.name for task in tasks]
+    inputs = _input_files([*(checkpoints or []), *(path or [])], sessions or [], prototypes or [], names)
+    for report in reports.values():
+        if report is not None:
+            refuse_input_overwrite(report, inputs)
+    # The model the files name, else the backbone of the benchmark's published numbers.
+    zs = zs or _base_of(path or checkpoints or [], names, sessions or []) or default_model
+    if zs is None:
+        raise CftoolError("name the model with --zs (e.g. --zs tiny), or give checkpoint files to evaluate")
+    zoo = load_model(zs, resolve_device(device))
+    evaluation = Evaluation(
+        tuple(checkpoints or []),
+        tasks,
+        split,
+        base2new,
+        path,
+        steps,
+        tuple(sessions or []),
+        mtil_options,
+        cells_folder=cells_folder,
+        features_folder=cache_dir,
+        batch_size=batch_size,
+        workers=workers,
+    )
+    with progress_bar(log_every) as progress:
+        payload = evaluate(zoo, evaluation, progress_task_starter(progress))
+    payload = {"benchmark": benchmark, "split": split, "base": zoo.spec.canonical, **payload}
+    _print_report(payload, evaluation, benchmark or title if sessions else title, fmt, heatmap, plot, force)
+    if output is not None:
+        write_json(output, payload, overwrite=force)
+
+
+# The flags that only --sessions takes, in the order eval_command gives whether each was set.
+SESSION_FLAGS = ("--task-agnostic", "--prototypes", "--top-k", "--heatmap", "--label-space")
+
+
+def _check_combination(checkpoints, data, benchmark, classes: str, path, plot, sessions, session_only: tuple) -> None:
+    """Refuse, before any work, flags that do not go together."""
     if bool(data) == bool(benchmark):
         raise CftoolError(
             "give either --data TASK (one or more) or --benchmark NAME"
             + ("" if data else _recorded_data_hint([*(checkpoints or []), *(path or [])]))
         )
     if not sessions:
-        session_only = {
-            "--task-agnostic": task_agnostic,
-            "--prototypes": prototypes,
-            "--top-k": top_k != DEFAULT_TOP_K,
-            "--heatmap": heatmap,
-            "--label-space": label_space != "own",
-        }
-        given = [flag for flag, value in session_only.items() if value]
+        given = [flag for flag, value in zip(SESSION_FLAGS, session_only, strict=True) if value]
         if given:
             raise CftoolError(f"{given[0]} applies to the MTIL matrix: give --sessions PATTERN")
     elif path is not None or classes != "all":
         raise CftoolError("--sessions evaluates continual sessions on whole tasks; drop --path and --classes")
-    mtil_options = MtilOptions(
-        task_agnostic, RouteOptions(top_k, batch_size=batch_size, workers=workers), tuple(prototypes or []), label_space
-    )
     if classes not in CLASS_CHOICES:
         raise CftoolError(f"--classes must be one of {', '.join(CLASS_CHOICES)}, got {classes!r}")
     if path is not None and checkpoints:
         raise CftoolError("--path A B evaluates one path; give no other checkpoints with it")
     if plot is not None and path is None:
         raise CftoolError("--plot draws a path: give --path A B")
-    if path is not None:
-        path_alphas(steps)  # --steps refused before any work
-    reports = {"-o": output, "--plot": plot, "--heatmap": heatmap}
-    named_files = [Path(name) for name in (*(checkpoints or []), *(path or []), zs or "") if Path(name).is_file()]
-    check_outputs(reports, named_files, force)  # before any work, the files that patterns name included below
-    cache_folder = cache_dir or (default_cache_dir() if sessions else None)
-    if cache_folder is not None:  # filled as cells are measured: the first stored one comes after work
-        check_writable_folder(cache_folder, "--cache-dir" if cache_dir else "--cache-dir (the default)")
-    if plot is not None or heatmap is not None:
-        _require_matplotlib("--plot" if plot is not None else "--heatmap")
-    seed_everything(seed)
-    torch_device = resolve_device(device)
+
+
+def _tasks(benchmark: str | None, data: list[str] | None, classes: str, data_root: Path | None, sessions: bool):
+    """The tasks to evaluate on, whether their classes split into base and novel, the table's title, and the model
+    the benchmark's published numbers use (None for --data)."""
+    from cftool.data import DatasetSpec, get_benchmark, load_task
+
     if benchmark:
         bench = get_benchmark(benchmark)
-        specs, base2new, title = list(bench.tasks), bench.base2new, bench.name
-        if sessions and base2new:
+        if sessions and bench.base2new:
             raise CftoolError(f"--sessions fills MTIL's matrix; --benchmark {benchmark} splits classes, use mtil-tiny")
+        specs, base2new, title, model = list(bench.tasks), bench.base2new, bench.name, bench.default_model
     else:
-        halves = classes.split(",")
-        base2new = halves == ["base", "novel"]
+        base2new = classes.split(",") == ["base", "novel"]
         specs = [DatasetSpec(source, classes="all" if base2new else classes) for source in data]
-        title = ", ".join(data) + ("" if classes == "all" else f", {classes} classes")
-    tasks = [load_task(spec, data_root) for spec in specs]
-    names = [task.name for task in tasks]
-    inputs = _input_files([*(checkpoints or []), *(path or [])], sessions or [], prototypes or [], names)
-    for report in reports.values():
-        if report is not None:
-            refuse_input_overwrite(report, inputs)
-    zs = zs or _base_of(path or checkpoints or [], names, sessions or [])
-    zs = zs or (bench.default_model if benchmark else None)  # the backbone of the benchmark's published numbers
-    if zs is None:
-        raise CftoolError("name the model with --zs (e.g. --zs tiny), or give checkpoint files to evaluate")
-    zoo = load_model(zs, torch_device)
-    # Checkpoint files are paired with the base by its hash (0.5 s on ViT-B/16), taken before any of them replaces the
-    # base's weights; the zero-shot model alone needs none.
-    names_files = path is not None or any(spec != ZERO_SHOT for spec in checkpoints or [])
-    base_sha256 = zoo.weights_sha256 if names_files else None
-    with progress_bar(log_every) as progress:
-        if sessions:
-            from cftool.eval.mtil import mtil_report
+        title, model = ", ".join(data) + ("" if classes == "all" else f", {classes} classes"), None
+    return [load_task(spec, data_root) for spec in specs], base2new, title, model
 
-            def begin(description: str, total: int | None):
-                bar = progress.add_task(
-                    description, total=total, unit="images" if description == "encode images" else ""
-                )
-                return lambda n=1: progress.advance(bar, n)
 
-            payload = mtil_report(zoo, checkpoints or [], sessions, tasks, split, mtil_options, cache_folder, begin)
-        else:
-            bar = progress.add_task("encode images", total=None, unit="images")
-            cache = FeatureCache(zoo, batch_size, workers, partial(progress.advance, bar), cache_dir)
-            if path is not None:
-                payload = path_report(zoo, *path, tasks, base2new, steps, split, cache, base_sha256)
-            else:
-                payload = compare(zoo, checkpoints or [ZERO_SHOT], tasks, base2new, split, cache, base_sha256)
-    payload = {"benchmark": benchmark, "split": split, "base": zoo.spec.canonical, **payload}
-    if sessions:
-        emit_results(mtil_tables(benchmark or title, payload), fmt, payload)
+def _print_report(payload: dict, evaluation, title: str, fmt: str, heatmap, plot, force: bool) -> None:
+    if evaluation.sessions:
+        emit_results(mtil_tables(title, payload), fmt, payload)
         cells = payload["cells"]
         console.print(f"{cells['measured']} cells measured, {cells['cached']} found in the cache")
         if heatmap is not None:
@@ -249,14 +257,12 @@ def eval_command(
 
             plot_matrices(payload, heatmap, force)
             console.print(f"wrote {heatmap}")
-    elif path is not None:
+    elif evaluation.path is not None:
         emit_results([path_table(title, payload)], fmt, payload)
         if plot is not None:
             _plot_path(payload, plot, force)
     else:
-        emit_results([accuracy_table(title, payload, base2new)], fmt, payload)
-    if output is not None:
-        write_json(output, payload, overwrite=force)
+        emit_results([accuracy_table(title, payload, evaluation.base2new)], fmt, payload)
 
 
 def _input_files(columns: list[str], sessions: list[str], patterns: list[str], tasks: list[str]) -> list[Path]:

@@ -185,11 +185,8 @@ def finetune_command(
     from cftool.data import DatasetSpec
     from cftool.data.augment import default_augmentation
     from cftool.kinds.apply import METHODS
-    from cftool.kinds.method import default_train_templates
     from cftool.train import FinetuneJob, TrainOptions, finetune
 
-    if method not in METHODS:
-        raise CftoolError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
     given = {
         "n_ctx": n_ctx,
         "rank": rank,
@@ -199,10 +196,7 @@ def finetune_command(
         "towers": towers,
         "train_templates": train_templates,
     }
-    misplaced = [name for name, value in given.items() if value is not None and method not in METHOD_OPTIONS[name]]
-    if misplaced:
-        flag, methods = "--" + misplaced[0].replace("_", "-"), " or ".join(METHOD_OPTIONS[misplaced[0]])
-        raise CftoolError(f"{flag} applies to --method {methods} only, not {method}")
+    method_options = _method_options(method, data, ctx_init, given)
     method_cls = METHODS[method]
     train_options = TrainOptions(
         iterations=iterations,
@@ -229,9 +223,7 @@ def finetune_command(
         method=method,
         output=output,
         train=train_options,
-        method_options=_method_options(
-            method, n_ctx, ctx_init, towers, train_templates or default_train_templates(data), given
-        ),
+        method_options=method_options,
         device=resolve_device(device),
         data_root=data_root,
         force=force,
@@ -252,9 +244,20 @@ def finetune_command(
         emit_json(result_summary(result))
 
 
-def _method_options(
-    method: str, n_ctx: int | None, ctx_init: str, towers: str | None, train_templates: str, given: dict[str, Any]
-) -> dict[str, Any]:
+def _method_options(method: str, data: str, ctx_init: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The method's options from the flags ``given`` (None where not given), refused where they belong to another
+    method."""
+    from cftool.kinds.apply import METHODS
+    from cftool.kinds.method import default_train_templates
+
+    if method not in METHODS:
+        raise CftoolError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    misplaced = [name for name, value in given.items() if value is not None and method not in METHOD_OPTIONS[name]]
+    if misplaced:
+        flag, methods = "--" + misplaced[0].replace("_", "-"), " or ".join(METHOD_OPTIONS[misplaced[0]])
+        raise CftoolError(f"{flag} applies to --method {methods} only, not {method}")
+    n_ctx, towers = given["n_ctx"], given["towers"]
+    train_templates = given["train_templates"] or default_train_templates(data)
     if method == "coop":
         return {"n_ctx": n_ctx, "ctx_init": ctx_init}
     if method == "head":

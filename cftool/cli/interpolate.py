@@ -34,19 +34,15 @@ def interpolate_command(
     """
     from cftool.eval.compare import ZERO_SHOT
     from cftool.eval.lmc_paths import check_alpha, interpolate
-    from cftool.io.checkpoint import open_checkpoint
     from cftool.io.outputs import check_outputs
     from cftool.zoo import load_model
-    from cftool.zoo.base import recorded_base
+    from cftool.zoo.base import resolve_base
 
     check_alpha(alpha, output)
     inputs = [spec for spec in (start, end) if spec != ZERO_SHOT]
     check_outputs({"-o": output}, [Path(spec) for spec in (*inputs, zs or "") if Path(spec).is_file()], force)
-    if zs is None:
-        if not inputs:
-            raise CftoolError("interpolate zs zs: name a checkpoint for at least one end")
-        with open_checkpoint(inputs[0]) as ckpt:
-            zs = recorded_base(ckpt.header, inputs[0])
-    zoo = load_model(zs, resolve_device(device))
+    if zs is None and not inputs:
+        raise CftoolError("interpolate zs zs: name a checkpoint for at least one end")
+    zoo = load_model(resolve_base(zs, inputs[0] if inputs else None), resolve_device(device))
     written = interpolate(zoo, start, end, alpha, output, overwrite=force)
     console.print(f"wrote {written}: (1 − {alpha:g})·{start} + {alpha:g}·{end}")

@@ -43,14 +43,6 @@ def _reporter(progress):
     return begin
 
 
-def _base_recorded_in(path: Path) -> str:
-    from cftool.io.checkpoint import open_checkpoint
-    from cftool.zoo.base import recorded_base
-
-    with open_checkpoint(path) as ckpt:
-        return recorded_base(ckpt.header, path)
-
-
 def delta_command(
     files: Annotated[
         list[Path],
@@ -82,6 +74,7 @@ def delta_command(
     """
     from cftool.io.checkpoint import open_checkpoint
     from cftool.merge.delta import apply_delta, make_delta
+    from cftool.zoo.base import resolve_base
     from cftool.zoo.base_weights import open_base
 
     applying = len(files) == 2 and str(files[0]) == "apply"
@@ -93,7 +86,7 @@ def delta_command(
     if not applying and scale is not None:
         raise CftoolError("--scale applies to `cftool delta apply`")
     wanted_dtype = torch_dtype(dtype)
-    with open_base(zs or _base_recorded_in(source)) as base:
+    with open_base(resolve_base(zs, source)) as base:
         if applying:
             with open_checkpoint(source, kind="delta") as delta:
                 written = apply_delta(delta, base, output, 1.0 if scale is None else scale, overwrite=force)
@@ -235,7 +228,7 @@ def decouple_command(
 
     from cftool.io.unified import open_unified
     from cftool.merge.decouple import decouple, factor_space
-    from cftool.zoo.base import recorded_base
+    from cftool.zoo.base import resolve_base
     from cftool.zoo.base_weights import open_base
 
     if (task is None) == (not all_tasks):
@@ -259,7 +252,7 @@ def decouple_command(
             outputs = [output]
         base = None
         if as_kind == "model":
-            base = stack.enter_context(open_base(zs or recorded_base(unified_set.header, unified)))
+            base = stack.enter_context(open_base(resolve_base(zs, unified, unified_set.header)))
         with progress_bar() as progress:
             written = decouple(unified_set, tasks, outputs, base, overwrite=force, progress=_reporter(progress))
     for path in written:

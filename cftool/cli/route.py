@@ -97,7 +97,7 @@ def route_command(
     from cftool.io.checkpoint import open_checkpoint
     from cftool.io.outputs import check_outputs
     from cftool.zoo import load_model
-    from cftool.zoo.base import recorded_base
+    from cftool.zoo.base import resolve_base
 
     fmt = results_format(output_format, json_output)
     with open_checkpoint(unified, kind="unified") as ckpt:  # a file of another kind is the first thing to say
@@ -118,7 +118,7 @@ def route_command(
     check_outputs({"-o": output}, [unified, *prototype_files, *zs_file], force)  # before any work
     seed_everything(seed)
     task_data = load_task(data, data_root)
-    zoo = load_model(zs or recorded_base(header, unified), resolve_device(device))
+    zoo = load_model(resolve_base(zs, unified, header), resolve_device(device))
     with progress_bar() as progress:
         bar = progress.add_task("encode images", total=None)
         routed = predict(

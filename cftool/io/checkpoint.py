@@ -206,6 +206,20 @@ def open_checkpoint(
         if header.kind not in wanted:
             expected = " or ".join(repr(k) for k in wanted)
             raise CftoolError(f"{path}: expected a {expected} checkpoint, found {header.kind!r}")
+    check_base(path, header, base_sha256, base, base_arch)
+    return CheckpointReader(path, header, tensors, positions)
+
+
+def check_base(
+    path: str | os.PathLike[str],
+    header: Header,
+    base_sha256: str | None,
+    base: str | None = None,
+    base_arch: dict | None = None,
+) -> None:
+    """Refuse a file made for another base than the one in use (``base_sha256`` the hash of its weights, ``base`` its
+    spec, ``base_arch`` its architecture): other weights, or the same weights under another architecture. What the
+    file or the caller does not record cannot be checked and is accepted."""
     if base_sha256 and header.base_sha256 and header.base_sha256 != base_sha256:
         in_use = f"{base!r} " if base else ""
         raise CftoolError(
@@ -218,7 +232,6 @@ def open_checkpoint(
             f"{path}: made for base model {header.base!r} built with {_arch_difference(header.base_arch, base_arch)}; "
             f"the same weights under another architecture are another model: use --zs {header.base}"
         )
-    return CheckpointReader(path, header, tensors, positions)
 
 
 def _arch_difference(made_for: dict, in_use: dict) -> str:

@@ -19,10 +19,10 @@ import torch
 
 from cftool.errors import CftoolError
 from cftool.io.base_model import BaseModel
-from cftool.io.checkpoint import CheckpointWriter, Header, refuse_non_finite, save_checkpoint
+from cftool.io.checkpoint import CheckpointWriter, Header, check_base, refuse_non_finite, save_checkpoint
 from cftool.io.outputs import check_outputs
 from cftool.io.unified import UnifiedSet
-from cftool.merge.delta import check_base_fits, check_same_base
+from cftool.merge.delta import check_base_fits
 from cftool.merge.lora import LoRAShape, lora_shape, merged_factors
 from cftool.merge.precision import work_dtype
 from cftool.merge.stream import (
@@ -94,7 +94,7 @@ def decouple(
         return _decouple_factors(unified, shape, indices, outputs, base, overwrite, progress)
     delta_layout = {name: (info.torch_dtype, info.shape) for name, info in unified.delta.items()}
     if base is not None:
-        check_same_base(unified.path, unified.header, base)
+        check_base(unified.path, unified.header, base.sha256, base.canonical, base.architecture)
         check_base_fits(unified.path, delta_layout, base)
     plan = {tensor.name: tensor for tensor in plan_tensors(delta_layout, chunk_elements)}
     layout = base.layout if base is not None else delta_layout
@@ -139,7 +139,7 @@ def _decouple_factors(
     """Each task's expert of a factor-space set: its factors as a `lora` file, or with ``base`` the `model` they make.
     Factors are LoRA-sized, so each task's are rebuilt whole."""
     if base is not None:
-        check_same_base(unified.path, unified.header, base)
+        check_base(unified.path, unified.header, base.sha256, base.canonical, base.architecture)
     advance = progress(f"decouple {len(indices)} task(s)", len(indices))
     for index, output in zip(indices, outputs, strict=True):
         factors = expert_factors(unified, index)

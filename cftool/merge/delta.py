@@ -14,7 +14,7 @@ import torch
 
 from cftool.errors import CftoolError
 from cftool.io.base_model import BaseModel
-from cftool.io.checkpoint import CheckpointReader, CheckpointWriter, Header, check_shapes
+from cftool.io.checkpoint import CheckpointReader, CheckpointWriter, Header, check_base, check_shapes
 from cftool.io.outputs import check_outputs
 from cftool.merge.lora import merged_lora_state
 from cftool.merge.precision import check_scale, refuse_scale_overflow, work_dtype
@@ -25,19 +25,6 @@ _NOT_WEIGHTS = {
     "prompt": "learned prompt context vectors, not weights of the model",
     "head": "a linear classifier on image features, not weights of the model",
 }
-
-
-def check_same_base(source: Path, header: Header, base: BaseModel) -> None:
-    if header.base_sha256 and header.base_sha256 != base.sha256:
-        raise CftoolError(
-            f"{source}: made for base model {header.base!r} (weights sha256 {header.base_sha256[:12]}) but the base "
-            f"model in use {base.canonical!r} has weights sha256 {base.sha256[:12]}; use --zs {header.base}"
-        )
-    if header.base_arch and base.architecture and header.base_arch != base.architecture:
-        raise CftoolError(
-            f"{source}: made for base model {header.base!r}, built under another architecture than the base model "
-            f"in use {base.canonical!r} (e.g. QuickGELU against GELU); use --zs {header.base}"
-        )
 
 
 def check_base_fits(source: Path, layout: dict, base: BaseModel) -> None:
@@ -68,7 +55,7 @@ def make_delta(
     if header.kind not in ("model", "lora"):
         raise CftoolError(f"{source.path}: expected a 'model' or 'lora' checkpoint, found {header.kind!r}")
     check_outputs({"-o": output}, [source.path], overwrite)
-    check_same_base(source.path, header, base)
+    check_base(source.path, header, base.sha256, base.canonical, base.architecture)
     if header.kind == "model":
         check_shapes(source.path, source.tensors, {name: shape for name, (_, shape) in base.layout.items()})
         tuned = source.__getitem__
@@ -130,7 +117,7 @@ def apply_delta(
     check_outputs({"-o": output}, [delta.path], overwrite)
     floating = [dtype for dtype, _ in base.layout.values() if dtype.is_floating_point]
     refuse_scale_overflow("--scale", scale, floating, output)
-    check_same_base(delta.path, delta.header, base)
+    check_base(delta.path, delta.header, base.sha256, base.canonical, base.architecture)
     check_base_fits(delta.path, {name: (info.torch_dtype, info.shape) for name, info in delta.tensors.items()}, base)
     header = delta.header
     out_header = base.header("model", **_carried(header), config={"delta": delta.path.name, "scale": scale})

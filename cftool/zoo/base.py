@@ -21,7 +21,7 @@ import torch
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, Header
 from cftool.io.foreign import read_state_dict
-from cftool.io.header import read_header
+from cftool.io.header import read_cftool_header, read_header
 from cftool.zoo.hub_folder import HUB_CONFIG, read_hub_config
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,14 @@ def warn_if_activation_is_a_guess(arch: str, path: Path) -> None:
             _QUICK_GELU_SUFFIX,
             path,
         )
+
+
+def resolve_base(zs: str | None, recorded_in: str | os.PathLike[str], header: Header | None = None) -> str:
+    """The base model a command uses: ``--zs`` where given, else the one the file ``recorded_in`` records (``header``
+    where it was read already; otherwise the file's header alone is read)."""
+    if zs is not None:
+        return zs
+    return recorded_base(header or read_cftool_header(recorded_in), recorded_in)
 
 
 def recorded_base(header: Header, path: str | os.PathLike[str]) -> str:
