@@ -204,7 +204,7 @@ def bash_script(commands: list[Command]) -> str:
         )
     data = next(f for c in commands for f in c.flags if f.data)
     models = next(f for c in commands for f in c.flags if f.files and f.choices)
-    case_text = "\n".join(_zsh_case(c) for c in commands)
+    case_text = "\n".join(cases)
     names = " ".join(c.name for c in commands)
     return f"""# {HEADER}
 _cftool() {{
