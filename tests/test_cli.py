@@ -232,6 +232,14 @@ def test_config_file_gives_defaults_and_flags_win(cli, tmp_path):
     assert "not UTF-8 text" in one_line_error(cli("eval", "--config", latin1))
 
 
+@pytest.mark.parametrize("flags", [("--config", "broken.yaml", "--help"), ("--recipe", "no-such-recipe", "-h")])
+def test_help_answers_before_a_config_or_recipe_is_read(cli, tmp_path, flags):
+    _write(tmp_path / "broken.yaml", "a: [\n")
+    flags = [str(tmp_path / flag) if flag.endswith(".yaml") else flag for flag in flags]
+    result = cli("finetune", *flags)
+    assert result.code == 0 and "Usage: cftool finetune" in result.stdout and "error" not in result.stderr
+
+
 def _write(path, text):
     path.write_text(text)
     return path

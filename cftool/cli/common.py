@@ -53,7 +53,10 @@ DEFAULT_TOP_K = 4
 
 
 def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
-    """Eager `--config` callback: YAML keys become the command's defaults, so flags given on the line win."""
+    """`--config` callback: YAML keys become the command's defaults, so flags given on the line win.
+
+    Not eager, so that `--help` (eager) answers before any file is read. Click processes the parameters given on the
+    line in their order and those not given last: the file's defaults are set before any parameter that takes one."""
     if value is None:
         return None
     try:
@@ -110,7 +113,8 @@ def _set_defaults(ctx: typer.Context, source: str, data: dict, keep: set[str]) -
 
 
 def load_recipe_option(ctx: typer.Context, param: typer.CallbackParam, value: str | None) -> str | None:
-    """Eager `--recipe` callback: the recipe's options become the command's defaults, beneath `--config`'s."""
+    """`--recipe` callback (not eager, as `--config`): the recipe's options become the command's defaults, beneath
+    `--config`'s, whichever of the two comes first on the line."""
     if value is None:
         return None
     from cftool.recipes import load_recipe
@@ -144,7 +148,6 @@ ConfigOption = Annotated[
     typer.Option(
         "--config",
         help="YAML file whose keys are this command's options (flags given on the command line win).",
-        is_eager=True,
         callback=load_config,
         dir_okay=False,
     ),
@@ -156,7 +159,6 @@ RecipeOption = Annotated[
         help="An official paper recipe as this command's defaults (--config and flags on the line win): "
         "zscl-mtil, zscl-mtil-few-shot, condu-mtil-lora (finetune), mergetune-coop (continue). "
         "`cftool recipes` lists them with their sources.",
-        is_eager=True,
         callback=load_recipe_option,
     ),
 ]
