@@ -225,7 +225,10 @@ def test_config_file_gives_defaults_and_flags_win(cli, tmp_path):
     assert result.code == 0, result.stderr
     [task] = json.loads(result.stdout)["models"][0]["results"]
     assert task["task"] == "mnist" and task["num_classes"] == 10 and 0 <= task["accuracy"] <= 100
-    assert "unknown key" in one_line_error(cli("eval", "--config", _write(tmp_path / "bad.yaml", "bogus: 1\n")))
+    unknown = one_line_error(cli("eval", "--config", _write(tmp_path / "bad.yaml", "bogus: 1\n")))
+    valid = unknown.partition("valid keys: ")[2].partition(" (see")[0].split(", ")
+    assert "unknown key(s) bogus" in unknown and {"batch-size", "format", "json", "checkpoints"} <= set(valid)
+    assert not {"json-output", "output-format"} & set(valid)  # parameter names, not what --help shows
     assert "not valid YAML" in one_line_error(cli("eval", "--config", _write(tmp_path / "broken.yaml", "a: [\n")))
     latin1 = tmp_path / "latin1.yaml"
     latin1.write_bytes("zs: tiny  # café\n".encode("latin-1"))

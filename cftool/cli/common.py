@@ -95,17 +95,20 @@ _RECIPE = "cftool.recipe"
 def _set_defaults(ctx: typer.Context, source: str, data: dict, keep: set[str]) -> set[str]:
     """Make ``data``'s keys the command's defaults, except the parameters in ``keep``; returns the parameters set.
     A key is an option's long flag without dashes (`batch-size`, `json`) or its parameter name (`batch_size`)."""
-    param_of_key = {}
+    param_of_key, listed = {}, set()
     for param in ctx.command.params:
         if param.name in ("config", "recipe"):
             continue
+        # What --help shows: the long flags of options, the names of arguments (their parameter names also work).
+        shown = [flag for flag in param.opts if flag.startswith("--")] if param.param_type_name == "option" else []
+        listed.update(flag.lstrip("-") for flag in shown or [param.name.replace("_", "-")])
         for flag in [*param.opts, param.name]:
             if not flag.startswith("-") or flag.startswith("--"):
                 param_of_key[flag.lstrip("-").replace("-", "_")] = param.name
     config = {str(key).replace("-", "_"): item for key, item in data.items()}
     unknown = sorted(set(config) - set(param_of_key))
     if unknown:
-        valid = ", ".join(sorted({k.replace("_", "-") for k in param_of_key}))
+        valid = ", ".join(sorted(listed))
         raise typer.BadParameter(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {valid}")
     defaults = {param_of_key[key]: item for key, item in config.items() if param_of_key[key] not in keep}
     ctx.default_map = {**(ctx.default_map or {}), **defaults}
