@@ -188,22 +188,32 @@ def test_latex_escapes_what_it_reads_as_commands():
     assert latex_escape("a_b 50% R&D #1") == r"a\_b 50\% R\&D \#1"
 
 
+PATH = {
+    "path": {"a": "zs", "b": "coop", "kind": "prompt", "files": {"a": None, "b": "runs/coop.st"}},
+    "alphas": [0.0, 0.5, 1.0],
+    "curves": [
+        {
+            "task": "food",
+            "classes": "all",
+            "loss": [1.0, 2.0, 0.5],
+            "accuracy": [50.0, 40.0, 70.0],
+            "max_loss": 2.0,
+            "barrier": 1.25,
+            "barrier_alpha": 0.5,
+        }
+    ],
+}
+
+
 def test_a_paths_columns_are_grouped_under_their_task():
-    payload = {
-        "path": {"a": "zs", "b": "coop.st", "kind": "prompt"},
-        "alphas": [0.0, 1.0],
-        "curves": [
-            {
-                "task": "food",
-                "classes": "all",
-                "loss": [1.0, 0.5],
-                "accuracy": [50.0, 70.0],
-                "max_loss": 1.0,
-                "barrier": 0.0,
-            }
-        ],
-    }
-    table = path_table("toy:food", payload)
+    table = path_table("toy:food", PATH)
     text = latex(table)
     assert " & \\multicolumn{2}{c}{food} \\\\\n\\cmidrule(lr){2-3}\n$\\alpha$ & loss & top-1 \\\\" in text
     assert markdown(table).splitlines()[2] == "| α | food loss | food top-1 |"
+
+
+def test_a_paths_table_ends_with_each_curves_barrier_and_its_alpha_under_the_ends_labels():
+    table = path_table("toy:food", PATH)
+    assert table.title == "loss and top-1 % along zs → coop (prompt) on toy:food"
+    assert table.sections[-1] == [["max loss", "2.000", ""], ["barrier", "1.250", ""], ["barrier at α", "0.50", ""]]
+    assert list(csv.reader(io.StringIO(render_text([table], "csv"))))[-1] == ["barrier at α", "0.50", ""]

@@ -70,7 +70,8 @@ def eval_command(
         tuple[str, str] | None,
         typer.Option(
             "--path",
-            help="Evaluate the linear path A→B between two checkpoints of one kind (or zs and a checkpoint).",
+            help="Evaluate the linear path A→B between two checkpoints of one kind (or zs and a checkpoint); "
+            "LABEL=FILE names an end in the table and --plot.",
             metavar="A B",
         ),
     ] = None,
@@ -432,8 +433,17 @@ def _short_labels(labels: list[str]) -> list[str]:
     return short if len(set(short)) == len(short) else labels
 
 
+# The rows under a path's table: each curve's value in its loss column (name, report key, number format).
+PATH_SUMMARY = (
+    ("max loss", "max_loss", ".3f"),
+    ("barrier", "barrier", ".3f"),
+    ("barrier at α", "barrier_alpha", ".2f"),
+)
+
+
 def path_table(title: str, payload: dict) -> ResultTable:
-    """Loss and top-1 % at each α: a pair of columns per task under the task's name; then max loss and barrier."""
+    """Loss and top-1 % at each α: a pair of columns per task under the task's name; then max loss, the loss barrier
+    (the most the loss rises above the straight line between the ends) and the α where it is."""
     path = payload["path"]
     table = ResultTable(f"loss and top-1 % along {path['a']} → {path['b']} ({path['kind']}) on {title}", [Column("α")])
     for curve in payload["curves"]:
@@ -454,8 +464,8 @@ def path_table(title: str, payload: dict) -> ResultTable:
     )
     table.sections.append(
         [
-            [name, *[cell for curve in payload["curves"] for cell in (f"{curve[key]:.3f}", "")]]
-            for name, key in (("max loss", "max_loss"), ("barrier", "barrier"))
+            [name, *[cell for curve in payload["curves"] for cell in (format(curve[key], spec), "")]]
+            for name, key, spec in PATH_SUMMARY
         ]
     )
     return table
