@@ -77,7 +77,12 @@ def eval_command(
     ] = None,
     steps: Annotated[int, typer.Option("--steps", help="--path: points from A (α = 0) to B (α = 1).")] = 11,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="--path: also draw loss and accuracy against α into this PNG.")
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="--path: also draw loss (with each curve's barrier) and accuracy against α into this file, in the "
+            "format its suffix names: .pdf or .svg (vector), .png, …",
+        ),
     ] = None,
     sessions: Annotated[
         list[str] | None,
@@ -115,7 +120,12 @@ def eval_command(
         ),
     ] = None,
     heatmap: Annotated[
-        Path | None, typer.Option("--heatmap", help="--sessions: also draw each method's matrix into this PNG.")
+        Path | None,
+        typer.Option(
+            "--heatmap",
+            help="--sessions: also draw each method's matrix into this file, in the format its suffix names: .pdf or "
+            ".svg (vector), .png, …",
+        ),
     ] = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate on.")] = "test",
     log_every: LogEveryOption = DEFAULT_LOG_EVERY,
@@ -159,6 +169,7 @@ def eval_command(
     fmt = results_format(output_format, json_output)
     session_only = (task_agnostic, prototypes, top_k != DEFAULT_TOP_K, heatmap, label_space != "own")
     _check_combination(checkpoints, data, benchmark, classes, path, plot, sessions, session_only)
+    _check_figures({"--plot": plot, "--heatmap": heatmap})
     mtil_options = MtilOptions(
         task_agnostic, RouteOptions(top_k, batch_size=batch_size, workers=workers), tuple(prototypes or []), label_space
     )
@@ -170,8 +181,6 @@ def eval_command(
     cells_folder = cache_dir or (default_cache_dir() if sessions else None)
     if cells_folder is not None:  # filled as cells are measured: the first stored one comes after work
         check_writable_folder(cells_folder, "--cache-dir" if cache_dir else "--cache-dir (the default)")
-    if plot is not None or heatmap is not None:
-        _require_matplotlib("--plot" if plot is not None else "--heatmap")
     seed_everything(seed)
     tasks, base2new, title, default_model = _tasks(benchmark, data, classes, data_root, bool(sessions))
     names = [task.name for task in tasks]
@@ -471,14 +480,13 @@ def path_table(title: str, payload: dict) -> ResultTable:
     return table
 
 
-def _require_matplotlib(flag: str) -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise CftoolError(
-            f"{flag} needs matplotlib: pip install 'cftool-clip[plot]' (from a checkout: pip install '.[plot]'; or "
-            "pip install matplotlib)"
-        ) from None
+def _check_figures(figures: dict[str, Path | None]) -> None:
+    """Before any work (and before any output folder is made): matplotlib, and a format each figure's suffix names."""
+    from cftool.eval.plots import figure_format
+
+    for flag, output in figures.items():
+        if output is not None:
+            figure_format(flag, output)
 
 
 def _plot_path(payload: dict, output: Path, overwrite: bool) -> None:
