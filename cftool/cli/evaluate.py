@@ -41,8 +41,9 @@ def eval_command(
     checkpoints: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Models to compare, one column each: `zs` (the zero-shot model), a checkpoint file, a pattern with "
-            "{task} (and {seed}, averaged), or a folder with one checkpoint per task. None: the --zs model."
+            help="Models to compare, one row each: `zs` (the zero-shot model), a checkpoint file, a pattern with "
+            "{task} (and {seed}, averaged), or a folder with one checkpoint per task; LABEL=SPEC names a row. None: "
+            "the --zs model."
         ),
     ] = None,
     zs: Annotated[
@@ -381,53 +382,42 @@ def _format(cell_mean: float, std: float | None) -> str:
     return f"{cell_mean:.1f}" if std is None else f"{cell_mean:.1f}±{std:.1f}"
 
 
+# Each reported metric's column header.
+METRIC_HEADERS = {"accuracy": "top-1", "base": "Base", "novel": "Novel", "hm": "HM"}
+
+
 def accuracy_table(title: str, payload: dict, base2new: bool) -> ResultTable:
-    """Top-1 % per task. Base-to-novel in CoCoOp's layout, which fits a terminal with any number of models: a block
-    per task, a row per model, columns Base, Novel and HM. Otherwise a row per task and a column per model."""
+    """Top-1 % per task in CoCoOp's layout, which fits a terminal with any number of models: a block per task (then
+    the mean), a row per model; columns Base, Novel and HM for base-to-novel, top-1 otherwise."""
     models = payload["models"]
     averaged = any(len(m["seeds"]) > 1 for m in models)
     labels = _short_labels([model["model"] for model in models])
-    table = ResultTable(f"top-1 % on {title}" + (" (mean±std over seeds)" if averaged else ""), [])
-    if base2new:
-        table.columns = [
+    metrics = ("base", "novel", "hm") if base2new else ("accuracy",)
+    table = ResultTable(
+        f"top-1 % on {title}" + (" (mean±std over seeds)" if averaged else ""),
+        [
             Column("task", numeric=False),
             Column("classes"),
             Column("model", numeric=False),
-            Column("Base"),
-            Column("Novel"),
-            Column("HM"),
-        ]
-        blocks = [
-            (
-                first["task"],
-                f"{first['num_base_classes']}+{first['num_novel_classes']}",
-                [model["results"][index] for model in models],
-            )
-            for index, first in enumerate(models[0]["results"])
-        ]
-        blocks.append(("mean", "", [model["mean"] for model in models]))
-        for task, n_classes, rows in blocks:
-            table.sections.append(
-                [
-                    [task, n_classes, label, *_cells(row, ("base", "novel", "hm"))]
-                    if index == 0
-                    else ["", "", label, *_cells(row, ("base", "novel", "hm"))]
-                    for index, (label, row) in enumerate(zip(labels, rows, strict=True))
-                ]
-            )
-        return table
-    table.columns = [Column("task", numeric=False), Column("classes"), *[Column(label) for label in labels]]
-    table.sections.append(
-        [
-            [
-                first["task"],
-                str(first["num_classes"]),
-                *[_cells(model["results"][index], ("accuracy",))[0] for model in models],
-            ]
-            for index, first in enumerate(models[0]["results"])
-        ]
+            *[Column(METRIC_HEADERS[metric]) for metric in metrics],
+        ],
     )
-    table.sections.append([["mean", "", *[_cells(model["mean"], ("accuracy",))[0] for model in models]]])
+    blocks = [
+        (
+            first["task"],
+            f"{first['num_base_classes']}+{first['num_novel_classes']}" if base2new else str(first["num_classes"]),
+            [model["results"][index] for model in models],
+        )
+        for index, first in enumerate(models[0]["results"])
+    ]
+    blocks.append(("mean", "", [model["mean"] for model in models]))
+    for task, n_classes, rows in blocks:
+        table.sections.append(
+            [
+                [task if index == 0 else "", n_classes if index == 0 else "", label, *_cells(row, metrics)]
+                for index, (label, row) in enumerate(zip(labels, rows, strict=True))
+            ]
+        )
     return table
 
 
