@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -15,6 +17,20 @@ def top1_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
 def harmonic_mean(base: float, novel: float) -> float:
     """Base-to-novel HM = 2BN/(B+N); 0 when both are 0."""
     return 2 * base * novel / (base + novel) if base + novel > 0 else 0.0
+
+
+def loss_barrier(alphas: list[float], losses: list[float]) -> tuple[float, float]:
+    """The loss barrier of a linear path and the α where it is: the most the loss rises above the straight line
+    between its ends, ``max_α loss(α) − ((1 − α)·loss(0) + α·loss(1))`` (0 at α = 0 when nothing rises above the
+    line, as on a convex path); NaN for both when a loss is (a class half with no images)."""
+    if any(math.isnan(loss) for loss in losses):
+        return math.nan, math.nan
+    first, last = losses[0], losses[-1]
+    rise, alpha = max(
+        ((loss - ((1 - alpha) * first + alpha * last), alpha) for alpha, loss in zip(alphas, losses, strict=True)),
+        key=lambda pair: pair[0],
+    )
+    return rise, alpha
 
 
 def mtil_metrics(matrix: list[list[float]]) -> dict[str, list[float | None] | float | None]:

@@ -16,8 +16,8 @@ export COLUMNS=${COLUMNS:-160}
 [ -f "$out/coop.mergetune.safetensors" ] || cftool continue "$out/coop.safetensors" --zs tiny --inherit-recipe  # CoOp's recipe, as in RESULTS.md
 
 mkdir -p "$pictures"
-coop="$out/coop.safetensors"
-continued="$out/coop.mergetune.safetensors"
+coop="CoOp=$out/coop.safetensors"  # LABEL=FILE: the pictures' axes and the tables say the label
+continued="CoOp+MergeTune=$out/coop.mergetune.safetensors"
 for pair in "zs $coop zs-coop" "zs $continued zs-mergetune" "$coop $continued coop-mergetune"; do
     set -- $pair
     cftool eval --path "$1" "$2" --data "toy:$task" --classes base,novel --plot "$pictures/path-$3.png" --force \

@@ -145,10 +145,9 @@ def test_missing_checkpoints_of_a_pattern_are_one_line(cli, runs):
 def test_the_path_from_zero_shot_to_a_prompt_starts_at_zero_shot_and_ends_at_the_prompt(cli, runs, tmp_path):
     prompt = runs / "seed0" / "mnist" / "coop.safetensors"
     plot = tmp_path / "path.png"
-    report = evaluate(
-        cli, "--path", "zs", prompt, "--data", "toy:mnist", "--classes", "base,novel", "--steps", "5", "--plot", plot
-    )
-    assert report["path"] == {"a": "zs", "b": str(prompt), "kind": "prompt"}
+    named = ["--path", "zs", f"coop={prompt}"]  # LABEL=FILE: the table, the report and the plot say coop
+    report = evaluate(cli, *named, "--data", "toy:mnist", "--classes", "base,novel", "--steps", "5", "--plot", plot)
+    assert report["path"] == {"a": "zs", "b": "coop", "kind": "prompt", "files": {"a": None, "b": str(prompt)}}
     assert report["alphas"] == [0.0, 0.25, 0.5, 0.75, 1.0]
     base, novel = report["curves"]
     assert (base["classes"], novel["classes"]) == ("base", "novel")
@@ -156,7 +155,7 @@ def test_the_path_from_zero_shot_to_a_prompt_starts_at_zero_shot_and_ends_at_the
     assert base["accuracy"][0] == pytest.approx(zero_shot["accuracy"])
     assert base["accuracy"][-1] == pytest.approx(accuracy(cli, prompt, "mnist"))
     assert novel["accuracy"][-1] == pytest.approx(accuracy(cli, prompt, "mnist", "novel"))
-    assert base["max_loss"] == max(base["loss"]) and base["barrier"] >= 0
+    assert base["max_loss"] == max(base["loss"]) and base["barrier"] >= 0 and base["barrier_alpha"] in report["alphas"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -165,7 +164,7 @@ def test_a_weight_path_re_encodes_the_images_at_every_point(cli, runs):
         cli, "--path", "zs", runs / "full.safetensors", "--data", "toy:mnist", "--classes", "base", "--steps", "3"
     )
     [curve] = report["curves"]
-    assert report["path"]["kind"] == "model"
+    assert report["path"]["kind"] == "model" and report["path"]["b"] == str(runs / "full.safetensors")  # no label
     assert curve["accuracy"][-1] == pytest.approx(accuracy(cli, runs / "full.safetensors", "mnist"))
     zero_shot = evaluate(cli, "--zs", "tiny", "--data", "toy:mnist", "--classes", "base")["models"][0]["results"][0]
     assert curve["accuracy"][0] == pytest.approx(zero_shot["accuracy"])

@@ -148,7 +148,7 @@ def test_ctrl_c_while_the_cli_is_still_loading_is_one_line_too(monkeypatch, caps
         ["-o", "{blocked}/r.json"],
         ["--path", "zs", "zs", "--plot", "{blocked}/p.png"],
         ["--sessions", "zs", "--heatmap", "{blocked}/h.png"],
-        ["--path", "zs", "zs", "--plot", "{free}/same", "-o", "{free}/same"],
+        ["--path", "zs", "zs", "--plot", "{free}/same.pdf", "-o", "{free}/same.pdf"],
     ],
     ids=["json", "plot", "heatmap", "plot-is-json"],
 )

@@ -188,22 +188,89 @@ def test_latex_escapes_what_it_reads_as_commands():
     assert latex_escape("a_b 50% R&D #1") == r"a\_b 50\% R\&D \#1"
 
 
+PATH = {
+    "path": {"a": "zs", "b": "coop", "kind": "prompt", "files": {"a": None, "b": "runs/coop.st"}},
+    "alphas": [0.0, 0.5, 1.0],
+    "curves": [
+        {
+            "task": "food",
+            "classes": "all",
+            "loss": [1.0, 2.0, 0.5],
+            "accuracy": [50.0, 40.0, 70.0],
+            "max_loss": 2.0,
+            "barrier": 1.25,
+            "barrier_alpha": 0.5,
+        }
+    ],
+}
+
+
 def test_a_paths_columns_are_grouped_under_their_task():
-    payload = {
-        "path": {"a": "zs", "b": "coop.st", "kind": "prompt"},
-        "alphas": [0.0, 1.0],
-        "curves": [
-            {
-                "task": "food",
-                "classes": "all",
-                "loss": [1.0, 0.5],
-                "accuracy": [50.0, 70.0],
-                "max_loss": 1.0,
-                "barrier": 0.0,
-            }
-        ],
-    }
-    table = path_table("toy:food", payload)
+    table = path_table("toy:food", PATH)
     text = latex(table)
     assert " & \\multicolumn{2}{c}{food} \\\\\n\\cmidrule(lr){2-3}\n$\\alpha$ & loss & top-1 \\\\" in text
     assert markdown(table).splitlines()[2] == "| α | food loss | food top-1 |"
+
+
+def test_a_paths_table_ends_with_each_curves_barrier_and_its_alpha_under_the_ends_labels():
+    table = path_table("toy:food", PATH)
+    assert table.title == "loss and top-1 % along zs → coop (prompt) on toy:food"
+    assert table.sections[-1] == [["max loss", "2.000", ""], ["barrier", "1.250", ""], ["barrier at α", "0.50", ""]]
+    assert list(csv.reader(io.StringIO(render_text([table], "csv"))))[-1] == ["barrier at α", "0.50", ""]
+
+
+def _plain(task: str, classes: int, accuracy: float) -> dict:
+    return {"task": task, "num_classes": classes, "accuracy": accuracy}
+
+
+# Checkpoint names longer than a terminal's share of a column each: the table gives each model a row.
+PLAIN = {
+    "models": [
+        {
+            "model": "zero-shot",
+            "seeds": [],
+            "results": [_plain("aircraft", 4, 28.6), _plain("food", 6, 61.7)],
+            "mean": {"accuracy": 45.2},
+        },
+        {
+            "model": "runs/coop.mergetune.lambda10.safetensors",
+            "seeds": [],
+            "results": [_plain("aircraft", 4, 40.1), _plain("food", 6, 80.0)],
+            "mean": {"accuracy": 60.1},
+        },
+    ]
+}
+
+PLAIN_MARKDOWN = """\
+**top-1 % on toy:aircraft, toy:food**
+
+| task | classes | model | top-1 |
+| --- | ---: | --- | ---: |
+| aircraft | 4 | zero-shot | 28.6 |
+|  |  | coop.mergetune.lambda10 | 40.1 |
+| food | 6 | zero-shot | 61.7 |
+|  |  | coop.mergetune.lambda10 | 80.0 |
+| mean |  | zero-shot | 45.2 |
+|  |  | coop.mergetune.lambda10 | 60.1 |
+"""
+
+
+def test_a_plain_accuracy_table_gives_each_model_a_row_in_every_format():
+    table = accuracy_table("toy:aircraft, toy:food", PLAIN, base2new=False)
+    assert markdown(table) == PLAIN_MARKDOWN
+    text = latex(table)
+    assert "\\begin{tabular}{lrlr}" in text and "task & classes & model & top-1 \\\\" in text
+    assert " &  & coop.mergetune.lambda10 & 40.1 \\\\\n\\midrule\nfood & 6 & zero-shot & 61.7" in text
+    rows = list(csv.reader(io.StringIO(render_text([table], "csv"))))
+    assert rows[0] == ["task", "classes", "model", "top-1"] and len(rows) == 7
+    assert rows[-1] == ["", "", "coop.mergetune.lambda10", "60.1"]
+
+
+def test_a_terminal_of_100_columns_shows_each_models_whole_name():
+    from rich.console import Console
+
+    from cftool.cli.render import rich_table
+
+    console = Console(width=100, record=True, file=io.StringIO())
+    console.print(rich_table(accuracy_table("toy:aircraft, toy:food", PLAIN, base2new=False)))
+    assert console.export_text().count("coop.mergetune.lambda10 ") == 3

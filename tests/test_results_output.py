@@ -52,8 +52,9 @@ def test_csv_parses_with_one_header_row(cli):
     result = cli(*EVAL, "--format", "csv")
     assert result.code == 0, result.stderr
     header, *rows = list(csv.reader(io.StringIO(result.stdout)))
-    assert header == ["task", "classes", "zero-shot"]
-    assert rows[0][0] == "food" and rows[-1][0] == "mean" and float(rows[-1][2]) > 0
+    assert header == ["task", "classes", "model", "top-1"]
+    assert (rows[0][0], rows[0][2]) == ("food", "zero-shot") and rows[-1][:3] == ["mean", "", "zero-shot"]
+    assert float(rows[-1][3]) > 0
 
 
 @pytest.mark.parametrize("flag", [("--format", "json"), ("--json",)])
@@ -65,7 +66,7 @@ def test_json_is_all_stdout_holds(cli, flag):
 
 def test_markdown_and_latex_go_to_stdout(cli):
     markdown = cli(*EVAL, "--format", "markdown")
-    assert markdown.code == 0 and "| task | classes | zero-shot |" in markdown.stdout and markdown.stderr == ""
+    assert markdown.code == 0 and "| task | classes | model | top-1 |" in markdown.stdout and markdown.stderr == ""
     latex = cli(*EVAL, "--format", "latex")
     assert latex.code == 0 and "\\toprule" in latex.stdout and "\\bottomrule" in latex.stdout
 

@@ -41,8 +41,9 @@ def eval_command(
     checkpoints: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Models to compare, one column each: `zs` (the zero-shot model), a checkpoint file, a pattern with "
-            "{task} (and {seed}, averaged), or a folder with one checkpoint per task. None: the --zs model."
+            help="Models to compare, one row each: `zs` (the zero-shot model), a checkpoint file, a pattern with "
+            "{task} (and {seed}, averaged), or a folder with one checkpoint per task; LABEL=SPEC names a row. None: "
+            "the --zs model."
         ),
     ] = None,
     zs: Annotated[
@@ -70,13 +71,19 @@ def eval_command(
         tuple[str, str] | None,
         typer.Option(
             "--path",
-            help="Evaluate the linear path A→B between two checkpoints of one kind (or zs and a checkpoint).",
+            help="Evaluate the linear path A→B between two checkpoints of one kind (or zs and a checkpoint); "
+            "LABEL=FILE names an end in the table and --plot.",
             metavar="A B",
         ),
     ] = None,
     steps: Annotated[int, typer.Option("--steps", help="--path: points from A (α = 0) to B (α = 1).")] = 11,
     plot: Annotated[
-        Path | None, typer.Option("--plot", help="--path: also draw loss and accuracy against α into this PNG.")
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="--path: also draw loss (with each curve's barrier) and accuracy against α into this file, in the "
+            "format its suffix names: .pdf or .svg (vector), .png, …",
+        ),
     ] = None,
     sessions: Annotated[
         list[str] | None,
@@ -114,7 +121,12 @@ def eval_command(
         ),
     ] = None,
     heatmap: Annotated[
-        Path | None, typer.Option("--heatmap", help="--sessions: also draw each method's matrix into this PNG.")
+        Path | None,
+        typer.Option(
+            "--heatmap",
+            help="--sessions: also draw each method's matrix into this file, in the format its suffix names: .pdf or "
+            ".svg (vector), .png, …",
+        ),
     ] = None,
     split: Annotated[str, typer.Option("--split", help="Split to evaluate on.")] = "test",
     log_every: LogEveryOption = DEFAULT_LOG_EVERY,
@@ -158,6 +170,7 @@ def eval_command(
     fmt = results_format(output_format, json_output)
     session_only = (task_agnostic, prototypes, top_k != DEFAULT_TOP_K, heatmap, label_space != "own")
     _check_combination(checkpoints, data, benchmark, classes, path, plot, sessions, session_only)
+    _check_figures({"--plot": plot, "--heatmap": heatmap})
     mtil_options = MtilOptions(
         task_agnostic, RouteOptions(top_k, batch_size=batch_size, workers=workers), tuple(prototypes or []), label_space
     )
@@ -169,8 +182,6 @@ def eval_command(
     cells_folder = cache_dir or (default_cache_dir() if sessions else None)
     if cells_folder is not None:  # filled as cells are measured: the first stored one comes after work
         check_writable_folder(cells_folder, "--cache-dir" if cache_dir else "--cache-dir (the default)")
-    if plot is not None or heatmap is not None:
-        _require_matplotlib("--plot" if plot is not None else "--heatmap")
     seed_everything(seed)
     tasks, base2new, title, default_model = _tasks(benchmark, data, classes, data_root, bool(sessions))
     names = [task.name for task in tasks]
@@ -371,53 +382,42 @@ def _format(cell_mean: float, std: float | None) -> str:
     return f"{cell_mean:.1f}" if std is None else f"{cell_mean:.1f}±{std:.1f}"
 
 
+# Each reported metric's column header.
+METRIC_HEADERS = {"accuracy": "top-1", "base": "Base", "novel": "Novel", "hm": "HM"}
+
+
 def accuracy_table(title: str, payload: dict, base2new: bool) -> ResultTable:
-    """Top-1 % per task. Base-to-novel in CoCoOp's layout, which fits a terminal with any number of models: a block
-    per task, a row per model, columns Base, Novel and HM. Otherwise a row per task and a column per model."""
+    """Top-1 % per task in CoCoOp's layout, which fits a terminal with any number of models: a block per task (then
+    the mean), a row per model; columns Base, Novel and HM for base-to-novel, top-1 otherwise."""
     models = payload["models"]
     averaged = any(len(m["seeds"]) > 1 for m in models)
     labels = _short_labels([model["model"] for model in models])
-    table = ResultTable(f"top-1 % on {title}" + (" (mean±std over seeds)" if averaged else ""), [])
-    if base2new:
-        table.columns = [
+    metrics = ("base", "novel", "hm") if base2new else ("accuracy",)
+    table = ResultTable(
+        f"top-1 % on {title}" + (" (mean±std over seeds)" if averaged else ""),
+        [
             Column("task", numeric=False),
             Column("classes"),
             Column("model", numeric=False),
-            Column("Base"),
-            Column("Novel"),
-            Column("HM"),
-        ]
-        blocks = [
-            (
-                first["task"],
-                f"{first['num_base_classes']}+{first['num_novel_classes']}",
-                [model["results"][index] for model in models],
-            )
-            for index, first in enumerate(models[0]["results"])
-        ]
-        blocks.append(("mean", "", [model["mean"] for model in models]))
-        for task, n_classes, rows in blocks:
-            table.sections.append(
-                [
-                    [task, n_classes, label, *_cells(row, ("base", "novel", "hm"))]
-                    if index == 0
-                    else ["", "", label, *_cells(row, ("base", "novel", "hm"))]
-                    for index, (label, row) in enumerate(zip(labels, rows, strict=True))
-                ]
-            )
-        return table
-    table.columns = [Column("task", numeric=False), Column("classes"), *[Column(label) for label in labels]]
-    table.sections.append(
-        [
-            [
-                first["task"],
-                str(first["num_classes"]),
-                *[_cells(model["results"][index], ("accuracy",))[0] for model in models],
-            ]
-            for index, first in enumerate(models[0]["results"])
-        ]
+            *[Column(METRIC_HEADERS[metric]) for metric in metrics],
+        ],
     )
-    table.sections.append([["mean", "", *[_cells(model["mean"], ("accuracy",))[0] for model in models]]])
+    blocks = [
+        (
+            first["task"],
+            f"{first['num_base_classes']}+{first['num_novel_classes']}" if base2new else str(first["num_classes"]),
+            [model["results"][index] for model in models],
+        )
+        for index, first in enumerate(models[0]["results"])
+    ]
+    blocks.append(("mean", "", [model["mean"] for model in models]))
+    for task, n_classes, rows in blocks:
+        table.sections.append(
+            [
+                [task if index == 0 else "", n_classes if index == 0 else "", label, *_cells(row, metrics)]
+                for index, (label, row) in enumerate(zip(labels, rows, strict=True))
+            ]
+        )
     return table
 
 
@@ -432,8 +432,17 @@ def _short_labels(labels: list[str]) -> list[str]:
     return short if len(set(short)) == len(short) else labels
 
 
+# The rows under a path's table: each curve's value in its loss column (name, report key, number format).
+PATH_SUMMARY = (
+    ("max loss", "max_loss", ".3f"),
+    ("barrier", "barrier", ".3f"),
+    ("barrier at α", "barrier_alpha", ".2f"),
+)
+
+
 def path_table(title: str, payload: dict) -> ResultTable:
-    """Loss and top-1 % at each α: a pair of columns per task under the task's name; then max loss and barrier."""
+    """Loss and top-1 % at each α: a pair of columns per task under the task's name; then max loss, the loss barrier
+    (the most the loss rises above the straight line between the ends) and the α where it is."""
     path = payload["path"]
     table = ResultTable(f"loss and top-1 % along {path['a']} → {path['b']} ({path['kind']}) on {title}", [Column("α")])
     for curve in payload["curves"]:
@@ -454,21 +463,20 @@ def path_table(title: str, payload: dict) -> ResultTable:
     )
     table.sections.append(
         [
-            [name, *[cell for curve in payload["curves"] for cell in (f"{curve[key]:.3f}", "")]]
-            for name, key in (("max loss", "max_loss"), ("barrier", "barrier"))
+            [name, *[cell for curve in payload["curves"] for cell in (format(curve[key], spec), "")]]
+            for name, key, spec in PATH_SUMMARY
         ]
     )
     return table
 
 
-def _require_matplotlib(flag: str) -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise CftoolError(
-            f"{flag} needs matplotlib: pip install 'cftool-clip[plot]' (from a checkout: pip install '.[plot]'; or "
-            "pip install matplotlib)"
-        ) from None
+def _check_figures(figures: dict[str, Path | None]) -> None:
+    """Before any work (and before any output folder is made): matplotlib, and a format each figure's suffix names."""
+    from cftool.eval.plots import figure_format
+
+    for flag, output in figures.items():
+        if output is not None:
+            figure_format(flag, output)
 
 
 def _plot_path(payload: dict, output: Path, overwrite: bool) -> None:

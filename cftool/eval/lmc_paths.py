@@ -29,12 +29,13 @@ import torch.nn.functional as F
 from cftool.data import TaskData
 from cftool.encode.zero_shot import zero_shot_head
 from cftool.errors import CftoolError
-from cftool.eval.compare import ZERO_SHOT, FeatureCache, halves_of
+from cftool.eval.compare import ZERO_SHOT, FeatureCache, halves_of, split_label
 from cftool.io.checkpoint import CheckpointReader, Header, open_checkpoint, save_checkpoint
 from cftool.kinds.apply import TRAINED_KINDS
 from cftool.kinds.method import TowerMethod, interpolate_weights
 from cftool.merge.precision import refuse_scale_overflow
 from cftool.merge.stream import refuse_overflow
+from cftool.metrics import loss_barrier
 from cftool.zoo import ZooModel
 
 # The kinds fine-tuning writes, each with a path space; a delta or an expert is a `model` once applied (`delta apply`,
@@ -56,8 +57,12 @@ class Endpoint:
     kind: str | None
 
     @property
+    def file(self) -> str | None:
+        return None if self.path is None else str(self.path)
+
+    @property
     def label(self) -> str:
-        return ZERO_SHOT if self.path is None else str(self.path)
+        return self.file or ZERO_SHOT
 
 
 def endpoints(a: str, b: str, base_sha256: str, base_arch: dict | None) -> tuple[Endpoint, Endpoint, str]:
@@ -88,15 +93,18 @@ class Curve:
     loss: list[float]
     accuracy: list[float]
 
-    @property
-    def max_loss(self) -> float:
-        return max(self.loss)
-
-    @property
-    def barrier(self) -> float:
-        """Highest loss above the straight line between the ends' losses (0 when the path is convex)."""
-        first, last = self.loss[0], self.loss[-1]
-        return max(loss - ((1 - a) * first + a * last) for a, loss in zip(self.alphas, self.loss, strict=True))
+    def report(self) -> dict:
+        """The curve in `eval --path`'s report, with its maximum loss and its loss barrier (see ``loss_barrier``)."""
+        barrier, barrier_alpha = loss_barrier(self.alphas, self.loss)
+        return {
+            "task": self.task,
+            "classes": self.classes,
+            "loss": self.loss,
+            "accuracy": self.accuracy,
+            "max_loss": max(self.loss),
+            "barrier": barrier,
+            "barrier_alpha": barrier_alpha,
+        }
 
 
 @torch.no_grad()
@@ -138,25 +146,21 @@ def path_report(
     cache: FeatureCache,
     base_sha256: str,
 ) -> dict:
-    """`eval --path`'s report: the ends, the α grid and each task's (or class half's) curves with their maximum
-    loss and loss barrier."""
+    """`eval --path`'s report: the ends (``LABEL=FILE`` names one by LABEL, as a column of a table), their files
+    (None for zs), the α grid and each task's (or class half's) curves with their maximum loss and loss barrier."""
+    (label_a, a), (label_b, b) = split_label(a), split_label(b)
     start, end, kind = endpoints(a, b, base_sha256, zoo.architecture)
     parts = [half for task in tasks for half in halves_of(task)] if base2new else tasks
     curves = evaluate_path(zoo, start, end, kind, parts, path_alphas(steps), split, cache)
     return {
-        "path": {"a": start.label, "b": end.label, "kind": kind},
+        "path": {
+            "a": label_a or start.label,
+            "b": label_b or end.label,
+            "kind": kind,
+            "files": {"a": start.file, "b": end.file},
+        },
         "alphas": curves[0].alphas,
-        "curves": [
-            {
-                "task": c.task,
-                "classes": c.classes,
-                "loss": c.loss,
-                "accuracy": c.accuracy,
-                "max_loss": c.max_loss,
-                "barrier": c.barrier,
-            }
-            for c in curves
-        ],
+        "curves": [curve.report() for curve in curves],
     }
 
 
