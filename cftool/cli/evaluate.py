@@ -388,7 +388,7 @@ METRIC_HEADERS = {"accuracy": "top-1", "base": "Base", "novel": "Novel", "hm": "
 
 def accuracy_table(title: str, payload: dict, base2new: bool) -> ResultTable:
     """Top-1 % per task in CoCoOp's layout, which fits a terminal with any number of models: a block per task (then
-    the mean), a row per model; columns Base, Novel and HM for base-to-novel, top-1 otherwise."""
+    the mean of several), a row per model; columns Base, Novel and HM for base-to-novel, top-1 otherwise."""
     models = payload["models"]
     averaged = any(len(m["seeds"]) > 1 for m in models)
     labels = _short_labels([model["model"] for model in models])
@@ -410,7 +410,8 @@ def accuracy_table(title: str, payload: dict, base2new: bool) -> ResultTable:
         )
         for index, first in enumerate(models[0]["results"])
     ]
-    blocks.append(("mean", "", [model["mean"] for model in models]))
+    if len(blocks) > 1:  # one task's mean would repeat its block
+        blocks.append(("mean", "", [model["mean"] for model in models]))
     for task, n_classes, rows in blocks:
         table.sections.append(
             [
