@@ -137,6 +137,8 @@ def unify_command(
     replace: Annotated[
         bool, typer.Option("--replace", help="--into: a delta of a task the set holds replaces its expert.")
     ] = False,
+    # The merge methods' options (MERGE_OPTIONS): flags, help and defaults come from there, but each is declared here
+    # by hand, since Typer reads a command's options from its signature.
     keep: Annotated[
         float, typer.Option(MERGE_OPTION_FLAGS["keep"], help=_merge_option("keep", "the fraction of entries kept."))
     ] = MERGE_OPTIONS["ties"]["keep"],
