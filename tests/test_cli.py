@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import typer
 from conftest import one_line_error
 from safetensors.torch import load_file
 
@@ -29,29 +30,111 @@ def test_no_arguments_print_the_help_and_no_empty_error(cli):
     assert result.stderr == ""
 
 
-@pytest.mark.parametrize("command", ["eval", "route", "inspect", "import", "export"])
-def test_every_available_command_has_help_with_an_example(cli, command):
-    result = cli(command, "--help")
-    assert result.code == 0
-    assert "Example: cftool" in result.stdout
+def test_every_command_has_help_with_an_example(cli):
+    for words in _commands():
+        result = cli(*words, "--help")
+        assert result.code == 0
+        assert f"Example: cftool {' '.join(words)}" in result.stdout, words
 
 
-def test_help_imports_neither_torch_nor_open_clip():
-    """Commands import the library when they run, so `--help` and shell completion stay fast."""
+def _commands() -> dict[tuple[str, ...], typer.core.TyperCommand]:
+    """Every command by the words that name it: the one-word commands and the two-word ones (`delta apply`)."""
+    from cftool.cli import Group, app
+
+    group = typer.main.get_command(app)
+    ctx = typer.Context(group, info_name="cftool")
+    return {**{(name,): group.get_command(ctx, name) for name in group.list_commands(ctx)}, **Group.subcommands}
+
+
+def test_the_command_line_modules_and_every_help_import_neither_torch_nor_open_clip():
+    """Commands import the library when they run, so `--help` and shell completion stay fast: the CLI's modules, and
+    the names and defaults they show (cftool.options), import no torch."""
+    helps = "; ".join(f"main({[*words, '--help']!r})" for words in _commands())
     code = (
-        "import sys; from cftool.cli import main; main(['--help']); main(['finetune', '--help']); "
-        "main(['route', '--help']); "
+        "import pkgutil, sys, importlib, cftool.cli; "
+        "[importlib.import_module(m.name) for m in pkgutil.iter_modules(cftool.cli.__path__, 'cftool.cli.')]; "
+        f"import cftool.options; from cftool.cli import main; main(['--help']); {helps}; "
         "print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
-def test_the_method_names_in_help_are_the_methods():
-    from cftool.cli.finetune import METHOD_NAMES
-    from cftool.kinds.apply import METHODS
+def test_no_help_shows_a_type_beside_a_flag(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
+    for words in [(), *_commands()]:
+        result = cli(*words, "--help")
+        assert result.code == 0 and "Usage: cftool" in result.stdout
+        assert "<bool>" not in result.stdout, words
 
-    assert METHOD_NAMES == tuple(METHODS)
+
+# The options with fixed choices, every command's that has one of them (some take free text beside them: --device
+# cuda:N, --towers in any order; their help names the choices).
+FIXED_CHOICES = set(
+    "--method --classes --optimizer --schedule --select --val-images --precision --augment --lora-targets --lora-init "
+    "--train-templates --recipe --zs-reg --zs-loss --benchmark --label-space --split --format --dtype --trim "
+    "--as".split()
+)
+
+
+def test_every_option_with_fixed_choices_lists_them_in_help(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "500")  # the type column, a|b|c, on one line
+    listed = set()
+    for words, command in _commands().items():
+        help_text = cli(*words, "--help").stdout
+        for param in command.params:
+            choices = param.type_descriptor.choices
+            if choices:
+                assert f"<{'|'.join(choices)}>" in help_text, (words, param.opts)
+                listed.update(param.opts)
+    assert FIXED_CHOICES <= listed
+    assert "'bash', 'zsh', 'fish'" not in cli("completion", "--help").stdout  # an argument's choices, as its type
+    assert "<bash|zsh|fish>" in cli("completion", "--help").stdout
+
+
+def test_a_value_outside_an_options_choices_is_a_usage_error_of_one_line(cli):
+    for words, command in _commands().items():
+        for param in command.params:
+            if param.type_descriptor.choices and isinstance(param, typer.core.TyperOption):
+                result = cli(*words, param.opts[-1], "bogus")
+                line = one_line_error(result)
+                assert result.code == 2, (words, param.opts)
+                assert f"'{param.opts[-1]}': 'bogus' is not one of '{param.type_descriptor.choices[0]}'" in line
+
+
+def test_help_defaults_are_written_one_way(cli, monkeypatch):
+    """Typer's `[default: …]`, also where the default depends on something else (`--lr`: the method's)."""
+    monkeypatch.setenv("COLUMNS", "500")
+    from cftool.options import FINETUNE_METHODS
+
+    finetune = cli("finetune", "--help").stdout
+    assert "[default: (" + ", ".join(f"{name} {d.lr:g}" for name, d in FINETUNE_METHODS.items()) + ")]" in finetune
+    for words in _commands():
+        help_text = cli(*words, "--help").stdout
+        assert "(default" not in help_text.lower() and "default:" not in help_text.replace("[default:", ""), words
+
+
+def test_help_cites_no_design_section_and_no_symbol_it_does_not_define(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "300")
+    for words in [(), *_commands()]:
+        help_text = cli(*words, "--help").stdout
+        for unexplained in ("§", "ŵ", "δ", "⊙", "θ", "Δ", "λ", "‖"):
+            assert unexplained not in help_text, (words, unexplained)
+
+
+def test_workers_and_device_default_the_same_in_every_command():
+    from cftool.options import DEVICE, WORKERS
+
+    defaults = {
+        (words, param.name): param.default
+        for words, command in _commands().items()
+        for param in command.params
+        if param.name in ("workers", "device")
+    }
+    assert {name for _, name in defaults} == {"workers", "device"}
+    assert {default for (_, name), default in defaults.items() if name == "workers"} == {WORKERS}
+    assert {default for (_, name), default in defaults.items() if name == "device"} == {DEVICE}
+    assert (("interpolate",), "device") in defaults and (("import",), "device") in defaults
 
 
 def test_usage_errors_are_one_line(cli):
@@ -133,6 +216,22 @@ def test_existing_output_is_never_overwritten_without_force(cli, base_file, tmp_
     assert target.read_bytes() == b"precious"
     assert cli("export", "--zs", "tiny", "-o", target, "--force").code == 0
     assert open_checkpoint(target).header.kind == "model"
+
+
+def test_export_import_and_interpolate_print_their_files_as_json_on_stdout(cli, base_file, tmp_path):
+    zoo = tmp_path / "zoo.safetensors"
+    exported = cli("export", "--zs", "tiny", "-o", zoo, "--json")
+    assert exported.code == 0 and json.loads(exported.stdout) == {"output": str(zoo), "kind": "model"}
+    assert f"wrote {zoo}" in exported.stderr
+    plain = tmp_path / "plain.pt"
+    assert json.loads(cli("export", base_file, "-o", plain, "--json").stdout) == {"output": str(plain), "kind": None}
+    back = tmp_path / "back.safetensors"
+    imported = json.loads(cli("import", plain, "--zs", "tiny", "-o", back, "--json").stdout)
+    assert imported == {"format": "open_clip", "output": str(back), "kind": "model", "prototypes": []}
+    mixed = tmp_path / "mixed.safetensors"
+    interpolated = json.loads(cli("interpolate", "zs", base_file, "--alpha", "0.5", "-o", mixed, "--json").stdout)
+    assert interpolated == {"output": str(mixed), "start": "zs", "end": str(base_file), "alpha": 0.5, "base": "tiny"}
+    assert open_checkpoint(mixed).header.kind == "model"
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])

@@ -221,19 +221,6 @@ def test_lmc_samples_accept_a_list_or_a_count():
             MergeTuneOptions(lmc_samples=parse_lmc_samples(bad))
 
 
-def test_the_cli_defaults_are_the_library_defaults():
-    from cftool.cli import continue_
-
-    defaults = MergeTuneOptions()
-    assert (
-        continue_.DEFAULT_LAMBDA_LMC,
-        continue_.DEFAULT_LAMBDA_ZS,
-        continue_.DEFAULT_ZS_REG,
-        continue_.DEFAULT_ZS_LOSS,
-    ) == (defaults.lambda_lmc, defaults.lambda_zs, defaults.zs_reg, defaults.zs_loss)
-    assert parse_lmc_samples(continue_.DEFAULT_LMC_SAMPLES) == defaults.lmc_samples
-
-
 def test_the_users_spelling_needs_no_data_flags_and_round_trips_through_eval(cli, fine_tuned):
     source = fine_tuned["coop"]
     result = cli("continue", source, "--zs", "tiny", *CONTINUE, "--eval", "--json")

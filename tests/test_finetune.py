@@ -287,7 +287,7 @@ def test_a_hand_edited_trainer_state_is_refused_in_one_line(cli, interrupted_run
 
 def test_bad_input_is_one_line_and_writes_nothing(cli, tmp_path):
     output = tmp_path / "out.safetensors"
-    assert "unknown --method 'adapter'" in one_line_error(
+    assert "'adapter' is not one of 'coop', 'head', 'lora', 'full'" in one_line_error(
         cli("finetune", *DATA, "--iterations", "1", "--method", "adapter", "-o", output)
     )
     assert "--rank applies to --method lora" in one_line_error(

@@ -15,7 +15,7 @@ PACKAGE = Path(cftool.__file__).parent
 # Rooms from the bottom up; a room may import from itself and from any room before it. Rooms on one line are
 # siblings: neither imports the other.
 LAYERS = [
-    ("__init__", "errors", "metrics"),
+    ("__init__", "errors", "metrics", "options"),
     ("io", "recipes"),
     ("zoo",),
     ("data",),

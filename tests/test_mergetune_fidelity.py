@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import one_line_error
 from test_coop_datasets import write_split_file
 
-from cftool.cli import continue_
 from cftool.data import DatasetSpec, load_task
 from cftool.data.coop import CUSTOM_TEMPLATES, KGCOOP_TEMPLATES, CoopSource
 from cftool.data.specs import TaskData
@@ -21,6 +21,7 @@ from cftool.eval.lmc_paths import endpoints, evaluate_path
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
 from cftool.kinds.method import zero_shot_class_features
 from cftool.kinds.prompt import CoOp
+from cftool.options import REFERENCE_LMC_COUNT
 from cftool.train.objectives import MergeTune, MergeTuneOptions, ZeroShotPoint, parse_lmc_samples
 from cftool.zoo import load_model
 
@@ -43,7 +44,7 @@ def test_the_path_samples_are_the_references_arange():
     expected = np.arange(0.1, 1.01, 1.0 / 5.0)
     assert np.allclose(MergeTuneOptions().lmc_samples, expected, atol=1e-6, rtol=0)
     assert MergeTuneOptions().lmc_samples == (0.1, 0.3, 0.5, 0.7, 0.9)
-    assert parse_lmc_samples(continue_.DEFAULT_LMC_SAMPLES) == MergeTuneOptions().lmc_samples
+    assert parse_lmc_samples(str(REFERENCE_LMC_COUNT)) == MergeTuneOptions().lmc_samples  # `continue`'s default
 
 
 def _reference_text_features(model, tokenizer, words: str, classnames: list[str]) -> torch.Tensor:
@@ -132,7 +133,7 @@ def test_the_l2_loss_goes_with_the_feature_surrogate_only(cli):
     with pytest.raises(Exception, match="--zs-loss l2 compares class text features"):
         MergeTuneOptions(zs_reg="param", zs_loss="l2")
     result = cli("continue", "missing.safetensors", "--zs", "tiny", "--zs-loss", "squared")
-    assert result.code != 0 and "--zs-loss must be one of cosine, l2" in result.stderr
+    assert result.code == 2 and "'squared' is not one of 'cosine', 'l2'" in one_line_error(result)
 
 
 def test_the_anchor_templates_are_kgcoops_for_every_dataset():

@@ -220,10 +220,3 @@ def test_val_images_all_is_the_whole_split_and_few_shot_coops_draw():
     drawn = load_task(spec, None).split("val")
     kept = load_task(DatasetSpec(**{**json.loads(spec.to_json()), "val_images": "all"}), None).split("val")
     assert len(kept) == len(whole) and len(drawn) == 4 * len(load_task(spec, None).classnames) < len(whole)
-
-
-def test_the_cli_names_are_the_librarys():
-    from cftool.cli.finetune import SCHEDULE_NAMES, SELECTION_NAMES
-    from cftool.train.loop import SCHEDULES, SELECTIONS
-
-    assert (SCHEDULE_NAMES, SELECTION_NAMES) == (SCHEDULES, SELECTIONS)

@@ -45,13 +45,6 @@ def test_scores_are_each_tasks_best_class_cosine():
     assert top_tasks(scores, 9).shape == (3, 3)  # K beyond the number of tasks: all of them
 
 
-def test_the_command_line_default_k_is_the_librarys():
-    from cftool.cli.common import DEFAULT_TOP_K
-    from cftool.eval.route import DEFAULT_TOP_K as LIBRARY_DEFAULT
-
-    assert DEFAULT_TOP_K == LIBRARY_DEFAULT == 4
-
-
 def test_equal_scores_route_to_the_earlier_task_whatever_their_number():
     same = torch.tensor([[0.0, 1.0]])
     scores = routing_scores(torch.tensor([[0.0, 1.0]] * 4), [same.clone() for _ in range(12)])

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand, TyperGroup
 
 from cftool import __version__
 from cftool.cli.common import console, set_quiet
@@ -21,34 +22,77 @@ from cftool.cli.evaluate import eval_command
 from cftool.cli.files import export_command, import_command, inspect_command
 from cftool.cli.finetune import finetune_command
 from cftool.cli.interpolate import interpolate_command
-from cftool.cli.merge import decouple_command, delta_command, unify_command
+from cftool.cli.merge import decouple_command, delta_apply_command, delta_command, unify_command
 from cftool.cli.recipes import recipes_command
 from cftool.cli.route import route_command
 from cftool.errors import CftoolError
 from cftool.io.command_files import CommandFiles, command_files
 
+
+class _UntypedFlags:
+    """`--help` without a type beside a flag: a flag takes no value, yet Typer would print `<bool>` there."""
+
+    def get_params(self, ctx):
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+class Command(_UntypedFlags, TyperCommand):
+    pass
+
+
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+
+
+def _subcommand(function) -> TyperCommand:
+    one_command = typer.Typer(add_completion=False, context_settings=HELP_OPTIONS)
+    one_command.command(cls=Command)(function)
+    return typer.main.get_command(one_command)
+
+
+class Group(_UntypedFlags, TyperGroup):
+    """The `cftool` group. ``subcommands`` are commands named by two words, such as `cftool delta apply`: each
+    has its own options and `--help`, beside the one-word command (`cftool delta FILE`) that the first word names."""
+
+    subcommands = {("delta", "apply"): _subcommand(delta_apply_command)}
+
+    def resolve_command(self, ctx, args):
+        subcommand = self.subcommands.get(tuple(args[:2]))
+        if subcommand is not None:
+            return " ".join(args[:2]), subcommand, args[2:]
+        return super().resolve_command(ctx, args)
+
+
 app = typer.Typer(
     name="cftool",
+    cls=Group,
     help="Checkpoint surgery for CLIP-style models: MergeTune continued fine-tuning and ConDU continual merging.\n\n"
     "Example: cftool eval --zs tiny --benchmark mtil-tiny",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings=HELP_OPTIONS,
 )
-app.command("finetune")(finetune_command)
-app.command("continue")(continue_command)
-app.command("delta")(delta_command)
-app.command("unify")(unify_command)
-app.command("decouple")(decouple_command)
-app.command("route")(route_command)
-app.command("eval")(eval_command)
-app.command("interpolate")(interpolate_command)
-app.command("inspect")(inspect_command)
-app.command("import")(import_command)
-app.command("export")(export_command)
-app.command("recipes")(recipes_command)
-app.command("completion")(completion_command)
+COMMANDS = {
+    "finetune": finetune_command,
+    "continue": continue_command,
+    "delta": delta_command,
+    "unify": unify_command,
+    "decouple": decouple_command,
+    "route": route_command,
+    "eval": eval_command,
+    "interpolate": interpolate_command,
+    "inspect": inspect_command,
+    "import": import_command,
+    "export": export_command,
+    "recipes": recipes_command,
+    "completion": completion_command,
+}
+for name, function in COMMANDS.items():
+    app.command(name, cls=Command)(function)
 
 
 def _version(value: bool) -> None:
@@ -93,7 +137,9 @@ def main(argv: list[str] | None = None) -> int:
             return err.exit_code
         ctx = getattr(err, "ctx", None)
         hint = f" (see `{ctx.command_path} --help`)" if ctx else ""
-        _print_error(f"[red]error:[/red] {escape(err.format_message())}{hint}")
+        # Typer checks values with pydantic, which starts a check's own message with "Value error, ".
+        message = err.format_message().replace("Value error, ", "")
+        _print_error(f"[red]error:[/red] {escape(message)}{hint}")
         return err.exit_code
     finally:
         set_quiet(False)  # --quiet lasts one command (tests and scripts call main again); errors above still print

@@ -2,7 +2,8 @@
 `--quiet`, outputs.
 
 Command modules import torch, open_clip and the library inside the command functions, not at the top: `--help`,
-shell completion and the commands that only move tensors do not pay for what they do not use.
+shell completion and the commands that only move tensors do not pay for what they do not use. The names and defaults
+the options offer come from `cftool.options`, which the library takes them from too.
 """
 
 from __future__ import annotations
@@ -15,16 +16,17 @@ import random
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, Task, TextColumn, TimeRemainingColumn
 
+from cftool.cli.render import FORMATS
 from cftool.errors import CftoolError
 
 if TYPE_CHECKING:
@@ -48,8 +50,23 @@ console = _console(stderr=True)
 results = _console(stderr=False)
 
 
-# cftool.eval.route.DEFAULT_TOP_K (the reference's K), spelled out so that `--help` does not import torch.
-DEFAULT_TOP_K = 4
+def one_of(names: Iterable[str]) -> Any:
+    """The type of an option that takes one of ``names``: `--help` lists them, shell completion offers them, and any
+    other value is a usage error (exit code 2) that names them."""
+    return Literal[tuple(names)]
+
+
+def given(ctx: typer.Context, names: Iterable[str]) -> list[str]:
+    """The parameters among ``names`` that were given (on the command line, in --config or by --recipe), not left at
+    their defaults."""
+    return [name for name in names if ctx.get_parameter_source(name).name != "DEFAULT"]
+
+
+def defaults_by(values: dict[str, Any]) -> str:
+    """A default that depends on something else, as `--help` shows it: ``coop 0.002, head 0.001``."""
+    return ", ".join(
+        f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}" for key, value in values.items()
+    )
 
 
 def load_config(ctx: typer.Context, param: typer.CallbackParam, value: Path | None) -> Path | None:
@@ -122,10 +139,7 @@ def load_recipe_option(ctx: typer.Context, param: typer.CallbackParam, value: st
         return None
     from cftool.recipes import load_recipe
 
-    try:
-        recipe = load_recipe(value)
-    except CftoolError as err:
-        raise typer.BadParameter(str(err).removeprefix("--recipe ")) from err
+    recipe = load_recipe(value)
     if recipe.command != ctx.command.name:
         raise typer.BadParameter(f"{value} is a recipe for `cftool {recipe.command}`, not `cftool {ctx.command.name}`")
     _set_defaults(ctx, f"recipe {value}", recipe.options, keep=ctx.meta.get(_CONFIG_KEYS, set()))
@@ -155,21 +169,36 @@ ConfigOption = Annotated[
         dir_okay=False,
     ),
 ]
+
+
+def recipe_names() -> tuple[str, ...]:
+    """The official recipes, the names of their files: listed without reading them (and without importing torch)."""
+    from cftool import recipes
+
+    return tuple(recipes.recipe_names())
+
+
+# Every recipe is a choice of both commands' --recipe, so that one for the other command is refused by saying so.
 RecipeOption = Annotated[
-    str | None,
+    one_of(recipe_names()) | None,
     typer.Option(
         "--recipe",
-        help="An official paper recipe as this command's defaults (--config and flags on the line win): "
-        "zscl-mtil, zscl-mtil-few-shot, condu-mtil-lora (finetune), mergetune-coop (continue). "
-        "`cftool recipes` lists them with their sources.",
+        help="An official paper recipe for this command, as its defaults (--config and flags on the line win); "
+        "`cftool recipes` lists each with its command and sources.",
         callback=load_recipe_option,
     ),
 ]
-DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+
+
+DEVICES = ("auto", "cpu", "cuda")  # and cuda:N, which resolve_device reads
+DeviceOption = Annotated[
+    str,
+    typer.Option("--device", help=f"{', '.join(DEVICES)} or cuda:N; auto is the first GPU torch sees, else the CPU."),
+]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON alone on stdout (= --format json).")]
 FormatOption = Annotated[
-    str,
+    one_of(FORMATS),
     typer.Option(
         "--format",
         help="How results are printed on stdout: table (the terminal's), markdown, latex (booktabs), csv or json.",
@@ -199,10 +228,6 @@ QuietOption = Annotated[
 
 def results_format(fmt: str, json_output: bool) -> str:
     """The `--format` asked for, `--json` being `--format json`."""
-    from cftool.cli.render import FORMATS
-
-    if fmt not in FORMATS:
-        raise CftoolError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if json_output and fmt not in ("table", "json"):
         raise CftoolError(f"--json is --format json; drop it or --format {fmt}")
     return "json" if json_output else fmt
@@ -230,18 +255,18 @@ DataRootOption = Annotated[
     Path | None,
     typer.Option(
         "--data-root",
-        help="Folder holding real datasets (CoOp's layout, MTIL's folders); default $CFTOOL_DATA_ROOT, then ./data.",
+        help="Folder holding real datasets (CoOp's layout, MTIL's folders).",
+        show_default="$CFTOOL_DATA_ROOT, then ./data",
     ),
 ]
 DTYPES = ("fp32", "fp16", "bf16")
+Dtype = one_of(DTYPES)
 
 
 def torch_dtype(name: str | None) -> torch.dtype | None:
-    """The torch dtype a `--dtype` names (None: keep each tensor's own); one-line error for other names."""
+    """The torch dtype a `--dtype` names (None: keep each tensor's own)."""
     if name is None:
         return None
-    if name not in DTYPES:
-        raise CftoolError(f"--dtype {name!r}: expected one of {', '.join(DTYPES)}")
     import torch
 
     return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
@@ -249,8 +274,18 @@ def torch_dtype(name: str | None) -> torch.dtype | None:
 
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 # Each worker is a process holding a copy of the dataset reader: a typo (--workers 100000) would fork without end.
+# The default (cftool.options.WORKERS, the same in every command) says why it is 0.
 MAX_WORKERS = 256
-WorkersOption = Annotated[int, typer.Option("--workers", min=0, max=MAX_WORKERS, help="Data-loading worker processes.")]
+WorkersOption = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        min=0,
+        max=MAX_WORKERS,
+        help="Processes that read and decode images beside the command's own (0: the command reads them itself); "
+        "worth the CPU cores on real image folders.",
+    ),
+]
 
 
 def resolve_device(name: str) -> torch.device:

@@ -19,91 +19,131 @@ from cftool.cli.common import (
     RecipeOption,
     WorkersOption,
     emit_json,
+    one_of,
     progress_bar,
     resolve_device,
 )
 from cftool.cli.finetune import (
-    AugmentOption,
+    Augmentation,
+    AugmentHelp,
+    ClassesHelp,
+    ClassSubset,
     DropLastHelp,
+    Optimizer,
+    Precision,
+    PrecisionHelp,
+    Schedule,
     ScheduleHelp,
     SelectHelp,
+    Selection,
+    ValImages,
     ValImagesHelp,
     print_result,
     result_summary,
     training_reporter,
 )
+from cftool.options import (
+    DEVICE,
+    LAMBDA_LMC,
+    LAMBDA_ZS,
+    REFERENCE_LMC_COUNT,
+    WORKERS,
+    ZS_LOSS,
+    ZS_LOSSES,
+    ZS_REGULARISER,
+    ZS_REGULARISERS,
+)
 
-# MergeTuneOptions' defaults, spelled out so that `--help` does not import torch (a test keeps them equal).
-DEFAULT_LAMBDA_LMC = 1.0
-DEFAULT_LAMBDA_ZS = 10.0
-DEFAULT_ZS_REG = "feature"
-DEFAULT_ZS_LOSS = "cosine"
-DEFAULT_LMC_SAMPLES = "0.1,0.3,0.5,0.7,0.9"
+RECORDED = "as recorded"  # an unset training option keeps the value the checkpoint records
 
 
 def continue_command(
     source: Annotated[Path, typer.Argument(help="Fine-tuned checkpoint: prompt, head, lora or model.")],
     zs: Annotated[
         str | None,
-        typer.Option("--zs", help="Base model the checkpoint was made from (default: the one it records)."),
+        typer.Option(
+            "--zs", help="Base model the checkpoint was made from.", show_default="the one the checkpoint records"
+        ),
     ] = None,
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Checkpoint to write (default: SOURCE.mergetune.safetensors).")
+        Path | None,
+        typer.Option("-o", "--output", help="Checkpoint to write.", show_default="SOURCE.mergetune.safetensors"),
     ] = None,
     lambda_lmc: Annotated[
         float, typer.Option("--lambda-lmc", help="Weight of the low-loss path to the fine-tuned solution.")
-    ] = DEFAULT_LAMBDA_LMC,
+    ] = LAMBDA_LMC,
     lambda_zs: Annotated[
         float, typer.Option("--lambda-zs", help="Weight of the surrogate of the path to the zero-shot model.")
-    ] = DEFAULT_LAMBDA_ZS,
+    ] = LAMBDA_ZS,
     zs_reg: Annotated[
-        str,
-        typer.Option("--zs-reg", help="param: ‖w − ŵ1‖²; feature: compare class text features (--zs-loss)."),
-    ] = DEFAULT_ZS_REG,
-    zs_loss: Annotated[
-        str,
+        one_of(ZS_REGULARISERS),
         typer.Option(
-            "--zs-loss", help="With --zs-reg feature: cosine (1 − mean cosine) or l2 (mean L2 distance), as KgCoOp."
+            "--zs-reg",
+            help="The surrogate of the zero-shot path. param: the squared distance of the trained parameters to "
+            "their zero-shot counterparts (the hand-written context, the zero-shot head, the base weights); feature: "
+            "how far the class text features are from the zero-shot model's (--zs-loss).",
         ),
-    ] = DEFAULT_ZS_LOSS,
+    ] = ZS_REGULARISER,
+    zs_loss: Annotated[
+        one_of(ZS_LOSSES),
+        typer.Option(
+            "--zs-loss",
+            help="With --zs-reg feature: cosine (1 minus the mean cosine) or l2 (the mean L2 distance), as KgCoOp.",
+        ),
+    ] = ZS_LOSS,
     lmc_samples: Annotated[
         str,
         typer.Option(
             "--lmc-samples",
-            help="α values of the path, comma-separated, or the reference's count N (0.1, 0.1 + 1/N, … ≤ 1).",
+            help="Where the path is sampled: α values, comma-separated, or a count N for the reference's grid (0.1, "
+            "0.1 + 1/N, … up to 1).",
         ),
-    ] = DEFAULT_LMC_SAMPLES,
+    ] = str(REFERENCE_LMC_COUNT),
     data: Annotated[
-        str | None, typer.Option("--data", help="Train on other data than the checkpoint records: toy:TASK, ...")
+        str | None,
+        typer.Option(
+            "--data",
+            help="Train on other data than the checkpoint records: toy:TASK, folder:PATH, coop:NAME or mtil:NAME.",
+            show_default=RECORDED,
+        ),
     ] = None,
-    classes: Annotated[str | None, typer.Option("--classes", help="Class subset (default: as recorded).")] = None,
+    classes: Annotated[ClassSubset | None, typer.Option("--classes", help=ClassesHelp, show_default=RECORDED)] = None,
     shots: Annotated[
-        int | None, typer.Option("--shots", help="Training images per class (default: as recorded).")
+        int | None, typer.Option("--shots", help="Training images per class.", show_default=RECORDED)
     ] = None,
     iterations: Annotated[
-        int | None, typer.Option("--iterations", help="Optimiser steps (default: as recorded).")
+        int | None, typer.Option("--iterations", help="Optimiser steps.", show_default=RECORDED)
     ] = None,
     epochs: Annotated[
-        float | None, typer.Option("--epochs", help="Passes over the training images (default: as recorded).")
+        float | None, typer.Option("--epochs", help="Passes over the training images.", show_default=RECORDED)
     ] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="Global batch (default: as recorded).")
+        int | None, typer.Option("--batch-size", min=1, help="Global batch.", show_default=RECORDED)
     ] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default: as recorded).")] = None,
-    optimizer: Annotated[str | None, typer.Option("--optimizer", help="sgd or adamw (default: as recorded).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate.", show_default=RECORDED)] = None,
+    optimizer: Annotated[
+        Optimizer | None, typer.Option("--optimizer", help="The optimiser.", show_default=RECORDED)
+    ] = None,
     weight_decay: Annotated[
-        float | None, typer.Option("--weight-decay", help="Weight decay (default: as recorded).")
+        float | None, typer.Option("--weight-decay", help="Weight decay.", show_default=RECORDED)
     ] = None,
-    warmup: Annotated[int | None, typer.Option("--warmup", min=0, help="Warm-up steps (default: as recorded).")] = None,
-    schedule: Annotated[str | None, typer.Option("--schedule", help=ScheduleHelp + " (default: the recipe's).")] = None,
+    warmup: Annotated[
+        int | None, typer.Option("--warmup", min=0, help="Linear warm-up steps.", show_default=RECORDED)
+    ] = None,
+    schedule: Annotated[Schedule | None, typer.Option("--schedule", help=ScheduleHelp, show_default=RECORDED)] = None,
     warmup_epochs: Annotated[
-        int | None, typer.Option("--warmup-epochs", min=0, help="cosine-epoch: constant-lr epochs first.")
+        int | None,
+        typer.Option("--warmup-epochs", min=0, help="cosine-epoch: constant-lr epochs first.", show_default=RECORDED),
     ] = None,
-    warmup_lr: Annotated[float | None, typer.Option("--warmup-lr", help="cosine-epoch: the warm-up lr.")] = None,
-    drop_last: Annotated[bool | None, typer.Option("--drop-last/--no-drop-last", help=DropLastHelp)] = None,
-    select: Annotated[str | None, typer.Option("--select", help=SelectHelp + " (default: the recipe's).")] = None,
+    warmup_lr: Annotated[
+        float | None, typer.Option("--warmup-lr", help="cosine-epoch: the warm-up lr.", show_default=RECORDED)
+    ] = None,
+    drop_last: Annotated[
+        bool | None, typer.Option("--drop-last/--no-drop-last", help=DropLastHelp, show_default=RECORDED)
+    ] = None,
+    select: Annotated[Selection | None, typer.Option("--select", help=SelectHelp, show_default=RECORDED)] = None,
     val_images: Annotated[
-        str | None, typer.Option("--val-images", help=ValImagesHelp + " (default: the recipe's).")
+        ValImages | None, typer.Option("--val-images", help=ValImagesHelp, show_default=RECORDED)
     ] = None,
     inherit_recipe: Annotated[
         bool,
@@ -113,15 +153,15 @@ def continue_command(
         ),
     ] = False,
     label_smoothing: Annotated[
-        float | None, typer.Option("--label-smoothing", help="Label smoothing (default: as recorded).")
+        float | None, typer.Option("--label-smoothing", help="Label smoothing in [0, 1).", show_default=RECORDED)
     ] = None,
     precision: Annotated[
-        str | None, typer.Option("--precision", help="auto, fp32, bf16 or fp16 (default: as recorded).")
+        Precision | None, typer.Option("--precision", help=PrecisionHelp, show_default=RECORDED)
     ] = None,
-    augment: AugmentOption = None,
+    augment: Annotated[Augmentation | None, typer.Option("--augment", help=AugmentHelp, show_default=RECORDED)] = None,
     seed: Annotated[
         int | None,
-        typer.Option("--seed", help="Training seed (default: as recorded; the few-shot draw stays as recorded)."),
+        typer.Option("--seed", help="Training seed (the few-shot draw stays as recorded).", show_default=RECORDED),
     ] = None,
     feature_cache: Annotated[
         bool, typer.Option("--feature-cache/--no-feature-cache", help="Frozen image tower: encode images once.")
@@ -138,8 +178,8 @@ def continue_command(
     evaluate: Annotated[bool, typer.Option("--eval", help="Also report test accuracy of the result.")] = False,
     log_every: LogEveryOption = DEFAULT_LOG_EVERY,
     data_root: DataRootOption = None,
-    workers: WorkersOption = 0,
-    device: DeviceOption = "auto",
+    workers: WorkersOption = WORKERS,
+    device: DeviceOption = DEVICE,
     force: ForceOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,

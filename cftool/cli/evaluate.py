@@ -10,7 +10,6 @@ import typer
 
 from cftool.cli.common import (
     DEFAULT_LOG_EVERY,
-    DEFAULT_TOP_K,
     BatchSizeOption,
     ConfigOption,
     DataRootOption,
@@ -24,6 +23,7 @@ from cftool.cli.common import (
     WorkersOption,
     console,
     emit_results,
+    one_of,
     progress_bar,
     progress_task_starter,
     resolve_device,
@@ -33,8 +33,24 @@ from cftool.cli.common import (
 )
 from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
+from cftool.options import (
+    BENCHMARKS,
+    CLASS_SUBSET,
+    CLASS_SUBSETS,
+    DEVICE,
+    EVAL_BATCH_SIZE,
+    EVAL_SPLIT,
+    LABEL_SPACE,
+    LABEL_SPACES,
+    PATH_STEPS,
+    SEED,
+    SPLITS,
+    TOP_K,
+    WORKERS,
+)
 
-CLASS_CHOICES = ("all", "base", "novel", "base,novel")
+# A task's classes, or its base and novel halves side by side with their harmonic mean.
+CLASS_CHOICES = (*CLASS_SUBSETS, "base,novel")
 
 
 def eval_command(
@@ -54,19 +70,18 @@ def eval_command(
         typer.Option("--data", help="Task to evaluate on: toy:TASK, folder:PATH, coop:NAME or mtil:NAME (repeatable)."),
     ] = None,
     benchmark: Annotated[
-        str | None,
+        one_of(BENCHMARKS) | None,
         typer.Option(
             "--benchmark",
-            help="mtil-tiny, base2new-tiny (embedded, model tiny), or mtil, mtil-order2 (ZSCL's order II), base2new "
-            "(real data under --data-root, $CFTOOL_DATA_ROOT or ./data; model ViT-B/16 unless --zs).",
+            help="A benchmark's tasks: MTIL's eleven (mtil-order2: in ZSCL's order II), or CoOp's base-to-novel "
+            "protocol; the -tiny ones are embedded (model tiny), the others read real data under --data-root, "
+            "$CFTOOL_DATA_ROOT or ./data (model ViT-B/16 unless --zs).",
         ),
     ] = None,
     classes: Annotated[
-        str,
-        typer.Option(
-            "--classes", help="Classes of --data tasks: all, base, novel, or base,novel (base, novel and HM)."
-        ),
-    ] = "all",
+        one_of(CLASS_CHOICES),
+        typer.Option("--classes", help="Classes of --data tasks: all, a half, or base,novel (base, novel and HM)."),
+    ] = CLASS_SUBSET,
     path: Annotated[
         tuple[str, str] | None,
         typer.Option(
@@ -76,7 +91,7 @@ def eval_command(
             metavar="A B",
         ),
     ] = None,
-    steps: Annotated[int, typer.Option("--steps", help="--path: points from A (α = 0) to B (α = 1).")] = 11,
+    steps: Annotated[int, typer.Option("--steps", help="--path: points from A (α = 0) to B (α = 1).")] = PATH_STEPS,
     plot: Annotated[
         Path | None,
         typer.Option(
@@ -98,26 +113,26 @@ def eval_command(
         bool, typer.Option("--task-agnostic", help="--sessions: unified sets route every image (no task id).")
     ] = False,
     label_space: Annotated[
-        str,
+        one_of(LABEL_SPACES),
         typer.Option(
             "--label-space",
             help="--sessions --task-agnostic: classify each task's images among its own classes (own, ConDU's "
             "evaluation) or among every task's classes of the table (union, as some other methods' tables do).",
         ),
-    ] = "own",
+    ] = LABEL_SPACE,
     prototypes: Annotated[
         list[str] | None,
         typer.Option(
             "--prototypes", help="--sessions: the tasks' prototype files for routing, a quoted glob (repeatable)."
         ),
     ] = None,
-    top_k: Annotated[int, typer.Option("--top-k", help="--sessions: experts per routed image.")] = DEFAULT_TOP_K,
+    top_k: Annotated[int, typer.Option("--top-k", help="--sessions: experts per routed image.")] = TOP_K,
     cache_dir: Annotated[
         Path | None,
         typer.Option(
             "--cache-dir",
-            help="Keep the base's image features here across runs; with --sessions, the measured cells "
-            "(default ~/.cache/cftool/eval).",
+            help="Keep the base's image features here across runs; with --sessions, the measured cells.",
+            show_default="none; with --sessions, $XDG_CACHE_HOME/cftool/eval or ~/.cache/cftool/eval",
         ),
     ] = None,
     heatmap: Annotated[
@@ -128,17 +143,17 @@ def eval_command(
             ".svg (vector), .png, …",
         ),
     ] = None,
-    split: Annotated[str, typer.Option("--split", help="Split to evaluate on.")] = "test",
+    split: Annotated[one_of(SPLITS), typer.Option("--split", help="Split to evaluate on.")] = EVAL_SPLIT,
     log_every: LogEveryOption = DEFAULT_LOG_EVERY,
     data_root: DataRootOption = None,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Also write the JSON report to this file.")
     ] = None,
     force: ForceOption = False,
-    batch_size: BatchSizeOption = 256,
-    workers: WorkersOption = 2,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
+    batch_size: BatchSizeOption = EVAL_BATCH_SIZE,
+    workers: WorkersOption = WORKERS,
+    device: DeviceOption = DEVICE,
+    seed: SeedOption = SEED,
     json_output: JsonOption = False,
     output_format: FormatOption = "table",
     quiet: QuietOption = False,
@@ -168,7 +183,7 @@ def eval_command(
     from cftool.zoo import load_model
 
     fmt = results_format(output_format, json_output)
-    session_only = (task_agnostic, prototypes, top_k != DEFAULT_TOP_K, heatmap, label_space != "own")
+    session_only = (task_agnostic, prototypes, top_k != TOP_K, heatmap, label_space != LABEL_SPACE)
     _check_combination(checkpoints, data, benchmark, classes, path, plot, sessions, session_only)
     _check_figures({"--plot": plot, "--heatmap": heatmap})
     mtil_options = MtilOptions(
@@ -231,10 +246,8 @@ def _check_combination(checkpoints, data, benchmark, classes: str, path, plot, s
         given = [flag for flag, value in zip(SESSION_FLAGS, session_only, strict=True) if value]
         if given:
             raise CftoolError(f"{given[0]} applies to the MTIL matrix: give --sessions PATTERN")
-    elif path is not None or classes != "all":
+    elif path is not None or classes != CLASS_SUBSET:
         raise CftoolError("--sessions evaluates continual sessions on whole tasks; drop --path and --classes")
-    if classes not in CLASS_CHOICES:
-        raise CftoolError(f"--classes must be one of {', '.join(CLASS_CHOICES)}, got {classes!r}")
     if path is not None and checkpoints:
         raise CftoolError("--path A B evaluates one path; give no other checkpoints with it")
     if plot is not None and path is None:

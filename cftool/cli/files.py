@@ -11,12 +11,15 @@ import typer
 from cftool.cli.common import (
     ConfigOption,
     DeviceOption,
+    Dtype,
     ForceOption,
     FormatOption,
     JsonOption,
     QuietOption,
     console,
+    emit_json,
     emit_results,
+    one_of,
     progress_bar,
     resolve_device,
     results_format,
@@ -24,11 +27,13 @@ from cftool.cli.common import (
 )
 from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
+from cftool.options import DEVICE
 
-ZsOption = Annotated[
-    str | None,
-    typer.Option("--zs", help="Base model: tiny, ViT-B/16, NAME:TAG, hf-hub:ORG/NAME or a cftool model file."),
-]
+# What `import --format` reads; auto tells them apart by the file (see _detect_format).
+IMPORT_FORMATS = ("auto", "open_clip", "coop", "condu")
+
+ZS_HELP = "Base model: tiny, ViT-B/16, NAME:TAG, hf-hub:ORG/NAME or a cftool model file."
+ZsOption = Annotated[str | None, typer.Option("--zs", help=ZS_HELP)]
 OutputOption = Annotated[
     Path, typer.Option("-o", "--output", help="File to write (never overwritten without --force).")
 ]
@@ -79,19 +84,22 @@ def import_command(
     output: OutputOption,
     zs: ZsOption = None,
     source_format: Annotated[
-        str,
+        one_of(IMPORT_FORMATS),
         typer.Option(
-            "--format", help="auto, open_clip (full state dict), coop (Dassl prompt learner) or condu (session folder)."
+            "--format",
+            help="What SOURCE is: open_clip (a full state dict), coop (a Dassl prompt learner), condu (a session "
+            "folder), or auto (told apart by the file).",
         ),
-    ] = "auto",
+    ] = IMPORT_FORMATS[0],
     task: Annotated[str | None, typer.Option("--task", help="Task name to record in the metadata.")] = None,
     prototypes_dir: Annotated[
         Path | None,
-        typer.Option("--prototypes-dir", help="condu: folder for TASK.prototypes.safetensors (default: the output's)."),
+        typer.Option(
+            "--prototypes-dir", help="condu: folder for TASK.prototypes.safetensors.", show_default="the output's"
+        ),
     ] = None,
     dtype: Annotated[
-        str | None,
-        typer.Option("--dtype", help="open_clip: fp32, fp16 or bf16 for the weights (default: the file's)."),
+        Dtype | None, typer.Option("--dtype", help="open_clip: the weights' dtype.", show_default="the file's")
     ] = None,
     lora_base: Annotated[
         Path | None,
@@ -102,7 +110,8 @@ def import_command(
         ),
     ] = None,
     force: ForceOption = False,
-    device: DeviceOption = "cpu",
+    device: DeviceOption = DEVICE,
+    json_output: JsonOption = False,
     quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
@@ -126,15 +135,14 @@ def import_command(
     if zs is None:
         raise CftoolError("--zs is required: name the base model the checkpoint was trained from (e.g. --zs ViT-B/16)")
     fmt = _detect_format(source) if source_format == "auto" else source_format
-    if fmt not in ("open_clip", "coop", "condu"):
-        raise CftoolError(f"--format {source_format!r}: expected auto, open_clip, coop or condu")
     inputs = [file for file in source.iterdir() if file.is_file()] if source.is_dir() else [source]
     inputs += [Path(zs)] if Path(zs).is_file() else []
     if lora_base is not None and fmt != "condu":
         raise CftoolError("--lora-base applies to a ConDU-LoRA session folder (--format condu)")
     if fmt == "condu":
         inputs += [lora_base] if lora_base is not None else []
-        _import_condu_session(source, zs, output, prototypes_dir, task, force, inputs, lora_base)
+        written = _import_condu_session(source, zs, output, prototypes_dir, task, force, inputs, lora_base)
+        _print_imported(fmt, "unified", written, json_output)
         return
     check_outputs({"-o": output}, inputs, force)  # before any work
     if fmt == "coop":
@@ -142,13 +150,24 @@ def import_command(
         from cftool.zoo import load_model
 
         written = import_coop_prompt(source, load_model(zs, resolve_device(device)), output, task=task, overwrite=force)
+        kind = "prompt"
     else:
         from cftool.kinds.convert import import_full_model
         from cftool.zoo.base_weights import open_base
 
         with open_base(zs) as base:
             written = import_full_model(source, base, output, task=task, overwrite=force, dtype=torch_dtype(dtype))
-    console.print(f"wrote {written} ({fmt} → cftool)")
+        kind = "model"
+    _print_imported(fmt, kind, [written], json_output)
+
+
+def _print_imported(fmt: str, kind: str, written: list[Path], json_output: bool) -> None:
+    """The files an import wrote: the cftool file (a ConDU session's unified set), then any prototypes."""
+    console.print(f"wrote {written[0]} ({fmt} → {kind})" + "".join(f", {path}" for path in written[1:]))
+    if json_output:
+        emit_json(
+            {"format": fmt, "output": str(written[0]), "kind": kind, "prototypes": [str(path) for path in written[1:]]}
+        )
 
 
 def export_command(
@@ -158,10 +177,11 @@ def export_command(
     output: OutputOption = ...,
     zs: ZsOption = None,
     dtype: Annotated[
-        str | None,
-        typer.Option("--dtype", help="fp32, fp16 or bf16 for the weights (default: the file's; a zoo model's fp32)."),
+        Dtype | None,
+        typer.Option("--dtype", help="The weights' dtype.", show_default="the file's; a zoo model's fp32"),
     ] = None,
     force: ForceOption = False,
+    json_output: JsonOption = False,
     quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
@@ -188,7 +208,10 @@ def export_command(
 
         with open_base(zs) as base:
             written = export_base(base, output, overwrite=force, dtype=wanted_dtype)
-    console.print(f"wrote {written}")
+    kind = None if source is not None else "model"  # a plain state dict has no cftool kind
+    console.print(f"wrote {written}" + (f" ({kind})" if kind else " (open_clip state dict)"))
+    if json_output:
+        emit_json({"output": str(written), "kind": kind})
 
 
 def _import_condu_session(
@@ -200,7 +223,7 @@ def _import_condu_session(
     force: bool,
     inputs: list[Path],
     lora_base: Path | None,
-) -> None:
+) -> list[Path]:
     from cftool.io.convert import import_condu_session
     from cftool.io.foreign import condu_task_names, is_condu_session, read_condu_prototypes
     from cftool.io.outputs import check_outputs
@@ -219,8 +242,7 @@ def _import_condu_session(
     }
     check_outputs({"-o": output, **prototype_files}, inputs, force)  # before the unified delta is read
     with open_base(zs) as base:
-        written = import_condu_session(folder, base, output, prototypes_dir, force, lora_base)
-    console.print(f"wrote {written[0]} (ConDU session → unified)" + "".join(f", {path}" for path in written[1:]))
+        return import_condu_session(folder, base, output, prototypes_dir, force, lora_base)
 
 
 def _files_table(summaries: list[dict], check: bool) -> ResultTable:

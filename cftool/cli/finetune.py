@@ -23,7 +23,10 @@ from cftool.cli.common import (
     SeedOption,
     WorkersOption,
     console,
+    defaults_by,
     emit_json,
+    given,
+    one_of,
     progress_bar,
     rate,
     recipe_lr,
@@ -31,56 +34,86 @@ from cftool.cli.common import (
     seed_everything,
 )
 from cftool.errors import CftoolError
+from cftool.options import (
+    AUGMENTATION,
+    AUGMENTATIONS,
+    CLASS_SUBSET,
+    CLASS_SUBSETS,
+    COOP_INIT,
+    DEVICE,
+    DROP_LAST,
+    FINETUNE_METHOD,
+    FINETUNE_METHODS,
+    LABEL_SMOOTHING,
+    LORA_ALPHA,
+    LORA_INIT,
+    LORA_INITS,
+    LORA_RANK,
+    LORA_TARGET_GROUPS,
+    LORA_TARGETS,
+    OPTIMIZERS,
+    PRECISION,
+    PRECISIONS,
+    PROTOCOL_AUGMENTATION,
+    PROTOCOL_TRAIN_TEMPLATES,
+    RANDOM_INIT,
+    SCHEDULE,
+    SCHEDULES,
+    SEED,
+    SELECTION,
+    SELECTIONS,
+    TOWERS,
+    TRAIN_BATCH_SIZE,
+    TRAIN_TEMPLATE,
+    TRAIN_TEMPLATES,
+    VAL_IMAGE_SET,
+    VAL_IMAGES,
+    WARMUP_EPOCHS,
+    WARMUP_LR,
+    WARMUP_STEPS,
+    WEIGHT_DECAY,
+    WORKERS,
+)
 
 if TYPE_CHECKING:
     from cftool.train import FinetuneResult
 
-# The names of cftool.kinds.apply.METHODS, spelled out so that `--help` does not import torch (a test keeps them equal).
-METHOD_NAMES = ("coop", "head", "lora", "full")
+# The options of one method or a few (FINETUNE_METHODS[method].options): given to another method, they are refused.
+METHOD_SPECIFIC = tuple(dict.fromkeys(name for defaults in FINETUNE_METHODS.values() for name in defaults.options))
 
-# Which method each method-specific option belongs to, so that a misplaced option is refused, not ignored.
-METHOD_OPTIONS = {
-    "n_ctx": ("coop",),
-    "rank": ("lora",),
-    "alpha": ("lora",),
-    "lora_targets": ("lora",),
-    "lora_init": ("lora",),
-    "towers": ("lora", "full"),
-    "train_templates": ("lora", "full"),
-}
-# cftool.kinds.lora's defaults and choices, spelled out so that `--help` does not import torch (a test keeps them
-# equal).
-LORA_DEFAULTS = {"rank": 8, "alpha": 16.0, "lora_targets": "attention+mlp", "lora_init": "zero-b"}
-DEFAULT_TOWERS = "image,text"
 
-# The names of cftool.data.augment.AUGMENTATIONS, spelled out so that `--help` does not import torch (a test keeps
-# them equal). `continue` takes the option too, where unset means the one the checkpoint records.
-AUGMENTATION_NAMES = ("none", "coop", "zscl")
-# cftool.train.loop's SCHEDULES and SELECTIONS, spelled out for the same reason (a test keeps them equal).
-SCHEDULE_NAMES = ("cosine-step", "cosine-epoch")
-SELECTION_NAMES = ("last", "best-val")
+def _by_protocol(choices: dict[str, str], otherwise: str) -> str:
+    """A default that depends on --data's protocol, as `--help` shows it: ``coop for coop:NAME, …, else none``."""
+    return ", ".join(f"{value} for {prefix}:NAME" for prefix, value in choices.items()) + f", else {otherwise}"
+
+
+# Shared with `continue`, whose unset options keep what the checkpoint records.
+Optimizer = one_of(OPTIMIZERS)
+Precision = one_of(PRECISIONS)
+Schedule = one_of(SCHEDULES)
+Selection = one_of(SELECTIONS)
+ValImages = one_of(VAL_IMAGES)
+Augmentation = one_of(AUGMENTATIONS)
+ClassSubset = one_of(CLASS_SUBSETS)
 ScheduleHelp = (
-    "cosine-step (one cosine over the steps, after --warmup linear steps) or cosine-epoch (Dassl's: the lr changes "
-    "once per epoch, after --warmup-epochs epochs at --warmup-lr)"
+    "cosine-step: one cosine over the steps, after --warmup linear steps; cosine-epoch (Dassl's): the lr changes once "
+    "per epoch, after --warmup-epochs epochs at --warmup-lr."
 )
 SelectHelp = (
-    "Which epoch's parameters to write: last, or best-val (after each epoch, accuracy on the validation split, and "
-    "the first best epoch is kept)"
+    "Which epoch's parameters to write: the last, or best-val: after each epoch, accuracy on the validation split, "
+    "and the first best epoch is kept."
 )
 ValImagesHelp = (
     "best-val on a few-shot task: few-shot (min(shots, 4) images per class, drawn as CoOp does) or all (the whole "
-    "split, as MergeTune validates)"
+    "split, as MergeTune validates)."
 )
 DropLastHelp = "Leave out each epoch's last partial batch, as Dassl's training loader does."
-AugmentOption = Annotated[
-    str | None,
-    typer.Option(
-        "--augment",
-        help="Training images: none (the eval preprocessing), coop or zscl, which reproduce the training transforms "
-        "of CoOp (random resized crop at scale 0.08-1, flip) and ZSCL (random resized crop at scale 0.9-1). "
-        "Default: the reference's for its data (coop for coop:NAME, zscl for mtil:NAME), else none.",
-    ),
-]
+PrecisionHelp = "auto: bf16 autocast on a GPU, fp32 on the CPU."
+AugmentHelp = (
+    "Training images: none (the eval preprocessing), or the training transforms of coop (random resized crop at "
+    "scale 0.08-1, flip) or zscl (random resized crop at scale 0.9-1)."
+)
+ClassesHelp = "Train on all classes, or the base or novel half (the first half of the class list is base)."
 
 
 def finetune_command(
@@ -88,63 +121,93 @@ def finetune_command(
     zs: Annotated[str, typer.Option("--zs", help="Base model: tiny, ViT-B/16, NAME:TAG, hf-hub:ORG/NAME or a file.")],
     data: Annotated[str, typer.Option("--data", help="Training task: toy:TASK, folder:PATH, coop:NAME or mtil:NAME.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (prototypes go beside it).")],
-    method: Annotated[str, typer.Option("--method", help=f"{', '.join(METHOD_NAMES)}.")] = "coop",
-    classes: Annotated[str, typer.Option("--classes", help="Train on all classes, or the base/novel half.")] = "all",
+    method: Annotated[one_of(FINETUNE_METHODS), typer.Option("--method", help="What to train.")] = FINETUNE_METHOD,
+    classes: Annotated[ClassSubset, typer.Option("--classes", help=ClassesHelp)] = CLASS_SUBSET,
     shots: Annotated[int | None, typer.Option("--shots", help="Training images per class (few-shot).")] = None,
     iterations: Annotated[int | None, typer.Option("--iterations", help="Optimiser steps.")] = None,
     epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the training images.")] = None,
-    batch_size: BatchSizeOption = 32,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default: per method).")] = None,
-    optimizer: Annotated[str | None, typer.Option("--optimizer", help="sgd or adamw (default: per method).")] = None,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay.")] = 0.0,
-    warmup: Annotated[int, typer.Option("--warmup", min=0, help="Linear warm-up steps before cosine decay.")] = 0,
-    schedule: Annotated[str, typer.Option("--schedule", help=ScheduleHelp)] = "cosine-step",
+    batch_size: BatchSizeOption = TRAIN_BATCH_SIZE,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            "--lr",
+            help="Peak learning rate.",
+            show_default=defaults_by({name: defaults.lr for name, defaults in FINETUNE_METHODS.items()}),
+        ),
+    ] = None,
+    optimizer: Annotated[
+        Optimizer | None,
+        typer.Option(
+            "--optimizer",
+            help="The optimiser.",
+            show_default=defaults_by({name: defaults.optimizer for name, defaults in FINETUNE_METHODS.items()}),
+        ),
+    ] = None,
+    weight_decay: Annotated[float, typer.Option("--weight-decay", help="Weight decay.")] = WEIGHT_DECAY,
+    warmup: Annotated[
+        int, typer.Option("--warmup", min=0, help="Linear warm-up steps before cosine decay.")
+    ] = WARMUP_STEPS,
+    schedule: Annotated[Schedule, typer.Option("--schedule", help=ScheduleHelp)] = SCHEDULE,
     warmup_epochs: Annotated[
         int, typer.Option("--warmup-epochs", min=0, help="cosine-epoch: epochs at the constant --warmup-lr first.")
-    ] = 0,
-    warmup_lr: Annotated[float, typer.Option("--warmup-lr", help="cosine-epoch: the warm-up epochs' lr.")] = 1e-5,
-    drop_last: Annotated[bool, typer.Option("--drop-last/--no-drop-last", help=DropLastHelp)] = False,
-    select: Annotated[str, typer.Option("--select", help=SelectHelp)] = "last",
-    val_images: Annotated[str, typer.Option("--val-images", help=ValImagesHelp)] = "few-shot",
-    label_smoothing: Annotated[float, typer.Option("--label-smoothing", help="Label smoothing in [0, 1).")] = 0.0,
-    precision: Annotated[
-        str, typer.Option("--precision", help="auto (bf16 autocast on GPU, fp32 on CPU), fp32, bf16 or fp16.")
-    ] = "auto",
-    augment: AugmentOption = None,
-    n_ctx: Annotated[int | None, typer.Option("--n-ctx", min=1, help="coop: context vectors (default 4).")] = None,
-    ctx_init: Annotated[
-        str, typer.Option("--ctx-init", help="coop: words the context starts from, or 'random'.")
-    ] = "a photo of a",
-    rank: Annotated[int | None, typer.Option("--rank", min=1, help="lora: rank (default 8).")] = None,
-    alpha: Annotated[
-        float | None,
-        typer.Option("--alpha", help="lora: scale alpha/rank (default alpha 16; ConDU's 1/√rank is alpha √rank)."),
+    ] = WARMUP_EPOCHS,
+    warmup_lr: Annotated[float, typer.Option("--warmup-lr", help="cosine-epoch: the warm-up epochs' lr.")] = WARMUP_LR,
+    drop_last: Annotated[bool, typer.Option("--drop-last/--no-drop-last", help=DropLastHelp)] = DROP_LAST,
+    select: Annotated[Selection, typer.Option("--select", help=SelectHelp)] = SELECTION,
+    val_images: Annotated[ValImages, typer.Option("--val-images", help=ValImagesHelp)] = VAL_IMAGE_SET,
+    label_smoothing: Annotated[
+        float, typer.Option("--label-smoothing", help="Label smoothing in [0, 1).")
+    ] = LABEL_SMOOTHING,
+    precision: Annotated[Precision, typer.Option("--precision", help=PrecisionHelp)] = PRECISION,
+    augment: Annotated[
+        Augmentation | None,
+        typer.Option("--augment", help=AugmentHelp, show_default=_by_protocol(PROTOCOL_AUGMENTATION, AUGMENTATION)),
     ] = None,
+    n_ctx: Annotated[
+        int | None,
+        typer.Option(
+            "--n-ctx",
+            min=1,
+            help="coop: context vectors.",
+            show_default=f"as many as --ctx-init's tokens, {len(COOP_INIT.split())} for {RANDOM_INIT}",
+        ),
+    ] = None,
+    ctx_init: Annotated[
+        str, typer.Option("--ctx-init", help=f"coop: words the context starts from, or '{RANDOM_INIT}'.")
+    ] = COOP_INIT,
+    rank: Annotated[int, typer.Option("--rank", min=1, help="lora: rank.")] = LORA_RANK,
+    alpha: Annotated[
+        float, typer.Option("--alpha", help="lora: the update's scale is alpha/rank (ConDU's 1/√rank is alpha √rank).")
+    ] = LORA_ALPHA,
     lora_targets: Annotated[
-        str | None,
+        one_of(LORA_TARGET_GROUPS),
         typer.Option(
             "--lora-targets",
-            help="lora: attention+mlp (default: attention and MLP projections) or mlp (the MLP's c_fc and c_proj "
-            "only, as ConDU-LoRA).",
+            help="lora: the adapted weights, attention+mlp (attention and MLP projections) or mlp (the MLP's c_fc "
+            "and c_proj only, as ConDU-LoRA).",
         ),
-    ] = None,
+    ] = LORA_TARGETS,
     lora_init: Annotated[
-        str | None,
+        one_of(LORA_INITS),
         typer.Option(
             "--lora-init",
-            help="lora: zero-b (default: A Kaiming, B = 0, starts at the base) or condu (A and B randn·0.01, as "
-            "ConDU-LoRA).",
+            help="lora: zero-b (A Kaiming, B zero: training starts at the base) or condu (A and B random, standard "
+            "deviation 0.01, as ConDU-LoRA).",
         ),
-    ] = None,
+    ] = LORA_INIT,
     towers: Annotated[
-        str | None, typer.Option("--towers", help="lora, full: towers to train, image, text or image,text (default).")
-    ] = None,
+        str,
+        typer.Option(
+            "--towers", help=f"lora, full: the towers to train, {', '.join(TOWERS)} or both ({','.join(TOWERS)})."
+        ),
+    ] = ",".join(TOWERS),
     train_templates: Annotated[
-        str | None,
+        one_of(TRAIN_TEMPLATES) | None,
         typer.Option(
             "--train-templates",
             help="lora, full: the training loss's class text features from the first template (ZSCL's MTIL training) "
-            "or the mean of all; evaluation always uses all. Default: first for mtil:NAME, else all.",
+            "or the mean of all; evaluation always uses all.",
+            show_default=_by_protocol(PROTOCOL_TRAIN_TEMPLATES, TRAIN_TEMPLATE),
         ),
     ] = None,
     feature_cache: Annotated[
@@ -162,9 +225,9 @@ def finetune_command(
     evaluate: Annotated[bool, typer.Option("--eval", help="Also report test accuracy of the result.")] = False,
     log_every: LogEveryOption = DEFAULT_LOG_EVERY,
     data_root: DataRootOption = None,
-    workers: WorkersOption = 0,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
+    workers: WorkersOption = WORKERS,
+    device: DeviceOption = DEVICE,
+    seed: SeedOption = SEED,
     force: ForceOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
@@ -184,26 +247,15 @@ def finetune_command(
     """
     from cftool.data import DatasetSpec
     from cftool.data.augment import default_augmentation
-    from cftool.kinds.apply import METHODS
     from cftool.train import FinetuneJob, TrainOptions, finetune
 
-    given = {
-        "n_ctx": n_ctx,
-        "rank": rank,
-        "alpha": alpha,
-        "lora_targets": lora_targets,
-        "lora_init": lora_init,
-        "towers": towers,
-        "train_templates": train_templates,
-    }
-    method_options = _method_options(method, data, ctx_init, given)
-    method_cls = METHODS[method]
+    method_options = _method_options(ctx, method, data)
     train_options = TrainOptions(
         iterations=iterations,
         epochs=epochs,
         batch_size=batch_size,
-        lr=recipe_lr(ctx, data, lr) if lr is not None else method_cls.default_lr,
-        optimizer=optimizer or method_cls.default_optimizer,
+        lr=recipe_lr(ctx, data, lr) if lr is not None else FINETUNE_METHODS[method].lr,
+        optimizer=optimizer or FINETUNE_METHODS[method].optimizer,
         weight_decay=weight_decay,
         warmup=warmup,
         label_smoothing=label_smoothing,
@@ -244,33 +296,23 @@ def finetune_command(
         emit_json(result_summary(result))
 
 
-def _method_options(method: str, data: str, ctx_init: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The method's options from the flags ``given`` (None where not given), refused where they belong to another
-    method."""
-    from cftool.kinds.apply import METHODS
+def _method_options(ctx: typer.Context, method: str, data: str) -> dict[str, Any]:
+    """``method``'s own options (FINETUNE_METHODS[method].options) from the command's parameters; another method's
+    option, given, is refused rather than ignored."""
     from cftool.kinds.method import default_train_templates
 
-    if method not in METHODS:
-        raise CftoolError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
-    misplaced = [name for name, value in given.items() if value is not None and method not in METHOD_OPTIONS[name]]
+    own = FINETUNE_METHODS[method].options
+    misplaced = [name for name in given(ctx, METHOD_SPECIFIC) if name not in own]
     if misplaced:
-        flag, methods = "--" + misplaced[0].replace("_", "-"), " or ".join(METHOD_OPTIONS[misplaced[0]])
+        flag = "--" + misplaced[0].replace("_", "-")
+        methods = " or ".join(name for name, defaults in FINETUNE_METHODS.items() if misplaced[0] in defaults.options)
         raise CftoolError(f"{flag} applies to --method {methods} only, not {method}")
-    n_ctx, towers = given["n_ctx"], given["towers"]
-    train_templates = given["train_templates"] or default_train_templates(data)
-    if method == "coop":
-        return {"n_ctx": n_ctx, "ctx_init": ctx_init}
-    if method == "head":
-        return {}
-    tower_list = {
-        "towers": tuple(t.strip() for t in (towers or DEFAULT_TOWERS).split(",") if t.strip()),
-        "train_templates": train_templates,
-    }
-    if method == "lora":
-        # 0 is a value of --alpha (a LoRA that adds nothing): only None takes the default.
-        lora = {key: default if given[key] is None else given[key] for key, default in LORA_DEFAULTS.items()}
-        return {**lora, **tower_list}
-    return tower_list
+    options = {name: ctx.params[name] for name in own}
+    if "towers" in options:
+        options["towers"] = tuple(tower.strip() for tower in options["towers"].split(",") if tower.strip())
+    if "train_templates" in options:
+        options["train_templates"] = options["train_templates"] or default_train_templates(data)
+    return options
 
 
 def training_reporter(progress: Progress) -> Callable[[str, int], Callable[..., None]]:

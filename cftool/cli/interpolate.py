@@ -7,20 +7,32 @@ from typing import Annotated
 
 import typer
 
-from cftool.cli.common import ConfigOption, DeviceOption, ForceOption, QuietOption, console, resolve_device
+from cftool.cli.common import (
+    ConfigOption,
+    DeviceOption,
+    ForceOption,
+    JsonOption,
+    QuietOption,
+    console,
+    emit_json,
+    resolve_device,
+)
 from cftool.errors import CftoolError
+from cftool.options import DEVICE
 
 
 def interpolate_command(
-    start: Annotated[str, typer.Argument(help="A (α = 0): a checkpoint, or `zs` for the zero-shot model.")],
-    end: Annotated[str, typer.Argument(help="B (α = 1): a checkpoint of A's kind, or `zs`.")],
-    alpha: Annotated[float, typer.Option("--alpha", help="Where on the path: (1 − α)·A + α·B.")],
+    start: Annotated[str, typer.Argument(help="A, at α = 0: a checkpoint, or `zs` for the zero-shot model.")],
+    end: Annotated[str, typer.Argument(help="B, at α = 1: a checkpoint of A's kind, or `zs`.")],
+    alpha: Annotated[float, typer.Option("--alpha", help="α, where on the path: (1 − α)·A + α·B.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (the ends' kind).")],
     zs: Annotated[
-        str | None, typer.Option("--zs", help="Base model (default: the one the checkpoints record).")
+        str | None,
+        typer.Option("--zs", help="Base model.", show_default="the one the checkpoints record"),
     ] = None,
-    device: DeviceOption = "cpu",
+    device: DeviceOption = DEVICE,
     force: ForceOption = False,
+    json_output: JsonOption = False,
     quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
@@ -46,3 +58,5 @@ def interpolate_command(
     zoo = load_model(resolve_base(zs, inputs[0] if inputs else None), resolve_device(device))
     written = interpolate(zoo, start, end, alpha, output, overwrite=force)
     console.print(f"wrote {written}: (1 − {alpha:g})·{start} + {alpha:g}·{end}")
+    if json_output:
+        emit_json({"output": str(written), "start": start, "end": end, "alpha": alpha, "base": zoo.spec.canonical})

@@ -13,26 +13,38 @@ import typer
 
 from cftool.cli.common import (
     ConfigOption,
+    Dtype,
     ForceOption,
     FormatOption,
     JsonOption,
     QuietOption,
     console,
+    defaults_by,
     emit_json,
     emit_results,
+    given,
+    one_of,
     progress_bar,
     results_format,
     torch_dtype,
 )
-from cftool.cli.files import OutputOption, ZsOption
+from cftool.cli.files import ZS_HELP, OutputOption
 from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
+from cftool.options import MERGE_METHOD, MERGE_METHODS, MERGE_OPTION_FLAGS, MERGE_OPTIONS, TRIMS
 
 if TYPE_CHECKING:
     from cftool.merge.engine import UnifyResult
 
-# Spelled out so that `--help` needs no import of the methods (a test checks it against the registry).
-METHOD_NAMES = ("condu", "condu-lora", "ties", "task-arithmetic", "dare", "mean")
+ZsOption = Annotated[str | None, typer.Option("--zs", help=ZS_HELP, show_default="the one the file records")]
+
+# The kinds `decouple --as` writes: a condu set's experts as delta or model, a condu-lora set's as lora or model.
+EXPERT_KINDS = ("delta", "model", "lora")
+
+
+def _merge_option(field: str, text: str) -> str:
+    """The help of a merge method's option (MERGE_OPTIONS): which methods take it, then what it is."""
+    return f"{', '.join(method for method, options in MERGE_OPTIONS.items() if field in options)}: {text}"
 
 
 def _reporter(progress):
@@ -44,69 +56,77 @@ def _reporter(progress):
 
 
 def delta_command(
-    files: Annotated[
-        list[Path],
-        typer.Argument(
-            help="A fine-tuned `model` or `lora` checkpoint; or `apply` followed by a delta file.",
-            metavar="[apply] FILE",
-            show_default=False,
-        ),
-    ],
+    checkpoint: Annotated[Path, typer.Argument(help="A fine-tuned `model` or `lora` checkpoint.", show_default=False)],
     output: OutputOption,
     zs: ZsOption = None,
     dtype: Annotated[
-        str | None, typer.Option("--dtype", help="fp32, fp16 or bf16 for the delta (default: the checkpoint's).")
+        Dtype | None, typer.Option("--dtype", help="The delta's dtype.", show_default="the checkpoint's")
     ] = None,
-    scale: Annotated[float | None, typer.Option("--scale", help="apply: write θ0 + s·δ (default 1).")] = None,
     force: ForceOption = False,
     json_output: JsonOption = False,
     quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Task delta θ − θ0 of a fine-tuned checkpoint; `delta apply` adds a delta back to its base as a `model` file.
+    """The task delta of a fine-tuned checkpoint: its weights minus its base's. `cftool delta apply` adds a delta
+    back to its base (see `cftool delta apply --help`).
 
-    The base is --zs (default: the one the file records). `lora` checkpoints are merged into the weights first;
+    The base is --zs, or the one the file records. `lora` checkpoints are merged into the weights first;
     `prompt` and `head` checkpoints hold no weights of the model and have no delta.
 
     Example: cftool delta full-food.safetensors --zs tiny -o deltas/food.safetensors
+    """
+    from cftool.io.checkpoint import open_checkpoint
+    from cftool.merge.delta import make_delta
+    from cftool.zoo.base import resolve_base
+    from cftool.zoo.base_weights import open_base
+
+    wanted_dtype = torch_dtype(dtype)
+    with open_base(resolve_base(zs, checkpoint)) as base, open_checkpoint(checkpoint) as source:
+        written = make_delta(source, base, output, wanted_dtype, overwrite=force)
+    _print_written_delta(written, "delta", base.canonical, json_output)
+
+
+def delta_apply_command(
+    delta: Annotated[Path, typer.Argument(help="A `delta` file (from `cftool delta` or `unify`).", show_default=False)],
+    output: OutputOption,
+    zs: ZsOption = None,
+    scale: Annotated[float, typer.Option("--scale", help="The multiple of the delta added to the base.")] = 1.0,
+    force: ForceOption = False,
+    json_output: JsonOption = False,
+    quiet: QuietOption = False,
+    config: ConfigOption = None,
+) -> None:
+    """Add a task delta back to its base: writes a `model` file, the base's weights plus --scale times the delta, in
+    the base's dtypes.
+
+    The base is --zs, or the one the delta records; a delta made from other base weights is refused.
 
     Example: cftool delta apply deltas/food.safetensors --zs tiny --scale 0.5 -o food-half.safetensors
     """
     from cftool.io.checkpoint import open_checkpoint
-    from cftool.merge.delta import apply_delta, make_delta
+    from cftool.merge.delta import apply_delta
     from cftool.zoo.base import resolve_base
     from cftool.zoo.base_weights import open_base
 
-    applying = len(files) == 2 and str(files[0]) == "apply"
-    if len(files) != 1 and not applying:
-        raise CftoolError("give one checkpoint (cftool delta FT.safetensors …) or `apply DELTA` (cftool delta apply …)")
-    source = files[-1]
-    if applying and dtype is not None:
-        raise CftoolError("--dtype sets a delta's dtype; `delta apply` writes the model in its base's dtypes")
-    if not applying and scale is not None:
-        raise CftoolError("--scale applies to `cftool delta apply`")
-    wanted_dtype = torch_dtype(dtype)
-    with open_base(resolve_base(zs, source)) as base:
-        if applying:
-            with open_checkpoint(source, kind="delta") as delta:
-                written = apply_delta(delta, base, output, 1.0 if scale is None else scale, overwrite=force)
-            kind = "model"
-        else:
-            with open_checkpoint(source) as checkpoint:
-                written = make_delta(checkpoint, base, output, wanted_dtype, overwrite=force)
-            kind = "delta"
-    console.print(f"wrote {written} ({kind}, base {base.canonical})")
+    with open_base(resolve_base(zs, delta)) as base, open_checkpoint(delta, kind="delta") as source:
+        written = apply_delta(source, base, output, scale, overwrite=force)
+    _print_written_delta(written, "model", base.canonical, json_output)
+
+
+def _print_written_delta(written: Path, kind: str, base: str, json_output: bool) -> None:
+    console.print(f"wrote {written} ({kind}, base {base})")
     if json_output:
-        emit_json({"output": str(written), "kind": kind, "base": base.canonical})
+        emit_json({"output": str(written), "kind": kind, "base": base})
 
 
 def unify_command(
+    ctx: typer.Context,
     deltas: Annotated[
         list[Path],
         typer.Argument(help="Delta files, one per task (e.g. deltas/*.safetensors); condu-lora: lora checkpoints."),
     ],
     output: OutputOption,
-    method: Annotated[str, typer.Option("--method", help=f"One of {', '.join(METHOD_NAMES)}.")] = "condu",
+    method: Annotated[one_of(MERGE_METHODS), typer.Option("--method", help="How to merge.")] = MERGE_METHOD,
     into: Annotated[
         Path | None,
         typer.Option(
@@ -117,16 +137,36 @@ def unify_command(
     replace: Annotated[
         bool, typer.Option("--replace", help="--into: a delta of a task the set holds replaces its expert.")
     ] = False,
-    keep: Annotated[float | None, typer.Option("--keep", help="ties: fraction of entries kept (default 0.2).")] = None,
+    # The merge methods' options (MERGE_OPTIONS): flags, help and defaults come from there, but each is declared here
+    # by hand, since Typer reads a command's options from its signature.
+    keep: Annotated[
+        float, typer.Option(MERGE_OPTION_FLAGS["keep"], help=_merge_option("keep", "the fraction of entries kept."))
+    ] = MERGE_OPTIONS["ties"]["keep"],
     trim: Annotated[
-        str | None, typer.Option("--trim", help="ties: global (the paper's, default) or per-tensor (mergekit's).")
-    ] = None,
+        one_of(TRIMS),
+        typer.Option(
+            MERGE_OPTION_FLAGS["trim"],
+            help=_merge_option(
+                "trim", "where the kept fraction is counted: over the whole delta (the paper's) or in each tensor."
+            ),
+        ),
+    ] = MERGE_OPTIONS["ties"]["trim"],
     scale: Annotated[
         float | None,
-        typer.Option("--lambda", help="ties, task-arithmetic, dare: scale of the merged delta (1, 0.3, 0.3)."),
+        typer.Option(
+            MERGE_OPTION_FLAGS["scale"],
+            help=_merge_option("scale", "the merged delta's scale."),
+            show_default=defaults_by(
+                {name: options["scale"] for name, options in MERGE_OPTIONS.items() if "scale" in options}
+            ),
+        ),
     ] = None,
-    p: Annotated[float | None, typer.Option("--p", help="dare: drop rate (default 0.5).")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="dare: seed of the drops (default 0).")] = None,
+    p: Annotated[
+        float, typer.Option(MERGE_OPTION_FLAGS["p"], help=_merge_option("p", "the drop rate."))
+    ] = MERGE_OPTIONS["dare"]["p"],
+    seed: Annotated[
+        int, typer.Option(MERGE_OPTION_FLAGS["seed"], help=_merge_option("seed", "the seed of the drops."))
+    ] = MERGE_OPTIONS["dare"]["seed"],
     force: ForceOption = False,
     json_output: JsonOption = False,
     output_format: FormatOption = "table",
@@ -140,7 +180,7 @@ def unify_command(
 
     LoRA, two ways: `--method condu-lora` takes the tasks' `lora` checkpoints and unifies their factors A and B
     (the reference ConDU-LoRA: its experts decouple back into lora factors); `--method condu` over `cftool delta`
-    of lora checkpoints unifies the merged updates ΔW = scale·B·A instead (cftool's own, weight space).
+    of lora checkpoints unifies the updates the factors make to the weights instead (cftool's own, weight space).
 
     Example: cftool unify deltas/*.safetensors -o unified.st
 
@@ -155,7 +195,7 @@ def unify_command(
 
     fmt = results_format(output_format, json_output)
     merge = get_method(method)
-    options = merge.make_options(keep=keep, trim=trim, scale=scale, p=p, seed=seed)
+    options = merge.make_options(**{field: ctx.params[field] for field in given(ctx, MERGE_OPTION_FLAGS)})
     if into is not None and not merge.writes_triggers:
         raise CftoolError(f"--into continues a ConDU unified set; it needs --method condu or condu-lora, not {method}")
     if replace and into is None:
@@ -199,11 +239,12 @@ def decouple_command(
     task: Annotated[str | None, typer.Option("--task", help="The task whose expert to rebuild.")] = None,
     all_tasks: Annotated[bool, typer.Option("--all", help="Rebuild every task's expert.")] = False,
     as_kind: Annotated[
-        str | None,
+        one_of(EXPERT_KINDS) | None,
         typer.Option(
             "--as",
-            help="delta (δ̃ = λ·M⊙u; the default) or model (θ0 + δ̃, for eval and export); a condu-lora set: lora "
-            "(its factors; the default) or model.",
+            help="What to write of each expert: delta (its delta to the base) or model (the base plus that delta, for "
+            "eval and export); a condu-lora set's: lora (its factors) or model.",
+            show_default="delta; a condu-lora set's lora",
         ),
     ] = None,
     zs: ZsOption = None,
@@ -212,13 +253,15 @@ def decouple_command(
     quiet: QuietOption = False,
     config: ConfigOption = None,
 ) -> None:
-    """Rebuild task experts from a unified set: δ̃ = λ·M⊙u, or with --as model the full weights θ0 + δ̃.
+    """Rebuild task experts from a unified set: a task's delta is the unified delta where the task's mask keeps it,
+    times the task's rescaler; with --as model, the base's weights plus that delta.
 
-    A condu-lora set rebuilds each factor so (plus the factors its deltas are relative to, for an imported ConDU
-    session): --as lora writes the expert's factors as a `lora` checkpoint, --as model the weights W + scale·B̃·Ã.
+    A condu-lora set rebuilds each LoRA factor so (plus the factors its deltas are relative to, for an imported ConDU
+    session): --as lora writes the expert's factors as a `lora` checkpoint, --as model the base's weights plus the
+    update those factors make.
 
     Reads only the unified delta and the chosen tasks' masks, tensor by tensor. --as model needs the base (--zs,
-    default: the one the set records); --as delta needs none.
+    or the one the set records); --as delta needs none.
 
     Example: cftool decouple unified.st --task food --as model -o food-expert.safetensors
 
@@ -240,7 +283,7 @@ def decouple_command(
         if as_kind not in (own_kind, "model"):
             raise CftoolError(
                 f"--as {as_kind!r}: the experts of {unified} are written as {own_kind} or model"
-                + (" (`cftool delta` of a lora expert gives its ΔW delta)" if own_kind == "lora" else "")
+                + (" (`cftool delta` of a lora expert gives its delta in weight space)" if own_kind == "lora" else "")
             )
         if zs is not None and as_kind != "model":
             raise CftoolError(f"--zs is used with --as model; a {as_kind} needs no base")

@@ -6,12 +6,14 @@ from typing import Annotated
 
 import typer
 
-from cftool.cli.common import QuietOption, emit_results
+from cftool.cli.common import QuietOption, emit_results, one_of, recipe_names
 from cftool.cli.render import Column, ResultTable
 
 
 def recipes_command(
-    name: Annotated[str | None, typer.Argument(help="A recipe to print in full (its YAML file).")] = None,
+    name: Annotated[
+        one_of(recipe_names()) | None, typer.Argument(help="A recipe to print in full (its YAML file).", metavar="NAME")
+    ] = None,
     quiet: QuietOption = False,
 ) -> None:
     """List the official recipes that `finetune --recipe` and `continue --recipe` take, or print one.
@@ -20,10 +22,9 @@ def recipes_command(
     """
     from importlib import resources
 
-    from cftool.recipes import load_recipe, recipe_names
+    from cftool.recipes import load_recipe
 
     if name is not None:
-        load_recipe(name)  # an unknown name is refused with the known ones
         print(resources.files("cftool.recipes").joinpath(f"{name}.yaml").read_text(encoding="utf-8"), end="")
         return
     rows = [

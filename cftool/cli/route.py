@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cftool.cli.common import (
-    DEFAULT_TOP_K,
     BatchSizeOption,
     ConfigOption,
     DataRootOption,
@@ -23,6 +22,7 @@ from cftool.cli.common import (
     WorkersOption,
     console,
     emit_results,
+    one_of,
     progress_bar,
     resolve_device,
     results,
@@ -31,6 +31,7 @@ from cftool.cli.common import (
 )
 from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
+from cftool.options import DEVICE, EVAL_BATCH_SIZE, EVAL_SPLIT, SEED, SPLITS, TOP_K, WORKERS
 
 if TYPE_CHECKING:
     from cftool.data import TaskData
@@ -43,7 +44,7 @@ def route_command(
         str, typer.Option("--data", help="Images to predict: toy:TASK, folder:PATH, coop:NAME or mtil:NAME.")
     ],
     zs: Annotated[
-        str | None, typer.Option("--zs", help="Base model (default: the one the unified set records).")
+        str | None, typer.Option("--zs", help="Base model.", show_default="the one the unified set records")
     ] = None,
     prototypes: Annotated[
         list[str] | None,
@@ -55,7 +56,7 @@ def route_command(
     ] = None,
     top_k: Annotated[
         int, typer.Option("--top-k", help="Experts per image (the tasks whose prototypes are closest).")
-    ] = (DEFAULT_TOP_K),
+    ] = TOP_K,
     task: Annotated[
         str | None, typer.Option("--task", help="The task id: that task's decoupled expert alone answers.")
     ] = None,
@@ -67,16 +68,16 @@ def route_command(
             "the routed experts alone (with --top-k 1: hard routing, to measure the router).",
         ),
     ] = True,
-    split: Annotated[str, typer.Option("--split", help="Split of --data to predict.")] = "test",
+    split: Annotated[one_of(SPLITS), typer.Option("--split", help="Split of --data to predict.")] = EVAL_SPLIT,
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write the predictions as CSV to this file.")
     ] = None,
     data_root: DataRootOption = None,
     force: ForceOption = False,
-    batch_size: BatchSizeOption = 256,
-    workers: WorkersOption = 0,
-    device: DeviceOption = "auto",
-    seed: SeedOption = 0,
+    batch_size: BatchSizeOption = EVAL_BATCH_SIZE,
+    workers: WorkersOption = WORKERS,
+    device: DeviceOption = DEVICE,
+    seed: SeedOption = SEED,
     json_output: JsonOption = False,
     output_format: FormatOption = "table",
     quiet: QuietOption = False,
@@ -84,7 +85,7 @@ def route_command(
 ) -> None:
     """Predict with a unified set's task experts: without --task, each image goes to the --top-k tasks whose class
     prototypes are closest to its zero-shot feature, and their experts' predictions are averaged with the zero-shot
-    model's (docs/design.md §5.3); with --task, that task's expert alone. Prints the accuracy (the data is labelled).
+    model's; with --task, that task's expert alone. Prints the accuracy (the data is labelled).
 
     Each routed expert is rebuilt once and runs only on the images routed to it. The label space is --data's classes.
 
@@ -103,7 +104,7 @@ def route_command(
     with open_checkpoint(unified, kind="unified") as ckpt:  # a file of another kind is the first thing to say
         header = ckpt.header
     options = RouteOptions(top_k, zero_shot, batch_size, workers)
-    if task is not None and (prototypes or top_k != DEFAULT_TOP_K or not zero_shot):
+    if task is not None and (prototypes or top_k != TOP_K or not zero_shot):
         raise CftoolError(
             "--task answers with that task's expert alone; --prototypes, --top-k and --no-zero-shot "
             "are for routing without it"

@@ -19,23 +19,18 @@ from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_
 from torchvision.transforms import Compose, RandomHorizontalFlip
 
 from cftool.errors import CftoolError
+from cftool.options import AUGMENTATION, AUGMENTATIONS, PROTOCOL_AUGMENTATION
 
 if TYPE_CHECKING:
     from cftool.zoo import ZooModel
 
-AUGMENTATIONS = ("none", "coop", "zscl")
 CROP_SCALES = {"coop": (0.08, 1.0), "zscl": (0.9, 1.0)}
 COOP_FLIP_PROBABILITY = 0.5  # torchvision's default, which Dassl's random_flip keeps
 
 
-# What each protocol's reference trains with when --augment is not given: CoOp's datasets with CoOp's transform,
-# MTIL's with ZSCL's; the testbed and plain folders with the eval preprocessing.
-PROTOCOL_AUGMENTATION = {"coop": "coop", "mtil": "zscl"}
-
-
 def default_augmentation(source: str) -> str:
     """The augmentation of the reference protocol a `--data` source belongs to (``coop:…``, ``mtil:…``)."""
-    return PROTOCOL_AUGMENTATION.get(source.partition(":")[0], "none")
+    return PROTOCOL_AUGMENTATION.get(source.partition(":")[0], AUGMENTATION)
 
 
 def check_augmentation(augment: str) -> None:

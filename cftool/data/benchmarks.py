@@ -9,7 +9,7 @@ from cftool.data.mtil.tables import MTIL_ORDER, MTIL_ORDER_II
 from cftool.data.specs import DatasetSpec
 from cftool.data.toy import TOY_TASKS
 from cftool.errors import CftoolError
-from cftool.zoo.base import TINY
+from cftool.options import TINY
 
 
 @dataclass(frozen=True)

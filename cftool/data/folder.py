@@ -9,8 +9,9 @@ from pathlib import Path
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from cftool.data.specs import SPLITS, files_fingerprint, load_image
+from cftool.data.specs import files_fingerprint, load_image
 from cftool.errors import CftoolError
+from cftool.options import SPLITS
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 

@@ -25,16 +25,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from cftool.data.validation import few_shot_val_positions
 from cftool.errors import CftoolError
+from cftool.options import CLASS_SUBSET, CLASS_SUBSETS, SEED, VAL_IMAGE_SET, VAL_IMAGES
 
-CLASS_SUBSETS = ("all", "base", "novel")
-# Which validation images a few-shot run selects its checkpoint on: CoOp's draw of min(shots, 4) per class
-# (cftool.data.validation), or the whole split, as MergeTune's dataset files keep it once CoOp has run.
-VAL_IMAGES = ("few-shot", "all")
 DATA_ROOT_ENV = "CFTOOL_DATA_ROOT"
 DEFAULT_DATA_ROOT = Path("data")
 # How a user points cftool at real datasets, for the messages that find them missing.
 DATA_ROOT_HINT = f"set it with --data-root ROOT or {DATA_ROOT_ENV}=ROOT"
-SPLITS = ("train", "val", "test")
 
 
 class ImageSource(Protocol):
@@ -129,10 +125,10 @@ def files_fingerprint(paths: Iterable[Path]) -> str:
 @dataclass(frozen=True)
 class DatasetSpec:
     source: str  # "toy:shapes", "folder:/data/pets", "coop:OxfordPets"
-    classes: str = "all"  # all | base | novel (first ceil(n/2) classes are base, as in CoOp)
+    classes: str = CLASS_SUBSET  # see CLASS_SUBSETS
     shots: int | None = None  # training images per class, sampled with `seed`
-    seed: int = 0
-    val_images: str = "few-shot"  # see VAL_IMAGES
+    seed: int = SEED
+    val_images: str = VAL_IMAGE_SET  # see VAL_IMAGES (cftool.data.validation draws the few-shot ones)
 
     def __post_init__(self):
         if self.classes not in CLASS_SUBSETS:

@@ -35,9 +35,8 @@ from cftool.data.toyworld import (
     single_scene,
     stable_seed,
 )
+from cftool.options import SPLITS  # val: as many images as test, rendered from seeds of their own
 
-# val: as many images as test, rendered from seeds of their own (for --select best-val).
-SPLITS = ("train", "val", "test")
 SceneSampler = Callable[[int, np.random.Generator], Scene]
 
 

@@ -82,9 +82,6 @@ def zero_shot_head(zoo: ZooModel, classnames: list[str], templates: list[str]) -
     return F.normalize(template_features(zoo, classnames, templates).mean(dim=1), dim=-1).T.cpu()
 
 
-LABEL_SPACES = ("own", "union")
-
-
 @dataclass(frozen=True)
 class LabelSpace:
     """The classes a prediction picks among: one task's own, or the union of several tasks' (each task's classes with

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from cftool.data import TaskData
-from cftool.encode.zero_shot import LABEL_SPACES, LabelSpace
+from cftool.encode.zero_shot import LabelSpace
 from cftool.errors import CftoolError
 from cftool.eval.compare import ZERO_SHOT, FeatureCache, labelled_column, split_label
 from cftool.eval.route import RouteOptions, TaskPrototypes, prototype_files, prototypes_of, read_prototypes, route_split
@@ -32,6 +32,7 @@ from cftool.io.remembered_hashes import cache_root
 from cftool.io.unified import TASKS_KEY, UnifiedSet, parse_tasks
 from cftool.kinds.apply import BaseState, applied, open_applicable
 from cftool.metrics import mtil_metrics, top1_accuracy
+from cftool.options import LABEL_SPACE, LABEL_SPACES
 from cftool.zoo import ZooModel
 
 SESSION_FIELD = "{t}"
@@ -156,9 +157,7 @@ class MtilOptions:
     task_agnostic: bool = False  # route every cell of a unified set, learned tasks too (no task id)
     route: RouteOptions = field(default_factory=RouteOptions)
     prototypes: tuple[str, ...] = ()  # patterns of the prototype files routing reads
-    # "own": each task's images are classified among its own classes (ConDU's evaluation); "union": among every
-    # task's classes of the table, as some task-agnostic tables of other methods do. Without the task id only.
-    label_space: str = "own"
+    label_space: str = LABEL_SPACE  # see LABEL_SPACES; union without the task id only
 
     def __post_init__(self) -> None:
         if self.label_space not in LABEL_SPACES:

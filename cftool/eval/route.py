@@ -26,12 +26,12 @@ from cftool.io.checkpoint import open_checkpoint
 from cftool.io.unified import UnifiedSet, open_unified
 from cftool.kinds.apply import BaseState, applied
 from cftool.metrics import top1_accuracy
+from cftool.options import EVAL_BATCH_SIZE, TOP_K, WORKERS
 from cftool.zoo import ZooModel
 
 # The reference scores every member with CLIP's logit scale of 100 (whatever the model's own): the members share
 # it, so it changes the mean's scale, never its argmax.
 LOGIT_SCALE = 100.0
-DEFAULT_TOP_K = 4
 ZERO_SHOT_MEMBER = "zero-shot"
 
 
@@ -267,10 +267,10 @@ class Routed:
 
 @dataclass(frozen=True)
 class RouteOptions:
-    top_k: int = DEFAULT_TOP_K
+    top_k: int = TOP_K
     include_zero_shot: bool = True
-    batch_size: int = 256
-    workers: int = 0
+    batch_size: int = EVAL_BATCH_SIZE
+    workers: int = WORKERS
 
     def __post_init__(self) -> None:
         if self.top_k < 1:

@@ -12,6 +12,7 @@ from cftool.data import TaskData
 from cftool.eval.compare import ZERO_SHOT, FeatureCache, compare
 from cftool.eval.lmc_paths import path_report
 from cftool.eval.mtil import MtilOptions, mtil_report
+from cftool.options import EVAL_BATCH_SIZE, EVAL_SPLIT, PATH_STEPS, WORKERS
 from cftool.zoo import ZooModel
 
 # ``begin(description, total)`` starts a progress task and returns its ``advance(n=1)``.
@@ -25,16 +26,16 @@ class Evaluation:
 
     columns: tuple[str, ...]
     tasks: list[TaskData]
-    split: str = "test"
+    split: str = EVAL_SPLIT
     base2new: bool = False
     path: tuple[str, str] | None = None
-    steps: int = 11
+    steps: int = PATH_STEPS
     sessions: tuple[str, ...] = ()
     mtil: MtilOptions | None = None
     cells_folder: Path | None = None  # where measured MTIL cells are kept
     features_folder: Path | None = None  # where the base's image features are kept
-    batch_size: int = 256
-    workers: int = 2
+    batch_size: int = EVAL_BATCH_SIZE
+    workers: int = WORKERS
 
     @property
     def names_files(self) -> bool:

@@ -23,7 +23,7 @@ class LinearHead(Method):
     zero-shot counterpart), and an optimiser's steps are relative to unit-norm rows.
     """
 
-    name, kind, default_optimizer, default_lr = "head", "head", "adamw", 1e-3
+    name, kind = "head", "head"
 
     def __init__(
         self,

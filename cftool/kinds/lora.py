@@ -40,8 +40,18 @@ from torch.nn.utils import parametrize
 from cftool.encode.zero_shot import HeadFn, zero_shot_head
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader
-from cftool.kinds.method import TOWERS, Solution, TowerMethod, checked_towers, copy_into, tower_of
+from cftool.kinds.method import Solution, TowerMethod, checked_towers, copy_into, tower_of
 from cftool.merge.lora import FACTORS, combined_factors, lora_config, merge_lora, merged_lora_state
+from cftool.options import (
+    LORA_ALPHA,
+    LORA_INIT,
+    LORA_INITS,
+    LORA_RANK,
+    LORA_TARGET_GROUPS,
+    LORA_TARGETS,
+    TOWERS,
+    TRAIN_TEMPLATE,
+)
 from cftool.zoo import ZooModel
 
 # Weight-name endings by group: a transformer block's fused q/k/v and output projections of attention and a ResNet
@@ -55,10 +65,8 @@ ATTENTION_TARGETS = (
     "attnpool.c_proj.weight",
 )
 MLP_TARGETS = ("mlp.c_fc.weight", "mlp.c_proj.weight")
-TARGET_GROUPS = {"attention+mlp": ATTENTION_TARGETS + MLP_TARGETS, "mlp": MLP_TARGETS}
-DEFAULT_TARGETS = "attention+mlp"
-INITS = ("zero-b", "condu")
-DEFAULT_INIT = "zero-b"
+# The weight endings of each of LORA_TARGET_GROUPS: attention+mlp, mlp.
+TARGET_GROUPS = dict(zip(LORA_TARGET_GROUPS, (ATTENTION_TARGETS + MLP_TARGETS, MLP_TARGETS), strict=True))
 CONDU_INIT_STD = 0.01  # ConDU clip/model_lora.py:15-16
 TOWER_PREFIXES = {"image": "visual.", "text": "transformer.resblocks."}
 
@@ -66,24 +74,24 @@ TOWER_PREFIXES = {"image": "visual.", "text": "transformer.resblocks."}
 def check_lora_options(targets: str, init: str) -> None:
     if targets not in TARGET_GROUPS:
         raise CftoolError(f"--lora-targets {targets!r}: expected {' or '.join(TARGET_GROUPS)}")
-    if init not in INITS:
-        raise CftoolError(f"--lora-init {init!r}: expected {' or '.join(INITS)}")
+    if init not in LORA_INITS:
+        raise CftoolError(f"--lora-init {init!r}: expected {' or '.join(LORA_INITS)}")
 
 
-def lora_parameter_names(model: nn.Module, towers: tuple[str, ...], targets: str = DEFAULT_TARGETS) -> list[str]:
+def lora_parameter_names(model: nn.Module, towers: tuple[str, ...], targets: str = LORA_TARGETS) -> list[str]:
     """open_clip parameter names that LoRA adapts in ``towers`` (``targets``: a key of TARGET_GROUPS), in the
     model's order."""
-    check_lora_options(targets, DEFAULT_INIT)
+    check_lora_options(targets, LORA_INIT)
     prefixes = tuple(TOWER_PREFIXES[tower] for tower in towers)
     endings = TARGET_GROUPS[targets]
     return [name for name, _ in model.named_parameters() if name.startswith(prefixes) and name.endswith(endings)]
 
 
 class LoRAFactors(nn.Module):
-    """The trainable pair of one weight: A [rank, in] and B [out, rank], started as ``init`` (one of INITS) says
+    """The trainable pair of one weight: A [rank, in] and B [out, rank], started as ``init`` (one of LORA_INITS) says
     (module doc)."""
 
-    def __init__(self, weight: torch.Tensor, rank: int, scale: float, init: str = DEFAULT_INIT):
+    def __init__(self, weight: torch.Tensor, rank: int, scale: float, init: str = LORA_INIT):
         super().__init__()
         out_features, in_features = weight.shape
         self.scale = scale
@@ -143,7 +151,7 @@ def merged_weights_recomputed() -> Iterator[None]:
 
 
 def attach_lora(
-    model: nn.Module, names: list[str], rank: int, scale: float, init: str = DEFAULT_INIT
+    model: nn.Module, names: list[str], rank: int, scale: float, init: str = LORA_INIT
 ) -> dict[str, LoRAFactors]:
     """Parametrise each named weight of ``model`` in place; returns the factors by parameter name."""
     factors = {}
@@ -166,20 +174,19 @@ class LoRA(TowerMethod):
     ConDU-LoRA's are ``mlp`` and ``condu`` with rank 64 and alpha 8 (scale 1/√64). A tower that holds none of the
     targets (a ResNet image tower under ``mlp``) is left frozen, so its image features are encoded once."""
 
-    name, kind, default_optimizer, default_lr = "lora", "lora", "adamw", 1e-3
-    rebuild_options = ("rank", "alpha", "towers", "lora_targets", "lora_init", "train_templates")
+    name, kind = "lora", "lora"
 
     def __init__(
         self,
         zoo: ZooModel,
         classnames: Sequence[str],
         templates: Sequence[str],
-        rank: int = 8,
-        alpha: float = 16.0,
+        rank: int = LORA_RANK,
+        alpha: float = LORA_ALPHA,
         towers: Sequence[str] = TOWERS,
-        lora_targets: str = DEFAULT_TARGETS,
-        lora_init: str = DEFAULT_INIT,
-        train_templates: str = "all",
+        lora_targets: str = LORA_TARGETS,
+        lora_init: str = LORA_INIT,
+        train_templates: str = TRAIN_TEMPLATE,
     ):
         check_lora_options(lora_targets, lora_init)
         targets = lora_parameter_names(zoo.model, checked_towers(towers), lora_targets)

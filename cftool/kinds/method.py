@@ -31,23 +31,19 @@ from cftool.encode.text import class_text_head, mean_per_class, template_tokens
 from cftool.encode.zero_shot import HeadFn, zero_shot_head
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, check_shapes
+from cftool.options import PROTOCOL_TRAIN_TEMPLATES, TOWERS, TRAIN_TEMPLATE, TRAIN_TEMPLATES
 from cftool.zoo import ZooModel
-
-TOWERS = ("image", "text")
 
 # A method's point on MergeTune's paths (see the module docstring), by tensor name.
 Solution = dict[str, torch.Tensor]
-# Which of a task's templates the text head of a tower method's training loss is built from: ZSCL's MTIL training
-# (mtil/src/models/finetune.py:103 and :215, ConDU's src/models/finetune.py:112 and :151) encodes one prompt per class,
-# ``dataset.template``, which is ``templates[0]`` (mtil/src/datasets/collections.py:61-64); evaluation averages all.
-TRAIN_TEMPLATES = ("all", "first")
-# What each protocol's reference trains with when --train-templates is not given (`mtil:` data: ZSCL's first template).
-PROTOCOL_TRAIN_TEMPLATES = {"mtil": "first"}
+# TRAIN_TEMPLATES: which of a task's templates the text head of a tower method's training loss is built from. ZSCL's
+# MTIL training (mtil/src/models/finetune.py:103 and :215, ConDU's src/models/finetune.py:112 and :151) encodes one
+# prompt per class, ``dataset.template``, which is ``templates[0]`` (mtil/src/datasets/collections.py:61-64).
 
 
 def default_train_templates(source: str) -> str:
     """The training templates of the reference protocol a `--data` source belongs to (``mtil:…``), else all."""
-    return PROTOCOL_TRAIN_TEMPLATES.get(source.partition(":")[0], "all")
+    return PROTOCOL_TRAIN_TEMPLATES.get(source.partition(":")[0], TRAIN_TEMPLATE)
 
 
 def tower_of(parameter_name: str) -> str | None:
@@ -70,14 +66,10 @@ class Method(nn.Module):
 
     name: ClassVar[str]
     kind: ClassVar[str]  # checkpoint kind of the export
-    default_optimizer: ClassVar[str]
-    default_lr: ClassVar[float]
     changes_weights: ClassVar[bool] = False  # whether applying its checkpoint replaces the encoders' weights
     self_contained: ClassVar[bool] = False  # whether its checkpoint applies to any base of its architecture
     # Whether each point of a path between two heads of this kind is normalised: cosine (text) heads are.
     renormalised_path: ClassVar[bool] = False
-    # The options (of ``options``) that its checkpoint's config records and a rebuild for `continue` needs.
-    rebuild_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, zoo: ZooModel, classnames: Sequence[str], templates: Sequence[str]):
         super().__init__()
@@ -246,7 +238,7 @@ class TowerMethod(Method):
         classnames: Sequence[str],
         templates: Sequence[str],
         towers: Sequence[str],
-        train_templates: str = "all",
+        train_templates: str = TRAIN_TEMPLATE,
     ):
         super().__init__(zoo, classnames, templates)
         if train_templates not in TRAIN_TEMPLATES:

@@ -8,15 +8,15 @@ import torch
 
 from cftool.encode.zero_shot import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader
-from cftool.kinds.method import TOWERS, Solution, TowerMethod, interpolate_weights, tower_of
+from cftool.kinds.method import Solution, TowerMethod, interpolate_weights, tower_of
+from cftool.options import TOWERS, TRAIN_TEMPLATE
 from cftool.zoo import ZooModel
 
 
 class Full(TowerMethod):
     """Every weight of the chosen towers; the logit scale stays as pretrained."""
 
-    name, kind, default_optimizer, default_lr = "full", "model", "adamw", 1e-5
-    rebuild_options = ("towers", "train_templates")
+    name, kind = "full", "model"
     # A `model` file holds every weight, so it applies to any base of its architecture (its tensors' shapes are checked
     # as they load): a sequential fine-tune, made from the previous session's model, is evaluated over the original
     # base.
@@ -28,7 +28,7 @@ class Full(TowerMethod):
         classnames: Sequence[str],
         templates: Sequence[str],
         towers: Sequence[str] = TOWERS,
-        train_templates: str = "all",
+        train_templates: str = TRAIN_TEMPLATE,
     ):
         super().__init__(zoo, classnames, templates, towers, train_templates)
         for name, parameter in self.model.named_parameters():

@@ -16,10 +16,9 @@ from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, check_shapes
 from cftool.kinds.method import Method, Solution, class_weight_path_logits, copy_into
 from cftool.merge.precision import fits_float32
+from cftool.options import COOP_INIT, RANDOM_INIT
 from cftool.zoo import ZooModel
 
-COOP_INIT = "a photo of a"
-RANDOM_INIT = "random"
 # CoOp initialises a random context from N(0, 0.02²).
 RANDOM_CONTEXT_STD = 0.02
 # The mean cosine between a trained context and the embeddings of COOP_INIT above which it started from those words.
@@ -64,9 +63,8 @@ class CoOp(Method):
     as MergeTune's code does (trainers/kgcoop_coop_LMC.py:512-517 interpolates the TextEncoder outputs of the two
     prompts' contexts; :405 normalises the point before scoring)."""
 
-    name, kind, default_optimizer, default_lr = "coop", "prompt", "sgd", 2e-3
+    name, kind = "coop", "prompt"
     renormalised_path = True
-    rebuild_options = ("n_ctx", "ctx_init")
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from cftool.errors import CftoolError
 from cftool.merge.precision import check_scale, work_dtype
 from cftool.merge.registry import METHODS, Chunk, Merged, MergeMethod, Statistic, TensorPlan, merge_method
 from cftool.merge.select import RadixSelect
+from cftool.options import MERGE_OPTIONS, TRIMS
 
 
 def _in_work_dtype(chunk: Chunk) -> list[torch.Tensor]:
@@ -113,14 +114,12 @@ merge_method(
 
 # TIES ----------------------------------------------------------------------------------------------------------
 
-TRIMS = ("global", "per-tensor")
-
 
 @dataclass(frozen=True)
 class TiesOptions:
-    keep: float = 0.2
-    trim: str = "global"
-    scale: float = 1.0
+    keep: float = MERGE_OPTIONS["ties"]["keep"]
+    trim: str = MERGE_OPTIONS["ties"]["trim"]
+    scale: float = MERGE_OPTIONS["ties"]["scale"]
 
     def __post_init__(self) -> None:
         if not 0 < self.keep <= 1:
@@ -273,7 +272,7 @@ def ties(chunk: Chunk, options: TiesOptions, statistics: Mapping[str, Any]) -> M
 
 @dataclass(frozen=True)
 class TaskArithmeticOptions:
-    scale: float = 0.3
+    scale: float = MERGE_OPTIONS["task-arithmetic"]["scale"]
 
     def __post_init__(self) -> None:
         check_scale("--lambda", self.scale)
@@ -292,9 +291,9 @@ def task_arithmetic(chunk: Chunk, options: TaskArithmeticOptions, statistics: Ma
 
 @dataclass(frozen=True)
 class DareOptions:
-    p: float = 0.5
-    seed: int = 0
-    scale: float = 0.3
+    p: float = MERGE_OPTIONS["dare"]["p"]
+    seed: int = MERGE_OPTIONS["dare"]["seed"]
+    scale: float = MERGE_OPTIONS["dare"]["scale"]
 
     def __post_init__(self) -> None:
         if not 0 <= self.p < 1:

@@ -19,6 +19,7 @@ import torch
 
 from cftool.errors import CftoolError
 from cftool.merge.stream import TensorPlan
+from cftool.options import MERGE_OPTION_FLAGS
 
 
 @dataclass(frozen=True)
@@ -88,14 +89,11 @@ class MergeMethod:
         unknown = sorted(given.keys() - fields)
         if unknown:
             raise CftoolError(
-                f"--method {self.name} takes no {', '.join(_FLAGS.get(key, key) for key in unknown)}"
-                f" (its options: {', '.join(_FLAGS.get(key, key) for key in sorted(fields)) or 'none'})"
+                f"--method {self.name} takes no {', '.join(MERGE_OPTION_FLAGS.get(key, key) for key in unknown)}"
+                f" (its options: {', '.join(MERGE_OPTION_FLAGS.get(key, key) for key in sorted(fields)) or 'none'})"
             )
         return self.options(**given)
 
-
-# Option field -> the flag a user types, for messages.
-_FLAGS = {"keep": "--keep", "trim": "--trim", "scale": "--lambda", "p": "--p", "seed": "--seed"}
 
 METHODS: dict[str, MergeMethod] = {}
 

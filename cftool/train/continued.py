@@ -21,7 +21,8 @@ from cftool.io.checkpoint import CheckpointReader, file_sha256, open_checkpoint
 from cftool.io.command_files import SUFFIX, beside
 from cftool.kinds.apply import TRAINED_KINDS, trainable_method
 from cftool.kinds.method import Method
-from cftool.kinds.prompt import COOP_INIT, RANDOM_INIT, ZERO_SHOT_WEIGHT
+from cftool.kinds.prompt import ZERO_SHOT_WEIGHT
+from cftool.options import COOP_INIT, FINETUNE_METHODS, RANDOM_INIT, WORKERS
 from cftool.recipes import load_recipe
 from cftool.train.finetune import Continuation, FinetuneJob, FinetuneResult, finetune
 from cftool.train.loop import Progress, TrainOptions, no_progress
@@ -62,7 +63,7 @@ class ContinueJob:
     checkpoint_every: int = 0
     feature_cache: bool = True
     cache_dir: Path | None = None
-    workers: int = 0
+    workers: int = WORKERS
     evaluate: bool = False
     inherit_recipe: bool = False  # a CoOp prompt: train with its recorded recipe, not MergeTune's
     recipe: str | None = None  # the official recipe (`--recipe`) the overrides came from, recorded instead
@@ -131,7 +132,8 @@ def _recipe(job: ContinueJob, config: dict[str, Any], method: type[Method]) -> t
     if {"iterations", "epochs"} & job.train_overrides.keys():
         recipe.pop("iterations", None)
         recipe.pop("epochs", None)
-    recipe = {"lr": method.default_lr, "optimizer": method.default_optimizer, **recipe, **job.train_overrides}
+    defaults = FINETUNE_METHODS[method.name]
+    recipe = {"lr": defaults.lr, "optimizer": defaults.optimizer, **recipe, **job.train_overrides}
     if "iterations" not in recipe and "epochs" not in recipe:
         raise CftoolError(
             f"{job.source}: its metadata records no training length (was it imported?); pass --epochs or --iterations"
@@ -193,7 +195,7 @@ def _data_root(job: ContinueJob, data: DatasetSpec, recorded_root: str | None) -
 def _method_options(
     ckpt: CheckpointReader, method: type[Method], config: dict[str, Any], mergetune: MergeTuneOptions
 ) -> dict[str, Any]:
-    options = {key: config[key] for key in method.rebuild_options if key in config}
+    options = {key: config[key] for key in FINETUNE_METHODS[method.name].options if key in config}
     if "towers" in options:
         options["towers"] = tuple(options["towers"])
     if method.name == "coop":

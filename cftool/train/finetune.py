@@ -33,6 +33,7 @@ from cftool.kinds.method import Method, zero_shot_class_features
 from cftool.kinds.prototypes import task_prototypes
 from cftool.merge.precision import fits_float32
 from cftool.metrics import top1_accuracy
+from cftool.options import EVAL_BATCH_SIZE, WORKERS
 from cftool.train.loop import Progress, Ranks, TrainOptions, no_progress, train
 from cftool.train.objectives import CrossEntropy, MergeTune, MergeTuneOptions, Objective, ZeroShotPoint
 from cftool.zoo import ZooModel, load_model, parse_model_spec
@@ -55,8 +56,8 @@ class FinetuneJob:
     checkpoint_every: int = 0  # steps between trainer-state checkpoints (0: only on Ctrl-C)
     feature_cache: bool = True  # frozen image tower: encode the training images once
     cache_dir: Path | None = None  # keep those features in files here, across runs
-    workers: int = 0
-    eval_batch_size: int = 256
+    workers: int = WORKERS
+    eval_batch_size: int = EVAL_BATCH_SIZE
     evaluate: bool = False  # also measure test accuracy of the result
     recipe: str | None = None  # the official recipe (`--recipe`) the options came from, recorded
 

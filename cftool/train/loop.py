@@ -33,14 +33,28 @@ from cftool.errors import CftoolError
 from cftool.io.checkpoint import finite
 from cftool.io.outputs import atomic_output, torch_save
 from cftool.merge.precision import fits_float32
+from cftool.options import (
+    AUGMENTATION,
+    DROP_LAST,
+    FINETUNE_METHOD,
+    FINETUNE_METHODS,
+    LABEL_SMOOTHING,
+    OPTIMIZERS,
+    PRECISION,
+    PRECISIONS,
+    SCHEDULE,
+    SCHEDULES,
+    SEED,
+    SELECTION,
+    SELECTIONS,
+    TRAIN_BATCH_SIZE,
+    WARMUP_EPOCHS,
+    WARMUP_LR,
+    WARMUP_STEPS,
+    WEIGHT_DECAY,
+)
 from cftool.train.objectives import Objective
 
-OPTIMIZERS = ("sgd", "adamw")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-# cosine-step: one cosine over the optimiser steps (after --warmup linear steps); cosine-epoch: Dassl's, the lr changes
-# once per epoch (after --warmup-epochs epochs at the constant --warmup-lr).
-SCHEDULES = ("cosine-step", "cosine-epoch")
-SELECTIONS = ("last", "best-val")  # which epoch's parameters a run writes
 SGD_MOMENTUM = 0.9
 ADAMW_BETA1 = 0.9  # torch's default, which _optimizer keeps
 # Far beyond any recipe (the official ones run 10^3 to 10^4 steps): a typo (--epochs 1e12) fails at once, not after
@@ -76,20 +90,22 @@ class TrainingInterrupted(CftoolError):
 class TrainOptions:
     iterations: int | None = None  # optimiser steps; exclusive with epochs
     epochs: float | None = None  # passes over the training images, rounded up to whole steps
-    batch_size: int = 32  # global: split over DDP ranks
-    lr: float = 2e-3
-    optimizer: str = "sgd"
-    weight_decay: float = 0.0
-    warmup: int = 0  # steps of linear warm-up before the cosine decay
-    label_smoothing: float = 0.0
-    seed: int = 0
-    precision: str = "auto"  # auto = bf16 autocast on GPU, fp32 on CPU
-    augment: str = "none"  # the training images' transform (cftool.data.augment); none = the eval preprocessing
-    schedule: str = "cosine-step"  # see SCHEDULES
-    warmup_epochs: int = 0  # cosine-epoch: epochs at the constant warmup_lr before the cosine
-    warmup_lr: float = 1e-5
-    drop_last: bool = False  # each epoch's last partial batch is left out (unless the epoch is smaller than a batch)
-    select: str = "last"  # see SELECTIONS; best-val needs a validation split
+    batch_size: int = TRAIN_BATCH_SIZE  # global: split over DDP ranks
+    lr: float = FINETUNE_METHODS[FINETUNE_METHOD].lr
+    optimizer: str = FINETUNE_METHODS[FINETUNE_METHOD].optimizer
+    weight_decay: float = WEIGHT_DECAY
+    warmup: int = WARMUP_STEPS  # steps of linear warm-up before the cosine decay
+    label_smoothing: float = LABEL_SMOOTHING
+    seed: int = SEED
+    precision: str = PRECISION  # see PRECISIONS
+    augment: str = AUGMENTATION  # the training images' transform (cftool.data.augment); none = the eval preprocessing
+    schedule: str = SCHEDULE  # see SCHEDULES
+    warmup_epochs: int = WARMUP_EPOCHS  # cosine-epoch: epochs at the constant warmup_lr before the cosine
+    warmup_lr: float = WARMUP_LR
+    drop_last: bool = (
+        DROP_LAST  # each epoch's last partial batch is left out (unless the epoch is smaller than a batch)
+    )
+    select: str = SELECTION  # see SELECTIONS; best-val needs a validation split
 
     def __post_init__(self):
         if (self.iterations is None) == (self.epochs is None):

@@ -18,14 +18,18 @@ from torch import nn
 from cftool.errors import CftoolError
 from cftool.kinds.method import Method, Solution
 from cftool.merge.precision import fits_float32
+from cftool.options import (
+    LAMBDA_LMC,
+    LAMBDA_ZS,
+    REFERENCE_LMC_COUNT,
+    ZS_LOSS,
+    ZS_LOSSES,
+    ZS_REGULARISER,
+    ZS_REGULARISERS,
+)
 
-ZS_REGULARISERS = ("param", "feature")
-# How the feature surrogate compares class text features: KgCoOp's LOSS_TYPE (MergeTune's
-# trainers/kgcoop_coop_LMC.py:385-393; train.py:106 defaults to cosine, and the README's CoOp run passes cosine).
-ZS_LOSSES = ("cosine", "l2")
-# The reference's NUM_SAMPLES (train.py:108, scripts/coop_LMC/base2new_train_coop.sh: 5) and where its grid starts
-# and stops: ``np.arange(0.1, 1.01, 1 / NUM_SAMPLES)`` (trainers/kgcoop_coop_LMC.py:509 and :538).
-REFERENCE_LMC_COUNT = 5
+# Where the reference's α grid of REFERENCE_LMC_COUNT (its NUM_SAMPLES) samples starts and stops:
+# ``np.arange(0.1, 1.01, 1 / NUM_SAMPLES)`` (trainers/kgcoop_coop_LMC.py:509 and :538).
 _GRID_START, _GRID_STOP = 0.1, 1.01
 
 
@@ -91,11 +95,11 @@ def parse_lmc_samples(text: str) -> tuple[float, ...]:
 
 @dataclass(frozen=True)
 class MergeTuneOptions:
-    lambda_lmc: float = 1.0
-    lambda_zs: float = 10.0
-    zs_reg: str = "feature"
+    lambda_lmc: float = LAMBDA_LMC
+    lambda_zs: float = LAMBDA_ZS
+    zs_reg: str = ZS_REGULARISER
     lmc_samples: tuple[float, ...] = DEFAULT_LMC_SAMPLES
-    zs_loss: str = "cosine"  # the feature surrogate's comparison (ZS_LOSSES); the parameter surrogate has its own
+    zs_loss: str = ZS_LOSS  # the feature surrogate's comparison (ZS_LOSSES); the parameter surrogate has its own
 
     def __post_init__(self):
         for flag, value in (("--lambda-lmc", self.lambda_lmc), ("--lambda-zs", self.lambda_zs)):

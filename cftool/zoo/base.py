@@ -22,16 +22,14 @@ from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, Header
 from cftool.io.foreign import read_state_dict
 from cftool.io.header import read_cftool_header, read_header
+from cftool.options import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, TINY
 from cftool.zoo.hub_folder import HUB_CONFIG, read_hub_config
 
 log = logging.getLogger(__name__)
 
-TINY = "tiny"
 TINY_ARCH = "cftool-tiny"
 TINY_WEIGHTS = Path(__file__).parent / "weights" / "tiny.safetensors"
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
-HF_HUB_PREFIX = "hf-hub:"
-LOCAL_DIR_PREFIX = "local-dir:"
 
 # OpenAI's CLIP release (its TorchScript files, and state dicts taken from them) holds these next to the weights;
 # open_clip's state dicts never do. They are how OpenAI-trained weights, which need QuickGELU, are recognised.

@@ -1,0 +1,136 @@
+"""The names and defaults a user chooses among on the command line, each written here once.
+
+The library's option dataclasses and registries take their names and defaults from here, and so does the command
+line, whose `--help` and shell completion must not import torch: this module imports nothing but the standard
+library. A registry (the fine-tuning methods, the merge methods, the benchmarks) implements each name listed here;
+its tests keep the two equal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Base models (cftool.zoo.base) --------------------------------------------------------------------------------------
+
+TINY = "tiny"  # the embedded toy model
+HF_HUB_PREFIX = "hf-hub:"
+LOCAL_DIR_PREFIX = "local-dir:"
+
+# Running ------------------------------------------------------------------------------------------------------------
+
+DEVICE = "auto"  # the first GPU torch sees, else the CPU
+SEED = 0
+# DataLoader workers of every command that reads images. None: images are read in the command's own process, which
+# starts no process, costs nothing on the embedded toy tasks and on cached image features (a frozen tower's images are
+# encoded once), and behaves the same on every platform and under DDP; decoding a real dataset's JPEGs is what
+# workers speed up, and --workers N asks for them there.
+WORKERS = 0
+
+# Data (cftool.data) -------------------------------------------------------------------------------------------------
+
+CLASS_SUBSETS = ("all", "base", "novel")  # the first ceil(n/2) classes are base, as in CoOp
+CLASS_SUBSET = "all"
+SPLITS = ("train", "val", "test")
+EVAL_SPLIT = "test"
+# Which validation images a few-shot run selects its checkpoint on: CoOp's draw of min(shots, 4) per class, or the
+# whole split, as MergeTune's dataset files keep it once CoOp has run.
+VAL_IMAGES = ("few-shot", "all")
+VAL_IMAGE_SET = "few-shot"
+BENCHMARKS = ("mtil-tiny", "base2new-tiny", "mtil", "mtil-order2", "base2new")
+# Training images' transform: none (the eval preprocessing), or the training transforms of CoOp and ZSCL.
+AUGMENTATIONS = ("none", "coop", "zscl")
+# The reference protocol's augmentation for each --data prefix (coop:NAME, mtil:NAME), and other data's.
+PROTOCOL_AUGMENTATION = {"coop": "coop", "mtil": "zscl"}
+AUGMENTATION = "none"
+
+# Fine-tuning methods (cftool.kinds) ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodDefaults:
+    """How a fine-tuning method trains unless told otherwise, and the options of its own (given to another method,
+    they are refused, not ignored)."""
+
+    optimizer: str
+    lr: float
+    options: tuple[str, ...] = ()
+
+
+FINETUNE_METHODS = {
+    "coop": MethodDefaults("sgd", 2e-3, ("n_ctx", "ctx_init")),
+    "head": MethodDefaults("adamw", 1e-3),
+    "lora": MethodDefaults("adamw", 1e-3, ("rank", "alpha", "towers", "lora_targets", "lora_init", "train_templates")),
+    "full": MethodDefaults("adamw", 1e-5, ("towers", "train_templates")),
+}
+FINETUNE_METHOD = "coop"
+COOP_INIT = "a photo of a"  # CoOp's hand-written context; its words give the number of context vectors
+RANDOM_INIT = "random"
+TOWERS = ("image", "text")
+# Which of a task's templates the training loss's class text features of a tower method come from (evaluation
+# averages all): ZSCL's MTIL training encodes one prompt per class, the first template.
+TRAIN_TEMPLATES = ("all", "first")
+PROTOCOL_TRAIN_TEMPLATES = {"mtil": "first"}  # by --data prefix, and other data's
+TRAIN_TEMPLATE = "all"
+LORA_RANK = 8
+LORA_ALPHA = 16.0
+LORA_TARGET_GROUPS = ("attention+mlp", "mlp")
+LORA_TARGETS = "attention+mlp"
+LORA_INITS = ("zero-b", "condu")
+LORA_INIT = "zero-b"
+
+# Training (cftool.train) --------------------------------------------------------------------------------------------
+
+OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 autocast on a GPU, fp32 on the CPU
+PRECISION = "auto"
+# cosine-step: one cosine over the optimiser steps (after --warmup linear steps); cosine-epoch: Dassl's, the lr changes
+# once per epoch (after --warmup-epochs epochs at the constant --warmup-lr).
+SCHEDULES = ("cosine-step", "cosine-epoch")
+SCHEDULE = "cosine-step"
+SELECTIONS = ("last", "best-val")  # which epoch's parameters a run writes
+SELECTION = "last"
+TRAIN_BATCH_SIZE = 32
+WEIGHT_DECAY = 0.0
+WARMUP_STEPS = 0
+WARMUP_EPOCHS = 0
+WARMUP_LR = 1e-5
+LABEL_SMOOTHING = 0.0
+DROP_LAST = False
+
+# MergeTune (cftool.train.objectives) --------------------------------------------------------------------------------
+
+LAMBDA_LMC = 1.0
+LAMBDA_ZS = 10.0
+ZS_REGULARISERS = ("param", "feature")
+ZS_REGULARISER = "feature"
+# How the feature surrogate compares class text features: KgCoOp's LOSS_TYPE (MergeTune's
+# trainers/kgcoop_coop_LMC.py:385-393; train.py:106 defaults to cosine, and the README's CoOp run passes cosine).
+ZS_LOSSES = ("cosine", "l2")
+ZS_LOSS = "cosine"
+# The reference's NUM_SAMPLES (train.py:108, scripts/coop_LMC/base2new_train_coop.sh: 5): the path's α grid.
+REFERENCE_LMC_COUNT = 5
+
+# Merging (cftool.merge) ---------------------------------------------------------------------------------------------
+
+MERGE_METHODS = ("condu", "condu-lora", "ties", "task-arithmetic", "dare", "mean")
+MERGE_METHOD = "condu"
+TRIMS = ("global", "per-tensor")
+# Each merge method's options with their defaults; a method not listed takes none.
+MERGE_OPTIONS: dict[str, dict[str, Any]] = {
+    "ties": {"keep": 0.2, "trim": "global", "scale": 1.0},
+    "task-arithmetic": {"scale": 0.3},
+    "dare": {"p": 0.5, "seed": SEED, "scale": 0.3},
+}
+# A merge option's flag, for `unify` and its messages.
+MERGE_OPTION_FLAGS = {"keep": "--keep", "trim": "--trim", "scale": "--lambda", "p": "--p", "seed": "--seed"}
+
+# Evaluation and routing (cftool.eval, cftool.encode) ---------------------------------------------------------------
+
+EVAL_BATCH_SIZE = 256
+PATH_STEPS = 11  # points of a linear path, α = 0, 0.1, …, 1
+TOP_K = 4  # experts per routed image, the reference's K
+# "own": each task's images are classified among its own classes (ConDU's evaluation); "union": among every task's
+# classes of the table, as some task-agnostic tables of other methods do.
+LABEL_SPACES = ("own", "union")
+LABEL_SPACE = "own"

@@ -1,0 +1,49 @@
+"""cftool.options names every choice once: each registry of the library implements exactly the names it lists, and
+the options a merge method takes are the fields of its options."""
+
+import dataclasses
+
+from cftool import options
+
+
+def test_each_finetune_method_is_implemented_and_takes_its_listed_options():
+    import inspect
+
+    from cftool.kinds.apply import METHODS
+
+    assert tuple(METHODS) == tuple(options.FINETUNE_METHODS)
+    for name, method in METHODS.items():
+        parameters = inspect.signature(method.__init__).parameters
+        assert set(options.FINETUNE_METHODS[name].options) <= set(parameters), name
+
+
+def test_each_merge_method_is_registered_with_the_options_listed_for_it():
+    from cftool.merge.methods import METHODS
+
+    assert tuple(METHODS) == options.MERGE_METHODS
+    for name, method in METHODS.items():
+        fields = {field.name: field.default for field in dataclasses.fields(method.options)}
+        assert fields == options.MERGE_OPTIONS.get(name, {}), name
+    assert set(options.MERGE_OPTION_FLAGS) == {field for fields in options.MERGE_OPTIONS.values() for field in fields}
+
+
+def test_each_benchmark_is_defined():
+    from cftool.data.benchmarks import BENCHMARKS
+
+    assert tuple(BENCHMARKS) == options.BENCHMARKS
+    assert all(benchmark.name == name for name, benchmark in BENCHMARKS.items())
+
+
+def test_the_module_imports_nothing_of_cftool_or_beyond_the_standard_library():
+    import ast
+    import sys
+    from pathlib import Path
+
+    tree = ast.parse(Path(options.__file__).read_text(encoding="utf-8"))
+    imported = {
+        (node.module if isinstance(node, ast.ImportFrom) else alias.name).split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported <= {"__future__", *sys.stdlib_module_names}
