@@ -122,8 +122,27 @@ MERGE_OPTIONS: dict[str, dict[str, Any]] = {
     "task-arithmetic": {"scale": 0.3},
     "dare": {"p": 0.5, "seed": SEED, "scale": 0.3},
 }
-# A merge option's flag, for `unify` and its messages.
-MERGE_OPTION_FLAGS = {"keep": "--keep", "trim": "--trim", "scale": "--lambda", "p": "--p", "seed": "--seed"}
+
+
+@dataclass(frozen=True)
+class MergeOption:
+    """A merge method's option as `unify` declares it: its flag, what it is, and its choices where it has some."""
+
+    flag: str
+    help: str
+    choices: tuple[str, ...] = ()
+
+
+# The flag of every option of MERGE_OPTIONS: `unify` declares one for each, in this order, and messages name it.
+MERGE_OPTION_FLAGS = {
+    "keep": MergeOption("--keep", "the fraction of entries kept."),
+    "trim": MergeOption(
+        "--trim", "where the kept fraction is counted: over the whole delta (the paper's) or in each tensor.", TRIMS
+    ),
+    "scale": MergeOption("--lambda", "the merged delta's scale."),
+    "p": MergeOption("--p", "the drop rate."),
+    "seed": MergeOption("--seed", "the seed of the drops."),
+}
 
 # Evaluation and routing (cftool.eval, cftool.encode) ---------------------------------------------------------------
 

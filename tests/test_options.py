@@ -47,3 +47,21 @@ def test_the_module_imports_nothing_of_cftool_or_beyond_the_standard_library():
         for alias in node.names
     }
     assert imported <= {"__future__", *sys.stdlib_module_names}
+
+
+def test_unify_declares_a_flag_for_each_merge_option_from_its_entry_alone():
+    import typer.main
+
+    from cftool.cli import app
+
+    unify = typer.main.get_command(app).commands["unify"]
+    params = {param.name: param for param in unify.params}
+    names = [param.name for param in unify.params]
+    assert names.index("replace") + 1 == names.index(next(iter(options.MERGE_OPTION_FLAGS)))  # after --replace
+    for field, option in options.MERGE_OPTION_FLAGS.items():
+        param = params[field]
+        methods = [method for method, fields in options.MERGE_OPTIONS.items() if field in fields]
+        assert param.opts == [option.flag] and param.default is None, field  # None: the method's own default
+        assert param.help.startswith(", ".join(methods) + ": ") and option.help in param.help, field
+        assert all(f"{method} " in param.show_default for method in methods), field
+    assert list(params["trim"].type_descriptor.choices) == list(options.TRIMS)

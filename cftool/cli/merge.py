@@ -6,8 +6,10 @@ training code.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -31,7 +33,7 @@ from cftool.cli.common import (
 from cftool.cli.files import ZS_HELP, OutputOption
 from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
-from cftool.options import MERGE_METHOD, MERGE_METHODS, MERGE_OPTION_FLAGS, MERGE_OPTIONS, TRIMS
+from cftool.options import MERGE_METHOD, MERGE_METHODS, MERGE_OPTION_FLAGS, MERGE_OPTIONS
 
 if TYPE_CHECKING:
     from cftool.merge.engine import UnifyResult
@@ -42,9 +44,28 @@ ZsOption = Annotated[str | None, typer.Option("--zs", help=ZS_HELP, show_default
 EXPERT_KINDS = ("delta", "model", "lora")
 
 
-def _merge_option(field: str, text: str) -> str:
-    """The help of a merge method's option (MERGE_OPTIONS): which methods take it, then what it is."""
-    return f"{', '.join(method for method, options in MERGE_OPTIONS.items() if field in options)}: {text}"
+def with_merge_options(command: Callable) -> Callable:
+    """``command`` with a flag for each merge method's option (``MERGE_OPTION_FLAGS``) in place of its
+    ``**merge_options``, after its ``--replace``: Typer reads a command's options from its signature, so a new option
+    of a merge method is a new entry of cftool.options, not a new parameter here.
+
+    Each flag defaults to None (the method's own default, listed per method in `--help`), so that a flag given to a
+    method that does not take it is refused rather than ignored."""
+    signature = inspect.signature(command, eval_str=True)
+    parameters = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    after = next(index for index, p in enumerate(parameters) if p.name == "replace") + 1
+    flags = []
+    for field, option in MERGE_OPTION_FLAGS.items():
+        defaults = {method: options[field] for method, options in MERGE_OPTIONS.items() if field in options}
+        kind = one_of(option.choices) if option.choices else type(next(iter(defaults.values())))
+        declared = typer.Option(
+            option.flag, help=f"{', '.join(defaults)}: {option.help}", show_default=defaults_by(defaults)
+        )
+        annotation = Annotated[kind | None, declared]
+        flags.append(inspect.Parameter(field, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation))
+    keyword_only = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in parameters[after:]]
+    command.__signature__ = signature.replace(parameters=[*parameters[:after], *flags, *keyword_only])
+    return command
 
 
 def _reporter(progress):
@@ -119,6 +140,7 @@ def _print_written_delta(written: Path, kind: str, base: str, json_output: bool)
         emit_json({"output": str(written), "kind": kind, "base": base})
 
 
+@with_merge_options
 def unify_command(
     ctx: typer.Context,
     deltas: Annotated[
@@ -137,41 +159,12 @@ def unify_command(
     replace: Annotated[
         bool, typer.Option("--replace", help="--into: a delta of a task the set holds replaces its expert.")
     ] = False,
-    # The merge methods' options (MERGE_OPTIONS): flags, help and defaults come from there, but each is declared here
-    # by hand, since Typer reads a command's options from its signature.
-    keep: Annotated[
-        float, typer.Option(MERGE_OPTION_FLAGS["keep"], help=_merge_option("keep", "the fraction of entries kept."))
-    ] = MERGE_OPTIONS["ties"]["keep"],
-    trim: Annotated[
-        one_of(TRIMS),
-        typer.Option(
-            MERGE_OPTION_FLAGS["trim"],
-            help=_merge_option(
-                "trim", "where the kept fraction is counted: over the whole delta (the paper's) or in each tensor."
-            ),
-        ),
-    ] = MERGE_OPTIONS["ties"]["trim"],
-    scale: Annotated[
-        float | None,
-        typer.Option(
-            MERGE_OPTION_FLAGS["scale"],
-            help=_merge_option("scale", "the merged delta's scale."),
-            show_default=defaults_by(
-                {name: options["scale"] for name, options in MERGE_OPTIONS.items() if "scale" in options}
-            ),
-        ),
-    ] = None,
-    p: Annotated[
-        float, typer.Option(MERGE_OPTION_FLAGS["p"], help=_merge_option("p", "the drop rate."))
-    ] = MERGE_OPTIONS["dare"]["p"],
-    seed: Annotated[
-        int, typer.Option(MERGE_OPTION_FLAGS["seed"], help=_merge_option("seed", "the seed of the drops."))
-    ] = MERGE_OPTIONS["dare"]["seed"],
     force: ForceOption = False,
     json_output: JsonOption = False,
     output_format: FormatOption = "table",
     quiet: QuietOption = False,
     config: ConfigOption = None,
+    **merge_options: Any,  # one flag per merge option, declared by ``with_merge_options``
 ) -> None:
     """Merge task deltas: a ConDU unified set (unified delta + a 1-bit mask and a rescaler per task) or one delta.
 
@@ -195,7 +188,7 @@ def unify_command(
 
     fmt = results_format(output_format, json_output)
     merge = get_method(method)
-    options = merge.make_options(**{field: ctx.params[field] for field in given(ctx, MERGE_OPTION_FLAGS)})
+    options = merge.make_options(**{field: merge_options[field] for field in given(ctx, merge_options)})
     if into is not None and not merge.writes_triggers:
         raise CftoolError(f"--into continues a ConDU unified set; it needs --method condu or condu-lora, not {method}")
     if replace and into is None:

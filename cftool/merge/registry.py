@@ -89,10 +89,14 @@ class MergeMethod:
         unknown = sorted(given.keys() - fields)
         if unknown:
             raise CftoolError(
-                f"--method {self.name} takes no {', '.join(MERGE_OPTION_FLAGS.get(key, key) for key in unknown)}"
-                f" (its options: {', '.join(MERGE_OPTION_FLAGS.get(key, key) for key in sorted(fields)) or 'none'})"
+                f"--method {self.name} takes no {', '.join(_flag(key) for key in unknown)}"
+                f" (its options: {', '.join(_flag(key) for key in sorted(fields)) or 'none'})"
             )
         return self.options(**given)
+
+
+def _flag(option: str) -> str:
+    return MERGE_OPTION_FLAGS[option].flag if option in MERGE_OPTION_FLAGS else option
 
 
 METHODS: dict[str, MergeMethod] = {}
