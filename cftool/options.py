@@ -2,13 +2,13 @@
 
 The library's option dataclasses and registries take their names and defaults from here, and so does the command
 line, whose `--help` and shell completion must not import torch: this module imports nothing but the standard
-library. A registry (the fine-tuning methods, the merge methods, the benchmarks) implements each name listed here;
-its tests keep the two equal.
+library. A registry (the fine-tuning methods, the merge methods, the benchmarks, the toy tasks) implements each name
+declared here by naming its constant, so that a name is spelled once; its tests check that it implements them all.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 # Base models (cftool.zoo.base) --------------------------------------------------------------------------------------
@@ -29,6 +29,13 @@ WORKERS = 0
 
 # Data (cftool.data) -------------------------------------------------------------------------------------------------
 
+# The kinds of a `--data KIND:NAME` spec (cftool.data.parse_source): a toy task, an ImageFolder, and CoOp's and
+# MTIL's datasets under the data root.
+TOY_DATA = "toy"
+FOLDER_DATA = "folder"
+COOP_DATA = "coop"
+MTIL_DATA = "mtil"
+DATA_SPEC_FORMS = f"{TOY_DATA}:TASK, {FOLDER_DATA}:PATH, {COOP_DATA}:NAME or {MTIL_DATA}:NAME"
 CLASS_SUBSETS = ("all", "base", "novel")  # the first ceil(n/2) classes are base, as in CoOp
 CLASS_SUBSET = "all"
 SPLITS = ("train", "val", "test")
@@ -37,11 +44,44 @@ EVAL_SPLIT = "test"
 # whole split, as MergeTune's dataset files keep it once CoOp has run.
 VAL_IMAGES = ("few-shot", "all")
 VAL_IMAGE_SET = "few-shot"
-BENCHMARKS = ("mtil-tiny", "base2new-tiny", "mtil", "mtil-order2", "base2new")
+# The benchmarks (`--benchmark`, cftool.data.benchmarks).
+MTIL_TINY = "mtil-tiny"
+BASE2NEW_TINY = "base2new-tiny"
+MTIL = "mtil"
+MTIL_ORDER2 = "mtil-order2"
+BASE2NEW = "base2new"
+BENCHMARKS = (MTIL_TINY, BASE2NEW_TINY, MTIL, MTIL_ORDER2, BASE2NEW)
+# The embedded toy world's tasks (`--data toy:NAME`, cftool.data.toytasks), one per MTIL domain and in MTIL's order,
+# and its test-only probe of the colour-shape combinations pretraining never shows.
+TOY_AIRCRAFT = "aircraft"
+TOY_CALTECH101 = "caltech101"
+TOY_CIFAR100 = "cifar100"
+TOY_DTD = "dtd"
+TOY_EUROSAT = "eurosat"
+TOY_FLOWERS = "flowers"
+TOY_FOOD = "food"
+TOY_MNIST = "mnist"
+TOY_OXFORDPET = "oxfordpet"
+TOY_CARS = "cars"
+TOY_SUN397 = "sun397"
+TOY_TASK_NAMES = (
+    TOY_AIRCRAFT,
+    TOY_CALTECH101,
+    TOY_CIFAR100,
+    TOY_DTD,
+    TOY_EUROSAT,
+    TOY_FLOWERS,
+    TOY_FOOD,
+    TOY_MNIST,
+    TOY_OXFORDPET,
+    TOY_CARS,
+    TOY_SUN397,
+)
+TOY_HELDOUT = "heldout-combos"
 # Training images' transform: none (the eval preprocessing), or the training transforms of CoOp and ZSCL.
 AUGMENTATIONS = ("none", "coop", "zscl")
 # The reference protocol's augmentation for each --data prefix (coop:NAME, mtil:NAME), and other data's.
-PROTOCOL_AUGMENTATION = {"coop": "coop", "mtil": "zscl"}
+PROTOCOL_AUGMENTATION = {COOP_DATA: "coop", MTIL_DATA: "zscl"}
 AUGMENTATION = "none"
 
 # Fine-tuning methods (cftool.kinds) ---------------------------------------------------------------------------------
@@ -49,28 +89,30 @@ AUGMENTATION = "none"
 
 @dataclass(frozen=True)
 class MethodDefaults:
-    """How a fine-tuning method trains unless told otherwise, and the options of its own (given to another method,
-    they are refused, not ignored)."""
+    """A fine-tuning method (`finetune --method NAME`): how it trains unless told otherwise, and the options of its
+    own (given to another method, they are refused, not ignored)."""
 
+    name: str
     optimizer: str
     lr: float
     options: tuple[str, ...] = ()
 
 
-FINETUNE_METHODS = {
-    "coop": MethodDefaults("sgd", 2e-3, ("n_ctx", "ctx_init")),
-    "head": MethodDefaults("adamw", 1e-3),
-    "lora": MethodDefaults("adamw", 1e-3, ("rank", "alpha", "towers", "lora_targets", "lora_init", "train_templates")),
-    "full": MethodDefaults("adamw", 1e-5, ("towers", "train_templates")),
-}
-FINETUNE_METHOD = "coop"
+COOP = MethodDefaults("coop", "sgd", 2e-3, ("n_ctx", "ctx_init"))
+HEAD = MethodDefaults("head", "adamw", 1e-3)
+LORA = MethodDefaults(
+    "lora", "adamw", 1e-3, ("rank", "alpha", "towers", "lora_targets", "lora_init", "train_templates")
+)
+FULL = MethodDefaults("full", "adamw", 1e-5, ("towers", "train_templates"))
+FINETUNE_METHODS = {method.name: method for method in (COOP, HEAD, LORA, FULL)}
+FINETUNE_METHOD = COOP.name
 COOP_INIT = "a photo of a"  # CoOp's hand-written context; its words give the number of context vectors
 RANDOM_INIT = "random"
 TOWERS = ("image", "text")
 # Which of a task's templates the training loss's class text features of a tower method come from (evaluation
 # averages all): ZSCL's MTIL training encodes one prompt per class, the first template.
 TRAIN_TEMPLATES = ("all", "first")
-PROTOCOL_TRAIN_TEMPLATES = {"mtil": "first"}  # by --data prefix, and other data's
+PROTOCOL_TRAIN_TEMPLATES = {MTIL_DATA: "first"}  # by --data prefix, and other data's
 TRAIN_TEMPLATE = "all"
 LORA_RANK = 8
 LORA_ALPHA = 16.0
@@ -113,15 +155,26 @@ REFERENCE_LMC_COUNT = 5
 
 # Merging (cftool.merge) ---------------------------------------------------------------------------------------------
 
-MERGE_METHODS = ("condu", "condu-lora", "ties", "task-arithmetic", "dare", "mean")
-MERGE_METHOD = "condu"
 TRIMS = ("global", "per-tensor")
-# Each merge method's options with their defaults; a method not listed takes none.
-MERGE_OPTIONS: dict[str, dict[str, Any]] = {
-    "ties": {"keep": 0.2, "trim": "global", "scale": 1.0},
-    "task-arithmetic": {"scale": 0.3},
-    "dare": {"p": 0.5, "seed": SEED, "scale": 0.3},
-}
+
+
+@dataclass(frozen=True)
+class MergeMethodDefaults:
+    """A merge method (`unify --method NAME`) and its options with their defaults (the fields of its options class,
+    cftool.merge.methods); given to another method, they are refused."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+CONDU = MergeMethodDefaults("condu")
+CONDU_LORA = MergeMethodDefaults("condu-lora")
+TIES = MergeMethodDefaults("ties", {"keep": 0.2, "trim": "global", "scale": 1.0})
+TASK_ARITHMETIC = MergeMethodDefaults("task-arithmetic", {"scale": 0.3})
+DARE = MergeMethodDefaults("dare", {"p": 0.5, "seed": SEED, "scale": 0.3})
+MEAN = MergeMethodDefaults("mean")
+MERGE_METHODS = {method.name: method for method in (CONDU, CONDU_LORA, TIES, TASK_ARITHMETIC, DARE, MEAN)}
+MERGE_METHOD = CONDU.name
 
 
 @dataclass(frozen=True)
@@ -133,7 +186,7 @@ class MergeOption:
     choices: tuple[str, ...] = ()
 
 
-# The flag of every option of MERGE_OPTIONS: `unify` declares one for each, in this order, and messages name it.
+# The flag of every option of a merge method: `unify` declares one for each, in this order, and messages name it.
 MERGE_OPTION_FLAGS = {
     "keep": MergeOption("--keep", "the fraction of entries kept."),
     "trim": MergeOption(

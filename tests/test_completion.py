@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cftool.cli import completions
-from cftool.cli.completions import TEXT_CHOICES, TOY_TASK_NAMES
+from cftool.cli.completions import TEXT_CHOICES
 from cftool.options import BENCHMARKS
 
 ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
@@ -101,12 +101,6 @@ def test_generating_a_script_imports_neither_torch_nor_open_clip():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, check=True)
     assert result.stderr.strip().splitlines()[-1] == "[]"
-
-
-def test_the_toy_task_names_are_the_toy_worlds():
-    from cftool.data.toy import TOY_SOURCES
-
-    assert TOY_TASK_NAMES == tuple(TOY_SOURCES)
 
 
 def test_free_text_options_name_their_offered_values_in_help():

@@ -1,5 +1,5 @@
-"""cftool.options names every choice once: each registry of the library implements exactly the names it lists, and
-the options a merge method takes are the fields of its options."""
+"""cftool.options names every choice once: each registry of the library implements exactly the names it declares,
+in its order, and the options a merge method takes are the fields of its options."""
 
 import dataclasses
 
@@ -20,18 +20,24 @@ def test_each_finetune_method_is_implemented_and_takes_its_listed_options():
 def test_each_merge_method_is_registered_with_the_options_listed_for_it():
     from cftool.merge.methods import METHODS
 
-    assert tuple(METHODS) == options.MERGE_METHODS
+    assert tuple(METHODS) == tuple(options.MERGE_METHODS)
     for name, method in METHODS.items():
         fields = {field.name: field.default for field in dataclasses.fields(method.options)}
-        assert fields == options.MERGE_OPTIONS.get(name, {}), name
-    assert set(options.MERGE_OPTION_FLAGS) == {field for fields in options.MERGE_OPTIONS.values() for field in fields}
+        assert fields == options.MERGE_METHODS[name].options, name
+    declared = {field for method in options.MERGE_METHODS.values() for field in method.options}
+    assert set(options.MERGE_OPTION_FLAGS) == declared
 
 
 def test_each_benchmark_is_defined():
     from cftool.data.benchmarks import BENCHMARKS
 
     assert tuple(BENCHMARKS) == options.BENCHMARKS
-    assert all(benchmark.name == name for name, benchmark in BENCHMARKS.items())
+
+
+def test_each_toy_task_is_defined():
+    from cftool.data.toy import TOY_SOURCES
+
+    assert tuple(TOY_SOURCES) == (*options.TOY_TASK_NAMES, options.TOY_HELDOUT)
 
 
 def test_the_module_imports_nothing_of_cftool_or_beyond_the_standard_library():
@@ -60,7 +66,7 @@ def test_unify_declares_a_flag_for_each_merge_option_from_its_entry_alone():
     assert names.index("replace") + 1 == names.index(next(iter(options.MERGE_OPTION_FLAGS)))  # after --replace
     for field, option in options.MERGE_OPTION_FLAGS.items():
         param = params[field]
-        methods = [method for method, fields in options.MERGE_OPTIONS.items() if field in fields]
+        methods = [name for name, method in options.MERGE_METHODS.items() if field in method.options]
         assert param.opts == [option.flag] and param.default is None, field  # None: the method's own default
         assert param.help.startswith(", ".join(methods) + ": ") and option.help in param.help, field
         assert all(f"{method} " in param.show_default for method in methods), field

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, Task, TextCol
 
 from cftool.cli.render import FORMATS
 from cftool.errors import CftoolError
+from cftool.options import MTIL_DATA
 
 if TYPE_CHECKING:
     import torch
@@ -153,11 +154,12 @@ def recipe_lr(ctx: typer.Context, data: str | None, lr: float | None) -> float |
     recipe = ctx.meta.get(_RECIPE)
     source = ctx.get_parameter_source("lr")
     from_recipe = source is not None and source.name == "DEFAULT_MAP" and "lr" not in ctx.meta.get(_CONFIG_KEYS, ())
-    if recipe is None or data is None or not from_recipe or not data.startswith("mtil:"):
+    kind, _, name = (data or "").partition(":")
+    if recipe is None or not from_recipe or kind != MTIL_DATA:
         return lr
     from cftool.data.mtil.readers import mtil_name
 
-    return recipe.lr_for(mtil_name(data.removeprefix("mtil:")) or "") or lr
+    return recipe.lr_for(mtil_name(name) or "") or lr
 
 
 ConfigOption = Annotated[

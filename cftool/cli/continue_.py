@@ -43,6 +43,7 @@ from cftool.cli.finetune import (
     training_reporter,
 )
 from cftool.options import (
+    DATA_SPEC_FORMS,
     DEVICE,
     LAMBDA_LMC,
     LAMBDA_ZS,
@@ -103,7 +104,7 @@ def continue_command(
         str | None,
         typer.Option(
             "--data",
-            help="Train on other data than the checkpoint records: toy:TASK, folder:PATH, coop:NAME or mtil:NAME.",
+            help=f"Train on other data than the checkpoint records: {DATA_SPEC_FORMS}.",
             show_default=RECORDED,
         ),
     ] = None,

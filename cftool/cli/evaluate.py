@@ -37,6 +37,7 @@ from cftool.options import (
     BENCHMARKS,
     CLASS_SUBSET,
     CLASS_SUBSETS,
+    DATA_SPEC_FORMS,
     DEVICE,
     EVAL_BATCH_SIZE,
     EVAL_SPLIT,
@@ -67,7 +68,7 @@ def eval_command(
     ] = None,
     data: Annotated[
         list[str] | None,
-        typer.Option("--data", help="Task to evaluate on: toy:TASK, folder:PATH, coop:NAME or mtil:NAME (repeatable)."),
+        typer.Option("--data", help=f"Task to evaluate on: {DATA_SPEC_FORMS} (repeatable)."),
     ] = None,
     benchmark: Annotated[
         one_of(BENCHMARKS) | None,

@@ -40,6 +40,7 @@ from cftool.options import (
     CLASS_SUBSET,
     CLASS_SUBSETS,
     COOP_INIT,
+    DATA_SPEC_FORMS,
     DEVICE,
     DROP_LAST,
     FINETUNE_METHOD,
@@ -119,7 +120,7 @@ ClassesHelp = "Train on all classes, or the base or novel half (the first half o
 def finetune_command(
     ctx: typer.Context,
     zs: Annotated[str, typer.Option("--zs", help="Base model: tiny, ViT-B/16, NAME:TAG, hf-hub:ORG/NAME or a file.")],
-    data: Annotated[str, typer.Option("--data", help="Training task: toy:TASK, folder:PATH, coop:NAME or mtil:NAME.")],
+    data: Annotated[str, typer.Option("--data", help=f"Training task: {DATA_SPEC_FORMS}.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Checkpoint to write (prototypes go beside it).")],
     method: Annotated[one_of(FINETUNE_METHODS), typer.Option("--method", help="What to train.")] = FINETUNE_METHOD,
     classes: Annotated[ClassSubset, typer.Option("--classes", help=ClassesHelp)] = CLASS_SUBSET,

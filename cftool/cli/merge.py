@@ -33,7 +33,7 @@ from cftool.cli.common import (
 from cftool.cli.files import ZS_HELP, OutputOption
 from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
-from cftool.options import MERGE_METHOD, MERGE_METHODS, MERGE_OPTION_FLAGS, MERGE_OPTIONS
+from cftool.options import MERGE_METHOD, MERGE_METHODS, MERGE_OPTION_FLAGS
 
 if TYPE_CHECKING:
     from cftool.merge.engine import UnifyResult
@@ -56,7 +56,7 @@ def with_merge_options(command: Callable) -> Callable:
     after = next(index for index, p in enumerate(parameters) if p.name == "replace") + 1
     flags = []
     for field, option in MERGE_OPTION_FLAGS.items():
-        defaults = {method: options[field] for method, options in MERGE_OPTIONS.items() if field in options}
+        defaults = {name: method.options[field] for name, method in MERGE_METHODS.items() if field in method.options}
         kind = one_of(option.choices) if option.choices else type(next(iter(defaults.values())))
         declared = typer.Option(
             option.flag, help=f"{', '.join(defaults)}: {option.help}", show_default=defaults_by(defaults)

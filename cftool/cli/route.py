@@ -31,7 +31,7 @@ from cftool.cli.common import (
 )
 from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
-from cftool.options import DEVICE, EVAL_BATCH_SIZE, EVAL_SPLIT, SEED, SPLITS, TOP_K, WORKERS
+from cftool.options import DATA_SPEC_FORMS, DEVICE, EVAL_BATCH_SIZE, EVAL_SPLIT, SEED, SPLITS, TOP_K, WORKERS
 
 if TYPE_CHECKING:
     from cftool.data import TaskData
@@ -40,9 +40,7 @@ if TYPE_CHECKING:
 
 def route_command(
     unified: Annotated[Path, typer.Argument(help="A unified set from `cftool unify --method condu` (or import).")],
-    data: Annotated[
-        str, typer.Option("--data", help="Images to predict: toy:TASK, folder:PATH, coop:NAME or mtil:NAME.")
-    ],
+    data: Annotated[str, typer.Option("--data", help=f"Images to predict: {DATA_SPEC_FORMS}.")],
     zs: Annotated[
         str | None, typer.Option("--zs", help="Base model.", show_default="the one the unified set records")
     ] = None,

@@ -21,6 +21,7 @@ from cftool.data.specs import (
 )
 from cftool.data.toy import toy_source
 from cftool.errors import CftoolError
+from cftool.options import COOP_DATA, DATA_SPEC_FORMS, FOLDER_DATA, MTIL_DATA, TOY_DATA
 
 __all__ = [
     "BENCHMARKS",
@@ -38,9 +39,8 @@ __all__ = [
     "resolve_data_root",
 ]
 
-SPEC_FORMS = "toy:TASK, folder:PATH, coop:NAME or mtil:NAME"
 # The kinds of spec whose NAME is read under a data root (the others name their images themselves).
-ROOTED_KINDS = ("coop", "mtil")
+ROOTED_KINDS = (COOP_DATA, MTIL_DATA)
 
 
 def resolve_data_root(data_root: Path | None) -> Path:
@@ -55,8 +55,8 @@ def recorded_data(spec: DatasetSpec, data_root: Path | None) -> tuple[DatasetSpe
     """What a trained file records of its data, so that it is found again from any folder and shell: the spec (a
     ``folder:`` path made absolute) and the absolute data root a ``coop:``/``mtil:`` spec was read under."""
     kind, _, rest = spec.source.partition(":")
-    if kind == "folder":
-        return replace(spec, source=f"folder:{Path(rest).absolute()}"), None
+    if kind == FOLDER_DATA:
+        return replace(spec, source=f"{FOLDER_DATA}:{Path(rest).absolute()}"), None
     if kind in ROOTED_KINDS:
         return spec, os.path.abspath(resolve_data_root(data_root))  # '..' taken out, symbolic links kept
     return spec, None
@@ -91,16 +91,16 @@ def find_data(spec: DatasetSpec, data_root: Path | None, recorded_root: str | No
 def parse_source(source: str, data_root: Path | None) -> ImageSource:
     kind, sep, rest = source.partition(":")
     if not sep or not rest:
-        raise CftoolError(f"--data {source!r}: expected {SPEC_FORMS}")
-    if kind == "toy":
+        raise CftoolError(f"--data {source!r}: expected {DATA_SPEC_FORMS}")
+    if kind == TOY_DATA:
         return toy_source(rest)
-    if kind == "folder":
+    if kind == FOLDER_DATA:
         return FolderSource(Path(rest))
-    if kind == "coop":
+    if kind == COOP_DATA:
         return coop_source(rest, resolve_data_root(data_root))
-    if kind == "mtil":
+    if kind == MTIL_DATA:
         return mtil_source(rest, resolve_data_root(data_root))
-    raise CftoolError(f"--data {source!r}: unknown dataset kind '{kind}'; expected {SPEC_FORMS}")
+    raise CftoolError(f"--data {source!r}: unknown dataset kind '{kind}'; expected {DATA_SPEC_FORMS}")
 
 
 def load_task(spec: DatasetSpec | str, data_root: Path | None = None) -> TaskData:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from cftool.data.coop import COOP_BASE2NEW_ORDER
@@ -9,7 +10,17 @@ from cftool.data.mtil.tables import MTIL_ORDER, MTIL_ORDER_II
 from cftool.data.specs import DatasetSpec
 from cftool.data.toy import TOY_TASKS
 from cftool.errors import CftoolError
-from cftool.options import TINY
+from cftool.options import (
+    BASE2NEW,
+    BASE2NEW_TINY,
+    COOP_DATA,
+    MTIL,
+    MTIL_DATA,
+    MTIL_ORDER2,
+    MTIL_TINY,
+    TINY,
+    TOY_DATA,
+)
 
 
 @dataclass(frozen=True)
@@ -25,22 +36,20 @@ MIN_BASE2NEW_CLASSES = 4
 PAPER_BACKBONE = "ViT-B/16"  # CoOp/CoCoOp's base-to-novel tables, and MTIL's in ZSCL and ConDU
 
 
+def _specs(kind: str, names: Iterable[str]) -> tuple[DatasetSpec, ...]:
+    return tuple(DatasetSpec(f"{kind}:{name}") for name in names)
+
+
 def _benchmarks() -> dict[str, Benchmark]:
-    mtil_tiny = tuple(DatasetSpec(f"toy:{name}") for name in TOY_TASKS)
-    base2new_tiny = tuple(
-        spec for spec in mtil_tiny if len(TOY_TASKS[spec.source[4:]].classnames) >= MIN_BASE2NEW_CLASSES
+    base2new_toys = [name for name, task in TOY_TASKS.items() if len(task.classnames) >= MIN_BASE2NEW_CLASSES]
+    benchmarks = (
+        Benchmark(MTIL_TINY, _specs(TOY_DATA, TOY_TASKS), TINY),
+        Benchmark(BASE2NEW_TINY, _specs(TOY_DATA, base2new_toys), TINY, base2new=True),
+        Benchmark(MTIL, _specs(MTIL_DATA, MTIL_ORDER), PAPER_BACKBONE),
+        Benchmark(MTIL_ORDER2, _specs(MTIL_DATA, MTIL_ORDER_II), PAPER_BACKBONE),
+        Benchmark(BASE2NEW, _specs(COOP_DATA, COOP_BASE2NEW_ORDER), PAPER_BACKBONE, base2new=True),
     )
-    return {
-        "mtil-tiny": Benchmark("mtil-tiny", mtil_tiny, TINY),
-        "base2new-tiny": Benchmark("base2new-tiny", base2new_tiny, TINY, base2new=True),
-        "mtil": Benchmark("mtil", tuple(DatasetSpec(f"mtil:{name}") for name in MTIL_ORDER), PAPER_BACKBONE),
-        "mtil-order2": Benchmark(
-            "mtil-order2", tuple(DatasetSpec(f"mtil:{name}") for name in MTIL_ORDER_II), PAPER_BACKBONE
-        ),
-        "base2new": Benchmark(
-            "base2new", tuple(DatasetSpec(f"coop:{name}") for name in COOP_BASE2NEW_ORDER), PAPER_BACKBONE, True
-        ),
-    }
+    return {benchmark.name: benchmark for benchmark in benchmarks}
 
 
 BENCHMARKS = _benchmarks()

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from cftool.data.validation import few_shot_val_positions
 from cftool.errors import CftoolError
-from cftool.options import CLASS_SUBSET, CLASS_SUBSETS, SEED, VAL_IMAGE_SET, VAL_IMAGES
+from cftool.options import CLASS_SUBSET, CLASS_SUBSETS, MTIL_DATA, SEED, VAL_IMAGE_SET, VAL_IMAGES
 
 DATA_ROOT_ENV = "CFTOOL_DATA_ROOT"
 DEFAULT_DATA_ROOT = Path("data")
@@ -295,10 +295,10 @@ def _few_shot(items: list[tuple[int, int]], shots: int, seed: int) -> list[tuple
 
 
 # Each protocol's few-shot draw (`--shots`); CoOp's per-class draw for the others.
-FEW_SHOT_DRAWS = {"mtil": _first_shots_of_shuffled_loader}
+FEW_SHOT_DRAWS = {MTIL_DATA: _first_shots_of_shuffled_loader}
 # Protocols whose few-shot images are augmented once and then kept (few_shot_finetune.py:39-58 stacks the augmented
 # tensors into a TensorDataset and trains on those).
-FIXED_SHOT_PROTOCOLS = ("mtil",)
+FIXED_SHOT_PROTOCOLS = (MTIL_DATA,)
 
 
 def class_subset(n_classes: int, classes: str) -> list[int]:

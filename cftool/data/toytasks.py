@@ -35,7 +35,21 @@ from cftool.data.toyworld import (
     single_scene,
     stable_seed,
 )
-from cftool.options import SPLITS  # val: as many images as test, rendered from seeds of their own
+from cftool.options import (
+    SPLITS,  # val: as many images as test, rendered from seeds of their own
+    TOY_AIRCRAFT,
+    TOY_CALTECH101,
+    TOY_CARS,
+    TOY_CIFAR100,
+    TOY_DTD,
+    TOY_EUROSAT,
+    TOY_FLOWERS,
+    TOY_FOOD,
+    TOY_HELDOUT,
+    TOY_MNIST,
+    TOY_OXFORDPET,
+    TOY_SUN397,
+)
 
 SceneSampler = Callable[[int, np.random.Generator], Scene]
 
@@ -163,46 +177,51 @@ TOY_TASKS: dict[str, ToyTask] = {
     task.name: task
     for task in (
         _task(
-            "aircraft",
+            TOY_AIRCRAFT,
             tuple(f"{c} {s}" for c, s in COLOUR_SHAPES),
             ("a photo of a {}.", "a picture of a {}.", "a drawing of a {}."),
             _colour_shape,
         ),
-        _task("caltech101", SHAPE_CLASSES, ("a photo of a {}.", "an image of a {}.", "a {}."), _shape),
+        _task(TOY_CALTECH101, SHAPE_CLASSES, ("a photo of a {}.", "an image of a {}.", "a {}."), _shape),
         _task(
-            "cifar100",
+            TOY_CIFAR100,
             LETTERS,
             ('a photo of the letter "{}".', "the letter {}.", "a picture of the letter {}."),
             _letter,
         ),
         _task(
-            "dtd", TEXTURES, ("a photo of a {} texture.", "a {} background.", "a shape on a {} background."), _texture
+            TOY_DTD, TEXTURES, ("a photo of a {} texture.", "a {} background.", "a shape on a {} background."), _texture
         ),
         _task(
-            "eurosat",
+            TOY_EUROSAT,
             POSITIONS,
             ("a photo of an object in the {}.", "a shape in the {}.", "a symbol in the {}."),
             _position,
         ),
         _task(
-            "flowers", COLOUR_CLASSES, ("a photo of a {} object.", "a {} shape.", "a picture of a {} object."), _colour
+            TOY_FLOWERS,
+            COLOUR_CLASSES,
+            ("a photo of a {} object.", "a {} shape.", "a picture of a {} object."),
+            _colour,
         ),
         _task(
-            "food",
+            TOY_FOOD,
             tuple(f"{w} {'shape' if w == 'one' else 'shapes'}" for w in NUMBER_WORDS),
             ("a photo of {}.", "{}.", "a picture of {}."),
             _count,
         ),
-        _task("mnist", DIGITS, ('a photo of the number "{}".', "the digit {}.", "a picture of the number {}."), _digit),
-        _task("oxfordpet", SIZES, ("a photo of a {} shape.", "a {} object.", "a picture of a {} shape."), _size),
         _task(
-            "cars",
+            TOY_MNIST, DIGITS, ('a photo of the number "{}".', "the digit {}.", "a picture of the number {}."), _digit
+        ),
+        _task(TOY_OXFORDPET, SIZES, ("a photo of a {} shape.", "a {} object.", "a picture of a {} shape."), _size),
+        _task(
+            TOY_CARS,
             DIRECTIONS,
             ("a photo of an arrow pointing {}.", "an arrow pointing {}.", "an image of an arrow pointing {}."),
             _direction,
         ),
         _task(
-            "sun397",
+            TOY_SUN397,
             tuple(f"a {a} and a {b}" for a, b in SHAPE_PAIRS),
             ("a photo of {}.", "{}.", "a picture of {}."),
             _pair,
@@ -213,9 +232,9 @@ TOY_TASKS: dict[str, ToyTask] = {
 # Test images of the colour-shape combinations pretraining never shows, scored against the full
 # `aircraft` label space.
 HELDOUT_TASK = ToyTask(
-    "heldout-combos",
-    TOY_TASKS["aircraft"].classnames,
-    TOY_TASKS["aircraft"].templates,
+    TOY_HELDOUT,
+    TOY_TASKS[TOY_AIRCRAFT].classnames,
+    TOY_TASKS[TOY_AIRCRAFT].templates,
     0,
     400,
     _colour_shape,

@@ -31,6 +31,7 @@ from cftool.io.unified import (
     tasks_metadata,
     unified_layout,
 )
+from cftool.options import CONDU, CONDU_LORA
 
 
 def as_dtype(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
@@ -103,7 +104,7 @@ def import_condu_session(
         factor_base = {ours: lora.base[theirs].detach().T.contiguous() for ours, theirs in lora.names.items()}
         layout = unified_layout({name: (t.dtype, tuple(t.shape)) for name, t in kept.items()}, len(tasks), factor_base)
     extra = tasks_metadata([TaskEntry(task) for task in tasks])
-    header = base.header("unified", method="condu" if lora is None else "condu-lora", config=config, extra=extra)
+    header = base.header("unified", method=CONDU.name if lora is None else CONDU_LORA.name, config=config, extra=extra)
     with CheckpointWriter(output, layout, header, overwrite=overwrite) as writer:
         for name, tensor in kept.items():
             writer.write(name, tensor)
@@ -123,7 +124,7 @@ def import_condu_session(
             rescalers.append(rescaler)
         writer.write(RESCALERS, torch.tensor(rescalers, dtype=torch.float32))
     for task, path in prototype_files.items():
-        prototype_header = base.header("prototypes", task=task, method="condu", config=config)
+        prototype_header = base.header("prototypes", task=task, method=CONDU.name, config=config)
         save_checkpoint(path, {"prototypes": prototypes[task]}, prototype_header, overwrite=overwrite)
     return [output, *prototype_files.values()]
 

@@ -56,7 +56,7 @@ def import_coop_prompt(source: Path, zoo: ZooModel, output: Path, task: str | No
     }
     if info.get("epoch") is not None:
         config["epoch"] = info["epoch"]
-    header = zoo.base_header("prompt", task=task, method="coop", config=config)
+    header = zoo.base_header(CoOp.kind, task=task, method=CoOp.name, config=config)
     return save_checkpoint(output, {"ctx": ctx}, header, overwrite=overwrite)
 
 

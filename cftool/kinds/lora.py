@@ -43,6 +43,7 @@ from cftool.io.checkpoint import CheckpointReader
 from cftool.kinds.method import Solution, TowerMethod, checked_towers, copy_into, tower_of
 from cftool.merge.lora import FACTORS, combined_factors, lora_config, merge_lora, merged_lora_state
 from cftool.options import (
+    LORA,
     LORA_ALPHA,
     LORA_INIT,
     LORA_INITS,
@@ -174,7 +175,7 @@ class LoRA(TowerMethod):
     ConDU-LoRA's are ``mlp`` and ``condu`` with rank 64 and alpha 8 (scale 1/√64). A tower that holds none of the
     targets (a ResNet image tower under ``mlp``) is left frozen, so its image features are encoded once."""
 
-    name, kind = "lora", "lora"
+    name, kind = LORA.name, "lora"
 
     def __init__(
         self,

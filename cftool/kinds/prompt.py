@@ -16,7 +16,7 @@ from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, check_shapes
 from cftool.kinds.method import Method, Solution, class_weight_path_logits, copy_into
 from cftool.merge.precision import fits_float32
-from cftool.options import COOP_INIT, RANDOM_INIT
+from cftool.options import COOP, COOP_INIT, RANDOM_INIT
 from cftool.zoo import ZooModel
 
 # CoOp initialises a random context from N(0, 0.02²).
@@ -63,7 +63,7 @@ class CoOp(Method):
     as MergeTune's code does (trainers/kgcoop_coop_LMC.py:512-517 interpolates the TextEncoder outputs of the two
     prompts' contexts; :405 normalises the point before scoring)."""
 
-    name, kind = "coop", "prompt"
+    name, kind = COOP.name, "prompt"
     renormalised_path = True
 
     def __init__(

@@ -19,7 +19,7 @@ from cftool.errors import CftoolError
 from cftool.merge.precision import check_scale, work_dtype
 from cftool.merge.registry import METHODS, Chunk, Merged, MergeMethod, Statistic, TensorPlan, merge_method
 from cftool.merge.select import RadixSelect
-from cftool.options import MERGE_OPTIONS, TRIMS
+from cftool.options import CONDU, CONDU_LORA, DARE, MEAN, TASK_ARITHMETIC, TIES, TRIMS
 
 
 def _in_work_dtype(chunk: Chunk) -> list[torch.Tensor]:
@@ -67,7 +67,7 @@ def condu_rescalers(sums: Mapping[str, torch.Tensor]) -> torch.Tensor:
 
 
 @merge_method(
-    "condu",
+    CONDU,
     reference="docs/design.md §5.2; ConDU (Gao, Zhang et al., ICLR 2026) unifies as EMR-Merging does (Huang et al., "
     "NeurIPS 2024, arXiv:2405.17461; github.com/harveyhuang18/EMR_Merging)",
     options=CondUOptions,
@@ -103,7 +103,7 @@ def condu(chunk: Chunk, options: CondUOptions, statistics: Mapping[str, Any]) ->
 # weights; src/delta_models.py:86-126). Every factor is a tensor of the model, so sign, masks, the unified maximum
 # and the rescalers' two sums run over the factors, and λ_i scales A and B alike.
 merge_method(
-    "condu-lora",
+    CONDU_LORA,
     reference="docs/design.md §5.2 over LoRA factors (§5.4 ConDU-LoRA); github.com/zhangzicong518/ConDU "
     "clip/model_lora.py, src/main.py, src/delta_models.py",
     options=CondUOptions,
@@ -117,9 +117,9 @@ merge_method(
 
 @dataclass(frozen=True)
 class TiesOptions:
-    keep: float = MERGE_OPTIONS["ties"]["keep"]
-    trim: str = MERGE_OPTIONS["ties"]["trim"]
-    scale: float = MERGE_OPTIONS["ties"]["scale"]
+    keep: float = TIES.options["keep"]
+    trim: str = TIES.options["trim"]
+    scale: float = TIES.options["scale"]
 
     def __post_init__(self) -> None:
         if not 0 < self.keep <= 1:
@@ -238,7 +238,7 @@ class MajoritySign(Statistic):
 
 
 @merge_method(
-    "ties",
+    TIES,
     reference="docs/design.md §5.2; TIES-Merging (Yadav et al., NeurIPS 2023, arXiv:2306.01708; "
     "github.com/prateeky2806/ties-merging), as FusionBench implements it",
     options=TiesOptions,
@@ -272,14 +272,14 @@ def ties(chunk: Chunk, options: TiesOptions, statistics: Mapping[str, Any]) -> M
 
 @dataclass(frozen=True)
 class TaskArithmeticOptions:
-    scale: float = MERGE_OPTIONS["task-arithmetic"]["scale"]
+    scale: float = TASK_ARITHMETIC.options["scale"]
 
     def __post_init__(self) -> None:
         check_scale("--lambda", self.scale)
 
 
 @merge_method(
-    "task-arithmetic",
+    TASK_ARITHMETIC,
     reference="docs/design.md §5.2; task arithmetic (Ilharco et al., ICLR 2023, arXiv:2212.04089); λ = 0.3 is the "
     "value commonly used for 8 or more tasks",
     options=TaskArithmeticOptions,
@@ -291,9 +291,9 @@ def task_arithmetic(chunk: Chunk, options: TaskArithmeticOptions, statistics: Ma
 
 @dataclass(frozen=True)
 class DareOptions:
-    p: float = MERGE_OPTIONS["dare"]["p"]
-    seed: int = MERGE_OPTIONS["dare"]["seed"]
-    scale: float = MERGE_OPTIONS["dare"]["scale"]
+    p: float = DARE.options["p"]
+    seed: int = DARE.options["seed"]
+    scale: float = DARE.options["scale"]
 
     def __post_init__(self) -> None:
         if not 0 <= self.p < 1:
@@ -324,7 +324,7 @@ def uniform_draws(seed: int, stream: str, first: int, count: int) -> torch.Tenso
 
 
 @merge_method(
-    "dare",
+    DARE,
     reference="docs/design.md §5.2; DARE (Yu et al., ICML 2024, arXiv:2311.03099), followed by task arithmetic",
     options=DareOptions,
 )
@@ -346,7 +346,7 @@ class MeanOptions:
     pass
 
 
-@merge_method("mean", reference="docs/design.md §5.2: the average of the task deltas (model soup)", options=MeanOptions)
+@merge_method(MEAN, reference="docs/design.md §5.2: the average of the task deltas (model soup)", options=MeanOptions)
 def mean(chunk: Chunk, options: MeanOptions, statistics: Mapping[str, Any]) -> Merged:
     """Mean (docs/design.md §5.2): ``Σ_i δ_i / n``."""
     return Merged(delta=(_sum(_in_work_dtype(chunk)) / len(chunk.deltas)).to(chunk.deltas[0].dtype))

@@ -19,7 +19,7 @@ import torch
 
 from cftool.errors import CftoolError
 from cftool.merge.stream import TensorPlan
-from cftool.options import MERGE_OPTION_FLAGS
+from cftool.options import MERGE_OPTION_FLAGS, MergeMethodDefaults
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,7 @@ METHODS: dict[str, MergeMethod] = {}
 
 
 def merge_method(
-    name: str,
+    declared: MergeMethodDefaults,
     *,
     reference: str,
     options: type,
@@ -111,12 +111,13 @@ def merge_method(
     rescalers: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
     inputs: str = "delta",
 ) -> Callable[[MethodFunction], MethodFunction]:
-    """Register ``function`` as the `unify --method NAME` method."""
+    """Register ``function`` as the `unify --method NAME` method that cftool.options declares (its name, and the
+    defaults of ``options``' fields)."""
 
     def register(function: MethodFunction) -> MethodFunction:
-        if name in METHODS:
-            raise ValueError(f"merge method {name!r} is registered twice")
-        METHODS[name] = MergeMethod(name, function, reference, options, statistics, rescalers, inputs)
+        if declared.name in METHODS:
+            raise ValueError(f"merge method {declared.name!r} is registered twice")
+        METHODS[declared.name] = MergeMethod(declared.name, function, reference, options, statistics, rescalers, inputs)
         return function
 
     return register

@@ -22,7 +22,7 @@ from cftool.io.command_files import SUFFIX, beside
 from cftool.kinds.apply import TRAINED_KINDS, trainable_method
 from cftool.kinds.method import Method
 from cftool.kinds.prompt import ZERO_SHOT_WEIGHT
-from cftool.options import COOP_INIT, FINETUNE_METHODS, RANDOM_INIT, WORKERS
+from cftool.options import COOP, COOP_INIT, FINETUNE_METHODS, RANDOM_INIT, WORKERS
 from cftool.recipes import load_recipe
 from cftool.train.finetune import Continuation, FinetuneJob, FinetuneResult, finetune
 from cftool.train.loop import Progress, TrainOptions, no_progress
@@ -126,7 +126,7 @@ def _recipe(job: ContinueJob, config: dict[str, Any], method: type[Method]) -> t
     name = job.recipe or "source"
     # A CoOp prompt fine-tuned by cftool or imported (not already a continuation, whose config records the recipe it
     # ran with).
-    if method.name == "coop" and "objective" not in config and not job.inherit_recipe:
+    if method.name == COOP.name and "objective" not in config and not job.inherit_recipe:
         recipe.pop("iterations", None)
         recipe, name = {**recipe, **mergetune_coop_recipe()}, job.recipe or "mergetune-coop"
     if {"iterations", "epochs"} & job.train_overrides.keys():
@@ -198,7 +198,7 @@ def _method_options(
     options = {key: config[key] for key in FINETUNE_METHODS[method.name].options if key in config}
     if "towers" in options:
         options["towers"] = tuple(options["towers"])
-    if method.name == "coop":
+    if method.name == COOP.name:
         if "ctx" in ckpt:  # the prompt's own shape: [n_ctx, width], or [n_classes, n_ctx, width] (CoOp's CSC)
             shape = ckpt.tensors["ctx"].shape
             options.update(n_ctx=shape[-2], class_specific=len(shape) == 3)
