@@ -8,6 +8,7 @@ import pytest
 import typer
 
 from cftool.cli import app
+from cftool.options import MERGE_METHODS, MERGE_OPTION_FLAGS
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -60,3 +61,25 @@ def test_readme_commands_name_real_commands_and_options():
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_readme_says_how_to_install_completion(shell):
     assert f"cftool completion {shell}" in README.read_text()
+
+
+def _same_value(stated: str, default: object) -> bool:
+    return float(stated) == default if isinstance(default, (int, float)) else stated == default
+
+
+def test_merge_method_table_states_each_method_and_its_defaults():
+    """The README's table of `unify` methods repeats each method's option defaults for the reader: they must not drift
+    from cftool.options."""
+    table = README.read_text().split("| `--method` | result | options |", 1)[1].split("\n\n", 1)[0]
+    cell = r"(?:[^|\\]|\\.)*"  # a cell's text, where `\|` is a pipe inside it
+    row = rf"^ *\| `([\w-]+)`(?: \(default\))? \| {cell} \| ({cell}) \|$"
+    rows = dict(re.findall(row, table, flags=re.MULTILINE))
+    assert list(rows) == list(MERGE_METHODS)
+    for name, method in MERGE_METHODS.items():
+        # `--keep` 0.2, `--trim global` (...): a flag's value follows it inside or after its backquotes.
+        stated = {
+            flag: inline or after for flag, inline, after in re.findall(r"`(--[\w-]+) ?([^`]*)` ?([\d.]*)", rows[name])
+        }
+        flags = {MERGE_OPTION_FLAGS[option].flag: default for option, default in method.options.items()}
+        assert stated.keys() == flags.keys(), name
+        assert all(_same_value(stated[flag], default) for flag, default in flags.items()), (name, stated)
