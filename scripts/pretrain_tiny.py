@@ -2,6 +2,9 @@
 
     python scripts/pretrain_tiny.py --seed 0 --steps 2000 -o cftool/zoo/weights/tiny.safetensors
 
+`--model-config FILE.json` pretrains another open_clip architecture instead of `cftool-tiny` (the candidates of
+benchmarks/RESULTS.md, e.g. scripts/cftool-tiny-vit.json); its name is the file's stem.
+
 The run is a pure function of (seed, steps, batch size, learning rate): examples are drawn by index
 from the toy world, initialisation is seeded, and the learning-rate schedule spans `--steps`. A
 `--minutes` budget can stop it early, but then the model is only reproducible from the step count
@@ -22,6 +25,8 @@ from pathlib import Path
 import open_clip
 import safetensors.torch
 import torch
+from open_clip.pos_embed import get_2d_sincos_pos_embed
+from open_clip.transformer import VisionTransformer
 
 from cftool.data import load_task
 from cftool.data.toy import HELDOUT_TASK, TOY_TASKS, pretraining_example
@@ -34,11 +39,23 @@ WARMUP_FRACTION = 0.05
 REPORT_TASKS = (*TOY_TASKS, HELDOUT_TASK.name)
 
 
-def create_tiny(seed: int = 0) -> tuple[open_clip.CLIP, Callable, Callable]:
+def create_tiny(seed: int = 0, arch: str = TINY_ARCH) -> tuple[open_clip.CLIP, Callable, Callable]:
     """A freshly initialised `tiny` (seeded), with open_clip's own eval transform and tokenizer."""
     torch.manual_seed(seed)
-    model, _, preprocess = open_clip.create_model_and_transforms(TINY_ARCH)
-    return model, preprocess, open_clip.get_tokenizer(TINY_ARCH)
+    model, _, preprocess = open_clip.create_model_and_transforms(arch)
+    if isinstance(model.visual, VisionTransformer):
+        start_positions_as_sin_cos(model.visual)
+    return model, preprocess, open_clip.get_tokenizer(arch)
+
+
+def start_positions_as_sin_cos(tower: VisionTransformer) -> None:
+    """Start a ViT's learned position embedding at the 2-D sine-cosine one (MAE's), where open_clip draws it at
+    random: a ViT this small learns where things are far too slowly from a random start on a CPU budget (the probes
+    of benchmarks/RESULTS.md, "A ViT `tiny`"), and the embedding stays a learned parameter, as in ViT-B/16."""
+    side = tower.grid_size[0]
+    grid = get_2d_sincos_pos_embed(tower.positional_embedding.shape[1], side, cls_token=True)
+    with torch.no_grad():
+        tower.positional_embedding.copy_(torch.from_numpy(grid).to(tower.positional_embedding.dtype))
 
 
 def pretraining_batch(
@@ -67,11 +84,18 @@ def make_optimizer(model: torch.nn.Module, peak_lr: float, weight_decay: float) 
 
 
 def pretrain(
-    seed: int, steps: int, minutes: float, batch_size: int, peak_lr: float, weight_decay: float, log_every: int
+    seed: int,
+    steps: int,
+    minutes: float,
+    batch_size: int,
+    peak_lr: float,
+    weight_decay: float,
+    log_every: int,
+    arch: str = TINY_ARCH,
 ) -> tuple[open_clip.CLIP, int, float]:
     """Train until `steps` or `minutes` runs out; returns the model, the steps done and the minutes taken."""
     torch.set_num_threads(THREADS)
-    model, preprocess, tokenizer = create_tiny(seed)
+    model, preprocess, tokenizer = create_tiny(seed, arch)
     model.train()
     optimizer = make_optimizer(model, peak_lr, weight_decay)
     loss_fn = open_clip.ClipLoss()
@@ -123,17 +147,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=1.5e-3)
     parser.add_argument("--weight-decay", type=float, default=0.1)
     parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--model-config", type=Path, help="an open_clip model config to pretrain instead of tiny's")
     parser.add_argument("-o", "--output", type=Path, required=True)
     args = parser.parse_args(argv)
+    arch = TINY_ARCH
+    if args.model_config is not None:
+        if not args.model_config.is_file():
+            parser.error(f"--model-config {args.model_config}: no such file")
+        open_clip.add_model_config(args.model_config)
+        arch = args.model_config.stem
     # Half an hour of training must not end in an unwritable path.
     folder = next(parent for parent in args.output.absolute().parents if parent.exists())
     if args.output.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
         parser.error(f"-o {args.output}: not a writable file path")
 
     model, steps_done, minutes = pretrain(
-        args.seed, args.steps, args.minutes, args.batch_size, args.lr, args.weight_decay, args.log_every
+        args.seed, args.steps, args.minutes, args.batch_size, args.lr, args.weight_decay, args.log_every, arch
     )
     metadata = {
+        "cftool.pretrain.arch": arch,
         "cftool.pretrain.seed": str(args.seed),
         "cftool.pretrain.steps": str(steps_done),
         "cftool.pretrain.step_budget": str(args.steps),
@@ -146,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     save_weights(model, args.output, metadata)
     print(f"wrote {args.output} after {steps_done} steps in {minutes:.1f} min", file=sys.stderr)
-    report = zero_shot_report(load_model(f"{TINY_ARCH}:{args.output}"))
+    report = zero_shot_report(load_model(f"{arch}:{args.output}"))
     for name, accuracy in report.items():
         print(f"{name:16s} {accuracy:5.1f}")
     print(f"{'mean (11 tasks)':16s} {sum(report[n] for n in TOY_TASKS) / len(TOY_TASKS):5.1f}")

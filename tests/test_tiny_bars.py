@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import open_clip
 import pytest
 import safetensors
 import safetensors.torch
@@ -26,6 +27,7 @@ _spec = importlib.util.spec_from_file_location("pretrain_tiny", PRETRAIN_SCRIPT)
 pretrain_tiny = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(pretrain_tiny)
 pretrain, pretrain_main = pretrain_tiny.pretrain, pretrain_tiny.main
+VIT_CANDIDATE = PRETRAIN_SCRIPT.parent / "cftool-tiny-vit.json"
 save_weights, zero_shot_report = pretrain_tiny.save_weights, pretrain_tiny.zero_shot_report
 MAX_WEIGHTS_MB = 20.0
 # Zero-shot top-1 (%) of the shipped weights, as benchmarks/RESULTS.md reports them.
@@ -140,3 +142,26 @@ def test_the_pretraining_script_runs_from_a_checkout():
     run = subprocess.run([sys.executable, str(PRETRAIN_SCRIPT), "--help"], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert "python scripts/pretrain_tiny.py --seed 0 --steps 2000" in run.stdout
+
+
+def test_a_vit_candidate_starts_with_sin_cos_positions_that_training_moves(tmp_path):
+    open_clip.add_model_config(VIT_CANDIDATE)
+    model, _, _ = pretrain_tiny.create_tiny(seed=0, arch=VIT_CANDIDATE.stem)
+    positions = model.visual.positional_embedding
+    grid = model.visual.grid_size[0]
+    assert positions.requires_grad  # learned, as in ViT-B/16
+    # Row 0 is the class token's (zeros); a patch's row holds sines and cosines of its column and row.
+    assert torch.count_nonzero(positions[0]) == 0
+    assert positions[1:].abs().max() <= 1.0 and positions.std() > 0.5
+    assert not torch.equal(positions[1], positions[2]) and not torch.equal(positions[1], positions[1 + grid])
+    trained, steps, _ = pretrain(
+        seed=0, steps=1, minutes=5, batch_size=8, peak_lr=1e-3, weight_decay=0.1, log_every=1, arch=VIT_CANDIDATE.stem
+    )
+    assert steps == 1 and not torch.equal(trained.visual.positional_embedding, positions)
+
+
+def test_pretraining_refuses_a_missing_model_config_before_training(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_main(["--model-config", str(tmp_path / "none.json"), "-o", str(tmp_path / "t.safetensors")])
+    assert exit_info.value.code == 2
+    assert "none.json: no such file" in capsys.readouterr().err
