@@ -220,3 +220,20 @@ def test_realscale_compares_every_command_with_a_plain_open_clip_loop(tmp_path):
             assert row["time_ratio"] == pytest.approx(row["plain"]["seconds"] / row["cftool"]["seconds"]), name
     assert report["min_time_ratio"] == min(row["time_ratio"] for row in rows.values() if "time_ratio" in row)
     assert "| continue (lora) |" in result.stdout and "ratio (plain/cftool time)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("vision", "positions"),
+    [
+        ({"image_size": 64, "patch_size": 8, "layers": 1, "width": 32, "head_width": 16}, "sin-cos"),
+        ({"image_size": 64, "layers": [1, 1, 1, 1], "width": 8, "head_width": 16}, "random"),
+    ],
+)
+def test_tower_probe_trains_a_tower_and_scores_it(vision, positions):
+    command = [sys.executable, str(BENCHMARKS / "tower_probe.py"), "--task", "cars", "--vision", json.dumps(vision)]
+    command += ["--positions", positions, "--steps", "2", "--train-images", "32", "--test-images", "16"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(result.stdout)
+    assert (report["task"], report["vision"], report["positions"], report["steps"]) == ("cars", vision, positions, 2)
+    assert report["parameters_m"] > 0 and report["seconds_per_step"] > 0
+    assert report["test_accuracy"] in {round(100 * hits / 16, 1) for hits in range(17)}
