@@ -255,6 +255,32 @@ def test_the_users_spelling_needs_no_data_flags_and_round_trips_through_eval(cli
     assert json.loads(evaluated.stdout)["models"][0]["results"][0]["accuracy"] == summary["test_accuracy"]
 
 
+def test_continue_reads_its_input_once_and_encodes_the_tasks_text_once(cli, fine_tuned, tmp_path, monkeypatch):
+    """The input's header is read once (the base it records included); the class text features of the task's
+    templates are made once, for the prototypes and for MergeTune's zero-shot point, which a toy prompt anchors on."""
+    import cftool.encode.zero_shot
+    import cftool.io.header
+
+    source = fine_tuned["coop"]
+    scans, encoded = [], []
+    read_raw_header, template_features = cftool.io.header._read_raw_header, cftool.encode.zero_shot.template_features
+    monkeypatch.setattr(
+        cftool.io.header, "_read_raw_header", lambda path: scans.append(Path(path).resolve()) or read_raw_header(path)
+    )
+    monkeypatch.setattr(
+        cftool.encode.zero_shot,
+        "template_features",
+        lambda zoo, classnames, templates: (
+            encoded.append(list(templates)) or template_features(zoo, classnames, templates)
+        ),
+    )
+    result = cli("continue", source, *CONTINUE, "-o", tmp_path / "continued.safetensors")  # the recorded base
+    assert result.code == 0, result.stderr
+    assert scans.count(source.resolve()) == 1
+    with open_checkpoint(source) as ckpt:
+        assert encoded == [ckpt.header.config["templates"]]
+
+
 @pytest.mark.parametrize("method", ["head", "lora", "full"])
 def test_every_kind_continues_into_its_own_kind_and_evaluates(cli, fine_tuned, tmp_path, method):
     output = tmp_path / f"{method}.continued.safetensors"

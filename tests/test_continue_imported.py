@@ -72,7 +72,8 @@ def test_an_imported_coop_repo_prompt_continues_with_data_alone(cli, tmp_path, d
     assert (config["n_ctx"], config["class_specific"], config["ctx_init"]) == (ctx.shape[-2], ctx.dim() == 3, start)
 
     # --data alone: the prompt's own shape and start, MergeTune's continuation recipe, never the CLI's defaults.
-    finetune_job, _ = plan(ContinueJob(imported, "tiny", data="coop:OxfordPets"))
+    with open_checkpoint(imported) as opened:
+        finetune_job, _ = plan(ContinueJob(imported, "tiny", data="coop:OxfordPets"), opened)
     assert finetune_job.method_options == {"n_ctx": ctx.shape[-2], "ctx_init": start, "class_specific": ctx.dim() == 3}
     assert (finetune_job.train.epochs, finetune_job.train.batch_size) == (100, 128)
 

@@ -277,9 +277,8 @@ def test_heads_of_many_prompts_are_encoded_in_bounded_passes_equal_to_one_batch(
     import torch
 
     import cftool.encode.zero_shot
-    from cftool.encode.zero_shot import zero_shot_head
+    from cftool.encode.zero_shot import class_text_means, zero_shot_head
     from cftool.kinds.method import zero_shot_class_features
-    from cftool.kinds.prototypes import template_means
     from cftool.zoo import load_model
 
     zoo = load_model("tiny")
@@ -294,7 +293,7 @@ def test_heads_of_many_prompts_are_encoded_in_bounded_passes_equal_to_one_batch(
     monkeypatch.setattr(cftool.encode.zero_shot, "PROMPTS_PER_PASS", 4)
     assert (zero_shot_head(zoo, classnames, templates) - one_batch).abs().max() <= 1e-6
     assert (zero_shot_class_features(zoo, classnames, templates) - one_batch.T).abs().max() <= 1e-6
-    assert (template_means(zoo, classnames, templates) - means).abs().max() <= 1e-6
+    assert (class_text_means(zoo, classnames, templates).T - means).abs().max() <= 1e-6
     assert max(passes) == 4 and sum(passes) == 3 * len(classnames) * len(templates)
 
 

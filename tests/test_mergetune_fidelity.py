@@ -174,19 +174,19 @@ def test_continue_on_dtd_anchors_on_kgcoops_template_and_records_the_reference_p
     result = cli("finetune", *data, "--method", "coop", "--batch-size", "6", "--iterations", "2", "-o", coop)
     assert result.code == 0, result.stderr
 
-    anchors = []
+    encoded = []
     finetune_module = importlib.import_module("cftool.train.finetune")  # the package exports a function of that name
-    original = finetune_module.zero_shot_class_features
+    original = finetune_module.class_text_means
     monkeypatch.setattr(
         finetune_module,
-        "zero_shot_class_features",
-        lambda zoo, classnames, templates: anchors.append(list(templates)) or original(zoo, classnames, templates),
+        "class_text_means",
+        lambda zoo, classnames, templates: encoded.append(list(templates)) or original(zoo, classnames, templates),
     )
     result = cli("continue", coop, "--zs", "tiny", "--iterations", "1", "--json")  # the spelling
     assert result.code == 0, result.stderr
     output = tmp_path / "coop.mergetune.safetensors"
     assert json.loads(result.stdout)["output"] == str(output)
-    assert anchors == [[DTD_ANCHOR]]
+    assert encoded == [["{} texture."], [DTD_ANCHOR]]  # the task's templates (prototypes), then the anchor
     with open_checkpoint(output) as ckpt:
         config = ckpt.header.config
     assert config["mergetune"]["lmc_samples"] == [0.1, 0.3, 0.5, 0.7, 0.9]

@@ -3,6 +3,7 @@ only on its images with the same predictions as running every expert, and the co
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -186,6 +187,26 @@ def test_task_agnostic_route_averages_zero_shot_and_k_experts(cli, condu, toy_fo
     assert report["zero_shot"] and report["top_k"] == 2
     assert all(len(p["tasks"]) == 2 and len(set(p["tasks"])) == 2 for p in report["predictions"])
     assert report["expert_image_passes"] == 2 * report["num_images"]
+
+
+def test_route_reads_the_unified_set_once_for_every_expert_it_rebuilds(cli, condu, toy_folders, monkeypatch):
+    import cftool.io.header
+    from cftool.io.unified import UnifiedSet
+
+    unified = condu / "unified.st"
+    scans, wraps = [], []
+    read_raw_header, wrap = cftool.io.header._read_raw_header, UnifiedSet.__init__
+    monkeypatch.setattr(
+        cftool.io.header, "_read_raw_header", lambda path: scans.append(Path(path).resolve()) or read_raw_header(path)
+    )
+    monkeypatch.setattr(UnifiedSet, "__init__", lambda self, reader: wraps.append(reader.path) or wrap(self, reader))
+    prototypes = str(condu / "*.prototypes.safetensors")
+    data = f"folder:{toy_folders['cars']}"
+    result = cli("route", unified, "--prototypes", prototypes, "--data", data, "--top-k", "2", "--json")
+    assert result.code == 0, result.stderr
+    assert len({task for p in json.loads(result.stdout)["predictions"] for task in p["tasks"]}) >= 2
+    assert scans.count(unified.resolve()) == 1  # the kind, the base and the structure checked on one read
+    assert wraps == [unified]  # not once more per expert rebuilt
 
 
 def test_bad_routing_inputs_are_one_line_errors(cli, condu, toy_folders, tmp_path):

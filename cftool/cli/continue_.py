@@ -201,9 +201,7 @@ def continue_command(
     from cftool.data import DatasetSpec
     from cftool.train.continued import ContinueJob, continue_training
     from cftool.train.objectives import MergeTuneOptions, parse_lmc_samples
-    from cftool.zoo.base import resolve_base
 
-    zs = resolve_base(zs, source)
     train_overrides = _given(
         {
             "iterations": iterations,

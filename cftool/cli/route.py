@@ -93,36 +93,36 @@ def route_command(
 
     from cftool.data import load_task
     from cftool.eval.route import RouteOptions, predict
-    from cftool.io.checkpoint import open_checkpoint
     from cftool.io.outputs import check_outputs
+    from cftool.io.unified import open_unified
     from cftool.zoo import load_model
     from cftool.zoo.base import resolve_base
 
     fmt = results_format(output_format, json_output)
-    with open_checkpoint(unified, kind="unified") as ckpt:  # a file of another kind is the first thing to say
-        header = ckpt.header
-    options = RouteOptions(top_k, zero_shot, batch_size, workers)
-    if task is not None and (prototypes or top_k != TOP_K or not zero_shot):
-        raise CftoolError(
-            "--task answers with that task's expert alone; --prototypes, --top-k and --no-zero-shot "
-            "are for routing without it"
-        )
-    if task is None and not prototypes:
-        raise CftoolError(
-            "routing without --task needs the tasks' prototypes: --prototypes 'runs/*.prototypes."
-            "safetensors' (or give --task NAME)"
-        )
-    prototype_files = [Path(name) for pattern in prototypes or [] for name in glob.glob(pattern)]
-    zs_file = [Path(zs)] if zs is not None and Path(zs).is_file() else []
-    check_outputs({"-o": output}, [unified, *prototype_files, *zs_file], force)  # before any work
-    seed_everything(seed)
-    task_data = load_task(data, data_root)
-    zoo = load_model(resolve_base(zs, unified, header), resolve_device(device))
-    with progress_bar() as progress:
-        bar = progress.add_task("encode images", total=None)
-        routed = predict(
-            zoo, unified, task_data, split, options, task, prototypes or [], lambda n: progress.advance(bar, n)
-        )
+    # Opened once, for the whole command: a file of another kind (or a damaged set) is the first thing to say.
+    with open_unified(unified) as unified_set:
+        options = RouteOptions(top_k, zero_shot, batch_size, workers)
+        if task is not None and (prototypes or top_k != TOP_K or not zero_shot):
+            raise CftoolError(
+                "--task answers with that task's expert alone; --prototypes, --top-k and --no-zero-shot "
+                "are for routing without it"
+            )
+        if task is None and not prototypes:
+            raise CftoolError(
+                "routing without --task needs the tasks' prototypes: --prototypes 'runs/*.prototypes."
+                "safetensors' (or give --task NAME)"
+            )
+        prototype_files = [Path(name) for pattern in prototypes or [] for name in glob.glob(pattern)]
+        zs_file = [Path(zs)] if zs is not None and Path(zs).is_file() else []
+        check_outputs({"-o": output}, [unified, *prototype_files, *zs_file], force)  # before any work
+        seed_everything(seed)
+        task_data = load_task(data, data_root)
+        zoo = load_model(resolve_base(zs, unified, unified_set.header), resolve_device(device))
+        with progress_bar() as progress:
+            bar = progress.add_task("encode images", total=None)
+            routed = predict(
+                zoo, unified_set, task_data, split, options, task, prototypes or [], lambda n: progress.advance(bar, n)
+            )
     hits = None if task else routed.routed_to(task_data.name)  # with --task no image is routed
     report = _report(unified, data, split, task, options, routed, task_data, hits)
     if fmt == "table":

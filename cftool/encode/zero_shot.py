@@ -76,10 +76,23 @@ def template_features(zoo: ZooModel, classnames: Sequence[str], templates: Seque
 
 
 @torch.inference_mode()
+def class_text_means(zoo: ZooModel, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """[n_classes, embed_dim] on the model's device: each class's normalised template text features, averaged and not
+    normalised again. The zero-shot head normalises them (``head_of_means``); ConDU's prototypes take them as they
+    are. Made once where both are needed."""
+    return template_features(zoo, classnames, templates).mean(dim=1)
+
+
+def head_of_means(means: torch.Tensor) -> torch.Tensor:
+    """[embed_dim, n_classes] zero-shot head of ``class_text_means``: each class's mean normalised."""
+    return F.normalize(means, dim=-1).T.cpu()
+
+
+@torch.inference_mode()
 def zero_shot_head(zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
     """[embed_dim, n_classes] head: class names × templates through the model's own text tower, averaged and
     normalised (open_clip's ``build_zero_shot_classifier``, in bounded passes)."""
-    return F.normalize(template_features(zoo, classnames, templates).mean(dim=1), dim=-1).T.cpu()
+    return head_of_means(class_text_means(zoo, classnames, templates))
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from torch.utils.data import Dataset, Subset
 from cftool.data import TaskData
 from cftool.encode.zero_shot import LabelSpace, encode_images, zero_shot_head
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import open_checkpoint
-from cftool.io.unified import UnifiedSet, open_unified
-from cftool.kinds.apply import BaseState, applied
+from cftool.io.checkpoint import check_base, open_checkpoint
+from cftool.io.unified import UnifiedSet
+from cftool.kinds.apply import BaseState, expert_applied
 from cftool.metrics import top1_accuracy
 from cftool.options import EVAL_BATCH_SIZE, TOP_K, WORKERS
 from cftool.zoo import ZooModel
@@ -122,7 +122,7 @@ def route_logits(
     for index in torch.unique(members.routed).tolist():
         rows = (members.routed == index).any(dim=1).nonzero().squeeze(1)
         task = members.unified.task_names[index]
-        with applied(zoo, members.unified.reader, base_state, task):
+        with expert_applied(zoo, members.unified, base_state, task):
             subset = Subset(images, rows.tolist())
             total[rows] += _member_logits(zoo, subset, label_space, batch_size, workers, passes.counter(task))
     return total / members.count
@@ -144,7 +144,7 @@ def every_expert_route_logits(
     passes = passes if passes is not None else Passes()
     total = _zero_shot_share(zoo, members, zero_shot_features, label_space)
     for index, task in enumerate(members.unified.task_names):
-        with applied(zoo, members.unified.reader, base_state, task):
+        with expert_applied(zoo, members.unified, base_state, task):
             logits = _member_logits(zoo, images, label_space, batch_size, workers, passes.counter(task))
         chosen = (members.routed == index).any(dim=1)
         total[chosen] += logits[chosen]
@@ -323,7 +323,7 @@ def expert_split(
 ) -> Routed:
     """With a task id: that task's expert alone on ``data``'s ``split``."""
     passes = Passes()
-    with applied(zoo, unified.reader, base_state, task):
+    with expert_applied(zoo, unified, base_state, task):
         features, labels = encode_images(
             zoo, data.split(split, zoo.preprocess), options.batch_size, options.workers, passes.counter(task)
         )
@@ -333,7 +333,7 @@ def expert_split(
 
 def predict(
     zoo: ZooModel,
-    unified_path: Path,
+    unified: UnifiedSet,
     data: TaskData,
     split: str,
     options: RouteOptions,
@@ -341,16 +341,17 @@ def predict(
     prototype_patterns: Sequence[str] = (),
     advance: Callable[[int], None] = lambda n: None,
 ) -> Routed:
-    """`cftool route`: a unified set's predictions on a dataset, by routing (no ``task``) or by one task's expert."""
+    """`cftool route`: a unified set's predictions on a dataset, by routing (no ``task``) or by one task's expert.
+    ``unified`` is open (`open_unified`, its kind and structure checked); here it is checked against ``zoo``'s base."""
+    check_base(unified.path, unified.header, zoo.weights_sha256, zoo.spec.canonical, zoo.architecture)
     base_state = BaseState(zoo)
-    with open_unified(unified_path, zoo.weights_sha256, zoo.spec.canonical, zoo.architecture) as unified:
-        if task is not None:
-            unified.task_index(task)  # an unknown task is refused before any work
-            return expert_split(zoo, unified, task, data, split, options, base_state)
-        embed_dim = zoo.model.text_projection.shape[-1]
-        known = read_prototypes(prototype_files(prototype_patterns), zoo, zoo.weights_sha256, embed_dim)
-        prototypes = prototypes_of(unified, known)
-        features, labels = encode_images(
-            zoo, data.split(split, zoo.preprocess), options.batch_size, options.workers, advance
-        )
-        return route_split(zoo, unified, data, split, features, labels, prototypes, options, base_state)
+    if task is not None:
+        unified.task_index(task)  # an unknown task is refused before any work
+        return expert_split(zoo, unified, task, data, split, options, base_state)
+    embed_dim = zoo.model.text_projection.shape[-1]
+    known = read_prototypes(prototype_files(prototype_patterns), zoo, zoo.weights_sha256, embed_dim)
+    prototypes = prototypes_of(unified, known)
+    features, labels = encode_images(
+        zoo, data.split(split, zoo.preprocess), options.batch_size, options.workers, advance
+    )
+    return route_split(zoo, unified, data, split, features, labels, prototypes, options, base_state)

@@ -10,7 +10,7 @@ expert per task, so applying it needs the task whose expert to rebuild (``Î»_i Â
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -86,21 +86,25 @@ class UnifiedAdapter:
 
     @classmethod
     def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
-        unified = UnifiedSet(ckpt)
-        if task is None:
-            raise CftoolError(
-                f"{ckpt.path}: a unified set holds one expert per task ({', '.join(unified.task_names)}); "
-                "name the task whose expert to use"
-            )
-        index, shape = unified.task_index(task), factor_space(unified)
-        if shape is None:
-            _load_delta(zoo, ckpt.path, unified.delta, expert_tensors(unified, index))
-        else:  # ConDU-LoRA: the expert's factors merged into the weights they adapt
-            factors = expert_factors(unified, index)
-            zoo.load_state_dict(
-                merged_factors(zoo.model.state_dict(), ckpt.path, shape, factors.__getitem__), ckpt.path
-            )
-        return zero_shot_head
+        return apply_expert(zoo, UnifiedSet(ckpt), task)
+
+
+def apply_expert(zoo: ZooModel, unified: UnifiedSet, task: str | None) -> HeadFn:
+    """``task``'s expert of an open unified set applied to ``zoo`` (which must hold the base weights)."""
+    if task is None:
+        raise CftoolError(
+            f"{unified.path}: a unified set holds one expert per task ({', '.join(unified.task_names)}); "
+            "name the task whose expert to use"
+        )
+    index, shape = unified.task_index(task), factor_space(unified)
+    if shape is None:
+        _load_delta(zoo, unified.path, unified.delta, expert_tensors(unified, index))
+    else:  # ConDU-LoRA: the expert's factors merged into the weights they adapt
+        factors = expert_factors(unified, index)
+        zoo.load_state_dict(
+            merged_factors(zoo.model.state_dict(), unified.path, shape, factors.__getitem__), unified.path
+        )
+    return zero_shot_head
 
 
 ADAPTERS: dict[str, type[Adapter]] = {
@@ -162,11 +166,27 @@ def applied(
     """``ckpt`` applied to ``zoo`` for the block: its head function, and whether the encoders are still the base's;
     weights it replaced are restored from ``base_state`` afterwards."""
     changes_weights = adapter_of(ckpt).changes_weights
+    with _restored(base_state, changes_weights, lambda: apply_checkpoint(zoo, ckpt, task)) as head:
+        yield head, not changes_weights
+
+
+@contextmanager
+def expert_applied(zoo: ZooModel, unified: UnifiedSet, base_state: BaseState, task: str) -> Iterator[HeadFn]:
+    """``applied`` for one expert of a unified set already open, whose structure is then checked once for all the
+    experts a command rebuilds."""
+    with _restored(base_state, True, lambda: apply_expert(zoo, unified, task)) as head:
+        yield head
+
+
+@contextmanager
+def _restored(base_state: BaseState, changes_weights: bool, apply: Callable[[], HeadFn]) -> Iterator[HeadFn]:
+    """The head function ``apply`` returns, for the block; where it changes the weights, they are restored from
+    ``base_state`` afterwards."""
     if changes_weights:
         base_state.keep()
-    head = apply_checkpoint(zoo, ckpt, task)
+    head = apply()
     try:
-        yield head, not changes_weights
+        yield head
     finally:
         if changes_weights:
             base_state.restore()

@@ -28,7 +28,7 @@ from torch import nn
 from torch.func import functional_call
 
 from cftool.encode.text import class_text_head, mean_per_class, template_tokens
-from cftool.encode.zero_shot import HeadFn, zero_shot_head
+from cftool.encode.zero_shot import HeadFn, class_text_means, head_of_means, zero_shot_head
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, check_shapes
 from cftool.options import PROTOCOL_TRAIN_TEMPLATES, TOWERS, TRAIN_TEMPLATE, TRAIN_TEMPLATES
@@ -56,9 +56,14 @@ def tower_of(parameter_name: str) -> str | None:
 
 
 def zero_shot_class_features(zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
-    """[n_classes, embed_dim] zero-shot head, copied out of the inference mode ``zero_shot_head`` runs in (autograd
-    may not save inference tensors)."""
-    return zero_shot_head(zoo, classnames, templates).T.clone()
+    """[n_classes, embed_dim] zero-shot head, copied out of the inference mode the text features are made in
+    (autograd may not save inference tensors)."""
+    return class_features_of_means(class_text_means(zoo, classnames, templates))
+
+
+def class_features_of_means(means: torch.Tensor) -> torch.Tensor:
+    """``zero_shot_class_features`` from the ``class_text_means`` of its classes and templates, made already."""
+    return head_of_means(means).T.clone()
 
 
 class Method(nn.Module):

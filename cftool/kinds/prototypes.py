@@ -20,7 +20,7 @@ from cftool.data import TaskData
 from cftool.data.augment import training_transform
 from cftool.data.specs import PROTOTYPES_STREAM
 from cftool.encode.features import image_features
-from cftool.encode.zero_shot import encode_images, template_features
+from cftool.encode.zero_shot import encode_images
 from cftool.zoo import ZooModel
 
 
@@ -29,7 +29,7 @@ def class_prototypes(image_features: torch.Tensor, labels: torch.Tensor, text_me
 
     ``image_features`` are normalised zero-shot features of the training images; ``text_means`` [embed_dim,
     n_classes] (laid out as a zero-shot head) the mean of each class's normalised template features, not normalised
-    again (``template_means``). Every class must have an image.
+    again (``class_text_means``, transposed). Every class must have an image.
     """
     n_classes = text_means.shape[1]
     sums = torch.zeros(n_classes, image_features.shape[1]).index_add_(0, labels, image_features.float())
@@ -38,15 +38,10 @@ def class_prototypes(image_features: torch.Tensor, labels: torch.Tensor, text_me
     return F.normalize((image_means + text_means.T.float()) / 2, dim=-1)
 
 
-def template_means(zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
-    """[embed_dim, n_classes]: each class's normalised template text features, averaged and not normalised again
-    (the zero-shot head before its last normalisation)."""
-    return template_features(zoo, classnames, templates).mean(dim=1).T.cpu()
-
-
 def task_prototypes(
     zoo: ZooModel,
     task: TaskData,
+    text_means: torch.Tensor,
     augment: str,
     cache_dir: Path | None = None,
     batch_size: int = 256,
@@ -55,7 +50,8 @@ def task_prototypes(
     eval_features: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The task's prototypes from the zoo model's zero-shot features: its whole training split through the training
-    transform of ``augment`` (one seeded view of each image), and its templates.
+    transform of ``augment`` (one seeded view of each image), and ``text_means``, the ``class_text_means`` of its
+    classes over its templates.
 
     ``eval_features``: (features, labels) of the training split through the eval preprocessing, already computed
     for the feature cache; reused where they are the ones needed, those of the whole split unaugmented.
@@ -70,4 +66,4 @@ def task_prototypes(
         kept_in = cache_dir if task.spec.shots is None else None
         split = task.full_training_split(zoo.preprocess)
         features, labels = image_features(zoo, split, kept_in, batch_size, workers, advance)
-    return class_prototypes(features, labels, template_means(zoo, task.classnames, task.templates))
+    return class_prototypes(features, labels, text_means.T.cpu())

@@ -27,7 +27,7 @@ from cftool.recipes import load_recipe
 from cftool.train.finetune import Continuation, FinetuneJob, FinetuneResult, finetune
 from cftool.train.loop import Progress, TrainOptions, no_progress
 from cftool.train.objectives import MergeTuneOptions
-from cftool.zoo.base import TINY_ARCH, arch_of
+from cftool.zoo.base import TINY_ARCH, arch_of, resolve_base
 
 TRAIN_OPTION_KEYS = tuple(f.name for f in fields(TrainOptions))
 
@@ -50,7 +50,7 @@ def default_output(source: Path) -> Path:
 @dataclass(frozen=True)
 class ContinueJob:
     source: Path
-    zs: str
+    zs: str | None = None  # default: the base the source records
     mergetune: MergeTuneOptions = MergeTuneOptions()
     output: Path | None = None  # default: beside the source, see default_output
     data: str | None = None  # another --data than the one the source was trained on
@@ -74,29 +74,31 @@ class ContinueJob:
 
 
 def continue_training(job: ContinueJob, progress: Progress = no_progress) -> FinetuneResult:
-    finetune_job, continuation = plan(job)
-    return finetune(finetune_job, progress, continuation)
+    # Opened once: the plan reads its header, the run checks that against the base and loads its tensors.
+    with open_checkpoint(job.source) as source:
+        finetune_job, continuation = plan(job, source)
+        return finetune(finetune_job, progress, continuation)
 
 
-def plan(job: ContinueJob) -> tuple[FinetuneJob, Continuation]:
-    """The fine-tuning job that continues ``job.source``, from its metadata and the overrides."""
+def plan(job: ContinueJob, source: CheckpointReader) -> tuple[FinetuneJob, Continuation]:
+    """The fine-tuning job that continues ``job.source`` (``source``, open), from its metadata and the overrides."""
     output = job.output_path
     if output.resolve() == job.source.resolve():
         raise CftoolError(
             f"-o {output}: is the input checkpoint; continue never overwrites its input, name another file"
         )
-    with open_checkpoint(job.source) as ckpt:
-        _check_continuable(ckpt)
-        method = trainable_method(ckpt)
-        config = ckpt.header.config or {}
-        data = replace(_data_spec(ckpt, config, job.data), **job.data_overrides)
-        train_options, recipe = _recipe(job, config, method)
-        if recipe == "mergetune-coop" and "val_images" not in job.data_overrides:
-            data = replace(data, val_images=load_recipe(recipe).options["val-images"])
-        method_options = _method_options(ckpt, method, config, job.mergetune)
+    _check_continuable(source)
+    zs = resolve_base(job.zs, job.source, source.header)
+    method = trainable_method(source)
+    config = source.header.config or {}
+    data = replace(_data_spec(source, config, job.data), **job.data_overrides)
+    train_options, recipe = _recipe(job, config, method)
+    if recipe == "mergetune-coop" and "val_images" not in job.data_overrides:
+        data = replace(data, val_images=load_recipe(recipe).options["val-images"])
+    method_options = _method_options(source, method, config, job.mergetune)
     data_root = _data_root(job, data, config.get("data_root"))
     finetune_job = FinetuneJob(
-        zs=job.zs,
+        zs=zs,
         data=data,
         method=method.name,
         output=output,
@@ -113,7 +115,7 @@ def plan(job: ContinueJob) -> tuple[FinetuneJob, Continuation]:
         evaluate=job.evaluate,
     )
     continuation = Continuation(
-        job.source, file_sha256(job.source), job.mergetune, recorded_data=job.data is None, recipe=recipe
+        source, file_sha256(job.source), job.mergetune, recorded_data=job.data is None, recipe=recipe
     )
     return finetune_job, continuation
 

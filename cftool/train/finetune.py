@@ -23,13 +23,13 @@ from cftool.data import DatasetSpec, TaskData, TaskSplit, load_task, recorded_da
 from cftool.data.augment import training_transform
 from cftool.data.validation import val_shots
 from cftool.encode.features import image_features
-from cftool.encode.zero_shot import encode_images, evaluate_zero_shot
+from cftool.encode.zero_shot import class_text_means, encode_images, evaluate_zero_shot
 from cftool.errors import CftoolError
-from cftool.io.checkpoint import Header, open_checkpoint, save_checkpoint, tensors_sha256
+from cftool.io.checkpoint import CheckpointReader, Header, check_base, save_checkpoint, tensors_sha256
 from cftool.io.command_files import metrics_path, prototypes_path, state_path
 from cftool.io.outputs import atomic_output, check_outputs, check_writable, check_writable_folder, refuse_existing
 from cftool.kinds.apply import METHODS, build_method
-from cftool.kinds.method import Method, zero_shot_class_features
+from cftool.kinds.method import Method, class_features_of_means
 from cftool.kinds.prototypes import task_prototypes
 from cftool.merge.precision import fits_float32
 from cftool.metrics import top1_accuracy
@@ -71,7 +71,7 @@ class FinetuneJob:
 class Continuation:
     """Training that starts from a fine-tuned checkpoint and minimises MergeTune's objective (`continue`)."""
 
-    checkpoint: Path
+    checkpoint: CheckpointReader  # open, its header read once by `continue` and checked against the base here
     checkpoint_sha256: str
     options: MergeTuneOptions
     recorded_data: bool = True  # the data spec comes from the checkpoint's metadata, not from --data
@@ -168,7 +168,7 @@ def finetune(
     if job.method not in METHODS:
         raise CftoolError(f"unknown method {job.method!r}; choose one of {', '.join(METHODS)}")
     # Found now, not after training.
-    inputs = [] if continuation is None else [continuation.checkpoint]
+    inputs = [] if continuation is None else [continuation.checkpoint.path]
     zs_file = parse_model_spec(job.zs).weights_file
     if zs_file is not None:
         inputs.append(zs_file)
@@ -196,9 +196,8 @@ def _finetune(
     _check_every_class_has_images(task, labels)
     _check_batch_fits_in_memory(job.train.batch_size, zoo)
     if continuation is not None:  # refuse a checkpoint of another base before any work
-        open_checkpoint(
-            continuation.checkpoint, base_sha256=base_sha256, base=zoo.spec.canonical, base_arch=zoo.architecture
-        ).close()
+        source = continuation.checkpoint
+        check_base(source.path, source.header, base_sha256, zoo.spec.canonical, zoo.architecture)
 
     # A new method scores exactly as the zero-shot model does (LoRA's B starts at zero), so the features and the
     # head below are zero-shot ones.
@@ -219,13 +218,26 @@ def _finetune(
             job.workers,
             progress("encode training images", len(train_split)),
         )
+    # The zero-shot text of the task's classes over its templates, encoded once for the prototypes and MergeTune's
+    # zero-shot point (where its anchor is made of the same templates).
+    text_means = None
+    if ranks.is_main or continuation is not None:
+        text_means = class_text_means(zoo, task.classnames, task.templates)
     if ranks.is_main:  # ConDU's prototypes: the whole training split through the training transform
         bar = progress("prototypes", len(task.full_training_split()))
         eval_features = None if features is None else (features, labels)
         prototypes = task_prototypes(
-            zoo, task, job.train.augment, job.cache_dir, job.eval_batch_size, job.workers, bar, eval_features
+            zoo,
+            task,
+            text_means,
+            job.train.augment,
+            job.cache_dir,
+            job.eval_batch_size,
+            job.workers,
+            bar,
+            eval_features,
         )
-    objective = _objective(job, method, zoo, task, continuation)
+    objective = _objective(job, method, zoo, task, continuation, text_means)
     selection = None
     if job.train.select == "best-val" and ranks.is_main:  # rank 0 alone writes, so it alone selects
         selection = BestValidation(method, zoo, task, _validation_split(task, zoo), job.eval_batch_size, job.workers)
@@ -326,7 +338,7 @@ def _load_training_task(job: FinetuneJob, continuation: Continuation | None) -> 
         if continuation is None or not continuation.recorded_data:
             raise
         raise CftoolError(
-            f"{continuation.checkpoint}: cannot read the training data its metadata records ({err}); pass --data "
+            f"{continuation.checkpoint.path}: cannot read the training data its metadata records ({err}); pass --data "
             "(and --data-root) to train on data that is here"
         ) from None
 
@@ -356,20 +368,28 @@ def _check_every_class_has_images(task: TaskData, labels: torch.Tensor) -> None:
 
 
 def _objective(
-    job: FinetuneJob, method: Method, zoo: ZooModel, task: TaskData, continuation: Continuation | None
+    job: FinetuneJob,
+    method: Method,
+    zoo: ZooModel,
+    task: TaskData,
+    continuation: Continuation | None,
+    text_means: torch.Tensor | None,
 ) -> Objective:
     """Cross-entropy for a fresh fine-tune; for a continuation, MergeTune from the checkpoint's solution, with the
-    freshly built method (and the base weights, before the checkpoint replaces them) as the zero-shot point."""
+    freshly built method (and the base weights, before the checkpoint replaces them) as the zero-shot point.
+    ``text_means`` (given for a continuation): the ``class_text_means`` of the task's templates, which are the
+    anchor's but for a source that names its own (`coop:` data: KgCoOp's)."""
     if continuation is None:
         return CrossEntropy(method, job.train.label_smoothing)
     anchor = task.anchor_templates(method.training_templates)
-    zero_shot = ZeroShotPoint.of(method, zero_shot_class_features(zoo, task.classnames, anchor))
-    with open_checkpoint(continuation.checkpoint) as ckpt:
-        method.load_trained(ckpt)
+    if anchor != task.templates:
+        text_means = class_text_means(zoo, task.classnames, anchor)
+    zero_shot = ZeroShotPoint.of(method, class_features_of_means(text_means))
+    method.load_trained(continuation.checkpoint)
     try:
         return MergeTune(method, zero_shot, continuation.options, job.train.label_smoothing)
     except CftoolError as err:
-        raise CftoolError(f"{continuation.checkpoint}: {err}") from None
+        raise CftoolError(f"{continuation.checkpoint.path}: {err}") from None
 
 
 def _config(
@@ -386,7 +406,7 @@ def _config(
                 "anchor_templates": task.anchor_templates(method.training_templates),
             },
             "recipe": continuation.recipe,
-            "continued_from": {"file": continuation.checkpoint.name, "sha256": continuation.checkpoint_sha256},
+            "continued_from": {"file": continuation.checkpoint.path.name, "sha256": continuation.checkpoint_sha256},
         }
     data, data_root = recorded_data(job.data, job.data_root)
     return {
