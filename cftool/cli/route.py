@@ -31,6 +31,7 @@ from cftool.cli.common import (
 )
 from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
+from cftool.io.header import UNIFIED_KIND
 from cftool.options import DATA_SPEC_FORMS, DEVICE, EVAL_BATCH_SIZE, EVAL_SPLIT, SEED, SPLITS, TOP_K, WORKERS
 
 if TYPE_CHECKING:
@@ -99,7 +100,7 @@ def route_command(
     from cftool.zoo.base import resolve_base
 
     fmt = results_format(output_format, json_output)
-    with open_checkpoint(unified, kind="unified") as ckpt:  # a file of another kind is the first thing to say
+    with open_checkpoint(unified, kind=UNIFIED_KIND) as ckpt:  # a file of another kind is the first thing to say
         header = ckpt.header
     options = RouteOptions(top_k, zero_shot, batch_size, workers)
     if task is not None and (prototypes or top_k != TOP_K or not zero_shot):
