@@ -19,7 +19,9 @@ LOCAL_DIR_PREFIX = "local-dir:"
 
 # Running ------------------------------------------------------------------------------------------------------------
 
-DEVICE = "auto"  # the first GPU torch sees, else the CPU
+AUTO_DEVICE = "auto"  # the first GPU torch sees, else the CPU
+DEVICES = (AUTO_DEVICE, "cpu", "cuda")  # and cuda:N, which cftool.cli.common.resolve_device reads
+DEVICE = AUTO_DEVICE
 SEED = 0
 # DataLoader workers of every command that reads images. None: images are read in the command's own process, which
 # starts no process, costs nothing on the embedded toy tasks and on cached image features (a frozen tower's images are
@@ -36,14 +38,19 @@ FOLDER_DATA = "folder"
 COOP_DATA = "coop"
 MTIL_DATA = "mtil"
 DATA_SPEC_FORMS = f"{TOY_DATA}:TASK, {FOLDER_DATA}:PATH, {COOP_DATA}:NAME or {MTIL_DATA}:NAME"
-CLASS_SUBSETS = ("all", "base", "novel")  # the first ceil(n/2) classes are base, as in CoOp
-CLASS_SUBSET = "all"
+ALL_CLASSES = "all"
+BASE_CLASSES = "base"  # the first ceil(n/2) classes, as in CoOp
+NOVEL_CLASSES = "novel"  # the others
+CLASS_SUBSETS = (ALL_CLASSES, BASE_CLASSES, NOVEL_CLASSES)
+CLASS_SUBSET = ALL_CLASSES
 SPLITS = ("train", "val", "test")
 EVAL_SPLIT = "test"
 # Which validation images a few-shot run selects its checkpoint on: CoOp's draw of min(shots, 4) per class, or the
 # whole split, as MergeTune's dataset files keep it once CoOp has run.
-VAL_IMAGES = ("few-shot", "all")
-VAL_IMAGE_SET = "few-shot"
+FEW_SHOT_VAL = "few-shot"
+ALL_VAL = "all"
+VAL_IMAGES = (FEW_SHOT_VAL, ALL_VAL)
+VAL_IMAGE_SET = FEW_SHOT_VAL
 # The benchmarks (`--benchmark`, cftool.data.benchmarks).
 MTIL_TINY = "mtil-tiny"
 BASE2NEW_TINY = "base2new-tiny"
@@ -79,12 +86,19 @@ TOY_TASK_NAMES = (
 )
 TOY_HELDOUT = "heldout-combos"
 # Training images' transform: none (the eval preprocessing), or the training transforms of CoOp and ZSCL.
-AUGMENTATIONS = ("none", "coop", "zscl")
+NO_AUGMENT = "none"
+COOP_AUGMENT = "coop"
+ZSCL_AUGMENT = "zscl"
+AUGMENTATIONS = (NO_AUGMENT, COOP_AUGMENT, ZSCL_AUGMENT)
 # The reference protocol's augmentation for each --data prefix (coop:NAME, mtil:NAME), and other data's.
-PROTOCOL_AUGMENTATION = {COOP_DATA: "coop", MTIL_DATA: "zscl"}
-AUGMENTATION = "none"
+PROTOCOL_AUGMENTATION = {COOP_DATA: COOP_AUGMENT, MTIL_DATA: ZSCL_AUGMENT}
+AUGMENTATION = NO_AUGMENT
 
 # Fine-tuning methods (cftool.kinds) ---------------------------------------------------------------------------------
+
+SGD = "sgd"
+ADAMW = "adamw"
+OPTIMIZERS = (SGD, ADAMW)  # each method's own is its MethodDefaults'
 
 
 @dataclass(frozen=True)
@@ -98,40 +112,57 @@ class MethodDefaults:
     options: tuple[str, ...] = ()
 
 
-COOP = MethodDefaults("coop", "sgd", 2e-3, ("n_ctx", "ctx_init"))
-HEAD = MethodDefaults("head", "adamw", 1e-3)
-LORA = MethodDefaults(
-    "lora", "adamw", 1e-3, ("rank", "alpha", "towers", "lora_targets", "lora_init", "train_templates")
-)
-FULL = MethodDefaults("full", "adamw", 1e-5, ("towers", "train_templates"))
+COOP = MethodDefaults("coop", SGD, 2e-3, ("n_ctx", "ctx_init"))
+HEAD = MethodDefaults("head", ADAMW, 1e-3)
+LORA = MethodDefaults("lora", ADAMW, 1e-3, ("rank", "alpha", "towers", "lora_targets", "lora_init", "train_templates"))
+FULL = MethodDefaults("full", ADAMW, 1e-5, ("towers", "train_templates"))
 FINETUNE_METHODS = {method.name: method for method in (COOP, HEAD, LORA, FULL)}
 FINETUNE_METHOD = COOP.name
 COOP_INIT = "a photo of a"  # CoOp's hand-written context; its words give the number of context vectors
 RANDOM_INIT = "random"
-TOWERS = ("image", "text")
+IMAGE_TOWER = "image"
+TEXT_TOWER = "text"
+TOWERS = (IMAGE_TOWER, TEXT_TOWER)
 # Which of a task's templates the training loss's class text features of a tower method come from (evaluation
 # averages all): ZSCL's MTIL training encodes one prompt per class, the first template.
-TRAIN_TEMPLATES = ("all", "first")
-PROTOCOL_TRAIN_TEMPLATES = {MTIL_DATA: "first"}  # by --data prefix, and other data's
-TRAIN_TEMPLATE = "all"
+ALL_TEMPLATES = "all"
+FIRST_TEMPLATE = "first"
+TRAIN_TEMPLATES = (ALL_TEMPLATES, FIRST_TEMPLATE)
+PROTOCOL_TRAIN_TEMPLATES = {MTIL_DATA: FIRST_TEMPLATE}  # by --data prefix, and other data's
+TRAIN_TEMPLATE = ALL_TEMPLATES
 LORA_RANK = 8
 LORA_ALPHA = 16.0
-LORA_TARGET_GROUPS = ("attention+mlp", "mlp")
-LORA_TARGETS = "attention+mlp"
-LORA_INITS = ("zero-b", "condu")
-LORA_INIT = "zero-b"
+# Which weights LoRA adapts (cftool.kinds.lora.TARGET_GROUPS): the attention and MLP weights, or the MLP's alone.
+LORA_ATTENTION_MLP = "attention+mlp"
+LORA_MLP = "mlp"
+LORA_TARGET_GROUPS = (LORA_ATTENTION_MLP, LORA_MLP)
+LORA_TARGETS = LORA_ATTENTION_MLP
+# How LoRA's factors start (cftool.kinds.lora): B zero and A Kaiming-uniform, the LoRA paper's; or both drawn from
+# N(0, 0.01²), ConDU-LoRA's.
+LORA_ZERO_B_INIT = "zero-b"
+LORA_CONDU_INIT = "condu"
+LORA_INITS = (LORA_ZERO_B_INIT, LORA_CONDU_INIT)
+LORA_INIT = LORA_ZERO_B_INIT
 
 # Training (cftool.train) --------------------------------------------------------------------------------------------
 
-OPTIMIZERS = ("sgd", "adamw")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 autocast on a GPU, fp32 on the CPU
-PRECISION = "auto"
+AUTO_PRECISION = "auto"  # bf16 autocast on a GPU, fp32 on the CPU
+FP32 = "fp32"
+BF16 = "bf16"
+FP16 = "fp16"
+PRECISIONS = (AUTO_PRECISION, FP32, BF16, FP16)
+PRECISION = AUTO_PRECISION
 # cosine-step: one cosine over the optimiser steps (after --warmup linear steps); cosine-epoch: Dassl's, the lr changes
 # once per epoch (after --warmup-epochs epochs at the constant --warmup-lr).
-SCHEDULES = ("cosine-step", "cosine-epoch")
-SCHEDULE = "cosine-step"
-SELECTIONS = ("last", "best-val")  # which epoch's parameters a run writes
-SELECTION = "last"
+COSINE_STEP = "cosine-step"
+COSINE_EPOCH = "cosine-epoch"
+SCHEDULES = (COSINE_STEP, COSINE_EPOCH)
+SCHEDULE = COSINE_STEP
+# Which epoch's parameters a run writes: the last's, or those of the best validation accuracy.
+SELECT_LAST = "last"
+SELECT_BEST_VAL = "best-val"
+SELECTIONS = (SELECT_LAST, SELECT_BEST_VAL)
+SELECTION = SELECT_LAST
 TRAIN_BATCH_SIZE = 32
 WEIGHT_DECAY = 0.0
 WARMUP_STEPS = 0
@@ -144,18 +175,24 @@ DROP_LAST = False
 
 LAMBDA_LMC = 1.0
 LAMBDA_ZS = 10.0
-ZS_REGULARISERS = ("param", "feature")
-ZS_REGULARISER = "feature"
+ZS_PARAM = "param"
+ZS_FEATURE = "feature"
+ZS_REGULARISERS = (ZS_PARAM, ZS_FEATURE)
+ZS_REGULARISER = ZS_FEATURE
 # How the feature surrogate compares class text features: KgCoOp's LOSS_TYPE (MergeTune's
 # trainers/kgcoop_coop_LMC.py:385-393; train.py:106 defaults to cosine, and the README's CoOp run passes cosine).
-ZS_LOSSES = ("cosine", "l2")
-ZS_LOSS = "cosine"
+ZS_COSINE = "cosine"
+ZS_L2 = "l2"
+ZS_LOSSES = (ZS_COSINE, ZS_L2)
+ZS_LOSS = ZS_COSINE
 # The reference's NUM_SAMPLES (train.py:108, scripts/coop_LMC/base2new_train_coop.sh: 5): the path's α grid.
 REFERENCE_LMC_COUNT = 5
 
 # Merging (cftool.merge) ---------------------------------------------------------------------------------------------
 
-TRIMS = ("global", "per-tensor")
+GLOBAL_TRIM = "global"
+PER_TENSOR_TRIM = "per-tensor"
+TRIMS = (GLOBAL_TRIM, PER_TENSOR_TRIM)
 
 
 @dataclass(frozen=True)
@@ -169,7 +206,7 @@ class MergeMethodDefaults:
 
 CONDU = MergeMethodDefaults("condu")
 CONDU_LORA = MergeMethodDefaults("condu-lora")
-TIES = MergeMethodDefaults("ties", {"keep": 0.2, "trim": "global", "scale": 1.0})
+TIES = MergeMethodDefaults("ties", {"keep": 0.2, "trim": GLOBAL_TRIM, "scale": 1.0})
 TASK_ARITHMETIC = MergeMethodDefaults("task-arithmetic", {"scale": 0.3})
 DARE = MergeMethodDefaults("dare", {"p": 0.5, "seed": SEED, "scale": 0.3})
 MEAN = MergeMethodDefaults("mean")
@@ -204,5 +241,7 @@ PATH_STEPS = 11  # points of a linear path, α = 0, 0.1, …, 1
 TOP_K = 4  # experts per routed image, the reference's K
 # "own": each task's images are classified among its own classes (ConDU's evaluation); "union": among every task's
 # classes of the table, as some task-agnostic tables of other methods do.
-LABEL_SPACES = ("own", "union")
-LABEL_SPACE = "own"
+OWN_LABEL_SPACE = "own"
+UNION_LABEL_SPACE = "union"
+LABEL_SPACES = (OWN_LABEL_SPACE, UNION_LABEL_SPACE)
+LABEL_SPACE = OWN_LABEL_SPACE

@@ -3,6 +3,8 @@ in its order, and the options a merge method takes are the fields of its options
 
 import dataclasses
 
+import pytest
+
 from cftool import options
 
 
@@ -38,6 +40,70 @@ def test_each_toy_task_is_defined():
     from cftool.data.toy import TOY_SOURCES
 
     assert tuple(TOY_SOURCES) == (*options.TOY_TASK_NAMES, options.TOY_HELDOUT)
+
+
+def test_each_lora_target_group_and_tower_names_its_weights():
+    from cftool.kinds.lora import TARGET_GROUPS, TOWER_PREFIXES
+
+    assert tuple(TARGET_GROUPS) == options.LORA_TARGET_GROUPS
+    assert tuple(TOWER_PREFIXES) == options.TOWERS
+
+
+def test_each_augmentation_but_none_has_its_crop():
+    from cftool.data.augment import CROP_SCALES
+
+    assert (options.NO_AUGMENT, *CROP_SCALES) == options.AUGMENTATIONS
+
+
+# Each default (or protocol's default, or method's own) with the choices it is one of.
+DEFAULTS = {
+    "DEVICE": (options.DEVICE, options.DEVICES),
+    "CLASS_SUBSET": (options.CLASS_SUBSET, options.CLASS_SUBSETS),
+    "EVAL_SPLIT": (options.EVAL_SPLIT, options.SPLITS),
+    "VAL_IMAGE_SET": (options.VAL_IMAGE_SET, options.VAL_IMAGES),
+    "AUGMENTATION": (options.AUGMENTATION, options.AUGMENTATIONS),
+    **{
+        f"PROTOCOL_AUGMENTATION[{prefix}]": (augmentation, options.AUGMENTATIONS)
+        for prefix, augmentation in options.PROTOCOL_AUGMENTATION.items()
+    },
+    "FINETUNE_METHOD": (options.FINETUNE_METHOD, tuple(options.FINETUNE_METHODS)),
+    **{
+        f"{method.name}.optimizer": (method.optimizer, options.OPTIMIZERS)
+        for method in options.FINETUNE_METHODS.values()
+    },
+    "TRAIN_TEMPLATE": (options.TRAIN_TEMPLATE, options.TRAIN_TEMPLATES),
+    **{
+        f"PROTOCOL_TRAIN_TEMPLATES[{prefix}]": (templates, options.TRAIN_TEMPLATES)
+        for prefix, templates in options.PROTOCOL_TRAIN_TEMPLATES.items()
+    },
+    "LORA_TARGETS": (options.LORA_TARGETS, options.LORA_TARGET_GROUPS),
+    "LORA_INIT": (options.LORA_INIT, options.LORA_INITS),
+    "PRECISION": (options.PRECISION, options.PRECISIONS),
+    "SCHEDULE": (options.SCHEDULE, options.SCHEDULES),
+    "SELECTION": (options.SELECTION, options.SELECTIONS),
+    "ZS_REGULARISER": (options.ZS_REGULARISER, options.ZS_REGULARISERS),
+    "ZS_LOSS": (options.ZS_LOSS, options.ZS_LOSSES),
+    "MERGE_METHOD": (options.MERGE_METHOD, tuple(options.MERGE_METHODS)),
+    "ties trim": (options.TIES.options["trim"], options.TRIMS),
+    "LABEL_SPACE": (options.LABEL_SPACE, options.LABEL_SPACES),
+}
+
+
+@pytest.mark.parametrize("name", DEFAULTS)
+def test_each_default_is_one_of_its_choices(name):
+    default, choices = DEFAULTS[name]
+    assert default in choices
+
+
+def test_each_set_of_choices_names_each_value_once():
+    choice_sets = {
+        name: value
+        for name, value in vars(options).items()
+        if name.isupper() and isinstance(value, tuple) and all(isinstance(item, str) for item in value)
+    }
+    assert {"CLASS_SUBSETS", "OPTIMIZERS", "TRIMS", "TOY_TASK_NAMES"} <= set(choice_sets)
+    for name, choices in choice_sets.items():
+        assert len(set(choices)) == len(choices), name
 
 
 def test_the_module_imports_nothing_of_cftool_or_beyond_the_standard_library():

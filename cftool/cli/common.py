@@ -28,7 +28,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, Task, TextCol
 
 from cftool.cli.render import FORMATS
 from cftool.errors import CftoolError
-from cftool.options import MTIL_DATA
+from cftool.options import AUTO_DEVICE, BF16, DEVICES, FP16, FP32, MTIL_DATA
 
 if TYPE_CHECKING:
     import torch
@@ -192,10 +192,11 @@ RecipeOption = Annotated[
 ]
 
 
-DEVICES = ("auto", "cpu", "cuda")  # and cuda:N, which resolve_device reads
 DeviceOption = Annotated[
     str,
-    typer.Option("--device", help=f"{', '.join(DEVICES)} or cuda:N; auto is the first GPU torch sees, else the CPU."),
+    typer.Option(
+        "--device", help=f"{', '.join(DEVICES)} or cuda:N; {AUTO_DEVICE} is the first GPU torch sees, else the CPU."
+    ),
 ]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON alone on stdout (= --format json).")]
@@ -261,7 +262,7 @@ DataRootOption = Annotated[
         show_default="$CFTOOL_DATA_ROOT, then ./data",
     ),
 ]
-DTYPES = ("fp32", "fp16", "bf16")
+DTYPES = (FP32, FP16, BF16)
 Dtype = one_of(DTYPES)
 
 
@@ -271,7 +272,7 @@ def torch_dtype(name: str | None) -> torch.dtype | None:
         return None
     import torch
 
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[name]
+    return {FP32: torch.float32, FP16: torch.float16, BF16: torch.bfloat16}[name]
 
 
 BatchSizeOption = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
@@ -293,7 +294,7 @@ WorkersOption = Annotated[
 def resolve_device(name: str) -> torch.device:
     import torch
 
-    if name == "auto":
+    if name == AUTO_DEVICE:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)

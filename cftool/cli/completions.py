@@ -15,10 +15,11 @@ from typing import Annotated
 
 import typer
 
-from cftool.cli.common import DEVICES, one_of, recipe_names
+from cftool.cli.common import one_of, recipe_names
 from cftool.io.header import one_line
 from cftool.options import (
     COOP_DATA,
+    DEVICES,
     FOLDER_DATA,
     HF_HUB_PREFIX,
     LOCAL_DIR_PREFIX,

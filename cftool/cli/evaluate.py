@@ -34,6 +34,8 @@ from cftool.cli.common import (
 from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
 from cftool.options import (
+    ALL_CLASSES,
+    BASE_CLASSES,
     BENCHMARKS,
     CLASS_SUBSET,
     CLASS_SUBSETS,
@@ -43,15 +45,18 @@ from cftool.options import (
     EVAL_SPLIT,
     LABEL_SPACE,
     LABEL_SPACES,
+    NOVEL_CLASSES,
     PATH_STEPS,
     SEED,
     SPLITS,
     TOP_K,
+    UNION_LABEL_SPACE,
     WORKERS,
 )
 
 # A task's classes, or its base and novel halves side by side with their harmonic mean.
-CLASS_CHOICES = (*CLASS_SUBSETS, "base,novel")
+BASE_AND_NOVEL = f"{BASE_CLASSES},{NOVEL_CLASSES}"
+CLASS_CHOICES = (*CLASS_SUBSETS, BASE_AND_NOVEL)
 
 
 def eval_command(
@@ -266,9 +271,9 @@ def _tasks(benchmark: str | None, data: list[str] | None, classes: str, data_roo
             raise CftoolError(f"--sessions fills MTIL's matrix; --benchmark {benchmark} splits classes, use mtil-tiny")
         specs, base2new, title, model = list(bench.tasks), bench.base2new, bench.name, bench.default_model
     else:
-        base2new = classes.split(",") == ["base", "novel"]
-        specs = [DatasetSpec(source, classes="all" if base2new else classes) for source in data]
-        title, model = ", ".join(data) + ("" if classes == "all" else f", {classes} classes"), None
+        base2new = classes == BASE_AND_NOVEL
+        specs = [DatasetSpec(source, classes=ALL_CLASSES if base2new else classes) for source in data]
+        title, model = ", ".join(data) + ("" if classes == ALL_CLASSES else f", {classes} classes"), None
     return [load_task(spec, data_root) for spec in specs], base2new, title, model
 
 
@@ -344,7 +349,7 @@ def mtil_tables(title: str, payload: dict) -> list[ResultTable]:
         )
     mode = (
         payload["mode"]
-        + (", among every task's classes" if payload["label_space"] == "union" else "")
+        + (", among every task's classes" if payload["label_space"] == UNION_LABEL_SPACE else "")
         + (
             f", top-{payload['top_k']}{' + zero-shot' if payload['zero_shot'] else ''} routing"
             if payload["methods"]
@@ -397,7 +402,7 @@ def _format(cell_mean: float, std: float | None) -> str:
 
 
 # Each reported metric's column header.
-METRIC_HEADERS = {"accuracy": "top-1", "base": "Base", "novel": "Novel", "hm": "HM"}
+METRIC_HEADERS = {"accuracy": "top-1", BASE_CLASSES: "Base", NOVEL_CLASSES: "Novel", "hm": "HM"}
 
 
 def accuracy_table(title: str, payload: dict, base2new: bool) -> ResultTable:
@@ -406,7 +411,7 @@ def accuracy_table(title: str, payload: dict, base2new: bool) -> ResultTable:
     models = payload["models"]
     averaged = any(len(m["seeds"]) > 1 for m in models)
     labels = _short_labels([model["model"] for model in models])
-    metrics = ("base", "novel", "hm") if base2new else ("accuracy",)
+    metrics = (BASE_CLASSES, NOVEL_CLASSES, "hm") if base2new else ("accuracy",)
     table = ResultTable(
         f"top-1 % on {title}" + (" (mean±std over seeds)" if averaged else ""),
         [
@@ -461,7 +466,7 @@ def path_table(title: str, payload: dict) -> ResultTable:
     path = payload["path"]
     table = ResultTable(f"loss and top-1 % along {path['a']} → {path['b']} ({path['kind']}) on {title}", [Column("α")])
     for curve in payload["curves"]:
-        label = curve["task"] + ("" if curve["classes"] == "all" else f" {curve['classes']}")
+        label = curve["task"] + ("" if curve["classes"] == ALL_CLASSES else f" {curve['classes']}")
         table.columns += [Column("loss", group=label), Column("top-1", group=label)]
     table.sections.append(
         [
@@ -516,9 +521,9 @@ def _recorded_data_hint(names: list[str]) -> str:
         if isinstance(recorded, dict) and isinstance(recorded.get("source"), str):
             # The root its coop:/mtil: data was read under, which a new shell has no variable for.
             trained = f"--data {recorded['source']}" + (f" --data-root {root}" if isinstance(root, str) else "")
-            classes = recorded.get("classes", "all")
-            if classes == "all":
+            classes = recorded.get("classes", ALL_CLASSES)
+            if classes == ALL_CLASSES:
                 return f"; {name} was trained on {trained}: add {trained}"
             # A half of the classes was trained on: base and novel together are what the protocol reports.
-            return f"; {name} was trained on {trained} --classes {classes}: add {trained} --classes base,novel"
+            return f"; {name} was trained on {trained} --classes {classes}: add {trained} --classes {BASE_AND_NOVEL}"
     return ""

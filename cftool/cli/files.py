@@ -27,10 +27,15 @@ from cftool.cli.common import (
 )
 from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
+from cftool.io.header import MODEL_KIND, PROMPT_KIND, UNIFIED_KIND
 from cftool.options import DEVICE
 
 # What `import --format` reads; auto tells them apart by the file (see _detect_format).
-IMPORT_FORMATS = ("auto", "open_clip", "coop", "condu")
+AUTO_FORMAT = "auto"
+OPEN_CLIP_FORMAT = "open_clip"
+COOP_FORMAT = "coop"
+CONDU_FORMAT = "condu"
+IMPORT_FORMATS = (AUTO_FORMAT, OPEN_CLIP_FORMAT, COOP_FORMAT, CONDU_FORMAT)
 
 ZS_HELP = "Base model: tiny, ViT-B/16, NAME:TAG, hf-hub:ORG/NAME or a cftool model file."
 ZsOption = Annotated[str | None, typer.Option("--zs", help=ZS_HELP)]
@@ -90,7 +95,7 @@ def import_command(
             help="What SOURCE is: open_clip (a full state dict), coop (a Dassl prompt learner), condu (a session "
             "folder), or auto (told apart by the file).",
         ),
-    ] = IMPORT_FORMATS[0],
+    ] = AUTO_FORMAT,
     task: Annotated[str | None, typer.Option("--task", help="Task name to record in the metadata.")] = None,
     prototypes_dir: Annotated[
         Path | None,
@@ -134,30 +139,30 @@ def import_command(
 
     if zs is None:
         raise CftoolError("--zs is required: name the base model the checkpoint was trained from (e.g. --zs ViT-B/16)")
-    fmt = _detect_format(source) if source_format == "auto" else source_format
+    fmt = _detect_format(source) if source_format == AUTO_FORMAT else source_format
     inputs = [file for file in source.iterdir() if file.is_file()] if source.is_dir() else [source]
     inputs += [Path(zs)] if Path(zs).is_file() else []
-    if lora_base is not None and fmt != "condu":
+    if lora_base is not None and fmt != CONDU_FORMAT:
         raise CftoolError("--lora-base applies to a ConDU-LoRA session folder (--format condu)")
-    if fmt == "condu":
+    if fmt == CONDU_FORMAT:
         inputs += [lora_base] if lora_base is not None else []
         written = _import_condu_session(source, zs, output, prototypes_dir, task, force, inputs, lora_base)
-        _print_imported(fmt, "unified", written, json_output)
+        _print_imported(fmt, UNIFIED_KIND, written, json_output)
         return
     check_outputs({"-o": output}, inputs, force)  # before any work
-    if fmt == "coop":
+    if fmt == COOP_FORMAT:
         from cftool.kinds.convert import import_coop_prompt
         from cftool.zoo import load_model
 
         written = import_coop_prompt(source, load_model(zs, resolve_device(device)), output, task=task, overwrite=force)
-        kind = "prompt"
+        kind = PROMPT_KIND
     else:
         from cftool.kinds.convert import import_full_model
         from cftool.zoo.base_weights import open_base
 
         with open_base(zs) as base:
             written = import_full_model(source, base, output, task=task, overwrite=force, dtype=torch_dtype(dtype))
-        kind = "model"
+        kind = MODEL_KIND
     _print_imported(fmt, kind, [written], json_output)
 
 
@@ -208,7 +213,7 @@ def export_command(
 
         with open_base(zs) as base:
             written = export_base(base, output, overwrite=force, dtype=wanted_dtype)
-    kind = None if source is not None else "model"  # a plain state dict has no cftool kind
+    kind = None if source is not None else MODEL_KIND  # a plain state dict has no cftool kind
     console.print(f"wrote {written}" + (f" ({kind})" if kind else " (open_clip state dict)"))
     if json_output:
         emit_json({"output": str(written), "kind": kind})
@@ -291,8 +296,8 @@ def _detect_format(source: Path) -> str:
     from cftool.io.header import check_input_file
 
     if source.is_dir():
-        return "condu"
-    return "coop" if is_dassl_prompt(check_input_file(source)) else "open_clip"
+        return CONDU_FORMAT
+    return COOP_FORMAT if is_dassl_prompt(check_input_file(source)) else OPEN_CLIP_FORMAT
 
 
 def _human_size(n: int) -> str:

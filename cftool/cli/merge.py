@@ -33,6 +33,7 @@ from cftool.cli.common import (
 from cftool.cli.files import ZS_HELP, OutputOption
 from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
+from cftool.io.header import DELTA_KIND, LORA_KIND, MODEL_KIND, UNIFIED_KIND
 from cftool.options import MERGE_METHOD, MERGE_METHODS, MERGE_OPTION_FLAGS
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 ZsOption = Annotated[str | None, typer.Option("--zs", help=ZS_HELP, show_default="the one the file records")]
 
 # The kinds `decouple --as` writes: a condu set's experts as delta or model, a condu-lora set's as lora or model.
-EXPERT_KINDS = ("delta", "model", "lora")
+EXPERT_KINDS = (DELTA_KIND, MODEL_KIND, LORA_KIND)
 
 
 def with_merge_options(command: Callable) -> Callable:
@@ -104,7 +105,7 @@ def delta_command(
     wanted_dtype = torch_dtype(dtype)
     with open_base(resolve_base(zs, checkpoint)) as base, open_checkpoint(checkpoint) as source:
         written = make_delta(source, base, output, wanted_dtype, overwrite=force)
-    _print_written_delta(written, "delta", base.canonical, json_output)
+    _print_written_delta(written, DELTA_KIND, base.canonical, json_output)
 
 
 def delta_apply_command(
@@ -129,9 +130,9 @@ def delta_apply_command(
     from cftool.zoo.base import resolve_base
     from cftool.zoo.base_weights import open_base
 
-    with open_base(resolve_base(zs, delta)) as base, open_checkpoint(delta, kind="delta") as source:
+    with open_base(resolve_base(zs, delta)) as base, open_checkpoint(delta, kind=DELTA_KIND) as source:
         written = apply_delta(source, base, output, scale, overwrite=force)
-    _print_written_delta(written, "model", base.canonical, json_output)
+    _print_written_delta(written, MODEL_KIND, base.canonical, json_output)
 
 
 def _print_written_delta(written: Path, kind: str, base: str, json_output: bool) -> None:
@@ -196,7 +197,7 @@ def unify_command(
     with ExitStack() as stack:
         previous = open_previous(into, stack) if into is not None else None
         factor_base = previous.factor_bases() if previous is not None else {}
-        inputs = open_loras(deltas, stack, factor_base) if merge.inputs == "lora" else open_deltas(deltas, stack)
+        inputs = open_loras(deltas, stack, factor_base) if merge.inputs == LORA_KIND else open_deltas(deltas, stack)
         if previous is not None:
             inputs = continual_inputs(previous, inputs, replace)
         with progress_bar() as progress:
@@ -209,7 +210,7 @@ def unify_command(
 
 def _unify_tables(result: UnifyResult) -> list[ResultTable]:
     """A unified set's tasks with their rescalers and mask densities; a single merged delta has no table."""
-    if result.kind != "unified":
+    if result.kind != UNIFIED_KIND:
         return []
     per_task = zip(result.tasks, result.rescalers, result.mask_density, strict=True)
     rows = [[task, f"{rescaler:.4f}", f"{100 * density:.1f} %"] for task, rescaler, density in per_task]
@@ -271,14 +272,15 @@ def decouple_command(
         raise CftoolError("give --task NAME (one expert) or --all (every task's, into the folder -o names)")
     with ExitStack() as stack:
         unified_set = stack.enter_context(open_unified(unified))
-        own_kind = "lora" if factor_space(unified_set) is not None else "delta"
+        own_kind = LORA_KIND if factor_space(unified_set) is not None else DELTA_KIND
         as_kind = as_kind or own_kind
-        if as_kind not in (own_kind, "model"):
+        if as_kind not in (own_kind, MODEL_KIND):
+            in_weight_space = " (`cftool delta` of a lora expert gives its delta in weight space)"
             raise CftoolError(
-                f"--as {as_kind!r}: the experts of {unified} are written as {own_kind} or model"
-                + (" (`cftool delta` of a lora expert gives its delta in weight space)" if own_kind == "lora" else "")
+                f"--as {as_kind!r}: the experts of {unified} are written as {own_kind} or {MODEL_KIND}"
+                + (in_weight_space if own_kind == LORA_KIND else "")
             )
-        if zs is not None and as_kind != "model":
+        if zs is not None and as_kind != MODEL_KIND:
             raise CftoolError(f"--zs is used with --as model; a {as_kind} needs no base")
         tasks = unified_set.task_names if all_tasks else [task]
         if all_tasks:
@@ -287,7 +289,7 @@ def decouple_command(
             unified_set.task_index(task)  # an unknown task is refused before the base is read
             outputs = [output]
         base = None
-        if as_kind == "model":
+        if as_kind == MODEL_KIND:
             base = stack.enter_context(open_base(resolve_base(zs, unified, unified_set.header)))
         with progress_bar() as progress:
             written = decouple(unified_set, tasks, outputs, base, overwrite=force, progress=_reporter(progress))

@@ -19,12 +19,12 @@ from open_clip.transform import AugmentationCfg, PreprocessCfg, image_transform_
 from torchvision.transforms import Compose, RandomHorizontalFlip
 
 from cftool.errors import CftoolError
-from cftool.options import AUGMENTATION, AUGMENTATIONS, PROTOCOL_AUGMENTATION
+from cftool.options import AUGMENTATION, AUGMENTATIONS, COOP_AUGMENT, NO_AUGMENT, PROTOCOL_AUGMENTATION, ZSCL_AUGMENT
 
 if TYPE_CHECKING:
     from cftool.zoo import ZooModel
 
-CROP_SCALES = {"coop": (0.08, 1.0), "zscl": (0.9, 1.0)}
+CROP_SCALES = {COOP_AUGMENT: (0.08, 1.0), ZSCL_AUGMENT: (0.9, 1.0)}
 COOP_FLIP_PROBABILITY = 0.5  # torchvision's default, which Dassl's random_flip keeps
 
 
@@ -41,7 +41,7 @@ def check_augmentation(augment: str) -> None:
 def training_transform(augment: str, zoo: ZooModel) -> Callable:
     """What training images go through under ``augment``; ``none`` is the model's eval preprocessing."""
     check_augmentation(augment)
-    if augment == "none":
+    if augment == NO_AUGMENT:
         return zoo.preprocess
     # open_clip builds the eval preprocessing from this config, so the crop's size and the normalisation are the
     # model's own: [bicubic random resized crop, RGB, tensor, normalisation].
@@ -50,6 +50,6 @@ def training_transform(augment: str, zoo: ZooModel) -> Callable:
         is_train=True,
         aug_cfg=AugmentationCfg(scale=CROP_SCALES[augment]),
     ).transforms
-    if augment == "coop":
+    if augment == COOP_AUGMENT:
         return Compose([crop, RandomHorizontalFlip(COOP_FLIP_PROBABILITY), *to_normalised_tensor])
     return Compose([crop, *to_normalised_tensor])

@@ -25,7 +25,18 @@ from torch.utils.data import DataLoader, Dataset
 
 from cftool.data.validation import few_shot_val_positions
 from cftool.errors import CftoolError
-from cftool.options import CLASS_SUBSET, CLASS_SUBSETS, MTIL_DATA, SEED, VAL_IMAGE_SET, VAL_IMAGES
+from cftool.options import (
+    ALL_CLASSES,
+    BASE_CLASSES,
+    CLASS_SUBSET,
+    CLASS_SUBSETS,
+    FEW_SHOT_VAL,
+    MTIL_DATA,
+    NOVEL_CLASSES,
+    SEED,
+    VAL_IMAGE_SET,
+    VAL_IMAGES,
+)
 
 DATA_ROOT_ENV = "CFTOOL_DATA_ROOT"
 DEFAULT_DATA_ROOT = Path("data")
@@ -183,13 +194,13 @@ class TaskData:
             raise CftoolError(f"{self.spec.source}: {err}") from err
         relabel = {cid: i for i, cid in enumerate(self.class_ids)}
         kept = range(len(source_labels))
-        if split == "val" and self.spec.shots is not None and self.spec.val_images == "few-shot":
+        if split == "val" and self.spec.shots is not None and self.spec.val_images == FEW_SHOT_VAL:
             # drawn over all classes, then the subset, as CoOp does
             train_labels = self.source.labels("train")
             kept = sorted(few_shot_val_positions(train_labels, source_labels, self.spec.shots, self.spec.seed))
         items = [(index, relabel[source_labels[index]]) for index in kept if source_labels[index] in relabel]
         if not items:  # an accuracy over no images is NaN, and training on none learns nothing
-            classes = "" if self.spec.classes == "all" else f" of its {self.spec.classes} classes"
+            classes = "" if self.spec.classes == ALL_CLASSES else f" of its {self.spec.classes} classes"
             raise CftoolError(f"{self.spec.source}: the {split} split has no images{classes}; check the dataset")
         fixed_draws = None
         if split == "train" and self.spec.shots is not None:
@@ -303,6 +314,9 @@ FIXED_SHOT_PROTOCOLS = (MTIL_DATA,)
 
 def class_subset(n_classes: int, classes: str) -> list[int]:
     n_base = math.ceil(n_classes / 2)
-    return {"all": list(range(n_classes)), "base": list(range(n_base)), "novel": list(range(n_base, n_classes))}[
-        classes
-    ]
+    subsets = {
+        ALL_CLASSES: list(range(n_classes)),
+        BASE_CLASSES: list(range(n_base)),
+        NOVEL_CLASSES: list(range(n_base, n_classes)),
+    }
+    return subsets[classes]

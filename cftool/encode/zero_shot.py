@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from cftool.data import TaskData, class_subset
 from cftool.metrics import harmonic_mean, top1_accuracy
+from cftool.options import BASE_CLASSES, NOVEL_CLASSES
 from cftool.zoo import ZooModel
 
 # (zoo, classnames, templates) -> [embed_dim, n_classes] weights that normalised image features are scored against;
@@ -179,7 +180,7 @@ def evaluate_base2new(
     for task in tasks:
         halves = [
             TaskData(task.spec.with_classes(classes), task.source, class_subset(len(task.source.classnames), classes))
-            for classes in ("base", "novel")
+            for classes in (BASE_CLASSES, NOVEL_CLASSES)
         ]
         base, novel = evaluate_zero_shot(zoo, halves, split, batch_size, workers, advance, head)
         results.append(

@@ -33,12 +33,13 @@ from cftool.errors import CftoolError
 from cftool.io.header import read_header
 from cftool.kinds.apply import ADAPTERS, BaseState, applied, open_applicable
 from cftool.metrics import harmonic_mean, top1_accuracy
+from cftool.options import BASE_CLASSES, NOVEL_CLASSES
 from cftool.zoo import ZooModel
 
 ZERO_SHOT = "zs"
 TASK_FIELD = "{task}"
 SEED_FIELD = "{seed}"
-HALVES = ("base", "novel")
+HALVES = (BASE_CLASSES, NOVEL_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -208,7 +209,7 @@ def _applied(
 def with_hm(cells: dict[str, Cell]) -> dict[str, Cell]:
     """Base and novel cells and their HM. As in the papers, the HM reported is that of the seed-averaged base and
     novel accuracies; its spread is that of each seed's HM."""
-    base, novel = cells["base"], cells["novel"]
+    base, novel = cells[BASE_CLASSES], cells[NOVEL_CLASSES]
     per_seed = [harmonic_mean(b, n) for b, n in zip(base.accuracies, novel.accuracies, strict=True)]
     return {**cells, "hm": Cell(per_seed, value=harmonic_mean(base.mean, novel.mean))}
 
@@ -246,8 +247,8 @@ def compare(
             n_classes = len(task.classnames)
             sizes = (
                 {
-                    "num_base_classes": len(class_subset(n_classes, "base")),
-                    "num_novel_classes": len(class_subset(n_classes, "novel")),
+                    "num_base_classes": len(class_subset(n_classes, BASE_CLASSES)),
+                    "num_novel_classes": len(class_subset(n_classes, NOVEL_CLASSES)),
                 }
                 if base2new
                 else {"num_classes": n_classes, "num_images": len(task.split(split))}

@@ -26,13 +26,13 @@ from cftool.errors import CftoolError
 from cftool.eval.compare import ZERO_SHOT, FeatureCache, labelled_column, split_label
 from cftool.eval.route import RouteOptions, TaskPrototypes, prototype_files, prototypes_of, read_prototypes, route_split
 from cftool.io.checkpoint import CheckpointReader, file_sha256, tensors_sha256
-from cftool.io.header import check_input_file, read_cftool_header
+from cftool.io.header import DELTA_KIND, UNIFIED_KIND, check_input_file, read_cftool_header
 from cftool.io.outputs import atomic_output
 from cftool.io.remembered_hashes import cache_root
 from cftool.io.unified import TASKS_KEY, UnifiedSet, parse_tasks
 from cftool.kinds.apply import BaseState, applied, open_applicable
 from cftool.metrics import mtil_metrics, top1_accuracy
-from cftool.options import LABEL_SPACE, LABEL_SPACES
+from cftool.options import LABEL_SPACE, LABEL_SPACES, UNION_LABEL_SPACE
 from cftool.zoo import ZooModel
 
 SESSION_FIELD = "{t}"
@@ -81,9 +81,9 @@ def learned_tasks(path: Path) -> tuple[list[str], bool] | None:
     delta's inputs are; a fine-tune (or its delta) names only the task it was trained on last. None where the
     file names no task (an imported model, say)."""
     header = read_cftool_header(path)
-    if header.kind == "unified":
+    if header.kind == UNIFIED_KIND:
         return [entry.task for entry in parse_tasks(path, header.extra.get(TASKS_KEY))], True
-    merged = (header.config or {}).get("tasks") if header.kind == "delta" else None
+    merged = (header.config or {}).get("tasks") if header.kind == DELTA_KIND else None
     if isinstance(merged, list) and merged and all(isinstance(task, str) for task in merged):
         return merged, True
     return ([header.task], False) if header.task else None
@@ -162,10 +162,10 @@ class MtilOptions:
     def __post_init__(self) -> None:
         if self.label_space not in LABEL_SPACES:
             raise CftoolError(f"--label-space must be one of {', '.join(LABEL_SPACES)}, got {self.label_space!r}")
-        if self.label_space == "union" and not self.task_agnostic:
+        if self.label_space == UNION_LABEL_SPACE and not self.task_agnostic:
             raise CftoolError(
-                "--label-space union classifies among every task's classes, which is what having no task id means: "
-                "add --task-agnostic (with the task id, each task's own classes are the label space)"
+                f"--label-space {UNION_LABEL_SPACE} classifies among every task's classes, which is what having no "
+                "task id means: add --task-agnostic (with the task id, each task's own classes are the label space)"
             )
 
 
@@ -198,14 +198,14 @@ class CellEvaluator:
         self._prototypes: dict[str, TaskPrototypes] | None = None
 
     def _space(self, task: TaskData) -> LabelSpace:
-        if self.options.label_space == "union":
+        if self.options.label_space == UNION_LABEL_SPACE:
             return LabelSpace.union(self.tasks, task)
         return LabelSpace.own(task)
 
     def _key(self, task: TaskData, checkpoint: str, answer: str, **details: Any) -> dict[str, Any]:
         # A cell of the union label space also depends on every other task's classes; own-space keys stay as they
         # were, so the cells already cached are found.
-        union = {"label_space": self._space(task).key()} if self.options.label_space == "union" else {}
+        union = {"label_space": self._space(task).key()} if self.options.label_space == UNION_LABEL_SPACE else {}
         return {
             "version": CELL_VERSION,
             "base_sha256": self.base_sha256,
@@ -251,7 +251,7 @@ class CellEvaluator:
             self._hashes[path] = file_sha256(path)
         digest = self._hashes[path]
         with open_applicable(path, self.zoo, self.base_sha256) as ckpt:
-            if ckpt.header.kind != "unified":
+            if ckpt.header.kind != UNIFIED_KIND:
                 return self._measured(self._key(task, digest, "checkpoint"), lambda: self._applied(ckpt, task))
             unified = UnifiedSet(ckpt)
             if task.name in unified.task_names and not self.options.task_agnostic:

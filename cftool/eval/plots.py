@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from cftool.errors import CftoolError
 from cftool.io.outputs import atomic_output
+from cftool.options import ALL_CLASSES
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -67,7 +68,7 @@ def path_figure(report: dict) -> Figure:
     figure = Figure(figsize=(7.5, 3.2), layout="constrained")
     loss_axes, accuracy_axes = figure.subplots(1, 2)
     for curve in report["curves"]:
-        label = curve["task"] + ("" if curve["classes"] == "all" else f" ({curve['classes']})")
+        label = curve["task"] + ("" if curve["classes"] == ALL_CLASSES else f" ({curve['classes']})")
         barrier = "" if math.isnan(curve["barrier"]) else f", barrier {curve['barrier']:.3f}"
         [line] = loss_axes.plot(alphas, curve["loss"], marker="o", markersize=3, label=label + barrier)
         accuracy_axes.plot(alphas, curve["accuracy"], marker="o", markersize=3, label=label, color=line.get_color())

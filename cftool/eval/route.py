@@ -23,6 +23,7 @@ from cftool.data import TaskData
 from cftool.encode.zero_shot import LabelSpace, encode_images, zero_shot_head
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import check_base, open_checkpoint
+from cftool.io.header import PROTOTYPES_KIND, PROTOTYPES_TENSOR
 from cftool.io.unified import UnifiedSet
 from cftool.kinds.apply import BaseState, expert_applied
 from cftool.metrics import top1_accuracy
@@ -181,7 +182,7 @@ def read_prototypes(
     by_task: dict[str, TaskPrototypes] = {}
     for path in files:
         with open_checkpoint(
-            path, kind="prototypes", base_sha256=base_sha256, base=zoo.spec.canonical, base_arch=zoo.architecture
+            path, kind=PROTOTYPES_KIND, base_sha256=base_sha256, base=zoo.spec.canonical, base_arch=zoo.architecture
         ) as ckpt:
             header = ckpt.header
             if header.task is None:
@@ -191,7 +192,7 @@ def read_prototypes(
                     f"{path}: a second prototypes file of task {header.task!r} (the first: "
                     f"{by_task[header.task].path}); give patterns that match one file per task"
                 )
-            prototypes = ckpt["prototypes"]
+            prototypes = ckpt[PROTOTYPES_TENSOR]
         if prototypes.dim() != 2 or prototypes.shape[1] != embed_dim:
             raise CftoolError(
                 f"{path}: expected prototypes [classes, {embed_dim}] for the base {zoo.spec.canonical}, "

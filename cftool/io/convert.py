@@ -21,6 +21,7 @@ from cftool.io.foreign import (
     read_state_dict,
     refuse_non_finite,
 )
+from cftool.io.header import MODEL_KIND, PROTOTYPES_KIND, PROTOTYPES_TENSOR, UNIFIED_KIND
 from cftool.io.outputs import atomic_output, refuse_existing, torch_save
 from cftool.io.unified import (
     LORA_KEY,
@@ -42,7 +43,7 @@ def as_dtype(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 def export_plain(source: Path, output: Path, overwrite: bool, dtype: torch.dtype | None = None) -> Path:
     """A `model` file → a plain open_clip state dict: safetensors without cftool metadata, or a torch pickle, in the
     file's dtypes unless ``dtype`` names one for its floating tensors."""
-    with open_checkpoint(source, kind="model") as ckpt:
+    with open_checkpoint(source, kind=MODEL_KIND) as ckpt:
         if output.suffix == ".safetensors":
             layout = {
                 name: (as_dtype(torch.empty(0, dtype=info.torch_dtype), dtype).dtype, info.shape)
@@ -104,7 +105,8 @@ def import_condu_session(
         factor_base = {ours: lora.base[theirs].detach().T.contiguous() for ours, theirs in lora.names.items()}
         layout = unified_layout({name: (t.dtype, tuple(t.shape)) for name, t in kept.items()}, len(tasks), factor_base)
     extra = tasks_metadata([TaskEntry(task) for task in tasks])
-    header = base.header("unified", method=CONDU.name if lora is None else CONDU_LORA.name, config=config, extra=extra)
+    method = CONDU.name if lora is None else CONDU_LORA.name
+    header = base.header(UNIFIED_KIND, method=method, config=config, extra=extra)
     with CheckpointWriter(output, layout, header, overwrite=overwrite) as writer:
         for name, tensor in kept.items():
             writer.write(name, tensor)
@@ -124,8 +126,8 @@ def import_condu_session(
             rescalers.append(rescaler)
         writer.write(RESCALERS, torch.tensor(rescalers, dtype=torch.float32))
     for task, path in prototype_files.items():
-        prototype_header = base.header("prototypes", task=task, method=CONDU.name, config=config)
-        save_checkpoint(path, {"prototypes": prototypes[task]}, prototype_header, overwrite=overwrite)
+        prototype_header = base.header(PROTOTYPES_KIND, task=task, method=CONDU.name, config=config)
+        save_checkpoint(path, {PROTOTYPES_TENSOR: prototypes[task]}, prototype_header, overwrite=overwrite)
     return [output, *prototype_files.values()]
 
 

@@ -22,7 +22,16 @@ if TYPE_CHECKING:
     import torch
 
 FORMAT_VERSION = "1"
-KINDS = ("model", "prompt", "head", "lora", "delta", "unified", "trigger", "prototypes")
+# The checkpoint kinds (`cftool.kind`, docs/design.md §4): what a file holds, and so what reads it.
+MODEL_KIND = "model"  # a whole open_clip model's weights
+PROMPT_KIND = "prompt"  # CoOp's context vectors
+HEAD_KIND = "head"  # a linear classifier on image features
+LORA_KIND = "lora"  # LoRA factors of a base's weights
+DELTA_KIND = "delta"  # a task vector: weights minus the base's
+UNIFIED_KIND = "unified"  # ConDU's unified set: one delta, and each task's mask and scale
+PROTOTYPES_KIND = "prototypes"  # a task's class prototypes for ConDU's router
+KINDS = (MODEL_KIND, PROMPT_KIND, HEAD_KIND, LORA_KIND, DELTA_KIND, UNIFIED_KIND, PROTOTYPES_KIND)
+PROTOTYPES_TENSOR = "prototypes"  # the one tensor of a `prototypes` file, [classes, embed_dim]
 
 # The limit the safetensors library itself enforces; a larger length means the file is not one.
 _MAX_HEADER_BYTES = 100_000_000

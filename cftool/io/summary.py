@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cftool.io.header import Header, read_header
+from cftool.io.header import UNIFIED_KIND, Header, read_header
 
 if TYPE_CHECKING:
     from cftool.io.unified import UnifiedSet
@@ -21,7 +21,7 @@ def summarize(path: Path) -> dict:
     tensors, metadata = read_header(path)
     header = Header.from_metadata(metadata, path) if "cftool.format" in metadata else None
     tasks = None
-    if header and header.kind == "unified":
+    if header and header.kind == UNIFIED_KIND:
         from cftool.io.unified import open_unified  # torch, for the masks: only unified sets pay for it
 
         with open_unified(path) as unified:

@@ -31,6 +31,7 @@ import torch
 from cftool.errors import CftoolError
 from cftool.io.bitpack import count_set_bits, packed_length, unpack_bits
 from cftool.io.checkpoint import CheckpointReader, TensorInfo, open_checkpoint
+from cftool.io.header import UNIFIED_KIND
 
 TASKS_KEY = "cftool.tasks"
 RESCALERS = "rescalers"
@@ -222,7 +223,7 @@ def open_unified(
     path: str | os.PathLike[str], base_sha256: str | None = None, base: str | None = None, base_arch: dict | None = None
 ) -> UnifiedSet:
     """Open a unified file after checking its kind (and base, as ``open_checkpoint`` does) and its structure."""
-    reader = open_checkpoint(path, kind="unified", base_sha256=base_sha256, base=base, base_arch=base_arch)
+    reader = open_checkpoint(path, kind=UNIFIED_KIND, base_sha256=base_sha256, base=base, base_arch=base_arch)
     try:
         return UnifiedSet(reader)
     except BaseException:

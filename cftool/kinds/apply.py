@@ -20,7 +20,7 @@ import torch
 from cftool.encode.zero_shot import HeadFn, zero_shot_head
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, TensorInfo, check_shapes, open_checkpoint
-from cftool.io.header import read_cftool_header
+from cftool.io.header import DELTA_KIND, UNIFIED_KIND, read_cftool_header
 from cftool.io.unified import UnifiedSet
 from cftool.kinds.head import LinearHead
 from cftool.kinds.lora import LoRA
@@ -70,7 +70,7 @@ def _load_delta(
 class DeltaAdapter:
     """A task delta ``δ``: the model ``θ0 + δ``, scored by its own text tower."""
 
-    kind, changes_weights, self_contained = "delta", True, False
+    kind, changes_weights, self_contained = DELTA_KIND, True, False
 
     @classmethod
     def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:
@@ -82,7 +82,7 @@ class UnifiedAdapter:
     """One task's expert of a ConDU unified set, ``θ0 + λ_i · M_i ⊙ u`` (in LoRA factor space: ``W + scale · B̃ Ã``
     with ``B̃, Ã = P + λ_i · M_i ⊙ u``), rebuilt by decouple's own rule."""
 
-    kind, changes_weights, self_contained = "unified", True, False
+    kind, changes_weights, self_contained = UNIFIED_KIND, True, False
 
     @classmethod
     def apply(cls, zoo: ZooModel, ckpt: CheckpointReader, task: str | None = None) -> HeadFn:

@@ -11,6 +11,7 @@ from cftool.errors import CftoolError
 from cftool.io.checkpoint import check_shapes, save_checkpoint
 from cftool.io.convert import as_dtype
 from cftool.io.foreign import read_coop_prompt, read_state_dict, refuse_non_finite
+from cftool.io.header import MODEL_KIND
 from cftool.kinds.prompt import CoOp
 from cftool.zoo.base import openai_extras_removed
 from cftool.zoo.base_weights import BaseWeights
@@ -27,7 +28,7 @@ def import_full_model(
     state_dict = {name: as_dtype(tensor, dtype) for name, tensor in state_dict.items()}
     expected = {name: shape for name, (_, shape) in base.layout.items()}
     check_shapes(source, {name: tuple(t.shape) for name, t in state_dict.items()}, expected)
-    header = base.header("model", task=task, method="import", config={"imported_from": source.name})
+    header = base.header(MODEL_KIND, task=task, method="import", config={"imported_from": source.name})
     return save_checkpoint(output, {name: state_dict[name] for name in expected}, header, overwrite=overwrite)
 
 
@@ -84,4 +85,4 @@ def _check_saved_token_embeddings(
 def export_base(base: BaseWeights, output: Path, overwrite: bool, dtype: torch.dtype | None = None) -> Path:
     """A base's weights as a `model` file, so a base can be materialised, hashed and shared."""
     state = {name: as_dtype(tensor, dtype) for name, tensor in base.items()}
-    return save_checkpoint(output, state, base.header("model"), overwrite=overwrite)
+    return save_checkpoint(output, state, base.header(MODEL_KIND), overwrite=overwrite)

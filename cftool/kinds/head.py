@@ -11,6 +11,7 @@ from torch import nn
 from cftool.encode.zero_shot import HeadFn
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, check_shapes
+from cftool.io.header import HEAD_KIND
 from cftool.kinds.method import Method, Solution, class_weight_path_logits, copy_into, zero_shot_class_features
 from cftool.options import HEAD
 from cftool.zoo import ZooModel
@@ -24,7 +25,7 @@ class LinearHead(Method):
     zero-shot counterpart), and an optimiser's steps are relative to unit-norm rows.
     """
 
-    name, kind = HEAD.name, "head"
+    name, kind = HEAD.name, HEAD_KIND
 
     def __init__(
         self,

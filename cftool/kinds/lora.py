@@ -40,16 +40,21 @@ from torch.nn.utils import parametrize
 from cftool.encode.zero_shot import HeadFn, zero_shot_head
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader
+from cftool.io.header import LORA_KIND
 from cftool.kinds.method import Solution, TowerMethod, checked_towers, copy_into, tower_of
 from cftool.merge.lora import FACTORS, combined_factors, lora_config, merge_lora, merged_lora_state
 from cftool.options import (
+    IMAGE_TOWER,
     LORA,
     LORA_ALPHA,
+    LORA_ATTENTION_MLP,
+    LORA_CONDU_INIT,
     LORA_INIT,
     LORA_INITS,
+    LORA_MLP,
     LORA_RANK,
-    LORA_TARGET_GROUPS,
     LORA_TARGETS,
+    TEXT_TOWER,
     TOWERS,
     TRAIN_TEMPLATE,
 )
@@ -66,10 +71,10 @@ ATTENTION_TARGETS = (
     "attnpool.c_proj.weight",
 )
 MLP_TARGETS = ("mlp.c_fc.weight", "mlp.c_proj.weight")
-# The weight endings of each of LORA_TARGET_GROUPS: attention+mlp, mlp.
-TARGET_GROUPS = dict(zip(LORA_TARGET_GROUPS, (ATTENTION_TARGETS + MLP_TARGETS, MLP_TARGETS), strict=True))
+# The weight endings of each of LORA_TARGET_GROUPS.
+TARGET_GROUPS = {LORA_ATTENTION_MLP: ATTENTION_TARGETS + MLP_TARGETS, LORA_MLP: MLP_TARGETS}
 CONDU_INIT_STD = 0.01  # ConDU clip/model_lora.py:15-16
-TOWER_PREFIXES = {"image": "visual.", "text": "transformer.resblocks."}
+TOWER_PREFIXES = {IMAGE_TOWER: "visual.", TEXT_TOWER: "transformer.resblocks."}
 
 
 def check_lora_options(targets: str, init: str) -> None:
@@ -96,7 +101,7 @@ class LoRAFactors(nn.Module):
         super().__init__()
         out_features, in_features = weight.shape
         self.scale = scale
-        if init == "condu":
+        if init == LORA_CONDU_INIT:
             # Drawn in the reference's shapes and order (A [in, rank], then B [rank, out]), on the CPU so that a seed
             # gives the same factors on every device.
             a = torch.randn(in_features, rank) * CONDU_INIT_STD
@@ -175,7 +180,7 @@ class LoRA(TowerMethod):
     ConDU-LoRA's are ``mlp`` and ``condu`` with rank 64 and alpha 8 (scale 1/√64). A tower that holds none of the
     targets (a ResNet image tower under ``mlp``) is left frozen, so its image features are encoded once."""
 
-    name, kind = LORA.name, "lora"
+    name, kind = LORA.name, LORA_KIND
 
     def __init__(
         self,

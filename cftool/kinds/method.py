@@ -31,7 +31,15 @@ from cftool.encode.text import class_text_head, mean_per_class, template_tokens
 from cftool.encode.zero_shot import HeadFn, class_text_means, head_of_means, zero_shot_head
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, check_shapes
-from cftool.options import PROTOCOL_TRAIN_TEMPLATES, TOWERS, TRAIN_TEMPLATE, TRAIN_TEMPLATES
+from cftool.options import (
+    FIRST_TEMPLATE,
+    IMAGE_TOWER,
+    PROTOCOL_TRAIN_TEMPLATES,
+    TEXT_TOWER,
+    TOWERS,
+    TRAIN_TEMPLATE,
+    TRAIN_TEMPLATES,
+)
 from cftool.zoo import ZooModel
 
 # A method's point on MergeTune's paths (see the module docstring), by tensor name.
@@ -49,10 +57,10 @@ def default_train_templates(source: str) -> str:
 def tower_of(parameter_name: str) -> str | None:
     """Which tower an open_clip CLIP parameter belongs to; None for the shared logit scale."""
     if parameter_name.startswith("visual."):
-        return "image"
+        return IMAGE_TOWER
     if parameter_name in ("logit_scale", "logit_bias"):
         return None
-    return "text"
+    return TEXT_TOWER
 
 
 def zero_shot_class_features(zoo: ZooModel, classnames: list[str], templates: list[str]) -> torch.Tensor:
@@ -225,7 +233,7 @@ def checked_towers(towers: Sequence[str]) -> tuple[str, ...]:
     """``towers`` in the model's order, each image or text."""
     unknown = sorted(set(towers) - set(TOWERS))
     if unknown or not towers:
-        raise CftoolError(f"--towers must name image, text or both (comma-separated), got {','.join(towers)!r}")
+        raise CftoolError(f"--towers must name {', '.join(TOWERS)} or both (comma-separated), got {','.join(towers)!r}")
     return tuple(t for t in TOWERS if t in towers)
 
 
@@ -253,19 +261,19 @@ class TowerMethod(Method):
         tokens = template_tokens(zoo.tokenizer, self.classnames, self.training_templates)
         self.register_buffer("tokens", tokens.to(self.device))
         self.frozen_head: torch.Tensor | None = None
-        if "text" not in self.towers:
+        if TEXT_TOWER not in self.towers:
             self.frozen_head = zero_shot_class_features(zoo, self.classnames, self.training_templates).to(self.device)
 
     @property
     def training_templates(self) -> list[str]:
-        return self.templates[:1] if self.train_templates == "first" else self.templates
+        return self.templates[:1] if self.train_templates == FIRST_TEMPLATE else self.templates
 
     def options(self) -> dict[str, Any]:
         return {"towers": list(self.towers), "train_templates": self.train_templates}
 
     @property
     def image_tower_frozen(self) -> bool:
-        return "image" not in self.towers
+        return IMAGE_TOWER not in self.towers
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         # The model's own weights are the solution: no need to pass them through functional_call.

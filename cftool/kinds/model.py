@@ -8,6 +8,7 @@ import torch
 
 from cftool.encode.zero_shot import HeadFn, zero_shot_head
 from cftool.io.checkpoint import CheckpointReader
+from cftool.io.header import MODEL_KIND
 from cftool.kinds.method import Solution, TowerMethod, interpolate_weights, tower_of
 from cftool.options import FULL, TOWERS, TRAIN_TEMPLATE
 from cftool.zoo import ZooModel
@@ -16,7 +17,7 @@ from cftool.zoo import ZooModel
 class Full(TowerMethod):
     """Every weight of the chosen towers; the logit scale stays as pretrained."""
 
-    name, kind = FULL.name, "model"
+    name, kind = FULL.name, MODEL_KIND
     # A `model` file holds every weight, so it applies to any base of its architecture (its tensors' shapes are checked
     # as they load): a sequential fine-tune, made from the previous session's model, is evaluated over the original
     # base.

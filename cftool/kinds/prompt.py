@@ -14,6 +14,7 @@ from cftool.encode.text import CONTEXT_PLACEHOLDER, context_prompts, embedded_co
 from cftool.encode.zero_shot import PROMPTS_PER_PASS, HeadFn, zero_shot_head
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, check_shapes
+from cftool.io.header import PROMPT_KIND
 from cftool.kinds.method import Method, Solution, class_weight_path_logits, copy_into
 from cftool.merge.precision import fits_float32
 from cftool.options import COOP, COOP_INIT, RANDOM_INIT
@@ -63,7 +64,7 @@ class CoOp(Method):
     as MergeTune's code does (trainers/kgcoop_coop_LMC.py:512-517 interpolates the TextEncoder outputs of the two
     prompts' contexts; :405 normalises the point before scoring)."""
 
-    name, kind = COOP.name, "prompt"
+    name, kind = COOP.name, PROMPT_KIND
     renormalised_path = True
 
     def __init__(

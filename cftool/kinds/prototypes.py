@@ -21,6 +21,7 @@ from cftool.data.augment import training_transform
 from cftool.data.specs import PROTOTYPES_STREAM
 from cftool.encode.features import image_features
 from cftool.encode.zero_shot import encode_images
+from cftool.options import NO_AUGMENT
 from cftool.zoo import ZooModel
 
 
@@ -56,7 +57,7 @@ def task_prototypes(
     ``eval_features``: (features, labels) of the training split through the eval preprocessing, already computed
     for the feature cache; reused where they are the ones needed, those of the whole split unaugmented.
     """
-    if augment != "none":
+    if augment != NO_AUGMENT:
         split = task.full_training_split(training_transform(augment, zoo), draw_stream=PROTOTYPES_STREAM)
         features, labels = encode_images(zoo, split, batch_size, workers, advance)
     elif eval_features is not None and task.spec.shots is None:

@@ -20,6 +20,7 @@ import torch
 from cftool.errors import CftoolError
 from cftool.io.base_model import BaseModel
 from cftool.io.checkpoint import CheckpointWriter, Header, check_base, refuse_non_finite, save_checkpoint
+from cftool.io.header import DELTA_KIND, LORA_KIND, MODEL_KIND
 from cftool.io.outputs import check_outputs
 from cftool.io.unified import UnifiedSet
 from cftool.merge.delta import check_base_fits
@@ -144,7 +145,7 @@ def _decouple_factors(
     for index, output in zip(indices, outputs, strict=True):
         factors = expert_factors(unified, index)
         if base is None:
-            header = _expert_header(unified, index, None, kind="lora", config=shape.to_json())
+            header = _expert_header(unified, index, None, kind=LORA_KIND, config=shape.to_json())
             save_checkpoint(output, factors, header, overwrite=overwrite)
         else:
             targets = {name: base[name] for name in shape.targets if name in base.layout}
@@ -157,7 +158,7 @@ def _decouple_factors(
 
 
 def _expert_header(
-    unified: UnifiedSet, index: int, base: BaseModel | None, kind: str = "delta", config: dict | None = None
+    unified: UnifiedSet, index: int, base: BaseModel | None, kind: str = DELTA_KIND, config: dict | None = None
 ) -> Header:
     task = unified.tasks[index]
     fields = {
@@ -173,5 +174,5 @@ def _expert_header(
         },
     }
     if base is not None:
-        return base.header("model", **fields)
+        return base.header(MODEL_KIND, **fields)
     return Header(kind, unified.header.base, unified.header.base_sha256, unified.header.base_arch, **fields)

@@ -15,6 +15,7 @@ import torch
 from cftool.errors import CftoolError
 from cftool.io.base_model import BaseModel
 from cftool.io.checkpoint import CheckpointReader, CheckpointWriter, Header, check_base, check_shapes
+from cftool.io.header import DELTA_KIND, HEAD_KIND, LORA_KIND, MODEL_KIND, PROMPT_KIND
 from cftool.io.outputs import check_outputs
 from cftool.merge.lora import merged_lora_state
 from cftool.merge.precision import check_scale, refuse_scale_overflow, work_dtype
@@ -22,8 +23,8 @@ from cftool.merge.stream import refuse_overflow
 
 # What a checkpoint of a kind that has no delta holds instead, for the refusal.
 _NOT_WEIGHTS = {
-    "prompt": "learned prompt context vectors, not weights of the model",
-    "head": "a linear classifier on image features, not weights of the model",
+    PROMPT_KIND: "learned prompt context vectors, not weights of the model",
+    HEAD_KIND: "a linear classifier on image features, not weights of the model",
 }
 
 
@@ -52,11 +53,13 @@ def make_delta(
             f"{source.path}: a {header.kind!r} checkpoint holds {_NOT_WEIGHTS[header.kind]}, so it has no delta; "
             "fine-tune with --method full or lora to make one"
         )
-    if header.kind not in ("model", "lora"):
-        raise CftoolError(f"{source.path}: expected a 'model' or 'lora' checkpoint, found {header.kind!r}")
+    if header.kind not in (MODEL_KIND, LORA_KIND):
+        raise CftoolError(
+            f"{source.path}: expected a {MODEL_KIND!r} or {LORA_KIND!r} checkpoint, found {header.kind!r}"
+        )
     check_outputs({"-o": output}, [source.path], overwrite)
     check_base(source.path, header, base.sha256, base.canonical, base.architecture)
-    if header.kind == "model":
+    if header.kind == MODEL_KIND:
         check_shapes(source.path, source.tensors, {name: shape for name, (_, shape) in base.layout.items()})
         tuned = source.__getitem__
     else:
@@ -69,7 +72,7 @@ def make_delta(
     floating = [name for name, (base_dtype, _) in base.layout.items() if base_dtype.is_floating_point]
     layout = {name: (dtype or _dtype_of(source, name, base), base.layout[name][1]) for name in floating}
     config = {"source": source.path.name, "source_kind": header.kind}
-    out_header = base.header("delta", **_carried(header), config=config)
+    out_header = base.header(DELTA_KIND, **_carried(header), config=config)
     with CheckpointWriter(output, layout, out_header, overwrite=overwrite) as writer:
         for name in floating:
             theta, theta0 = tuned(name), base[name]
@@ -93,7 +96,7 @@ def _carried(header: Header) -> dict:
 
 def _dtype_of(source: CheckpointReader, name: str, base: BaseModel) -> torch.dtype:
     """The dtype the fine-tuned tensor has: the file's for a `model`, the base's for weights a `lora` merges into."""
-    return source.tensors[name].torch_dtype if source.header.kind == "model" else base.layout[name][0]
+    return source.tensors[name].torch_dtype if source.header.kind == MODEL_KIND else base.layout[name][0]
 
 
 def added_delta(
@@ -120,7 +123,7 @@ def apply_delta(
     check_base(delta.path, delta.header, base.sha256, base.canonical, base.architecture)
     check_base_fits(delta.path, {name: (info.torch_dtype, info.shape) for name, info in delta.tensors.items()}, base)
     header = delta.header
-    out_header = base.header("model", **_carried(header), config={"delta": delta.path.name, "scale": scale})
+    out_header = base.header(MODEL_KIND, **_carried(header), config={"delta": delta.path.name, "scale": scale})
     with CheckpointWriter(output, base.layout, out_header, overwrite=overwrite) as writer:
         for name, (base_dtype, _) in base.layout.items():
             theta0 = base[name]

@@ -22,6 +22,7 @@ import torch
 from cftool.errors import CftoolError
 from cftool.io.bitpack import pack_bits
 from cftool.io.checkpoint import CheckpointReader, CheckpointWriter, Header, open_checkpoint, refuse_non_finite
+from cftool.io.header import DELTA_KIND, LORA_KIND, UNIFIED_KIND
 from cftool.io.outputs import check_outputs
 from cftool.io.unified import (
     LORA_KEY,
@@ -47,6 +48,7 @@ from cftool.merge.stream import (
     refuse_overflow,
     write_part,
 )
+from cftool.options import CONDU, CONDU_LORA
 
 
 class TaskInput(ABC):
@@ -141,9 +143,9 @@ def open_deltas(paths: Sequence[Path], stack: ExitStack) -> list[DeltaFile]:
     inputs = []
     for path in paths:
         reader = stack.enter_context(open_checkpoint(path))
-        if reader.header.kind != "delta":
+        if reader.header.kind != DELTA_KIND:
             raise CftoolError(
-                f"{path}: expected a 'delta' checkpoint, found {reader.header.kind!r}; "
+                f"{path}: expected a {DELTA_KIND!r} checkpoint, found {reader.header.kind!r}; "
                 "make one with `cftool delta FILE --zs BASE -o DELTA`"
             )
         inputs.append(DeltaFile(reader))
@@ -155,10 +157,10 @@ def open_loras(paths: Sequence[Path], stack: ExitStack, factor_base: Mapping[str
     inputs: list[TaskInput] = []
     for path in paths:
         reader = stack.enter_context(open_checkpoint(path))
-        if reader.header.kind != "lora":
+        if reader.header.kind != LORA_KIND:
             raise CftoolError(
-                f"{path}: --method condu-lora unifies LoRA factors and expects a 'lora' checkpoint, found "
-                f"{reader.header.kind!r}; use --method condu for deltas"
+                f"{path}: --method {CONDU_LORA.name} unifies LoRA factors and expects a {LORA_KIND!r} checkpoint, "
+                f"found {reader.header.kind!r}; use --method {CONDU.name} for deltas"
             )
         inputs.append(LoRAFactorsFile(reader, factor_base))
     return inputs
@@ -166,7 +168,7 @@ def open_loras(paths: Sequence[Path], stack: ExitStack, factor_base: Mapping[str
 
 def open_previous(path: Path, stack: ExitStack) -> UnifiedSet:
     reader = stack.enter_context(open_checkpoint(path))
-    if reader.header.kind != "unified":
+    if reader.header.kind != UNIFIED_KIND:
         raise CftoolError(
             f"{path}: --into needs a unified set (a file from `cftool unify --method condu`), "
             f"found a {reader.header.kind!r} checkpoint"
@@ -313,11 +315,12 @@ def unify(
     check_outputs({"-o": output}, sorted({task.source for task in inputs}), overwrite)  # before the passes
     check_compatible(inputs)
     first = inputs[0]
-    if (first.lora is not None) != (method.inputs == "lora") or (first.lora is not None and not method.writes_triggers):
+    lora_inputs = first.lora is not None
+    if lora_inputs != (method.inputs == LORA_KIND) or (lora_inputs and not method.writes_triggers):
         raise CftoolError(
             f"{first.source}: --method {method.name} merges {method.inputs} inputs, not "
-            f"{'LoRA factors' if first.lora else 'weight deltas'}; use --method "
-            f"{'condu-lora' if first.lora else 'condu'} (or `cftool delta` the lora checkpoints: ΔW-space)"
+            f"{'LoRA factors' if lora_inputs else 'weight deltas'}; use --method "
+            f"{CONDU_LORA.name if lora_inputs else CONDU.name} (or `cftool delta` the lora checkpoints: ΔW-space)"
         )
     plan = plan_tensors(first.layout, chunk_elements)
     if getattr(options, "scale", None) is not None:
@@ -353,11 +356,11 @@ def unify(
         layout = unified_layout(delta_layout, len(inputs), factor_base)
         extra = tasks_metadata(tasks)
         header = Header(
-            "unified", first.base, first.base_sha256, first.base_arch, method=method.name, config=config, extra=extra
+            UNIFIED_KIND, first.base, first.base_sha256, first.base_arch, method=method.name, config=config, extra=extra
         )
     else:
         layout = delta_layout
-        header = Header("delta", first.base, first.base_sha256, first.base_arch, method=method.name, config=config)
+        header = Header(DELTA_KIND, first.base, first.base_sha256, first.base_arch, method=method.name, config=config)
 
     passes += 1
     sums: dict[str, torch.Tensor] = {}

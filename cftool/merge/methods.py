@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from cftool.errors import CftoolError
+from cftool.io.header import LORA_KIND
 from cftool.merge.precision import check_scale, work_dtype
 from cftool.merge.registry import METHODS, Chunk, Merged, MergeMethod, Statistic, TensorPlan, merge_method
 from cftool.merge.select import RadixSelect
-from cftool.options import CONDU, CONDU_LORA, DARE, MEAN, TASK_ARITHMETIC, TIES, TRIMS
+from cftool.options import CONDU, CONDU_LORA, DARE, MEAN, PER_TENSOR_TRIM, TASK_ARITHMETIC, TIES, TRIMS
 
 
 def _in_work_dtype(chunk: Chunk) -> list[torch.Tensor]:
@@ -108,7 +109,7 @@ merge_method(
     "clip/model_lora.py, src/main.py, src/delta_models.py",
     options=CondUOptions,
     rescalers=condu_rescalers,
-    inputs="lora",
+    inputs=LORA_KIND,
 )(condu)
 
 
@@ -144,7 +145,7 @@ class TrimThresholds(Statistic):
     """
 
     def __init__(self, options: TiesOptions, plan: list[TensorPlan], values: Mapping[str, Any]):
-        self.per_tensor = options.trim == "per-tensor"
+        self.per_tensor = options.trim == PER_TENSOR_TRIM
         self.dtype = _key_dtype(plan)
         self.n_tasks: int | None = None  # known from the first chunk
         total = sum(tensor.numel for tensor in plan)

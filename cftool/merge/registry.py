@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from cftool.errors import CftoolError
+from cftool.io.header import DELTA_KIND
 from cftool.merge.stream import TensorPlan
 from cftool.options import MERGE_OPTION_FLAGS, MergeMethodDefaults
 
@@ -76,7 +77,7 @@ class MergeMethod:
     options: type  # a frozen dataclass of the method's options, with defaults, validated when built
     statistics: tuple[tuple[str, StatisticFactory], ...] = ()
     rescalers: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None  # set: writes a unified set
-    inputs: str = "delta"  # what it merges: `delta` files, or the factors of `lora` checkpoints (factor space)
+    inputs: str = DELTA_KIND  # what it merges: `delta` files, or the factors of `lora` checkpoints (factor space)
 
     @property
     def writes_triggers(self) -> bool:
@@ -109,7 +110,7 @@ def merge_method(
     options: type,
     statistics: tuple[tuple[str, StatisticFactory], ...] = (),
     rescalers: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None = None,
-    inputs: str = "delta",
+    inputs: str = DELTA_KIND,
 ) -> Callable[[MethodFunction], MethodFunction]:
     """Register ``function`` as the `unify --method NAME` method that cftool.options declares (its name, and the
     defaults of ``options``' fields)."""

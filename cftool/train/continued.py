@@ -19,10 +19,11 @@ from cftool.data import DatasetSpec, find_data
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, file_sha256, open_checkpoint
 from cftool.io.command_files import SUFFIX, beside
+from cftool.io.header import DELTA_KIND, PROTOTYPES_KIND
 from cftool.kinds.apply import TRAINED_KINDS, trainable_method
 from cftool.kinds.method import Method
 from cftool.kinds.prompt import ZERO_SHOT_WEIGHT
-from cftool.options import COOP, COOP_INIT, FINETUNE_METHODS, RANDOM_INIT, WORKERS
+from cftool.options import COOP, COOP_INIT, FINETUNE_METHODS, RANDOM_INIT, WORKERS, ZS_PARAM
 from cftool.recipes import load_recipe
 from cftool.train.finetune import Continuation, FinetuneJob, FinetuneResult, finetune
 from cftool.train.loop import Progress, TrainOptions, no_progress
@@ -153,8 +154,8 @@ def _check_continuable(ckpt: CheckpointReader) -> None:
     if kind in TRAINED_KINDS:
         return
     why = {
-        "prototypes": "it holds a task's class prototypes, not trained parameters; pass the checkpoint beside it",
-        "delta": "it holds a task vector; `cftool delta apply` turns it into a model file that continue takes",
+        PROTOTYPES_KIND: "it holds a task's class prototypes, not trained parameters; pass the checkpoint beside it",
+        DELTA_KIND: "it holds a task vector; `cftool delta apply` turns it into a model file that continue takes",
     }.get(kind, f"continue takes {', '.join(TRAINED_KINDS)} checkpoints")
     raise CftoolError(f"{ckpt.path}: cannot continue a {kind!r} checkpoint: {why}")
 
@@ -207,7 +208,7 @@ def _method_options(
         # A file imported before imports recorded its start: from the words if it has their length, as CoOp's does.
         words = len(COOP_INIT.split())
         options.setdefault("ctx_init", COOP_INIT if options.get("n_ctx", words) == words else RANDOM_INIT)
-        if options["ctx_init"] == RANDOM_INIT and mergetune.zs_reg == "param":
+        if options["ctx_init"] == RANDOM_INIT and mergetune.zs_reg == ZS_PARAM:
             # The parameter-space zero-shot counterpart of a prompt is the hand-written context (docs/design.md §5.1).
             if options["n_ctx"] != words:
                 raise CftoolError(

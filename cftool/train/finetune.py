@@ -27,13 +27,14 @@ from cftool.encode.zero_shot import class_text_means, encode_images, evaluate_ze
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, Header, check_base, save_checkpoint, tensors_sha256
 from cftool.io.command_files import metrics_path, prototypes_path, state_path
+from cftool.io.header import PROTOTYPES_KIND, PROTOTYPES_TENSOR
 from cftool.io.outputs import atomic_output, check_outputs, check_writable, check_writable_folder, refuse_existing
 from cftool.kinds.apply import METHODS, build_method
 from cftool.kinds.method import Method, class_features_of_means
 from cftool.kinds.prototypes import task_prototypes
 from cftool.merge.precision import fits_float32
 from cftool.metrics import top1_accuracy
-from cftool.options import EVAL_BATCH_SIZE, WORKERS
+from cftool.options import EVAL_BATCH_SIZE, FEW_SHOT_VAL, NO_AUGMENT, SELECT_BEST_VAL, WORKERS
 from cftool.train.loop import Progress, Ranks, TrainOptions, no_progress, train
 from cftool.train.objectives import CrossEntropy, MergeTune, MergeTuneOptions, Objective, ZeroShotPoint
 from cftool.zoo import ZooModel, load_model, parse_model_spec
@@ -123,11 +124,11 @@ class BestValidation:
             for name, parameter in self.trainable.items():
                 parameter.copy_(self.best[name])
         return {
-            "rule": "best-val",
+            "rule": SELECT_BEST_VAL,
             "epoch": self.best_epoch + 1,  # counted from 1, as Dassl's checkpoints and logs count epochs
             "val_accuracy": self.best_accuracy,
             "val_images": len(self.val),
-            "val_shots": val_shots(self.task.spec.shots) if self.task.spec.val_images == "few-shot" else None,
+            "val_shots": val_shots(self.task.spec.shots) if self.task.spec.val_images == FEW_SHOT_VAL else None,
         }
 
 
@@ -239,7 +240,7 @@ def _finetune(
         )
     objective = _objective(job, method, zoo, task, continuation, text_means)
     selection = None
-    if job.train.select == "best-val" and ranks.is_main:  # rank 0 alone writes, so it alone selects
+    if job.train.select == SELECT_BEST_VAL and ranks.is_main:  # rank 0 alone writes, so it alone selects
         selection = BestValidation(method, zoo, task, _validation_split(task, zoo), job.eval_batch_size, job.workers)
 
     config = _config(job, method, task, zoo, continuation)
@@ -286,7 +287,7 @@ def _finetune(
         config=config,
         run=tensors_sha256(trained),  # the pair's mark: what the run trained, so that a rerun marks the same
     )
-    prototypes_header = replace(header, kind="prototypes", template=None)
+    prototypes_header = replace(header, kind=PROTOTYPES_KIND, template=None)
     # An old pair goes checkpoint first: killed from here on, the run leaves its new prototypes alone (which the next
     # run replaces), never new prototypes beside the old checkpoint, which routing would take for a pair. Checked
     # again, with every input read since known: an input is never removed.
@@ -295,7 +296,7 @@ def _finetune(
     result.metrics = _write_metrics(metrics_path(job.output), log.metrics)  # replaced as the prototypes are
     result.prototypes = save_checkpoint(
         prototypes_path(job.output),
-        {"prototypes": prototypes},
+        {PROTOTYPES_TENSOR: prototypes},
         prototypes_header,
         overwrite=True,  # checked above
     )
@@ -328,7 +329,7 @@ def _validation_split(task: TaskData, zoo: ZooModel) -> TaskSplit:
 def _uses_feature_cache(job: FinetuneJob, method: Method) -> bool:
     """Whether training runs on the cached features of the eval-preprocessed images: an augmented image differs
     at every draw, so the frozen image tower then encodes each batch."""
-    return method.image_tower_frozen and job.feature_cache and job.train.augment == "none"
+    return method.image_tower_frozen and job.feature_cache and job.train.augment == NO_AUGMENT
 
 
 def _load_training_task(job: FinetuneJob, continuation: Continuation | None) -> TaskData:

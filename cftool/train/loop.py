@@ -34,10 +34,17 @@ from cftool.io.checkpoint import finite
 from cftool.io.outputs import atomic_output, torch_save
 from cftool.merge.precision import fits_float32
 from cftool.options import (
+    ADAMW,
     AUGMENTATION,
+    AUTO_PRECISION,
+    BF16,
+    COSINE_EPOCH,
+    COSINE_STEP,
     DROP_LAST,
     FINETUNE_METHOD,
     FINETUNE_METHODS,
+    FP16,
+    FP32,
     LABEL_SMOOTHING,
     OPTIMIZERS,
     PRECISION,
@@ -47,6 +54,7 @@ from cftool.options import (
     SEED,
     SELECTION,
     SELECTIONS,
+    SGD,
     TRAIN_BATCH_SIZE,
     WARMUP_EPOCHS,
     WARMUP_LR,
@@ -143,13 +151,15 @@ class TrainOptions:
                 f"--warmup-epochs must be ≥ 0 and --warmup-lr a finite positive number, got {self.warmup_epochs} "
                 f"and {self.warmup_lr}"
             )
-        if self.schedule == "cosine-epoch" and self.warmup:
+        if self.schedule == COSINE_EPOCH and self.warmup:
             raise CftoolError(
-                "--warmup counts steps of --schedule cosine-step; cosine-epoch warms up with --warmup-epochs"
+                f"--warmup counts steps of --schedule {COSINE_STEP}; {COSINE_EPOCH} warms up with --warmup-epochs"
             )
-        if self.schedule == "cosine-step" and self.warmup_epochs:
-            raise CftoolError("--warmup-epochs applies to --schedule cosine-epoch; cosine-step warms up with --warmup")
-        if self.optimizer == "adamw":
+        if self.schedule == COSINE_STEP and self.warmup_epochs:
+            raise CftoolError(
+                f"--warmup-epochs applies to --schedule {COSINE_EPOCH}; {COSINE_STEP} warms up with --warmup"
+            )
+        if self.optimizer == ADAMW:
             # AdamW's first step moves each weight by up to lr / (1 - β1) and scales it by 1 - lr·weight_decay; torch
             # turns both into float32 and raises, deep in the step, where they do not fit.
             for lr in (self.lr, self.warmup_lr):
@@ -191,7 +201,7 @@ class TrainOptions:
 
 
 def learning_rate(options: TrainOptions, step: int, total: int, n_images: int) -> float:
-    if options.schedule == "cosine-epoch":
+    if options.schedule == COSINE_EPOCH:
         return _epoch_cosine(options, options.epoch_of(step, n_images), options.epoch_of(total - 1, n_images) + 1)
     if step < options.warmup:
         return options.lr * (step + 1) / options.warmup
@@ -274,11 +284,11 @@ class TrainLog:
 
 
 def precision_context(device: torch.device, precision: str):
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
+    if precision == AUTO_PRECISION:
+        precision = BF16 if device.type == "cuda" else FP32
+    if precision == FP32:
         return nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == BF16 else torch.float16)
 
 
 def train(
@@ -314,7 +324,7 @@ def train(
     plan = BatchPlan(n_images, options.batch_size, options.seed, options.drop_last)
     trainable = method.trainable_parameters()
     optimizer = _optimizer(list(trainable.values()), options)
-    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == "fp16")
+    scaler = torch.amp.GradScaler(device.type, enabled=options.precision == FP16)
     start, metrics = 0, []
     if resume:
         start, metrics = _load_state(
@@ -397,7 +407,7 @@ def train(
 
 
 def _optimizer(parameters: list[torch.nn.Parameter], options: TrainOptions) -> torch.optim.Optimizer:
-    if options.optimizer == "sgd":
+    if options.optimizer == SGD:
         return torch.optim.SGD(parameters, lr=options.lr, momentum=SGD_MOMENTUM, weight_decay=options.weight_decay)
     return torch.optim.AdamW(parameters, lr=options.lr, weight_decay=options.weight_decay)
 

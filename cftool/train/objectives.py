@@ -22,8 +22,12 @@ from cftool.options import (
     LAMBDA_LMC,
     LAMBDA_ZS,
     REFERENCE_LMC_COUNT,
+    ZS_COSINE,
+    ZS_FEATURE,
+    ZS_L2,
     ZS_LOSS,
     ZS_LOSSES,
+    ZS_PARAM,
     ZS_REGULARISER,
     ZS_REGULARISERS,
 )
@@ -111,10 +115,10 @@ class MergeTuneOptions:
             raise CftoolError(f"--zs-reg must be one of {', '.join(ZS_REGULARISERS)}, got {self.zs_reg!r}")
         if self.zs_loss not in ZS_LOSSES:
             raise CftoolError(f"--zs-loss must be one of {', '.join(ZS_LOSSES)}, got {self.zs_loss!r}")
-        if self.zs_reg == "param" and self.zs_loss != "cosine":
+        if self.zs_reg == ZS_PARAM and self.zs_loss != ZS_COSINE:
             raise CftoolError(
-                f"--zs-loss {self.zs_loss} compares class text features, but --zs-reg param measures ‖w − ŵ1‖²; "
-                "use --zs-reg feature with it"
+                f"--zs-loss {self.zs_loss} compares class text features, but --zs-reg {ZS_PARAM} measures ‖w − ŵ1‖²; "
+                f"use --zs-reg {ZS_FEATURE} with it"
             )
         if not self.lmc_samples or not all(0 < alpha <= 1 for alpha in self.lmc_samples):
             raise CftoolError(f"--lmc-samples must be α values in (0, 1], got {list(self.lmc_samples)}")
@@ -163,7 +167,7 @@ class MergeTune(Objective):
         with torch.no_grad():
             # Plain attributes rather than buffers: DDP would broadcast buffers at every step, and these never change.
             self.fine_tuned = {name: t.detach().clone() for name, t in method.solution().items()}
-        if options.zs_reg == "feature" and options.lambda_zs:
+        if options.zs_reg == ZS_FEATURE and options.lambda_zs:
             with torch.no_grad():
                 method.class_text_features(self.fine_tuned)  # refuses early where text features cannot move
 
@@ -213,9 +217,9 @@ class MergeTune(Objective):
         yield last
 
     def zero_shot_distance(self, current: Solution) -> torch.Tensor:
-        if self.options.zs_reg == "param":
+        if self.options.zs_reg == ZS_PARAM:
             return self.method.squared_distance(self.method.parameter_point(current), self.zero_shot.parameters)
         features, anchor = self.method.class_text_features(current), self.zero_shot.class_features
-        if self.options.zs_loss == "l2":
+        if self.options.zs_loss == ZS_L2:
             return torch.linalg.vector_norm(features - anchor, dim=-1).mean()
         return 1 - F.cosine_similarity(features, anchor, dim=-1).mean()

@@ -19,6 +19,7 @@ import torch
 
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import Header, open_checkpoint, tensors_sha256
+from cftool.io.header import MODEL_KIND
 from cftool.io.remembered_hashes import remembered_sha256
 from cftool.zoo.base import (
     TINY,
@@ -132,7 +133,7 @@ def _from_state_dict(
 def _from_weights_file(arch: str, canonical: str, path: Path) -> BaseWeights:
     """A cftool `model` file read lazily, or a plain state dict (safetensors, a weights-only pickle, TorchScript)."""
     if is_cftool_file(path):
-        reader = open_checkpoint(path, kind="model")
+        reader = open_checkpoint(path, kind=MODEL_KIND)
         layout = {name: (_loaded_dtype(name, info.torch_dtype), info.shape) for name, info in reader.tensors.items()}
 
         def read(name: str) -> torch.Tensor:
@@ -166,7 +167,7 @@ def open_base(spec: str) -> BaseWeights:
             return _from_weights_file(arch, weights_file_canonical(arch, weights), weights)
         path = Path(spec)
         if not colon and path.is_file():
-            with open_checkpoint(path, kind="model") as ckpt:
+            with open_checkpoint(path, kind=MODEL_KIND) as ckpt:
                 arch = arch_of(ckpt.header.base)
             return _from_weights_file(arch, weights_file_canonical(arch, path), path)
     from cftool.zoo.models import parse_model_spec, published_weights

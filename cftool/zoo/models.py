@@ -30,6 +30,7 @@ import torch
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import Header, check_shapes, open_checkpoint, tensors_sha256
 from cftool.io.foreign import read_state_dict
+from cftool.io.header import MODEL_KIND
 from cftool.io.remembered_hashes import remembered_sha256
 from cftool.zoo.base import (
     HF_HUB_PREFIX,
@@ -141,7 +142,7 @@ def _spec_of_model_file(path: Path) -> ModelSpec:
             f"--zs {path}: a plain weights file does not name its architecture; "
             f"use --zs ARCH:{path} (e.g. ViT-B-16:{path}), or a cftool model file"
         )
-    with open_checkpoint(path, kind="model") as ckpt:
+    with open_checkpoint(path, kind=MODEL_KIND) as ckpt:
         base = ckpt.header.base
     arch = arch_of(base)
     _, _, tag = base.partition(":")
@@ -463,6 +464,6 @@ def _read_weights(arch: str, path: Path) -> tuple[dict[str, torch.Tensor], dict 
     """A cftool `model` file (with the architecture and hub preprocessing it records), or a plain open_clip/OpenAI
     state dict (which records neither)."""
     if is_cftool_file(path):
-        with open_checkpoint(path, kind="model") as ckpt:
+        with open_checkpoint(path, kind=MODEL_KIND) as ckpt:
             return ckpt.load_all(), model_file_architecture(ckpt), ckpt.header.base_preprocess
     return (*plain_weights(arch, path), None)
