@@ -35,7 +35,7 @@ from cftool.kinds.prototypes import task_prototypes
 from cftool.merge.precision import fits_float32
 from cftool.metrics import top1_accuracy
 from cftool.options import EVAL_BATCH_SIZE, FEW_SHOT_VAL, NO_AUGMENT, SELECT_BEST_VAL, WORKERS
-from cftool.train.loop import Progress, Ranks, TrainOptions, no_progress, train
+from cftool.train.loop import Progress, Ranks, TrainLog, TrainOptions, no_progress, train
 from cftool.train.objectives import CrossEntropy, MergeTune, MergeTuneOptions, Objective, ZeroShotPoint
 from cftool.zoo import ZooModel, load_model, parse_model_spec
 
@@ -209,35 +209,18 @@ def _finetune(
             f"--augment {job.train.augment}: image features are recomputed every epoch "
             "(the feature cache applies to unaugmented images)"
         )
-    features = prototypes = None
+    features = None
     if cached:
-        features, _ = image_features(
-            zoo,
-            train_split,
-            job.cache_dir,
-            job.eval_batch_size,
-            job.workers,
-            progress("encode training images", len(train_split)),
-        )
+        bar = progress("encode training images", len(train_split))
+        features, _ = image_features(zoo, train_split, job.cache_dir, job.eval_batch_size, job.workers, bar)
     # The zero-shot text of the task's classes over its templates, encoded once for the prototypes and MergeTune's
     # zero-shot point (where its anchor is made of the same templates).
     text_means = None
     if ranks.is_main or continuation is not None:
         text_means = class_text_means(zoo, task.classnames, task.templates)
-    if ranks.is_main:  # ConDU's prototypes: the whole training split through the training transform
-        bar = progress("prototypes", len(task.full_training_split()))
-        eval_features = None if features is None else (features, labels)
-        prototypes = task_prototypes(
-            zoo,
-            task,
-            text_means,
-            job.train.augment,
-            job.cache_dir,
-            job.eval_batch_size,
-            job.workers,
-            bar,
-            eval_features,
-        )
+    prototypes = None
+    if ranks.is_main:
+        prototypes = _prototypes(job, zoo, task, text_means, None if features is None else (features, labels), progress)
     objective = _objective(job, method, zoo, task, continuation, text_means)
     selection = None
     if job.train.select == SELECT_BEST_VAL and ranks.is_main:  # rank 0 alone writes, so it alone selects
@@ -271,13 +254,10 @@ def _finetune(
         bar = progress("evaluate test split", len(task.split("test")))
         [test] = evaluate_zero_shot(zoo, [task], "test", job.eval_batch_size, job.workers, bar, method.eval_head)
         result.test_accuracy = test.accuracy
-    # Not zoo.base_header: continuing a `model` checkpoint loaded its weights into the zoo model, whose hash is then
-    # no longer the base's.
-    trained = method.export()
     header = Header(
         method.kind,
         zoo.spec.canonical,
-        base_sha256,
+        base_sha256,  # not zoo.base_header: continuing a `model` checkpoint loaded its weights into the zoo model
         zoo.architecture,
         base_preprocess=zoo.hub_preprocess,
         task=task.name,
@@ -285,29 +265,54 @@ def _finetune(
         template=method.template,
         method=objective.name if continuation else method.name,
         config=config,
-        run=tensors_sha256(trained),  # the pair's mark: what the run trained, so that a rerun marks the same
     )
-    prototypes_header = replace(header, kind=PROTOTYPES_KIND, template=None)
+    result.output, result.prototypes, result.metrics = _write_outputs(job, method.export(), header, prototypes, log)
+    state_path(job.output).unlink(missing_ok=True)
+    return result
+
+
+def _prototypes(
+    job: FinetuneJob,
+    zoo: ZooModel,
+    task: TaskData,
+    text_means: torch.Tensor,
+    eval_features: tuple[torch.Tensor, torch.Tensor] | None,
+    progress: Progress,
+) -> torch.Tensor:
+    """ConDU's prototypes of the task: the whole training split through the training transform."""
+    bar = progress("prototypes", len(task.full_training_split()))
+    return task_prototypes(
+        zoo, task, text_means, job.train.augment, job.cache_dir, job.eval_batch_size, job.workers, bar, eval_features
+    )
+
+
+def _write_outputs(
+    job: FinetuneJob, trained: dict[str, torch.Tensor], header: Header, prototypes: torch.Tensor, log: TrainLog
+) -> tuple[Path, Path, Path]:
+    """Write the checkpoint, its prototypes and its metrics as a pair or not at all; returns their paths."""
+    header = replace(
+        header, run=tensors_sha256(trained)
+    )  # the pair's mark: a rerun that trains the same marks the same
     # An old pair goes checkpoint first: killed from here on, the run leaves its new prototypes alone (which the next
     # run replaces), never new prototypes beside the old checkpoint, which routing would take for a pair. Checked
     # again, with every input read since known: an input is never removed.
     refuse_existing(job.output, job.force)
     job.output.unlink(missing_ok=True)
-    result.metrics = _write_metrics(metrics_path(job.output), log.metrics)  # replaced as the prototypes are
-    result.prototypes = save_checkpoint(
+    metrics = _write_metrics(metrics_path(job.output), log.metrics)  # replaced as the prototypes are
+    prototypes_header = replace(header, kind=PROTOTYPES_KIND, template=None)
+    written = save_checkpoint(
         prototypes_path(job.output),
         {PROTOTYPES_TENSOR: prototypes},
         prototypes_header,
         overwrite=True,  # checked above
     )
     try:
-        result.output = save_checkpoint(job.output, trained, header, overwrite=job.force)
+        output = save_checkpoint(job.output, trained, header, overwrite=job.force)
     except BaseException:
-        result.prototypes.unlink(missing_ok=True)  # a pair or nothing
-        result.metrics.unlink(missing_ok=True)
+        written.unlink(missing_ok=True)  # a pair or nothing
+        metrics.unlink(missing_ok=True)
         raise
-    state_path(job.output).unlink(missing_ok=True)
-    return result
+    return output, written, metrics
 
 
 def _write_metrics(path: Path, rows: list[dict[str, float]]) -> Path:
