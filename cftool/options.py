@@ -209,8 +209,9 @@ CONDU_LORA = MergeMethodDefaults("condu-lora")
 TIES = MergeMethodDefaults("ties", {"keep": 0.2, "trim": GLOBAL_TRIM, "scale": 1.0})
 TASK_ARITHMETIC = MergeMethodDefaults("task-arithmetic", {"scale": 0.3})
 DARE = MergeMethodDefaults("dare", {"p": 0.5, "seed": SEED, "scale": 0.3})
+DARE_TIES = MergeMethodDefaults("dare-ties", {"p": DARE.options["p"], "seed": SEED, "scale": TIES.options["scale"]})
 MEAN = MergeMethodDefaults("mean")
-MERGE_METHODS = {method.name: method for method in (CONDU, CONDU_LORA, TIES, TASK_ARITHMETIC, DARE, MEAN)}
+MERGE_METHODS = {method.name: method for method in (CONDU, CONDU_LORA, TIES, TASK_ARITHMETIC, DARE, DARE_TIES, MEAN)}
 MERGE_METHOD = CONDU.name
 
 

@@ -231,7 +231,7 @@ def test_ties_equals_the_reference_code_streamed_in_slices(tmp_path, dtype):
         assert torch.allclose(merged[name].float(), expected[name].to(dtype).float(), rtol=1e-6, atol=0), name
 
 
-# Task arithmetic, DARE, mean ---------------------------------------------------------------------------------
+# Task arithmetic, DARE, DARE-TIES, mean ----------------------------------------------------------------------
 
 
 def test_task_arithmetic_and_mean(tmp_path):
@@ -257,6 +257,53 @@ def test_dare_drops_at_rate_p_rescales_and_is_seeded(tmp_path):
     assert (a > 0).float().mean().item() == pytest.approx(0.25, abs=0.02)
     run(tasks_of({"w": [1.0, -2.0]}, {"w": [3.0, 1.0]}), "dare", tmp_path / "p0.st", p=0.0, scale=0.5)
     assert read_all(tmp_path / "p0.st")[0]["w"].tolist() == [2.0, -0.5]  # p = 0 is task arithmetic
+
+
+def test_dare_ties_with_p_0_elects_signs_and_takes_the_disjoint_mean(tmp_path):
+    inputs = tasks_of(
+        {"w": [3.0, 2.0, -1.0, 4.0, 1.0]}, {"w": [-1.0, 2.0, -3.0, 4.0, -1.0]}, {"w": [1.0, -2.0, 0.0, 1.0, 0.0]}
+    )
+    run(inputs, "dare-ties", tmp_path / "dt.st", p=0.0, scale=0.5)
+    merged, header = read_all(tmp_path / "dt.st")
+    assert header.kind == "delta" and header.method == "dare-ties"
+    # sums 3, 2, −4, 9, 0: means of the agreeing entries (3+1)/2, (2+2)/2, (−1−3)/2, (4+4+1)/3, times λ = 0.5; the
+    # last sums to 0, so nothing is kept (`ties` would take the majority sign +1 there and give 0.5)
+    assert merged["w"].tolist() == [1.0, 1.0, -1.0, 1.5, 0.0]
+    run(inputs, "dare-ties", tmp_path / "default.st", p=0.0)
+    assert read_all(tmp_path / "default.st")[0]["w"].tolist() == [2.0, 2.0, -2.0, 3.0, 0.0]  # λ = 1 by default
+
+
+def reference_dare_ties(deltas, p, seed, scale):
+    """DARE-TIES from its definition: `dare`'s drops, drawn here from ``uniform_draws`` over each whole tensor, then
+    the sign of the sum, and the mean of the entries of that sign (none where the sum is 0)."""
+    merged = {}
+    for name in deltas[0]:
+        rescaled = torch.stack(
+            [
+                d[name] / (1 - p) * (uniform_draws(seed, f"{i}/{name}", 0, d[name].numel()) >= p).reshape(d[name].shape)
+                for i, d in enumerate(deltas)
+            ]
+        )
+        agreeing = (torch.sign(rescaled) == torch.sign(rescaled.sum(0))) & (rescaled != 0)
+        merged[name] = scale * (rescaled * agreeing).sum(0) / agreeing.sum(0).clamp(min=1)
+    return merged
+
+
+def test_dare_ties_equals_its_definition_from_dares_drops_however_sliced(tmp_path):
+    deltas = random_deltas(3, SHAPES, seed=5)
+    inputs = [LoadedDelta(d, TaskEntry(f"t{i}")) for i, d in enumerate(deltas)]
+    expected = reference_dare_ties(deltas, p=0.6, seed=7, scale=0.8)
+    for chunk_elements in (None, 16):
+        path = tmp_path / f"dt-{chunk_elements}.st"
+        run(inputs, "dare-ties", path, chunk_elements=chunk_elements, p=0.6, seed=7, scale=0.8)
+        merged, _ = read_all(path)
+        for name in SHAPES:
+            assert torch.allclose(merged[name], expected[name], rtol=1e-6, atol=1e-7), (chunk_elements, name)
+    # one task: every kept entry agrees with its own sign, so DARE-TIES is `dare` (the same drops)
+    run(inputs[:1], "dare-ties", tmp_path / "one.st", p=0.6, seed=7, scale=0.8)
+    run(inputs[:1], "dare", tmp_path / "dare.st", p=0.6, seed=7, scale=0.8)
+    one, dare = read_all(tmp_path / "one.st")[0], read_all(tmp_path / "dare.st")[0]
+    assert all(torch.equal(one[name], dare[name]) for name in SHAPES)
 
 
 def test_uniform_draws_are_uniform_and_independent_of_slicing():

@@ -183,6 +183,20 @@ def test_other_methods_write_a_delta_that_applies(cli, deltas, tmp_path, method)
     assert cli("delta", "apply", merged, "-o", tmp_path / "model.safetensors").code == 0
 
 
+def test_dare_ties_takes_dares_options_and_refuses_keep(cli, deltas, tmp_path):
+    merged = tmp_path / "dare-ties.safetensors"
+    options = ("--method", "dare-ties", "--p", "0.3", "--lambda", "0.5")
+    result = cli("unify", *deltas.values(), *options, "-o", merged, "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["kind"] == "delta"
+    with open_checkpoint(merged, kind="delta") as delta:
+        assert delta.header.method == "dare-ties"
+        assert {key: delta.header.config[key] for key in ("p", "seed", "scale")} == {"p": 0.3, "seed": 0, "scale": 0.5}
+    refused = cli("unify", *deltas.values(), *options, "--keep", "0.3", "-o", tmp_path / "x.st")
+    assert "--method dare-ties takes no --keep" in one_line_error(refused)
+    assert files_in(tmp_path) == [merged.name]
+
+
 def test_method_options_belong_to_their_method(cli, deltas, tmp_path):
     line = one_line_error(cli("unify", *deltas.values(), "--keep", "0.3", "-o", tmp_path / "x.st"))
     assert "--method condu takes no --keep" in line

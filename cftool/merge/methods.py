@@ -20,7 +20,7 @@ from cftool.io.header import LORA_KIND
 from cftool.merge.precision import check_scale, work_dtype
 from cftool.merge.registry import METHODS, Chunk, Merged, MergeMethod, Statistic, TensorPlan, merge_method
 from cftool.merge.select import RadixSelect
-from cftool.options import CONDU, CONDU_LORA, DARE, MEAN, PER_TENSOR_TRIM, TASK_ARITHMETIC, TIES, TRIMS
+from cftool.options import CONDU, CONDU_LORA, DARE, DARE_TIES, MEAN, PER_TENSOR_TRIM, TASK_ARITHMETIC, TIES, TRIMS
 
 
 def _in_work_dtype(chunk: Chunk) -> list[torch.Tensor]:
@@ -238,6 +238,19 @@ class MajoritySign(Statistic):
         return (self.total > 0) - (self.total < 0)
 
 
+def _disjoint_mean(deltas: list[torch.Tensor], elected: torch.Tensor) -> torch.Tensor:
+    """TIES's disjoint mean: the entries that agree with the elected sign ``s``, summed and divided by their count
+    (at least 1). They are δ > 0 where s > 0 and δ < 0 elsewhere (s = 0 included, as in the reference code)."""
+    # With t = ±1 accordingly, the entries kept are those where t·δ > 0, whose sum is t · Σ relu(t·δ).
+    side = _plus_or_minus_one(elected > 0, elected.dtype)
+    total, count = torch.zeros_like(side), torch.zeros_like(side)
+    for delta in deltas:
+        agreeing = (delta * side).clamp_(min=0)
+        total += agreeing
+        count += agreeing > 0
+    return side * total / count.clamp_(min=1)
+
+
 @merge_method(
     TIES,
     reference="docs/design.md §5.2; TIES-Merging (Yadav et al., NeurIPS 2023, arXiv:2306.01708; "
@@ -256,19 +269,10 @@ def ties(chunk: Chunk, options: TiesOptions, statistics: Mapping[str, Any]) -> M
     trimmed = _trimmed(chunk, statistics["thresholds"])
     elected = torch.sign(_sum(trimmed))
     elected[elected == 0] = statistics["majority_sign"]
-    # The entries kept are δ > 0 where s > 0 and δ < 0 elsewhere (s = 0 included, as in the reference code):
-    # with t = ±1 accordingly, those where t·δ > 0, whose sum is t · Σ relu(t·δ).
-    side = _plus_or_minus_one(elected > 0, elected.dtype)
-    total, count = torch.zeros_like(side), torch.zeros_like(side)
-    for delta in trimmed:
-        agreeing = (delta * side).clamp_(min=0)
-        total += agreeing
-        count += agreeing > 0
-    merged = side * total / count.clamp_(min=1)
-    return Merged(delta=(options.scale * merged).to(chunk.deltas[0].dtype))
+    return Merged(delta=(options.scale * _disjoint_mean(trimmed, elected)).to(chunk.deltas[0].dtype))
 
 
-# Task arithmetic, DARE, mean -----------------------------------------------------------------------------------
+# Task arithmetic, DARE, DARE-TIES, mean ------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -324,22 +328,53 @@ def uniform_draws(seed: int, stream: str, first: int, count: int) -> torch.Tenso
     return (bits >> 8).to(torch.float64) / (1 << 24)
 
 
+def _dropped_and_rescaled(chunk: Chunk, options: DareOptions) -> list[torch.Tensor]:
+    """Every task's delta (in the work dtype) with each entry dropped at rate p and the kept ones rescaled by
+    1/(1 − p); the drops are seeded by ``--seed`` and drawn per task and tensor from ``uniform_draws``."""
+    rescaled = []
+    for task, delta in enumerate(_in_work_dtype(chunk)):
+        draws = uniform_draws(options.seed, f"{task}/{chunk.name}", chunk.first_element, delta.numel())
+        kept = (draws >= options.p).reshape(delta.shape)
+        rescaled.append(delta / (1 - options.p) * kept)
+    return rescaled
+
+
 @merge_method(
     DARE,
     reference="docs/design.md §5.2; DARE (Yu et al., ICML 2024, arXiv:2311.03099), followed by task arithmetic",
     options=DareOptions,
 )
 def dare(chunk: Chunk, options: DareOptions, statistics: Mapping[str, Any]) -> Merged:
-    """DARE (docs/design.md §5.2): drop each entry with rate p, rescale the kept by 1/(1 − p), then task arithmetic.
+    """DARE (docs/design.md §5.2): drop each entry with rate p, rescale the kept by 1/(1 − p), then task arithmetic."""
+    return Merged(delta=(options.scale * _sum(_dropped_and_rescaled(chunk, options))).to(chunk.deltas[0].dtype))
 
-    The drops are seeded by ``--seed`` and drawn per task and tensor from ``uniform_draws``.
+
+@dataclass(frozen=True)
+class DareTiesOptions(DareOptions):
+    """DARE's options and their checks, with DARE-TIES's defaults."""
+
+    p: float = DARE_TIES.options["p"]
+    seed: int = DARE_TIES.options["seed"]
+    scale: float = DARE_TIES.options["scale"]
+
+
+@merge_method(
+    DARE_TIES,
+    reference="docs/design.md §5.2; mergekit's dare_ties: DARE (Yu et al., ICML 2024, arXiv:2311.03099), then TIES's "
+    "sign election and disjoint mean (Yadav et al., NeurIPS 2023, arXiv:2306.01708) without trimming",
+    options=DareTiesOptions,
+)
+def dare_ties(chunk: Chunk, options: DareTiesOptions, statistics: Mapping[str, Any]) -> Merged:
+    """DARE-TIES (docs/design.md §5.2): DARE's drops and rescaling (those of `dare` for the same seed), then TIES's
+    sign election and disjoint mean without trimming, scaled by ``λ``.
+
+    ``s = sign(Σ_i δ̂_i)``; where that sum is exactly 0 nothing is kept and the entry is 0 (mergekit counts it as +1;
+    `ties` takes the model-wide majority sign instead), so no statistic of the whole model is needed.
     """
-    rescaled = []
-    for task, delta in enumerate(_in_work_dtype(chunk)):
-        draws = uniform_draws(options.seed, f"{task}/{chunk.name}", chunk.first_element, delta.numel())
-        kept = (draws >= options.p).reshape(delta.shape)
-        rescaled.append(delta / (1 - options.p) * kept)
-    return Merged(delta=(options.scale * _sum(rescaled)).to(chunk.deltas[0].dtype))
+    rescaled = _dropped_and_rescaled(chunk, options)
+    elected = torch.sign(_sum(rescaled))
+    merged = _disjoint_mean(rescaled, elected).masked_fill_(elected == 0, 0)
+    return Merged(delta=(options.scale * merged).to(chunk.deltas[0].dtype))
 
 
 @dataclass(frozen=True)
