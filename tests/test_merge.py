@@ -266,16 +266,16 @@ def test_dare_ties_with_p_0_elects_signs_and_takes_the_disjoint_mean(tmp_path):
     run(inputs, "dare-ties", tmp_path / "dt.st", p=0.0, scale=0.5)
     merged, header = read_all(tmp_path / "dt.st")
     assert header.kind == "delta" and header.method == "dare-ties"
-    # sums 3, 2, −4, 9, 0: means of the agreeing entries (3+1)/2, (2+2)/2, (−1−3)/2, (4+4+1)/3, times λ = 0.5; the
-    # last sums to 0, so nothing is kept (`ties` would take the majority sign +1 there and give 0.5)
-    assert merged["w"].tolist() == [1.0, 1.0, -1.0, 1.5, 0.0]
+    # sums 3, 2, −4, 9, 0: means of the agreeing entries (3+1)/2, (2+2)/2, (−1−3)/2, (4+4+1)/3, 1/1, times λ = 0.5;
+    # the last sums to 0, which elects +1 as in mergekit
+    assert merged["w"].tolist() == [1.0, 1.0, -1.0, 1.5, 0.5]
     run(inputs, "dare-ties", tmp_path / "default.st", p=0.0)
-    assert read_all(tmp_path / "default.st")[0]["w"].tolist() == [2.0, 2.0, -2.0, 3.0, 0.0]  # λ = 1 by default
+    assert read_all(tmp_path / "default.st")[0]["w"].tolist() == [2.0, 2.0, -2.0, 3.0, 1.0]  # λ = 1 by default
 
 
 def reference_dare_ties(deltas, p, seed, scale):
     """DARE-TIES from its definition: `dare`'s drops, drawn here from ``uniform_draws`` over each whole tensor, then
-    the sign of the sum, and the mean of the entries of that sign (none where the sum is 0)."""
+    the sign of the sum (+1 where it is 0, as mergekit's), and the mean of the entries of that sign."""
     merged = {}
     for name in deltas[0]:
         rescaled = torch.stack(
@@ -284,7 +284,7 @@ def reference_dare_ties(deltas, p, seed, scale):
                 for i, d in enumerate(deltas)
             ]
         )
-        agreeing = (torch.sign(rescaled) == torch.sign(rescaled.sum(0))) & (rescaled != 0)
+        agreeing = torch.sign(rescaled) == torch.where(rescaled.sum(0) >= 0, 1.0, -1.0)
         merged[name] = scale * (rescaled * agreeing).sum(0) / agreeing.sum(0).clamp(min=1)
     return merged
 

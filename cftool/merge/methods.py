@@ -368,13 +368,13 @@ def dare_ties(chunk: Chunk, options: DareTiesOptions, statistics: Mapping[str, A
     """DARE-TIES (docs/design.md §5.2): DARE's drops and rescaling (those of `dare` for the same seed), then TIES's
     sign election and disjoint mean without trimming, scaled by ``λ``.
 
-    ``s = sign(Σ_i δ̂_i)``; where that sum is exactly 0 nothing is kept and the entry is 0 (mergekit counts it as +1;
-    `ties` takes the model-wide majority sign instead), so no statistic of the whole model is needed.
+    ``s = sign(Σ_i δ̂_i)``, a sum of exactly 0 counting as +1 as in mergekit (`ties` takes the model-wide majority
+    sign there instead), so no statistic of the whole model is needed.
     """
     rescaled = _dropped_and_rescaled(chunk, options)
-    elected = torch.sign(_sum(rescaled))
-    merged = _disjoint_mean(rescaled, elected).masked_fill_(elected == 0, 0)
-    return Merged(delta=(options.scale * merged).to(chunk.deltas[0].dtype))
+    total = _sum(rescaled)
+    elected = _plus_or_minus_one(total >= 0, total.dtype)
+    return Merged(delta=(options.scale * _disjoint_mean(rescaled, elected)).to(chunk.deltas[0].dtype))
 
 
 @dataclass(frozen=True)
