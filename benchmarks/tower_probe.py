@@ -12,6 +12,7 @@ starts its learned position embedding at the 2-D sine-cosine one, as scripts/pre
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import time
@@ -94,6 +95,9 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=500)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    fields = {field.name for field in dataclasses.fields(CLIPVisionCfg)}
+    if not isinstance(args.vision, dict) or not args.vision.keys() <= fields:
+        parser.error(f"--vision: an open_clip vision config's keys are among {', '.join(sorted(fields))}")
     torch.set_num_threads(args.threads)
     result = probe(args.task, args.vision, args.positions, args.steps, args.lr, args.train_images, args.test_images)
     print(json.dumps(result))

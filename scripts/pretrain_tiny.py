@@ -15,6 +15,7 @@ and on the held-out colour-shape combinations.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import sys
@@ -154,6 +155,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.model_config is not None:
         if not args.model_config.is_file():
             parser.error(f"--model-config {args.model_config}: no such file")
+        try:
+            config = json.loads(args.model_config.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            parser.error(f"--model-config {args.model_config}: not a JSON model config ({error})")
+        if not isinstance(config, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= config.keys():
+            parser.error(
+                f"--model-config {args.model_config}: an open_clip model config has embed_dim, vision_cfg and text_cfg"
+            )
         open_clip.add_model_config(args.model_config)
         arch = args.model_config.stem
     # Half an hour of training must not end in an unwritable path.

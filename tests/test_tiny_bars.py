@@ -160,8 +160,19 @@ def test_a_vit_candidate_starts_with_sin_cos_positions_that_training_moves(tmp_p
     assert steps == 1 and not torch.equal(trained.visual.positional_embedding, positions)
 
 
-def test_pretraining_refuses_a_missing_model_config_before_training(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "config.json: no such file"),
+        ('{"embed_dim": 1', "config.json: not a JSON model config"),
+        ("[1]", "config.json: an open_clip model config has embed_dim, vision_cfg and text_cfg"),
+    ],
+)
+def test_pretraining_refuses_a_bad_model_config_before_training(tmp_path, capsys, content, message):
+    config = tmp_path / "config.json"
+    if content is not None:
+        config.write_text(content)
     with pytest.raises(SystemExit) as exit_info:
-        pretrain_main(["--model-config", str(tmp_path / "none.json"), "-o", str(tmp_path / "t.safetensors")])
+        pretrain_main(["--model-config", str(config), "-o", str(tmp_path / "t.safetensors")])
     assert exit_info.value.code == 2
-    assert "none.json: no such file" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
