@@ -27,6 +27,7 @@ from cftool.cli.common import (
 )
 from cftool.cli.render import Column, ResultTable
 from cftool.errors import CftoolError
+from cftool.io.command_files import task_prototypes_path
 from cftool.io.header import MODEL_KIND, PROMPT_KIND, UNIFIED_KIND
 from cftool.options import DEVICE
 
@@ -241,7 +242,7 @@ def _import_condu_session(
     prototypes_dir = prototypes_dir or output.parent
     with_prototypes = read_condu_prototypes(folder).keys()
     prototype_files = {
-        f"the prototypes of {name!r}": prototypes_dir / f"{name}.prototypes.safetensors"
+        f"the prototypes of {name!r}": task_prototypes_path(prototypes_dir, name)
         for name in condu_task_names(folder)
         if name in with_prototypes
     }

@@ -30,6 +30,11 @@ def prototypes_path(checkpoint: Path) -> Path:
     return beside(checkpoint, ".prototypes" + SUFFIX)
 
 
+def task_prototypes_path(folder: Path, task: str) -> Path:
+    """Where an imported ConDU session's prototypes of ``task`` go: ``folder/{task}.prototypes.safetensors``."""
+    return prototypes_path(folder / f"{task}{SUFFIX}")
+
+
 def state_path(checkpoint: Path) -> Path:
     return beside(checkpoint, ".state.pt")
 

@@ -13,6 +13,7 @@ from cftool.errors import CftoolError
 from cftool.io.base_model import BaseModel
 from cftool.io.bitpack import pack_bits
 from cftool.io.checkpoint import CheckpointWriter, open_checkpoint, save_checkpoint
+from cftool.io.command_files import task_prototypes_path
 from cftool.io.foreign import (
     condu_task_names,
     read_condu_prototypes,
@@ -91,7 +92,7 @@ def import_condu_session(
                 f"base model {base.canonical} (there: {found}); pass the --zs the session was trained from"
             )
     prototypes = read_condu_prototypes(folder)
-    prototype_files = {task: prototypes_dir / f"{task}.prototypes.safetensors" for task in tasks if task in prototypes}
+    prototype_files = {task: task_prototypes_path(prototypes_dir, task) for task in tasks if task in prototypes}
     for path in [output, *prototype_files.values()]:
         refuse_existing(path, overwrite)
 

@@ -353,6 +353,11 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
     return tensors, metadata
 
 
+def is_cftool_metadata(metadata: Mapping[str, str]) -> bool:
+    """Whether a safetensors file's metadata is a cftool header (other files are plain weights or foreign)."""
+    return _KEY_FORMAT in metadata
+
+
 def read_cftool_header(path: str | os.PathLike[str]) -> Header:
     """The ``cftool.*`` header of a checkpoint file, read without its tensors (and without torch)."""
     return Header.from_metadata(read_header(path)[1], path)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cftool.io.header import UNIFIED_KIND, Header, read_header
+from cftool.io.header import UNIFIED_KIND, Header, is_cftool_metadata, read_header
 
 if TYPE_CHECKING:
     from cftool.io.unified import UnifiedSet
@@ -19,7 +19,7 @@ CHECKED_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "C64"}
 def summarize(path: Path) -> dict:
     """Everything `inspect` shows about a file, from its header alone."""
     tensors, metadata = read_header(path)
-    header = Header.from_metadata(metadata, path) if "cftool.format" in metadata else None
+    header = Header.from_metadata(metadata, path) if is_cftool_metadata(metadata) else None
     tasks = None
     if header and header.kind == UNIFIED_KIND:
         from cftool.io.unified import open_unified  # torch, for the masks: only unified sets pay for it

@@ -21,7 +21,7 @@ import torch
 from cftool.errors import CftoolError
 from cftool.io.checkpoint import CheckpointReader, Header
 from cftool.io.foreign import read_state_dict
-from cftool.io.header import read_cftool_header, read_header
+from cftool.io.header import is_cftool_metadata, read_cftool_header, read_header
 from cftool.options import HF_HUB_PREFIX, LOCAL_DIR_PREFIX, TINY
 from cftool.zoo.hub_folder import HUB_CONFIG, read_hub_config
 
@@ -130,7 +130,7 @@ def recorded_base(header: Header, path: str | os.PathLike[str]) -> str:
 
 
 def is_cftool_file(path: Path) -> bool:
-    return path.suffix == ".safetensors" and "cftool.format" in read_header(path)[1]
+    return path.suffix == ".safetensors" and is_cftool_metadata(read_header(path)[1])
 
 
 def model_file_architecture(reader: CheckpointReader) -> dict | None:
