@@ -281,3 +281,17 @@ def test_route_checks_its_output_before_routing(cli, condu, toy_folders, tmp_pat
     )
     assert "routed.csv: cannot write" in one_line_error(result)
     assert loaded == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (("--task", "food", "--top-k", "2"), "--task answers with that task's expert alone"),
+        ((), "routing without --task needs the tasks' prototypes"),
+    ],
+)
+def test_route_says_contradicting_flags_before_reading_any_file(cli, tmp_path, flags, said):
+    damaged = tmp_path / "session.st"
+    damaged.write_bytes(b"not a safetensors file")
+    result = cli("route", damaged, "--data", "toy:food", *flags)
+    assert said in one_line_error(result)

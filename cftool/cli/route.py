@@ -99,19 +99,20 @@ def route_command(
     from cftool.zoo.base import resolve_base
 
     fmt = results_format(output_format, json_output)
-    # Opened once, for the whole command: a file of another kind (or a damaged set) is the first thing to say.
+    # Flags that contradict each other are wrong whatever the files hold: said before any file is read.
+    options = RouteOptions(top_k, zero_shot, batch_size, workers)
+    if task is not None and (prototypes or top_k != TOP_K or not zero_shot):
+        raise CftoolError(
+            "--task answers with that task's expert alone; --prototypes, --top-k and --no-zero-shot "
+            "are for routing without it"
+        )
+    if task is None and not prototypes:
+        raise CftoolError(
+            "routing without --task needs the tasks' prototypes: --prototypes 'runs/*.prototypes."
+            "safetensors' (or give --task NAME)"
+        )
+    # Opened once, for the whole command: a file of another kind (or a damaged set) is the next thing to say.
     with open_unified(unified) as unified_set:
-        options = RouteOptions(top_k, zero_shot, batch_size, workers)
-        if task is not None and (prototypes or top_k != TOP_K or not zero_shot):
-            raise CftoolError(
-                "--task answers with that task's expert alone; --prototypes, --top-k and --no-zero-shot "
-                "are for routing without it"
-            )
-        if task is None and not prototypes:
-            raise CftoolError(
-                "routing without --task needs the tasks' prototypes: --prototypes 'runs/*.prototypes."
-                "safetensors' (or give --task NAME)"
-            )
         prototype_files = [Path(name) for pattern in prototypes or [] for name in glob.glob(pattern)]
         zs_file = [Path(zs)] if zs is not None and Path(zs).is_file() else []
         check_outputs({"-o": output}, [unified, *prototype_files, *zs_file], force)  # before any work
