@@ -106,13 +106,13 @@ def route_command(
             "--task answers with that task's expert alone; --prototypes, --top-k and --no-zero-shot "
             "are for routing without it"
         )
-    if task is None and not prototypes:
-        raise CftoolError(
-            "routing without --task needs the tasks' prototypes: --prototypes 'runs/*.prototypes."
-            "safetensors' (or give --task NAME)"
-        )
-    # Opened once, for the whole command: a file of another kind (or a damaged set) is the next thing to say.
+    # Opened once, for the whole command: a file of another kind (or a damaged set) is said before what is missing.
     with open_unified(unified) as unified_set:
+        if task is None and not prototypes:
+            raise CftoolError(
+                "routing without --task needs the tasks' prototypes: --prototypes 'runs/*.prototypes."
+                "safetensors' (or give --task NAME)"
+            )
         prototype_files = [Path(name) for pattern in prototypes or [] for name in glob.glob(pattern)]
         zs_file = [Path(zs)] if zs is not None and Path(zs).is_file() else []
         check_outputs({"-o": output}, [unified, *prototype_files, *zs_file], force)  # before any work
