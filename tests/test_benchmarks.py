@@ -1,11 +1,15 @@
 """The benchmark scripts run as documented and report what they claim to measure."""
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+from cftool.data.toy import TOY_TASKS
 
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
@@ -237,3 +241,46 @@ def test_tower_probe_trains_a_tower_and_scores_it(vision, positions):
     assert (report["task"], report["vision"], report["positions"], report["steps"]) == ("cars", vision, positions, 2)
     assert report["parameters_m"] > 0 and report["seconds_per_step"] > 0
     assert report["test_accuracy"] in {round(100 * hits / 16, 1) for hits in range(17)}
+
+
+def _factor_separation_module():
+    spec = importlib.util.spec_from_file_location("factor_separation", BENCHMARKS / "factor_separation.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _OneHotZoo:
+    """A stand-in model: each caption's feature is a one-hot of its place in the group, and each image's is either
+    that same one-hot (it sees what tells the group apart) or one shared vector (it sees nothing)."""
+
+    def __init__(self, images_see_the_factor: bool):
+        self.images_see_the_factor = images_see_the_factor
+        self.preprocess = lambda image: torch.zeros(1)
+        self.tokenizer = lambda captions: torch.arange(len(captions))
+        self.model = self
+
+    def encode_image(self, images, normalize):
+        if self.images_see_the_factor:
+            return torch.eye(len(images))
+        return torch.ones(len(images), len(images)) / len(images) ** 0.5
+
+    def encode_text(self, tokens, normalize):
+        return torch.eye(len(tokens))
+
+
+@pytest.mark.parametrize(("images_see_the_factor", "top1", "image_cosine"), [(True, 100.0, 0.0), (False, 12.5, 1.0)])
+def test_factor_separation_scores_a_hand_built_model(images_see_the_factor, top1, image_cosine):
+    scores = _factor_separation_module().within_group_scores(_OneHotZoo(images_see_the_factor), "background", 3, seed=0)
+    assert scores == {"image_to_caption_top1": top1, "image_cosine": image_cosine, "caption_cosine": 0.0}
+
+
+def test_factor_separation_reports_every_varying_factor_and_task_of_tiny():
+    command = [sys.executable, str(BENCHMARKS / "factor_separation.py"), "tiny", "--groups", "2", "--threads", "1"]
+    report = json.loads(subprocess.run(command, capture_output=True, text=True, timeout=300, check=True).stdout)
+    assert report["factors"].keys() == {"identity", "background", "position", "size"}
+    for scores in report["factors"].values():
+        assert scores["image_to_caption_top1"] in {round(100 * hits / 16, 1) for hits in range(17)}
+        assert -1 <= scores["image_cosine"] <= 1 and -1 <= scores["caption_cosine"] <= 1
+    assert report["class_prompt_cosine"].keys() == set(TOY_TASKS)
+    assert all(-1 <= cosine < 1 for cosine in report["class_prompt_cosine"].values())
