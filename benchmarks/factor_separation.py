@@ -30,6 +30,7 @@ import torch
 from cftool.data.toy import TOY_TASKS
 from cftool.data.toyworld import (
     GROUP_SIZE,
+    SINGLE_ITEM_KINDS,
     VARYING_FACTORS,
     caption,
     pretraining_scene,
@@ -37,10 +38,9 @@ from cftool.data.toyworld import (
     sample_group,
     stable_seed,
 )
-from cftool.encode.zero_shot import class_text_means
+from cftool.encode.zero_shot import class_text_means, head_of_means
 from cftool.zoo.models import load_model
 
-SINGLE_ITEM_KINDS = ("shape", "digit", "letter", "arrow")  # the group kinds whose varying factor is drawn
 FIRST_GROUP = 10**7  # far past the groups a pretraining run of any budget reads
 
 
@@ -75,8 +75,8 @@ def within_group_scores(zoo, varying: str, groups: int, seed: int) -> dict:
 
 def class_prompt_cosine(zoo, classnames: tuple[str, ...], templates: tuple[str, ...]) -> float:
     """Mean cosine between distinct classes' prompt features."""
-    features = torch.nn.functional.normalize(class_text_means(zoo, classnames, templates), dim=-1)
-    return round((features @ features.T)[~torch.eye(len(classnames), dtype=torch.bool)].mean().item(), 3)
+    head = head_of_means(class_text_means(zoo, classnames, templates))  # [embed_dim, n_classes], normalised
+    return round((head.T @ head)[~torch.eye(len(classnames), dtype=torch.bool)].mean().item(), 3)
 
 
 def main() -> None:

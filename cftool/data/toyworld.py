@@ -403,7 +403,8 @@ def caption(scene: Scene, rng: np.random.Generator, named: str = "") -> str:
 
 # Consecutive pretraining examples form contrast groups of this size; a batch holds many groups.
 GROUP_SIZE = 8
-SCENE_KINDS = ("shape", "digit", "letter", "arrow", "count", "pair")
+SINGLE_ITEM_KINDS = ("shape", "digit", "letter", "arrow")  # the group kinds that draw a varying factor
+SCENE_KINDS = (*SINGLE_ITEM_KINDS, "count", "pair")
 SCENE_KIND_WEIGHTS = (0.20, 0.16, 0.26, 0.14, 0.10, 0.14)
 # What a group of single-item scenes varies: the item's identity (shape, glyph or arrow direction) half the time,
 # the background's texture a quarter, else its position or its size.
@@ -434,7 +435,7 @@ class ContrastGroup:
 
 def sample_group(rng: np.random.Generator) -> ContrastGroup:
     kind = str(rng.choice(SCENE_KINDS, p=SCENE_KIND_WEIGHTS))
-    varying = str(rng.choice(VARYING_FACTORS)) if kind in ("shape", "digit", "letter", "arrow") else "identity"
+    varying = str(rng.choice(VARYING_FACTORS)) if kind in SINGLE_ITEM_KINDS else "identity"
     shared = dict(size=str(rng.choice(SIZES)), position=str(rng.choice(POSITIONS)))
     if kind == "shape":
         shared["shape"] = str(rng.choice(SHAPES))
