@@ -160,3 +160,22 @@ def test_base2new_tiny_has_every_task_with_two_novel_classes_or_more():
     assert names == [name for name in MTIL_ORDER if name != "oxfordpet"]
     for name in names:
         assert len(class_subset(len(TOY_TASKS[name].classnames), "novel")) >= 2, name
+
+
+def test_cifar100_shares_classes_with_caltech101_and_mnist_in_both_halves():
+    symbols = TOY_TASKS["cifar100"]
+    shapes = set(TOY_TASKS["caltech101"].classnames)
+    digits = {f"digit {d}" for d in TOY_TASKS["mnist"].classnames}
+    assert shapes | digits <= set(symbols.classnames)
+    for half in ("base", "novel"):
+        names = [symbols.classnames[i] for i in class_subset(len(symbols.classnames), half)]
+        kinds = [name.split()[0] if " " in name else "shape" for name in names]
+        assert {kind: kinds.count(kind) for kind in kinds} == {"shape": 5, "digit": 5, "letter": 5}, half
+
+
+@pytest.mark.parametrize("label", [0, 5, 10])  # a circle, the digit 0, the letter A
+def test_cifar100_draws_the_object_its_class_names(label):
+    symbols = TOY_TASKS["cifar100"]
+    item = symbols.scene_for_label(label, np.random.default_rng(0)).items[0]
+    kind, _, glyph = symbols.classnames[label].partition(" ")
+    assert (item.kind, item.glyph) == (kind, glyph)

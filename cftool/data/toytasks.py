@@ -8,6 +8,11 @@ is what few-shot prompt learning exploits on real benchmarks. Class lists are or
 so that the first half (base in `base2new-tiny`) and the second half (novel) cover comparable
 factors but differ in one a learned prompt context can latch on to (warm vs cool colours, low vs
 high digits, ...).
+
+Tasks overlap as MTIL's datasets do (CIFAR100 and Caltech101 share objects; Aircraft and Cars are fine-grained
+cousins), so that what one task teaches can help another: `cifar100`'s coarse mix of objects holds `caltech101`'s
+shapes and `mnist`'s digits under the same names, `aircraft`'s colour-shape classes refine `flowers`' colours and
+`caltech101`'s shapes, and `sun397` names pairs of those shapes.
 """
 
 from __future__ import annotations
@@ -105,6 +110,13 @@ SHAPE_CLASSES = (
     "cross",
 )
 COLOUR_CLASSES = ("red", "orange", "yellow", "pink", "brown", "green", "cyan", "blue", "purple", "white")
+# `cifar100`'s coarse mix of every kind of object: shapes (as `caltech101`'s), digits (as `mnist`'s) and letters, in
+# halves that each hold five of every kind, so a base-to-novel split sees all three.
+SYMBOL_CLASSES = tuple(
+    name
+    for half in (slice(0, 5), slice(5, 10))
+    for name in (*SHAPE_CLASSES[half], *(f"digit {d}" for d in DIGITS[half]), *(f"letter {x}" for x in LETTERS[half]))
+)
 PAIR_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
 SHAPE_PAIRS = tuple((a, b) for i, a in enumerate(PAIR_SHAPES) for b in PAIR_SHAPES[i + 1 :])
 
@@ -118,8 +130,11 @@ def _shape(label: int, rng: np.random.Generator) -> Scene:
     return single_scene(rng, SHAPE_CLASSES[label], pretraining=False)
 
 
-def _letter(label: int, rng: np.random.Generator) -> Scene:
-    return single_scene(rng, "letter", pretraining=False, glyph=LETTERS[label])
+def _symbol(label: int, rng: np.random.Generator) -> Scene:
+    kind, _, glyph = SYMBOL_CLASSES[label].partition(" ")
+    if glyph:
+        return single_scene(rng, kind, pretraining=False, glyph=glyph)
+    return single_scene(rng, kind, pretraining=False)
 
 
 def _texture(label: int, rng: np.random.Generator) -> Scene:
@@ -185,9 +200,9 @@ TOY_TASKS: dict[str, ToyTask] = {
         _task(TOY_CALTECH101, SHAPE_CLASSES, ("a photo of a {}.", "an image of a {}.", "a {}."), _shape),
         _task(
             TOY_CIFAR100,
-            LETTERS,
-            ('a photo of the letter "{}".', "the letter {}.", "a picture of the letter {}."),
-            _letter,
+            SYMBOL_CLASSES,
+            ("a photo of a {}.", "a picture of a {}.", "a {}."),
+            _symbol,
         ),
         _task(
             TOY_DTD, TEXTURES, ("a photo of a {} texture.", "a {} background.", "a shape on a {} background."), _texture
