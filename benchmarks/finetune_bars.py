@@ -27,7 +27,7 @@ from cftool.train import FinetuneJob, TrainOptions, finetune
 from cftool.zoo import load_model
 
 # One recipe per method: few-shot like the papers' protocols, short enough for a 2-core CPU. CoOp's SGD lr of 2e-3
-# was tuned for CLIP's logit scale of 100; tiny's is 15.6, so its gradients are about 6x smaller and the lr larger.
+# was tuned for CLIP's logit scale of 100; tiny's is 21.6, so its gradients are about 5x smaller and the lr larger.
 RECIPES = {
     "coop": ({}, TrainOptions(epochs=50, batch_size=32, lr=5e-2, optimizer="sgd")),
     "head": ({}, TrainOptions(epochs=20, batch_size=32, lr=1e-2, optimizer="adamw")),

@@ -5,7 +5,7 @@ set -euo pipefail
 out=${1:-$(mktemp -d)}
 cd "$(dirname "$0")"
 
-# CoOp on 16 shots of each base class of `flowers`. tiny's logit scale is 15.6 where CLIP's is 100, so the prompt
+# CoOp on 16 shots of each base class of `flowers`. tiny's logit scale is 21.6 where CLIP's is 100, so the prompt
 # needs a larger lr than CoOp's 2e-3. Base accuracy rises and novel accuracy falls: what MergeTune repairs.
 cftool finetune --zs tiny --data toy:flowers --classes base --shots 16 --method coop --epochs 50 --lr 0.05 \
     -o "$out/coop.safetensors"

@@ -283,4 +283,5 @@ def test_factor_separation_reports_every_varying_factor_and_task_of_tiny():
         assert scores["image_to_caption_top1"] in {round(100 * hits / 16, 1) for hits in range(17)}
         assert -1 <= scores["image_cosine"] <= 1 and -1 <= scores["caption_cosine"] <= 1
     assert report["class_prompt_cosine"].keys() == set(TOY_TASKS)
-    assert all(-1 <= cosine < 1 for cosine in report["class_prompt_cosine"].values())
+    # At most 1: dtd's texture prompts, which tiny does not tell apart, round to it (benchmarks/RESULTS.md).
+    assert all(-1 <= cosine <= 1 for cosine in report["class_prompt_cosine"].values())

@@ -115,11 +115,14 @@ def test_lora_targets_init_and_scale_are_the_references():
     method = build_method(
         "lora", zoo, ["a", "b"], ["a photo of a {}."], rank=RANK, alpha=2.0, lora_targets="mlp", lora_init="condu"
     )
-    # tiny's image tower is a ResNet, which has no MLP: only the text transformer's c_fc and c_proj are adapted.
+    # Every block's c_fc and c_proj in both of tiny's transformers, the image tower's first (model_lora.py:187-189).
     assert method.targets == [
-        f"transformer.resblocks.{i}.mlp.{layer}.weight" for i in range(4) for layer in ("c_fc", "c_proj")
+        f"{tower}transformer.resblocks.{i}.mlp.{layer}.weight"
+        for tower in ("visual.", "")
+        for i in range(4)
+        for layer in ("c_fc", "c_proj")
     ]
-    assert method.towers == ("text",) and method.image_tower_frozen
+    assert method.towers == ("image", "text") and not method.image_tower_frozen
     torch.manual_seed(7)
     for target in method.targets:  # model_lora.py:15-17, in the order the factors are made
         out_features, in_features = shapes[target]

@@ -20,11 +20,10 @@ def _loss_and_gradients(method, images, labels, forward):
 def test_merged_weights_are_freed_after_forward_rebuilt_in_backward_and_gradients_are_unchanged(monkeypatch):
     torch.manual_seed(0)
     zoo = load_model("tiny", device="cpu")
-    # Both towers, attention and MLP: tiny's text transformer (nn.MultiheadAttention reads in_proj_weight itself) and
-    # its ResNet image tower's attention pool; condu init so that B ≠ 0 and the merged weights differ from the base.
+    # Both towers, attention and MLP (nn.MultiheadAttention reads in_proj_weight itself); condu init so that B ≠ 0
+    # and the merged weights differ from the base.
     method = build_method("lora", zoo, ["a", "b", "c"], ["a photo of a {}."], rank=4, alpha=8.0, lora_init="condu")
-    size = zoo.model.visual.image_size
-    images, labels = torch.randn(6, 3, size, size), torch.tensor([0, 1, 2, 0, 1, 2])
+    images, labels = torch.randn(6, 3, *zoo.model.visual.image_size), torch.tensor([0, 1, 2, 0, 1, 2])
     plain = _loss_and_gradients(method, images, labels, lambda x: super(type(method), method).forward(x))
 
     merged, merge_lora = [], cftool.kinds.lora.merge_lora

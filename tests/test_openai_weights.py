@@ -192,7 +192,7 @@ def test_a_model_file_of_a_hub_base_is_rebuilt_offline_from_what_it_records(tmp_
     cftool("export", "--zs", "hf-hub:me/tiny-clip", "-o", model_file, cache=hub)
     with safe_open(str(model_file), "pt") as exported:
         recorded = json.loads(exported.metadata()["cftool.base_preprocess"])
-    assert recorded["mean"] == [0.5] * 3 and recorded["size"] == 64
+    assert recorded["mean"] == [0.5] * 3 and recorded["size"] == [64, 64]  # a ViT's image size is (height, width)
 
     def accuracy(zs, cache):
         report = json.loads(cftool("eval", "--zs", zs, "--data", "toy:mnist", "--json", cache=cache))

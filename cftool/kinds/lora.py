@@ -1,8 +1,8 @@
 """The `lora` kind: LoRA on open_clip's attention and MLP projections, as a parametrisation
 ``W + (alpha / rank) · B A``, and the method that trains it.
 
-In transformer towers it adapts every residual block; in a ResNet image tower (``ModifiedResNet``, as in RN50 and
-`tiny`) the attention pool is the only attention, so it adapts that pool's projections and leaves convolutions alone.
+In transformer towers it adapts every residual block; in a ResNet image tower (``ModifiedResNet``, as in RN50) the
+attention pool is the only attention, so it adapts that pool's projections and leaves convolutions alone.
 
 Two choices the reference ConDU-LoRA makes differently from cftool's defaults are options here:
 
