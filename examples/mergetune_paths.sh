@@ -8,7 +8,7 @@
 set -euo pipefail
 out=${1:-runs/paths}
 pictures=${2:-$out}
-task=${TASK:-flowers}
+task=${TASK:-caltech101}
 export COLUMNS=${COLUMNS:-160}
 
 [ -f "$out/coop.safetensors" ] || cftool finetune --zs tiny --data "toy:$task" --classes base --shots 16 \
