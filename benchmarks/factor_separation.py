@@ -12,8 +12,8 @@ Contrastive learning cannot start on a factor that both towers drop: neither giv
 One JSON line.
 
     .venv/bin/python benchmarks/factor_separation.py tiny
-    .venv/bin/python benchmarks/factor_separation.py cftool-tiny-vit:tiny-vit.safetensors \\
-        --model-config scripts/cftool-tiny-vit.json
+    .venv/bin/python benchmarks/factor_separation.py cftool-tiny-resnet:resnet.safetensors \\
+        --model-config scripts/cftool-tiny-resnet.json
 """
 
 from __future__ import annotations
