@@ -23,8 +23,8 @@ demo: install
 	$(BIN)/cftool eval --zs tiny --benchmark mtil-tiny
 	$(BIN)/cftool eval --zs tiny --benchmark base2new-tiny
 	$(BIN)/cftool finetune --zs tiny --data toy:caltech101 --classes base --shots 16 --method coop --epochs 50 \
-		--lr 0.05 --force -o $(DEMO_OUT)/coop-caltech101-base.safetensors
-	$(BIN)/cftool continue $(DEMO_OUT)/coop-caltech101-base.safetensors --zs tiny --lr 0.05 --force
+		--lr 0.05 --no-prototypes --force -o $(DEMO_OUT)/coop-caltech101-base.safetensors
+	$(BIN)/cftool continue $(DEMO_OUT)/coop-caltech101-base.safetensors --zs tiny --lr 0.05 --no-prototypes --force
 	$(BIN)/cftool eval zs $(DEMO_OUT)/coop-caltech101-base.safetensors $(DEMO_OUT)/coop-caltech101-base.mergetune.safetensors \
 		--data toy:caltech101 --classes base,novel
 	@echo "Takeaway: CoOp trades novel classes for base ones (its HM falls below zero-shot's); MergeTune's continuation" \

@@ -44,8 +44,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         coop_file = Path(folder) / "coop.safetensors"
         for _ in range(args.repeats):
-            coop = finetune(FinetuneJob("tiny", data, "coop", coop_file, options, {"n_ctx": None}, force=True))
-            continued = continue_training(ContinueJob(coop_file, "tiny", mergetune, force=True, inherit_recipe=True))
+            # No prototypes: what is timed is training.
+            job = FinetuneJob("tiny", data, "coop", coop_file, options, {"n_ctx": None}, force=True, prototypes=False)
+            coop = finetune(job)
+            continued = continue_training(
+                ContinueJob(coop_file, "tiny", mergetune, force=True, inherit_recipe=True, prototypes=False)
+            )
             speeds["coop"].append(coop.images_per_second)
             speeds["continue"].append(continued.images_per_second)
     best = {name: max(values) for name, values in speeds.items()}

@@ -21,18 +21,20 @@ accuracy = report["curves"][0]["accuracy"]
 print(report["alphas"][max(range(len(accuracy)), key=accuracy.__getitem__)])'
 }
 
+# Nothing here routes, so no run writes prototypes (--no-prototypes skips their pass over each training split).
 for seed in $seeds; do
     for task in $tasks; do
         run="$out/seed$seed/$task"
         # CoOp on 16 shots of each base class (tiny's logit scale needs lr 0.05 where CLIP's CoOp uses 2e-3).
         [ -f "$run/coop.safetensors" ] || cftool finetune --zs tiny --data "toy:$task" --classes base --shots 16 \
-            --method coop --epochs 50 --lr 0.05 --seed "$seed" -o "$run/coop.safetensors"
+            --method coop --epochs 50 --lr 0.05 --seed "$seed" --no-prototypes -o "$run/coop.safetensors"
         # MergeTune: data and classes come from the prompt's metadata. Its own recipe (the default for a CoOp prompt:
         # 100 epochs, batch 128, SGD, one warm-up epoch, best-val), the lr scaled for tiny as CoOp's above...
-        [ -f "$run/coop.mergetune.safetensors" ] || cftool continue "$run/coop.safetensors" --zs tiny --lr 0.05
+        [ -f "$run/coop.mergetune.safetensors" ] || cftool continue "$run/coop.safetensors" --zs tiny --lr 0.05 \
+            --no-prototypes
         # ...and CoOp's recipe, which the prompt records (the earlier study in RESULTS.md).
         [ -f "$run/coop.mergetune-coop-recipe.safetensors" ] || cftool continue "$run/coop.safetensors" --zs tiny \
-            --inherit-recipe -o "$run/coop.mergetune-coop-recipe.safetensors"
+            --inherit-recipe --no-prototypes -o "$run/coop.mergetune-coop-recipe.safetensors"
         # The ensemble baseline: zero-shot and CoOp text features mixed at the α best on the base training images.
         if [ ! -f "$run/ensemble.safetensors" ]; then
             alpha=$(cftool eval --path zs "$run/coop.safetensors" --data "toy:$task" --classes base --split train \

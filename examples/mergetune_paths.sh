@@ -12,8 +12,9 @@ task=${TASK:-caltech101}
 export COLUMNS=${COLUMNS:-160}
 
 [ -f "$out/coop.safetensors" ] || cftool finetune --zs tiny --data "toy:$task" --classes base --shots 16 \
-    --method coop --epochs 50 --lr 0.05 -o "$out/coop.safetensors"
-[ -f "$out/coop.mergetune.safetensors" ] || cftool continue "$out/coop.safetensors" --zs tiny --inherit-recipe  # CoOp's recipe, as in RESULTS.md
+    --method coop --epochs 50 --lr 0.05 --no-prototypes -o "$out/coop.safetensors"   # no routing: no prototypes
+[ -f "$out/coop.mergetune.safetensors" ] || cftool continue "$out/coop.safetensors" --zs tiny --inherit-recipe \
+    --no-prototypes   # CoOp's recipe, as in RESULTS.md
 
 mkdir -p "$pictures"
 coop="CoOp=$out/coop.safetensors"  # LABEL=FILE: the pictures' axes and the tables say the label

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import files_in, one_line_error
-from test_finetune import DATA, METHOD_FLAGS, TRAIN, interrupted_run  # noqa: F401 (a fixture)
+from test_finetune import DATA, METHOD_FLAGS, TRAIN, interrupted_once, interrupted_run  # noqa: F401 (fixtures)
 from test_merge_cli import base, deltas, models, unified  # noqa: F401 (fixtures)
 
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint

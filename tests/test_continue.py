@@ -34,7 +34,8 @@ from cftool.zoo import load_model
 CLASSES = ["0", "1", "2"]
 TEMPLATES = ["a photo of the number {}.", "the digit {}"]
 TRAIN = ["--batch-size", "20", "--iterations", "6", "--seed", "3"]
-CONTINUE = ["--iterations", "4", "--lambda-zs", "1", "--lmc-samples", "0.5,1.0"]
+# Prototypes (a pass over the whole training split) only where a test reads them: "--prototypes" comes after.
+CONTINUE = ["--iterations", "4", "--lambda-zs", "1", "--lmc-samples", "0.5,1.0", "--no-prototypes"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,6 +50,8 @@ def fine_tuned(tmp_path_factory) -> dict[str, Path]:
         for method in METHOD_FLAGS:
             paths[method] = folder / f"{method}.safetensors"
             args = ["finetune", *DATA, *TRAIN, "--method", method, *METHOD_FLAGS[method], "-o", paths[method]]
+            if method != "coop":  # coop's prototypes are an input `continue` must refuse
+                args.append("--no-prototypes")
             assert main([str(arg) for arg in args]) == 0
     return paths
 
@@ -223,7 +226,7 @@ def test_lmc_samples_accept_a_list_or_a_count():
 
 def test_the_users_spelling_needs_no_data_flags_and_round_trips_through_eval(cli, fine_tuned):
     source = fine_tuned["coop"]
-    result = cli("continue", source, "--zs", "tiny", *CONTINUE, "--eval", "--json")
+    result = cli("continue", source, "--zs", "tiny", *CONTINUE, "--prototypes", "--eval", "--json")
     assert result.code == 0, result.stderr
     summary = json.loads(result.stdout)
     output = source.with_name("coop.mergetune.safetensors")

@@ -12,6 +12,7 @@ from conftest import one_line_error, torch_threads
 from cftool.cli import main
 
 DATA = ["--zs", "tiny", "--classes", "base", "--shots", "4", "--device", "cpu", "--batch-size", "20"]
+FINETUNE = [*DATA, "--no-prototypes"]  # no test here routes
 TASKS = ("mnist", "flowers")
 
 
@@ -29,7 +30,7 @@ def runs(tmp_path_factory) -> Path:
                 output = root / f"seed{seed}" / task / "coop.safetensors"
                 args = [
                     "finetune",
-                    *DATA,
+                    *FINETUNE,
                     "--data",
                     f"toy:{task}",
                     "--method",
@@ -51,7 +52,7 @@ def runs(tmp_path_factory) -> Path:
         ):
             args = [
                 "finetune",
-                *DATA,
+                *FINETUNE,
                 "--data",
                 "toy:mnist",
                 "--method",

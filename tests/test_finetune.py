@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from cftool.data import DatasetSpec, load_task
 from cftool.encode.text import context_prompts, embedded_context, encode_text_with_context
 from cftool.encode.zero_shot import evaluate_zero_shot
 from cftool.io.checkpoint import open_checkpoint, save_checkpoint
-from cftool.io.command_files import metrics_path
+from cftool.io.command_files import metrics_path, prototypes_path
 from cftool.kinds.lora import lora_parameter_names
 from cftool.kinds.prototypes import class_prototypes
 from cftool.train import FinetuneJob, TrainingInterrupted, TrainOptions, finetune, state_path
@@ -34,7 +35,8 @@ from cftool.zoo import load_model
 # 16 images of each of mnist's 5 base classes in batches of 40 (from 4 shots, every method overfits `tiny` below its
 # zero-shot accuracy on the test images).
 DATA = ["--zs", "tiny", "--data", "toy:mnist", "--classes", "base", "--shots", "16", "--device", "cpu"]
-TRAIN = ["--batch-size", "40", "--iterations", "12", "--seed", "3"]
+# Prototypes (a pass over the whole training split) only where a test reads them: "--prototypes" comes after.
+TRAIN = ["--batch-size", "40", "--iterations", "12", "--seed", "3", "--no-prototypes"]
 METHOD_FLAGS = {
     "coop": ["--lr", "0.05"],
     "head": ["--lr", "0.01"],
@@ -78,6 +80,7 @@ def trained(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
         for method in METHOD_FLAGS:
             output = folder / f"{method}.safetensors"
             args = ["finetune", *DATA, *TRAIN, "--method", method, *METHOD_FLAGS[method], "-o", output, "--json"]
+            args.append("--prototypes")
             with redirect_stdout(io.StringIO()) as stdout:
                 assert main([str(arg) for arg in [*args, "--eval"]]) == 0
             runs[method] = output, json.loads(stdout.getvalue())
@@ -104,6 +107,18 @@ def test_each_method_lowers_the_loss_and_writes_complete_metadata(trained, metho
         assert ckpt.header.classnames == header.classnames
     assert prototypes.shape == (5, 128)
     assert torch.allclose(prototypes.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_no_prototypes_trains_the_same_checkpoint_and_leaves_no_prototypes_beside_it(cli, trained, tmp_path):
+    output = tmp_path / "coop.safetensors"
+    stale = prototypes_path(output)  # an older run's, which routing would take for this checkpoint's
+    stale.write_bytes(prototypes_path(trained["coop"][0]).read_bytes())
+    summary = finetune_cli(cli, output, "coop", "--no-prototypes")
+    assert summary["prototypes"] is None and not stale.exists()
+    assert Path(summary["metrics"]).is_file()
+    reference = tensors(trained["coop"][0])  # the same run with prototypes (and --eval): the same prompt
+    assert tensors(output).keys() == reference.keys()
+    assert all(torch.equal(tensors(output)[name], reference[name]) for name in reference)
 
 
 def test_every_method_beats_zero_shot_on_the_test_images_of_its_classes(trained):
@@ -215,10 +230,10 @@ def _interrupt_at(step: int):
     return begin
 
 
-@pytest.fixture
-def interrupted_run(tmp_path):
-    """A `lora` run stopped by Ctrl-C after step 6 of 12 (state saved every 4 steps too)."""
-    output = tmp_path / "resumed.safetensors"
+@pytest.fixture(scope="module")
+def interrupted_once(tmp_path_factory):
+    """A `lora` run stopped by Ctrl-C after step 6 of 12 (state saved every 4 steps too), run once per module."""
+    output = tmp_path_factory.mktemp("interrupted") / "resumed.safetensors"
     job = FinetuneJob(
         zs="tiny",
         data=DatasetSpec("toy:mnist", classes="base", shots=16, seed=3),
@@ -228,10 +243,18 @@ def interrupted_run(tmp_path):
         method_options={"rank": 2, "alpha": 16.0, "towers": ("image",)},
         checkpoint_every=4,
     )
-    with pytest.raises(TrainingInterrupted, match="after step 6 of 12"):
+    with torch_threads(1), pytest.raises(TrainingInterrupted, match="after step 6 of 12"):
         finetune(job, progress=_interrupt_at(5))
     assert state_path(output).is_file() and not output.exists()
     return output
+
+
+@pytest.fixture
+def interrupted_run(interrupted_once, tmp_path):
+    """What `interrupted_once` left, in this test's own folder: the output to resume and its trainer state."""
+    for path in interrupted_once.parent.iterdir():
+        shutil.copy2(path, tmp_path)
+    return tmp_path / interrupted_once.name
 
 
 def test_resume_after_ctrl_c_equals_an_uninterrupted_run(cli, trained, interrupted_run):
@@ -359,7 +382,7 @@ def test_prototypes_follow_the_definition():
 
 
 def test_two_gloo_processes_give_the_weights_of_one_process_with_the_same_global_batch(trained, tmp_path):
-    args = [*DATA, *TRAIN, "--method", "lora", *METHOD_FLAGS["lora"]]
+    args = [*DATA, *TRAIN, "--method", "lora", *METHOD_FLAGS["lora"], "--prototypes"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cftool"]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(

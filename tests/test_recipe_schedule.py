@@ -166,6 +166,7 @@ def test_finetune_select_best_val_records_the_selection(cli, tmp_path):
         "--warmup-epochs",
         "1",
         "--drop-last",
+        "--no-prototypes",
         "-o",
         output,
         "--json",
@@ -196,8 +197,12 @@ def test_finetune_select_best_val_records_the_selection(cli, tmp_path):
 
 def test_continue_of_a_coop_prompt_records_mergetunes_recipe_and_flags_win(cli, tmp_path):
     source = tmp_path / "coop.safetensors"
-    assert cli("finetune", *DATA, "--method", "coop", "--iterations", "2", "--batch-size", "20", "-o", source).code == 0
-    result = cli("continue", source, "--zs", "tiny", "--epochs", "2", "--precision", "fp32", "--json")
+    quick = ["--no-prototypes"]  # no test here routes
+    assert (
+        cli("finetune", *DATA, "--method", "coop", "--iterations", "2", "--batch-size", "20", *quick, "-o", source).code
+        == 0
+    )
+    result = cli("continue", source, "--zs", "tiny", "--epochs", "2", "--precision", "fp32", *quick, "--json")
     assert result.code == 0, result.stderr
     with open_checkpoint(source.with_name("coop.mergetune.safetensors")) as ckpt:
         config = ckpt.header.config
@@ -207,7 +212,9 @@ def test_continue_of_a_coop_prompt_records_mergetunes_recipe_and_flags_win(cli, 
     assert config["selection"]["rule"] == "best-val"
     # MergeTune validates on the whole validation split (its dataset files keep it once CoOp has run)
     assert config["data"]["val_images"] == "all" and config["selection"]["val_shots"] is None
-    inherited = cli("continue", source, "--zs", "tiny", "--inherit-recipe", "-o", tmp_path / "inherited.safetensors")
+    inherited = cli(
+        "continue", source, "--zs", "tiny", "--inherit-recipe", *quick, "-o", tmp_path / "inherited.safetensors"
+    )
     assert inherited.code == 0, inherited.stderr
     with open_checkpoint(tmp_path / "inherited.safetensors") as ckpt:
         config = ckpt.header.config

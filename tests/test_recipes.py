@@ -11,7 +11,7 @@ from cftool.io.checkpoint import open_checkpoint
 from cftool.recipes import load_recipe, recipe_names
 from tests.test_mtil_datasets import mnist_images, write_idx
 
-SHORT = ("--zs", "tiny", "--iterations", "1", "--batch-size", "2", "--precision", "fp32")
+SHORT = ("--zs", "tiny", "--iterations", "1", "--batch-size", "2", "--precision", "fp32", "--no-prototypes")
 
 
 def recorded_config(path):
@@ -92,13 +92,16 @@ def test_continue_takes_the_mergetune_recipe_on_any_kind_and_records_it(cli, tmp
             "head",
             "--iterations",
             "1",
+            "--no-prototypes",
             "-o",
             head,
         ).code
         == 0
     )
     output = tmp_path / "head.mt.safetensors"
-    assert cli("continue", head, "--recipe", "mergetune-coop", "--epochs", "2", "-o", output).code == 0
+    assert (
+        cli("continue", head, "--recipe", "mergetune-coop", "--epochs", "2", "--no-prototypes", "-o", output).code == 0
+    )
     config = recorded_config(output)
     assert config["recipe"] == "mergetune-coop"
     assert (config["batch_size"], config["weight_decay"], config["schedule"], config["select"]) == (

@@ -224,7 +224,7 @@ def test_bad_routing_inputs_are_one_line_errors(cli, condu, toy_folders, tmp_pat
         source = condu / f"{name}.prototypes.safetensors"
         (only_two / source.name).write_bytes(source.read_bytes())
     message = one_line_error(cli("route", unified, "--prototypes", str(only_two / "*"), "--data", data))
-    assert "no prototypes of task(s) cars" in message
+    assert "no prototypes of task(s) cars" in message and "--no-prototypes" in message
     other_base = tmp_path / "other" / "cars.prototypes.safetensors"
     other_base.parent.mkdir()
     with open_base("tiny") as weights:

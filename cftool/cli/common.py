@@ -254,6 +254,14 @@ def emit_results(tables: list, fmt: str, payload: Any, primary: int = -1) -> Non
 
 
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")]
+PrototypesOption = Annotated[
+    bool,
+    typer.Option(
+        "--prototypes/--no-prototypes",
+        help="Write the task's class prototypes beside the checkpoint, for `route` and task-agnostic `eval`: one "
+        "pass of the zero-shot model over the whole training split, whatever --shots is.",
+    ),
+]
 DataRootOption = Annotated[
     Path | None,
     typer.Option(

@@ -15,6 +15,7 @@ from cftool.cli.common import (
     ForceOption,
     JsonOption,
     LogEveryOption,
+    PrototypesOption,
     QuietOption,
     RecipeOption,
     WorkersOption,
@@ -177,6 +178,7 @@ def continue_command(
         bool, typer.Option("--resume", help="Continue from the trainer state beside the output.")
     ] = False,
     evaluate: Annotated[bool, typer.Option("--eval", help="Also report test accuracy of the result.")] = False,
+    prototypes: PrototypesOption = True,
     log_every: LogEveryOption = DEFAULT_LOG_EVERY,
     data_root: DataRootOption = None,
     workers: WorkersOption = WORKERS,
@@ -243,6 +245,7 @@ def continue_command(
         cache_dir=cache_dir,
         workers=workers,
         evaluate=evaluate,
+        prototypes=prototypes,
         inherit_recipe=inherit_recipe,
         recipe=recipe,
     )

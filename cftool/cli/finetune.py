@@ -18,6 +18,7 @@ from cftool.cli.common import (
     ForceOption,
     JsonOption,
     LogEveryOption,
+    PrototypesOption,
     QuietOption,
     RecipeOption,
     SeedOption,
@@ -224,6 +225,7 @@ def finetune_command(
         bool, typer.Option("--resume", help="Continue from the trainer state beside the output.")
     ] = False,
     evaluate: Annotated[bool, typer.Option("--eval", help="Also report test accuracy of the result.")] = False,
+    prototypes: PrototypesOption = True,
     log_every: LogEveryOption = DEFAULT_LOG_EVERY,
     data_root: DataRootOption = None,
     workers: WorkersOption = WORKERS,
@@ -235,7 +237,8 @@ def finetune_command(
     config: ConfigOption = None,
     recipe: RecipeOption = None,
 ) -> None:
-    """Fine-tune a zero-shot model on a task; writes the checkpoint and, beside it, the task's prototypes.
+    """Fine-tune a zero-shot model on a task; writes the checkpoint and, beside it, the task's prototypes (for ConDU's
+    routing; --no-prototypes skips their pass over the whole training split).
 
     Kinds written: coop → prompt, head → head, lora → lora, full → model. Under `torchrun --nproc_per_node=N` the
     same command trains with DDP (--batch-size is global). Ctrl-C saves the trainer state; --resume continues it.
@@ -286,6 +289,7 @@ def finetune_command(
         cache_dir=cache_dir,
         workers=workers,
         evaluate=evaluate,
+        prototypes=prototypes,
         recipe=recipe,
     )
     with progress_bar(log_every) as progress:
@@ -338,7 +342,7 @@ def training_reporter(progress: Progress) -> Callable[[str, int], Callable[..., 
 def result_summary(result: FinetuneResult) -> dict[str, Any]:
     return {
         "output": str(result.output),
-        "prototypes": str(result.prototypes),
+        "prototypes": None if result.prototypes is None else str(result.prototypes),
         "kind": result.kind,
         "task": result.task,
         "steps": result.steps,
@@ -359,10 +363,8 @@ def print_result(result: FinetuneResult) -> None:
         done.append(f"loss {result.losses[0]:.4f} → {result.losses[-1]:.4f}")
     if result.images_per_second is not None:  # None: this process ran no step (a finished run resumed)
         done.append(f"{rate(result.images_per_second)} img/s")
-    console.print(
-        f"{result.task}: {', '.join(done)}; wrote {result.output} ({result.kind}), {result.prototypes} and "
-        f"{result.metrics}"
-    )
+    written = [f"{result.output} ({result.kind})", *([] if result.prototypes is None else [str(result.prototypes)])]
+    console.print(f"{result.task}: {', '.join(done)}; wrote {', '.join(written)} and {result.metrics}")
     if result.selection is not None:
         chosen = result.selection
         console.print(f"kept epoch {chosen['epoch']}: best validation accuracy {chosen['val_accuracy']:.1f} %")

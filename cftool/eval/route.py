@@ -211,7 +211,8 @@ def prototypes_of(unified: UnifiedSet, known: Mapping[str, TaskPrototypes]) -> l
     if missing:
         raise CftoolError(
             f"{unified.path}: no prototypes of task(s) {', '.join(missing)} among the --prototypes files (they have "
-            f"{', '.join(known) or 'none'}); add the prototypes file finetune wrote for each"
+            f"{', '.join(known) or 'none'}); add the prototypes file finetune wrote for each (a run with "
+            "--no-prototypes wrote none: rerun it without)"
         )
     for entry in unified.tasks:
         found = known[entry.task]

@@ -66,6 +66,7 @@ class ContinueJob:
     cache_dir: Path | None = None
     workers: int = WORKERS
     evaluate: bool = False
+    prototypes: bool = True  # the task's prototypes beside the output (FinetuneJob.prototypes)
     inherit_recipe: bool = False  # a CoOp prompt: train with its recorded recipe, not MergeTune's
     recipe: str | None = None  # the official recipe (`--recipe`) the overrides came from, recorded instead
 
@@ -114,6 +115,7 @@ def plan(job: ContinueJob, source: CheckpointReader) -> tuple[FinetuneJob, Conti
         cache_dir=job.cache_dir,
         workers=job.workers,
         evaluate=job.evaluate,
+        prototypes=job.prototypes,
     )
     continuation = Continuation(
         source, file_sha256(job.source), job.mergetune, recorded_data=job.data is None, recipe=recipe

@@ -61,6 +61,9 @@ class FinetuneJob:
     eval_batch_size: int = EVAL_BATCH_SIZE
     evaluate: bool = False  # also measure test accuracy of the result
     recipe: str | None = None  # the official recipe (`--recipe`) the options came from, recorded
+    # ConDU's router reads them; they cost a pass over the whole training split (ImageNet's 1.28M images for a
+    # 16-shot prompt), which base-to-novel work does not need.
+    prototypes: bool = True
 
     def __post_init__(self) -> None:
         alpha = self.method_options.get("alpha")
@@ -219,7 +222,7 @@ def _finetune(
     if ranks.is_main or continuation is not None:
         text_means = class_text_means(zoo, task.classnames, task.templates)
     prototypes = None
-    if ranks.is_main:
+    if ranks.is_main and job.prototypes:
         prototypes = _prototypes(job, zoo, task, text_means, None if features is None else (features, labels), progress)
     objective = _objective(job, method, zoo, task, continuation, text_means)
     selection = None
@@ -287,9 +290,10 @@ def _prototypes(
 
 
 def _write_outputs(
-    job: FinetuneJob, trained: dict[str, torch.Tensor], header: Header, prototypes: torch.Tensor, log: TrainLog
-) -> tuple[Path, Path, Path]:
-    """Write the checkpoint, its prototypes and its metrics as a pair or not at all; returns their paths."""
+    job: FinetuneJob, trained: dict[str, torch.Tensor], header: Header, prototypes: torch.Tensor | None, log: TrainLog
+) -> tuple[Path, Path | None, Path]:
+    """Write the checkpoint, its prototypes (unless ``prototypes`` is None) and its metrics as a pair or not at all;
+    returns their paths."""
     header = replace(
         header, run=tensors_sha256(trained)
     )  # the pair's mark: a rerun that trains the same marks the same
@@ -299,17 +303,21 @@ def _write_outputs(
     refuse_existing(job.output, job.force)
     job.output.unlink(missing_ok=True)
     metrics = _write_metrics(metrics_path(job.output), log.metrics)  # replaced as the prototypes are
-    prototypes_header = replace(header, kind=PROTOTYPES_KIND, template=None)
-    written = save_checkpoint(
-        prototypes_path(job.output),
-        {PROTOTYPES_TENSOR: prototypes},
-        prototypes_header,
-        overwrite=True,  # checked above
-    )
+    written = None
+    if prototypes is None:  # --no-prototypes: an older run's would be taken for this checkpoint's
+        prototypes_path(job.output).unlink(missing_ok=True)
+    else:
+        written = save_checkpoint(
+            prototypes_path(job.output),
+            {PROTOTYPES_TENSOR: prototypes},
+            replace(header, kind=PROTOTYPES_KIND, template=None),
+            overwrite=True,  # checked above
+        )
     try:
         output = save_checkpoint(job.output, trained, header, overwrite=job.force)
     except BaseException:
-        written.unlink(missing_ok=True)  # a pair or nothing
+        if written is not None:
+            written.unlink(missing_ok=True)  # a pair or nothing
         metrics.unlink(missing_ok=True)
         raise
     return output, written, metrics
