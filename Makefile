@@ -30,10 +30,10 @@ demo: install
 	@echo "Takeaway: CoOp trades novel classes for base ones (its HM falls below zero-shot's); MergeTune's continuation" \
 		"brings most of the novel classes back and keeps most of the base gain, with one model and no zero-shot model at inference."
 
-# The linter and the formatter first (seconds), then the test files in parallel, one file per worker (module
-# fixtures are built once), up to four workers.
+# The linter and the formatter first (seconds), then the tests in parallel on up to four workers, each file's tests on
+# one worker (module fixtures are built once) except the example scripts, each its own (tests/conftest.py).
 test: lint
-	$(BIN)/python -m pytest -q --numprocesses=auto --maxprocesses=4 --dist=loadfile
+	$(BIN)/python -m pytest -q --numprocesses=auto --maxprocesses=4 --dist=loadgroup
 
 lint: install
 	$(BIN)/python -m ruff check .

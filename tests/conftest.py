@@ -27,6 +27,16 @@ import pytest
 from cftool.cli import main
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup` (make test) a file's tests share a worker, as under `loadfile`, unless they name their
+    own group: the example scripts, minutes each, each take one, and go first so that no worker starts one last."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != item.module.__name__, reverse=True)
+
+
 @dataclass
 class CliResult:
     code: int

@@ -16,7 +16,10 @@ REDUCED = {
 }
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in EXAMPLES.glob("*.sh")))
+@pytest.mark.parametrize(
+    "script",
+    [pytest.param(p.name, marks=pytest.mark.xdist_group(p.name)) for p in sorted(EXAMPLES.glob("*.sh"))],
+)
 def test_example_runs(script, tmp_path):
     env = {
         **os.environ,
