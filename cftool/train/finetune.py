@@ -217,9 +217,10 @@ def _finetune(
         bar = progress("encode training images", len(train_split))
         features, _ = image_features(zoo, train_split, job.cache_dir, job.eval_batch_size, job.workers, bar)
     # The zero-shot text of the task's classes over its templates, encoded once for the prototypes and MergeTune's
-    # zero-shot point (where its anchor is made of the same templates).
+    # zero-shot point (where its anchor is made of the same templates); neither is wanted, nothing is encoded (on
+    # ImageNet, 1000 classes by 80 templates).
     text_means = None
-    if ranks.is_main or continuation is not None:
+    if (ranks.is_main and job.prototypes) or continuation is not None:
         text_means = class_text_means(zoo, task.classnames, task.templates)
     prototypes = None
     if ranks.is_main and job.prototypes:
