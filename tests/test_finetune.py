@@ -166,6 +166,19 @@ def test_feature_cache_gives_the_same_prompt_as_encoding_every_batch(cli, tmp_pa
     assert torch.allclose(cached["ctx"], uncached["ctx"], atol=1e-5)
 
 
+def test_the_whole_split_the_prototypes_see_is_cached_beside_the_shots(cli, tmp_path, trained):
+    cache = tmp_path / "cache"
+    first = finetune_cli(cli, tmp_path / "first.safetensors", "coop", "--cache-dir", cache, "--prototypes")
+    files = {path: path.stat().st_mtime_ns for path in cache.iterdir()}
+    sizes = sorted(len(load_file(path)["labels"]) for path in files)
+    assert sizes == [80, len(load_task(DatasetSpec("toy:mnist", classes="base")).split("train"))]
+    again = finetune_cli(cli, tmp_path / "again.safetensors", "coop", "--cache-dir", cache, "--prototypes")
+    assert {path: path.stat().st_mtime_ns for path in cache.iterdir()} == files  # both read back, none recomputed
+    reference = tensors(Path(trained["coop"][1]["prototypes"]))["prototypes"]  # the run without a cache
+    for summary in (first, again):
+        assert torch.equal(tensors(Path(summary["prototypes"]))["prototypes"], reference)
+
+
 def test_the_feature_cache_is_not_reused_once_a_training_image_changes(cli, tmp_path):
     images = tmp_path / "shapes"
     for name, colour in (("circle", "red"), ("square", "blue")):

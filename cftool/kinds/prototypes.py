@@ -63,8 +63,8 @@ def task_prototypes(
     elif eval_features is not None and task.spec.shots is None:
         features, labels = eval_features
     else:
-        # --cache-dir keeps the features of the images training reads, which are the whole split without --shots.
-        kept_in = cache_dir if task.spec.shots is None else None
+        # Kept under --cache-dir with --shots too: a sweep over seeds or shot counts of one task reads the same whole
+        # split each time (the cache file is named by the images, so it is never taken for the shots' features).
         split = task.full_training_split(zoo.preprocess)
-        features, labels = image_features(zoo, split, kept_in, batch_size, workers, advance)
+        features, labels = image_features(zoo, split, cache_dir, batch_size, workers, advance)
     return class_prototypes(features, labels, text_means.T.cpu())
