@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checkpoint files: materialise a base, inspect it, export a plain open_clip state dict and import it back.
-# About 1 minute on a 2-core CPU shared with other jobs (2026-12-05).
+# About 20 seconds on a 2-core CPU beside another job (2026-12-06, the ViT `tiny`).
 set -euo pipefail
 out=${1:-$(mktemp -d)}
 

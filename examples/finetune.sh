@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Fine-tune the embedded `tiny` CLIP with each method on toy tasks, and evaluate what was learned and forgotten.
-# About 13 minutes on a 2-core CPU shared with other jobs (2026-12-05).
+# About 3 minutes on a 2-core CPU beside another job (2026-12-06, the ViT `tiny`).
 set -euo pipefail
 out=${1:-$(mktemp -d)}
+mkdir -p "$out" && out=$(cd "$out" && pwd)   # OUT as given, before the cd to the configs
 cd "$(dirname "$0")"
 
 # CoOp on 16 shots of each base class of `caltech101`. tiny's logit scale is 21.6 where CLIP's is 100, so the prompt

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Task deltas, merging and ConDU's continual sessions: fine-tune `tiny` on three toy tasks, turn each fine-tune into
 # a delta, unify them (ConDU: one delta + a 1-bit mask and a rescaler per task), rebuild the experts, and compare.
-# About 13 minutes on a 2-core CPU shared with other jobs (2026-12-05).
+# About 2.5 minutes on a 2-core CPU beside another job (2026-12-06, the ViT `tiny`).
 set -euo pipefail
 out=${1:-$(mktemp -d)}
 

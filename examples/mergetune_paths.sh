@@ -4,7 +4,7 @@
 #
 #   examples/mergetune_paths.sh [OUT] [PICTURES]     # PICTURES defaults to OUT; needs `pip install 'cftool-clip[plot]'`
 #
-# About 6 minutes on a 2-core CPU shared with other jobs (2026-12-05).
+# About a minute on a 2-core CPU beside another job (2026-12-06, the ViT `tiny`).
 set -euo pipefail
 out=${1:-runs/paths}
 pictures=${2:-$out}

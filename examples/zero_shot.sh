@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Zero-shot accuracy of the embedded `tiny` CLIP: per task, on class halves, as JSON, and from a YAML config.
-# About 5 minutes on a 2-core CPU shared with other jobs (2026-12-05).
+# About 2 minutes on a 2-core CPU beside another job (2026-12-06, the ViT `tiny`).
 set -euo pipefail
 out=${1:-$(mktemp -d)}
+mkdir -p "$out" && out=$(cd "$out" && pwd)   # OUT as given, before the cd to the configs
 cd "$(dirname "$0")"
 
 cftool eval --zs tiny --benchmark mtil-tiny

@@ -26,10 +26,12 @@ def test_example_runs(script, tmp_path):
         **REDUCED.get(script, {}),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
+    # OUT as a user passes it: relative to where they stand, and not there yet.
     result = subprocess.run(
-        ["bash", str(EXAMPLES / script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=900
+        ["bash", str(EXAMPLES / script), "out"], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=900
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    assert any((tmp_path / "out").iterdir()) and not (EXAMPLES / "out").exists()
 
 
 # Each shipped config, the command it configures and the flags that shrink its run to the testbed (flags win).
