@@ -3,8 +3,8 @@
 # with CoOp's) and the weight-space ensemble of CoOp with zero-shot, over every task and three seeds, ending with one
 # table averaged over the seeds.
 #
-#   examples/base2new_mergetune.sh [OUT]            # all ten tasks, seeds 0 1 2: about 27 minutes on one core of a 2-core CPU
-#                                                   # (15.5 alone, 32 shared: RESULTS.md)
+#   examples/base2new_mergetune.sh [OUT]            # all ten tasks, seeds 0 1 2: about 27 minutes on one core
+#                                                   # of a 2-core CPU beside another job (the ViT tiny, RESULTS.md)
 #   TASKS="flowers mnist" SEEDS="0" examples/base2new_mergetune.sh /tmp/b2n    # a smaller run
 set -euo pipefail
 out=${1:-runs/base2new}

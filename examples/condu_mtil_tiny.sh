@@ -19,7 +19,8 @@
 #   sequential    each task fine-tuned starting from the previous session's model;
 #   task-arith    continual task arithmetic: the running mean of the individual deltas;
 #   ConDU         `unify --into` the previous session's unified set with the new task's delta.
-# About an hour on a 2-core CPU (35 min alone, 75 shared: RESULTS.md); every file already in OUT is reused.
+# About 50 minutes on one core of a 2-core CPU beside another job (30 with --towers text; 2026-12-06, the ViT tiny);
+# every file already in OUT is reused.
 set -euo pipefail
 method=full towers=image,text shots="" agnostic="" space=own templates=all condu_lora=""
 while [ $# -gt 0 ]; do
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
         --label-space) space=$2; shift 2 ;;
         --train-templates) templates=$2; shift 2 ;;
         --condu-lora) condu_lora=1; shift ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
         -*) echo "condu_mtil_tiny.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
         *) break ;;
     esac
