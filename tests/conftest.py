@@ -34,7 +34,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] != item.module.__name__, reverse=True)
+    items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] == item.module.__name__)  # own first
 
 
 @dataclass

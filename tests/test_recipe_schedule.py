@@ -198,10 +198,9 @@ def test_finetune_select_best_val_records_the_selection(cli, tmp_path):
 def test_continue_of_a_coop_prompt_records_mergetunes_recipe_and_flags_win(cli, tmp_path):
     source = tmp_path / "coop.safetensors"
     quick = ["--no-prototypes"]  # no test here routes
-    assert (
-        cli("finetune", *DATA, "--method", "coop", "--iterations", "2", "--batch-size", "20", *quick, "-o", source).code
-        == 0
-    )
+    train = ["--method", "coop", "--iterations", "2", "--batch-size", "20", *quick]
+    finetuned = cli("finetune", *DATA, *train, "-o", source)
+    assert finetuned.code == 0, finetuned.stderr
     result = cli("continue", source, "--zs", "tiny", "--epochs", "2", "--precision", "fp32", *quick, "--json")
     assert result.code == 0, result.stderr
     with open_checkpoint(source.with_name("coop.mergetune.safetensors")) as ckpt:

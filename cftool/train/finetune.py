@@ -217,13 +217,14 @@ def _finetune(
         bar = progress("encode training images", len(train_split))
         features, _ = image_features(zoo, train_split, job.cache_dir, job.eval_batch_size, job.workers, bar)
     # The zero-shot text of the task's classes over its templates, encoded once for the prototypes and MergeTune's
-    # zero-shot point (where its anchor is made of the same templates); neither is wanted, nothing is encoded (on
-    # ImageNet, 1000 classes by 80 templates).
+    # zero-shot point (where its anchor is made of the same templates); where neither is wanted, nothing is encoded
+    # (on ImageNet, 1000 classes by 80 templates).
+    writes_prototypes = ranks.is_main and job.prototypes  # rank 0 alone writes
     text_means = None
-    if (ranks.is_main and job.prototypes) or continuation is not None:
+    if writes_prototypes or continuation is not None:
         text_means = class_text_means(zoo, task.classnames, task.templates)
     prototypes = None
-    if ranks.is_main and job.prototypes:
+    if writes_prototypes:
         prototypes = _prototypes(job, zoo, task, text_means, None if features is None else (features, labels), progress)
     objective = _objective(job, method, zoo, task, continuation, text_means)
     selection = None
